@@ -1,0 +1,326 @@
+"""Configuration: the defaults of API.md, validation, TOML loading and merging.
+
+A :class:`Config` is immutable once built; handlers see it as ``ctx.cfg``,
+readable both as attributes and as a mapping. Every error names the key.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import tomllib
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from .errors import ConfigError
+
+LOG_LEVELS = ("debug", "access", "info", "warn", "error")
+HTTP_BACKENDS = ("auto", "httptools", "h11")
+
+# Content types compressed by default: text and the structured text formats.
+# Images, archives, fonts that are already compressed and text/event-stream
+# (which must never be buffered) are left out on purpose.
+DEFAULT_COMPRESSIBLE_TYPES = (
+    "text/*",
+    "application/json",
+    "application/*+json",
+    "application/javascript",
+    "application/ecmascript",
+    "application/xml",
+    "application/*+xml",
+    "application/x-www-form-urlencoded",
+    "application/wasm",
+    "image/svg+xml",
+    "image/x-icon",
+    "font/ttf",
+    "font/otf",
+    "application/vnd.ms-fontobject",
+)
+
+DEFAULT_COMPRESSION: dict[str, Any] = {
+    "enabled": True,
+    "min_size": 1024,
+    "level": 6,
+    "types": list(DEFAULT_COMPRESSIBLE_TYPES),
+}
+
+DEFAULTS: dict[str, Any] = {
+    "ip": "127.0.0.1",
+    "port": 8080,
+    "backlog": 256,
+    "workers": 1,
+    "connection_limit": 64,
+    "requests_per_connection": 512,
+    "max_body_size": 5 * 1024 * 1024,
+    "request_line_limit": 8192,
+    "keepalive_idle_timeout": 15,
+    "request_header_timeout": 10,
+    "request_body_timeout": 30,
+    "tls_handshake_timeout": 10,
+    "graceful_timeout": 30,
+    "response_write_timeout": 30,
+    "max_header_count": 100,
+    "worker_timeout": 30,
+    "ssl": None,
+    "compression": DEFAULT_COMPRESSION,
+    "log_level": "access",
+    "log_headers": [],
+    "redis_url": None,
+    "http": "auto",
+    "max_requests": 0,
+    "max_requests_jitter": 0,
+    # Extra binds beyond ip:port, as "HOST:PORT" strings (the CLI's repeated -b).
+    "binds": [],
+}
+
+_POSITIVE_INTS = (
+    "backlog",
+    "workers",
+    "connection_limit",
+    "requests_per_connection",
+    "max_body_size",
+    "request_line_limit",
+    "max_header_count",
+)
+_NON_NEGATIVE_INTS = ("max_requests", "max_requests_jitter")
+_TIMEOUTS = (
+    "keepalive_idle_timeout",
+    "request_header_timeout",
+    "request_body_timeout",
+    "tls_handshake_timeout",
+    "graceful_timeout",
+    "response_write_timeout",
+    "worker_timeout",
+)
+_COMPRESSION_KEYS = frozenset(DEFAULT_COMPRESSION)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_int(key: str, value: object, minimum: int) -> int:
+    if not _is_int(value):
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    assert isinstance(value, int)
+    if value < minimum:
+        raise ConfigError(f"{key}: must be >= {minimum}, got {value}")
+    return value
+
+
+def _check_str(key: str, value: object) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(f"{key}: expected a string, got {value!r}")
+    return value
+
+
+def _check_timeout(key: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(f"{key}: expected a number of seconds, got {value!r}")
+    if value <= 0:
+        raise ConfigError(f"{key}: must be > 0 seconds, got {value}")
+    return float(value)
+
+
+def _check_compression(value: object) -> dict[str, Any]:
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"compression: expected a table, got {value!r}")
+    unknown = sorted(set(value) - _COMPRESSION_KEYS)
+    if unknown:
+        raise ConfigError(f"compression.{unknown[0]}: unknown key")
+    merged = {**DEFAULT_COMPRESSION, **value}
+    if not isinstance(merged["enabled"], bool):
+        raise ConfigError(f"compression.enabled: expected true or false, got {merged['enabled']!r}")
+    _check_int("compression.min_size", merged["min_size"], 0)
+    level = _check_int("compression.level", merged["level"], 1)
+    if level > 9:
+        raise ConfigError(f"compression.level: must be 1 to 9, got {level}")
+    types = merged["types"]
+    if not isinstance(types, list | tuple) or not all(isinstance(t, str) for t in types):
+        raise ConfigError(f"compression.types: expected a list of content types, got {types!r}")
+    merged["types"] = [t.strip().lower() for t in types]
+    return merged
+
+
+def _check_ssl(value: object) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"ssl: expected a table, got {value!r}")
+    # The detailed checks (files, keys, sub-options) live in tls.py so that the
+    # message can name the file; here only the shape is checked.
+    if "default" not in value:
+        raise ConfigError("ssl.default: required (the certificate used when no host name matches)")
+    return copy.deepcopy(dict(value))
+
+
+def validate(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """Check every key of a full config mapping; return a normalised copy."""
+    out: dict[str, Any] = {}
+    unknown = sorted(set(raw) - set(DEFAULTS))
+    if unknown:
+        raise ConfigError(f"{unknown[0]}: unknown config key")
+    for key, default in DEFAULTS.items():
+        value = raw.get(key, default)
+        if key in _POSITIVE_INTS:
+            value = _check_int(key, value, 1)
+        elif key in _NON_NEGATIVE_INTS:
+            value = _check_int(key, value, 0)
+        elif key in _TIMEOUTS:
+            value = _check_timeout(key, value)
+        elif key == "port":
+            value = _check_int(key, value, 0)
+            if value > 65535:
+                raise ConfigError(f"port: must be 0 to 65535, got {value}")
+        elif key == "ip":
+            value = _check_str(key, value)
+        elif key == "log_level":
+            value = _check_str(key, value).lower()
+            if value == "warning":
+                value = "warn"
+            if value not in LOG_LEVELS:
+                raise ConfigError(f"log_level: must be one of {', '.join(LOG_LEVELS)}; got {value!r}")
+        elif key == "http":
+            value = _check_str(key, value).lower()
+            if value not in HTTP_BACKENDS:
+                raise ConfigError(f"http: must be one of {', '.join(HTTP_BACKENDS)}; got {value!r}")
+        elif key in ("log_headers", "binds"):
+            if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+                raise ConfigError(f"{key}: expected a list of strings, got {value!r}")
+            value = [v.lower() for v in value] if key == "log_headers" else list(value)
+        elif key == "redis_url":
+            if value is not None:
+                value = _check_str(key, value)
+        elif key == "compression":
+            value = _check_compression(value)
+        elif key == "ssl":
+            value = _check_ssl(value)
+        out[key] = value
+    return out
+
+
+def load_toml(path: str) -> dict[str, Any]:
+    """Read a TOML config file; every error names the file."""
+    try:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path}: not found") from None
+    except OSError as exc:
+        raise ConfigError(f"config file {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path}: invalid TOML: {exc}") from None
+    return data
+
+
+def merged(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` updated with ``overrides``; the ``compression`` table merges key by key."""
+    out = dict(base)
+    for key, value in overrides.items():
+        if key == "compression" and isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = {**out[key], **value}
+        else:
+            out[key] = value
+    return out
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Config(Mapping[str, Any]):
+    """A validated, read-only config; readable as ``cfg.port`` and ``cfg["port"]``."""
+
+    ip: str
+    port: int
+    backlog: int
+    workers: int
+    connection_limit: int
+    requests_per_connection: int
+    max_body_size: int
+    request_line_limit: int
+    keepalive_idle_timeout: float
+    request_header_timeout: float
+    request_body_timeout: float
+    tls_handshake_timeout: float
+    graceful_timeout: float
+    response_write_timeout: float
+    max_header_count: int
+    worker_timeout: float
+    ssl: Mapping[str, Any] | None
+    compression: Mapping[str, Any]
+    log_level: str
+    log_headers: tuple[str, ...]
+    redis_url: str | None
+    http: str
+    max_requests: int
+    max_requests_jitter: int
+    binds: tuple[str, ...]
+
+    @classmethod
+    def build(cls, raw: Mapping[str, Any] | None = None) -> Config:
+        """Validate ``raw`` (missing keys take their defaults) into a Config."""
+        values = validate(raw or {})
+        values["log_headers"] = tuple(values["log_headers"])
+        values["binds"] = tuple(values["binds"])
+        values["compression"] = _freeze(values["compression"])
+        values["ssl"] = _freeze(values["ssl"]) if values["ssl"] is not None else None
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain, mutable deep copy (for merging a new config)."""
+        return {f.name: _thaw(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+    def __getitem__(self, key: str) -> Any:
+        if key not in _FIELD_NAMES:
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(_FIELD_NAMES)
+
+    def __len__(self) -> int:
+        return len(_FIELD_NAMES)
+
+
+class FrozenDict(Mapping[str, Any]):
+    """A read-only mapping for nested config tables."""
+
+    __slots__ = ("_data",)
+
+    def __init__(self, data: Mapping[str, Any]) -> None:
+        self._data = dict(data)
+
+    def __getitem__(self, key: str) -> Any:
+        return self._data[key]
+
+    def __getattr__(self, key: str) -> Any:
+        try:
+            return self._data[key]
+        except KeyError:
+            raise AttributeError(key) from None
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __repr__(self) -> str:
+        return f"FrozenDict({self._data!r})"
+
+
+def _freeze(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return FrozenDict({k: _freeze(v) for k, v in value.items()})
+    if isinstance(value, list):
+        return tuple(_freeze(v) for v in value)
+    return value
+
+
+def _thaw(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {k: _thaw(v) for k, v in value.items()}
+    if isinstance(value, tuple):
+        return [_thaw(v) for v in value]
+    return value
+
+
+_FIELD_NAMES = tuple(f.name for f in dataclasses.fields(Config))

@@ -1,0 +1,41 @@
+"""The internal exception hierarchy.
+
+    PreforkError
+      ConfigError        bad key, bad value, unreadable file
+        TLSError         certificate or key that will not load
+      BindError          the listen socket cannot be created
+      ProtocolError      bad or too-slow request; carries .status
+      PeerGone           EOF, reset or broken pipe mid-exchange
+
+Only ``server.py`` turns these into the public ``(value, err)`` returns.
+"""
+
+from __future__ import annotations
+
+
+class PreforkError(Exception):
+    """Base of every error prefork raises on purpose."""
+
+
+class ConfigError(PreforkError):
+    """A config key or value is wrong, or a file it names cannot be read."""
+
+
+class TLSError(ConfigError):
+    """A certificate or key that will not load."""
+
+
+class BindError(PreforkError):
+    """The listen socket cannot be created."""
+
+
+class ProtocolError(PreforkError):
+    """A request that must be refused; ``status`` is the response code to send."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class PeerGone(PreforkError):
+    """The peer went away (EOF, reset, broken pipe) or stopped reading."""

@@ -1,0 +1,110 @@
+"""Logging: logger names, the ACCESS level, the access line, reopen on SIGUSR1.
+
+Levels, lowest first: debug (10), access (15), info (20), warn (30), error (40).
+``access`` sits between debug and info so that ``log_level = "info"`` silences
+the per-request line while keeping lifecycle messages.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from collections.abc import Iterable, Mapping
+
+ACCESS = 15
+logging.addLevelName(ACCESS, "ACCESS")
+
+LEVELS = {
+    "debug": logging.DEBUG,
+    "access": ACCESS,
+    "info": logging.INFO,
+    "warn": logging.WARNING,
+    "error": logging.ERROR,
+}
+
+ROOT = "prefork"
+MASTER = "prefork.master"
+WORKER = "prefork.worker"
+ACCESS_LOGGER = "prefork.access"
+ERROR = "prefork.error"
+APP = "prefork.app"
+
+_FORMAT = "%(asctime)s [%(process)d] [%(levelname)s] %(name)s: %(message)s"
+_handler: logging.Handler | None = None
+
+# Control characters (and DEL, and the backslash itself) are escaped in logged
+# request fields so that a request cannot forge or split log lines.
+_ESCAPES = {i: f"\\x{i:02x}" for i in (*range(0x20), 0x7F)}
+_ESCAPES[ord("\\")] = "\\\\"
+_ESCAPES[ord('"')] = '\\"'
+
+
+def escape(value: str) -> str:
+    """``value`` with control characters, quotes and backslashes escaped."""
+    if value.isprintable() and "\\" not in value and '"' not in value:
+        return value
+    return value.translate(_ESCAPES)
+
+
+def setup(level: str) -> None:
+    """Send prefork's logs to stderr at ``level``; idempotent (no stacked handlers)."""
+    global _handler
+    root = logging.getLogger(ROOT)
+    if _handler is None:
+        _handler = logging.StreamHandler(sys.stderr)
+        _handler.setFormatter(logging.Formatter(_FORMAT))
+        root.addHandler(_handler)
+        root.propagate = False
+    root.setLevel(LEVELS[level])
+
+
+def set_level(level: str) -> None:
+    """Change the level of every prefork logger."""
+    logging.getLogger(ROOT).setLevel(LEVELS[level])
+
+
+def reopen() -> None:
+    """SIGUSR1: flush and reopen file handlers (stderr has nothing to reopen)."""
+    for handler in logging.getLogger(ROOT).handlers:
+        handler.flush()
+        if isinstance(handler, logging.FileHandler):
+            handler.acquire()
+            try:
+                handler.close()
+                handler.stream = handler._open()
+            finally:
+                handler.release()
+
+
+class AccessLog:
+    """Writes one line per request when the access level is enabled."""
+
+    __slots__ = ("_header_names", "_logger")
+
+    def __init__(self, header_names: Iterable[str]) -> None:
+        self._logger = logging.getLogger(ACCESS_LOGGER)
+        self._header_names = tuple(header_names)
+
+    def enabled(self) -> bool:
+        return self._logger.isEnabledFor(ACCESS)
+
+    def log(
+        self,
+        client_ip: str,
+        method: str,
+        path: str,
+        version: str,
+        status: int,
+        size: int,
+        started: float,
+        headers: Mapping[str, str],
+    ) -> None:
+        duration_ms = (time.monotonic() - started) * 1000.0
+        line = f'{client_ip} "{escape(method)} {escape(path)} HTTP/{version}" {status} {size} {duration_ms:.2f}ms'
+        if self._header_names:
+            extra = " ".join(
+                f'{name}="{escape(headers.get(name, "-"))}"' for name in self._header_names
+            )
+            line = f"{line} {extra}"
+        self._logger.log(ACCESS, line)
