@@ -1,0 +1,163 @@
+"""End-to-end fixtures: start real ``prefork run`` processes in their own process group."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import wait_until
+
+LISTEN_RE = re.compile(r"listening on (https?)://([\d.]+):(\d+)")
+
+pytestmark = pytest.mark.e2e
+
+
+class ServerProcess:
+    """A running ``python -m prefork run ...`` and the lines it logged."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.proc = proc
+        self.lines: list[str] = []
+        self.port = 0
+        self.scheme = "http"
+        self._lock = threading.Lock()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            with self._lock:
+                self.lines.append(line.rstrip("\n"))
+            if not self.port:
+                m = LISTEN_RE.search(line)
+                if m:
+                    self.scheme, self.port = m.group(1), int(m.group(3))
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def log(self) -> str:
+        with self._lock:
+            return "\n".join(self.lines)
+
+    def wait_log(self, pattern: str, timeout: float = 10.0) -> re.Match[str]:
+        rx = re.compile(pattern)
+
+        def found() -> re.Match[str] | None:
+            with self._lock:
+                for line in self.lines:
+                    m = rx.search(line)
+                    if m:
+                        return m
+            return None
+
+        result = wait_until(found, timeout=timeout)
+        assert isinstance(result, re.Match)
+        return result
+
+    def connect(self, timeout: float = 10.0) -> socket.socket:
+        s = socket.create_connection(("127.0.0.1", self.port), timeout=timeout)
+        return s
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int | None:
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, sig)
+            except ProcessLookupError:
+                pass
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=5)
+        self._reader.join(timeout=5)
+        return self.proc.returncode
+
+
+StartServer = Callable[..., ServerProcess]
+
+
+@pytest.fixture
+def app_dir(tmp_path: Path) -> Path:
+    return tmp_path
+
+
+@pytest.fixture
+def start_server(tmp_path: Path) -> Iterator[StartServer]:
+    """Start ``prefork run MODULE:ATTR`` with ``app_source`` written to ``app.py`` in tmp_path.
+
+    Waits for the startup line and returns a ServerProcess; every started
+    process group is stopped (TERM, then KILL) on teardown.
+    """
+    started: list[ServerProcess] = []
+
+    def start(
+        app_source: str,
+        *args: str,
+        target: str = "app:handle",
+        wait: bool = True,
+        env: dict[str, str] | None = None,
+    ) -> ServerProcess:
+        (tmp_path / "app.py").write_text(textwrap.dedent(app_source))
+        cmd = [sys.executable, "-m", "prefork", "run", target, "-b", "127.0.0.1:0", *args]
+        proc = subprocess.Popen(
+            cmd,
+            cwd=tmp_path,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            process_group=0,
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+        )
+        server = ServerProcess(proc)
+        started.append(server)
+        if wait:
+            wait_until(lambda: server.port or proc.poll() is not None, timeout=20)
+            if not server.port:
+                raise AssertionError(f"server did not start:\n{server.log()}")
+            # The master logs the address once bound; wait until a worker answers.
+            wait_until(lambda: _accepts(server.port), timeout=20)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+def _accepts(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def http_exchange(port: int, data: bytes, timeout: float = 10.0) -> bytes:
+    """Send ``data`` on a fresh connection and read until the server closes it."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(data)
+        chunks = []
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                chunk = s.recv(65536)
+            except ConnectionResetError:
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        return b"".join(chunks)
