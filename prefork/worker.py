@@ -1,0 +1,372 @@
+"""The worker process: post-fork set-up, the uvloop loop, accepting under a cap, draining.
+
+A :class:`Worker` is built by the master before the fork and only stores
+values; :meth:`Worker.run` runs in the child and returns its exit code.
+
+In the child, in order: reset the inherited signal dispositions and the
+master's wakeup fd, close the master's and the siblings' private fds, set the
+process title, create a fresh uvloop loop (nothing event-loop-bound crosses
+the fork), import the app (a ``"MODULE:ATTR"`` string is imported here, never
+in the master, so a reload picks up new code), make the Redis client, start
+accepting, and only then report READY to the master.
+
+Accepting: the listen sockets are shared by every worker. A worker takes a
+slot *before* it accepts, and at ``connection_limit`` it removes the listen fds
+from its loop, so excess connections wait in the kernel's listen queue for any
+worker with a free slot: nothing is refused. Out-of-resource accept errors
+(EMFILE, ENFILE, ENOBUFS, ENOMEM) pause accepting for ``ACCEPT_BACKOFF_S``
+instead of spinning on a readable fd.
+
+The pipe to the master carries one byte per message (see ``MSG_*``): READY
+once, a HEARTBEAT from the event loop every ``heartbeat_interval()`` seconds (a
+blocked loop stops them and the master kills the worker after
+``worker_timeout``), and RECYCLE once ``max_requests`` (plus jitter) responses
+were sent. The same timer notices an orphaned worker (the master died: its
+parent pid changed) and stops it gracefully, so no orphan keeps the port.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import errno
+import importlib
+import logging
+import os
+import random
+import signal
+import socket
+import ssl
+from collections.abc import Sequence
+from typing import Any
+
+import setproctitle
+import uvloop
+
+from . import log
+from ._types import Handler
+from .config import Config
+
+logger = logging.getLogger(log.WORKER)
+
+# Exit codes of a worker process.
+WORKER_EXIT_OK = 0
+WORKER_CRASHED = 1  # an unexpected exception escaped Worker.run()
+WORKER_BOOT_ERROR = 3  # the app could not be imported: the master must not respawn blindly
+
+# Messages on the worker -> master pipe: one byte each.
+MSG_READY = b"R"  # booted: app imported, Redis client made, accepting
+MSG_HEARTBEAT = b"H"  # the event loop is alive
+MSG_RECYCLE = b"M"  # max_requests reached: replace me, then stop me
+
+ACCEPT_BACKOFF_S = 0.1  # pause after EMFILE/ENFILE/ENOBUFS/ENOMEM from accept()
+ACCEPT_BATCH_MAX = 16  # accepts per wakeup (bounded by the free slots), so siblings get some
+HEARTBEAT_MAX_INTERVAL_S = 1.0  # also the period of the orphan check
+_RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+# The master's signals that must not reach a worker with the master's handlers
+# (or, for TTIN/TTOU, their default action, which stops the process).
+_RESET_SIGNALS = (
+    signal.SIGHUP,
+    signal.SIGTERM,
+    signal.SIGINT,
+    signal.SIGQUIT,
+    signal.SIGTTIN,
+    signal.SIGTTOU,
+    signal.SIGUSR1,
+    signal.SIGCHLD,
+)
+_IGNORED_SIGNALS = (signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU)
+
+
+class WorkerState(enum.Enum):
+    """A worker's life cycle, as the master tracks it."""
+
+    BOOTING = "booting"
+    SERVING = "serving"
+    DRAINING = "draining"
+
+
+class _Stop(enum.Enum):
+    GRACEFUL = "graceful"
+    IMMEDIATE = "immediate"
+
+
+def heartbeat_interval(worker_timeout: float) -> float:
+    """Seconds between heartbeats: several per ``worker_timeout``, at most one second."""
+    return min(HEARTBEAT_MAX_INTERVAL_S, worker_timeout / 4.0)
+
+
+def app_label(app: Handler | str) -> str:
+    """The app as shown in process titles: ``"app:handle"``."""
+    if isinstance(app, str):
+        return app
+    module = getattr(app, "__module__", None) or "?"
+    name = getattr(app, "__qualname__", None) or type(app).__name__
+    return f"{module}:{name}"
+
+
+def _import_engine() -> tuple[Any, Any]:
+    """ServerState and serve_connection from ``prefork.connection``."""
+    mod = importlib.import_module("prefork.connection")
+    return mod.ServerState, mod.serve_connection
+
+
+def _load_app(spec: str) -> Handler:
+    mod = importlib.import_module("prefork.handler")
+    handler: Handler = mod.load_app(spec)
+    return handler
+
+
+class Worker:
+    """One worker process; built in the master, run in the child."""
+
+    def __init__(
+        self,
+        *,
+        cfg: Config,
+        app: Handler | str,
+        listeners: Sequence[socket.socket],
+        ssl_context: ssl.SSLContext | None,
+        number: int,
+        generation: int,
+        pipe_fd: int,
+        close_fds: Sequence[int],
+    ) -> None:
+        self.cfg = cfg
+        self.app = app
+        self.listeners = tuple(listeners)
+        self.ssl_context = ssl_context
+        self.number = number
+        self.generation = generation
+        self.pipe_fd = pipe_fd
+        self.close_fds = tuple(close_fds)
+        self.master_pid = os.getpid()
+        # Set in the child only.
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._state: Any = None
+        self._serve_connection: Any = None
+        self._redis: Any = None
+        self._stop: asyncio.Future[_Stop] | None = None
+        self._phase = WorkerState.BOOTING
+        self._active = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._accepting = False
+        self._backoff: asyncio.TimerHandle | None = None
+        self._recycle_at = 0
+        self._recycle_sent = False
+
+    # -- in the child -------------------------------------------------------
+
+    def run(self) -> int:
+        """The child's whole life; returns its exit code (the master calls ``os._exit``)."""
+        try:
+            self._after_fork()
+            loop = uvloop.new_event_loop()
+            asyncio.set_event_loop(loop)
+            self._loop = loop
+            try:
+                return loop.run_until_complete(self._main())
+            finally:
+                loop.close()
+        except Exception:
+            logger.exception("worker %d crashed", self.number)
+            return WORKER_CRASHED
+
+    def _after_fork(self) -> None:
+        for signum in _RESET_SIGNALS:
+            signal.signal(signum, signal.SIG_DFL)
+        for signum in _IGNORED_SIGNALS:
+            signal.signal(signum, signal.SIG_IGN)
+        with contextlib.suppress(ValueError):
+            signal.set_wakeup_fd(-1)
+        for fd in self.close_fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        os.set_blocking(self.pipe_fd, False)
+        setproctitle.setproctitle(
+            f"prefork: worker {self.number} gen {self.generation} [{app_label(self.app)}]"
+        )
+        log.setup(self.cfg.log_level)
+        limit = self.cfg.max_requests
+        if limit:
+            # random reseeds in every forked child, so workers draw different jitters.
+            limit += random.randint(0, self.cfg.max_requests_jitter)
+        self._recycle_at = limit
+
+    async def _main(self) -> int:
+        loop = asyncio.get_running_loop()
+        handler = self._boot_app()
+        if handler is None:
+            return WORKER_BOOT_ERROR
+        server_state_cls, self._serve_connection = _import_engine()
+        if self.cfg.redis_url is not None:
+            import redis.asyncio
+
+            self._redis = redis.asyncio.Redis.from_url(self.cfg.redis_url)
+        self._state = server_state_cls(
+            self.cfg, handler, ssl_context=self.ssl_context, redis_module=self._redis
+        )
+        self._state.start()
+        self._stop = loop.create_future()
+        loop.add_signal_handler(signal.SIGTERM, self._request_stop, _Stop.GRACEFUL)
+        loop.add_signal_handler(signal.SIGINT, self._request_stop, _Stop.GRACEFUL)
+        loop.add_signal_handler(signal.SIGQUIT, self._request_stop, _Stop.IMMEDIATE)
+        loop.add_signal_handler(signal.SIGUSR1, self._reopen_logs)
+        for sock in self.listeners:
+            sock.setblocking(False)
+        self._resume_accepting()
+        self._phase = WorkerState.SERVING
+        self._send(MSG_READY)
+        logger.info("worker %d (pid %d, gen %d) ready", self.number, os.getpid(), self.generation)
+        self._tick()
+        how = await self._stop
+        if how is _Stop.IMMEDIATE:
+            return WORKER_EXIT_OK
+        await self._drain()
+        return WORKER_EXIT_OK
+
+    def _boot_app(self) -> Handler | None:
+        if not isinstance(self.app, str):
+            return self.app
+        try:
+            return _load_app(self.app)
+        except Exception as exc:  # the app's own import may raise anything
+            message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            if type(exc).__module__.startswith("prefork"):
+                logger.error("cannot load app: %s", message)
+            else:
+                logger.error("cannot load app %s: %s: %s", self.app, type(exc).__name__, message)
+            return None
+
+    async def _drain(self) -> None:
+        """Graceful stop: no new connections, in-flight ones finish, then close Redis."""
+        self._phase = WorkerState.DRAINING
+        self._pause_accepting()
+        if self._backoff is not None:
+            self._backoff.cancel()
+        logger.info(
+            "worker %d (pid %d) stopping: %d open connection(s)",
+            self.number,
+            os.getpid(),
+            self._active,
+        )
+        self._state.begin_drain()
+        await self._state.wait_closed(self.cfg.graceful_timeout)
+        if self._tasks:
+            # wait_closed aborted the stragglers; give their tasks one turn to finish.
+            await asyncio.wait(set(self._tasks), timeout=1.0)
+        if self._redis is not None:
+            with contextlib.suppress(Exception):
+                await self._redis.aclose()
+
+    def _request_stop(self, how: _Stop) -> None:
+        if self._stop is not None and not self._stop.done():
+            self._stop.set_result(how)
+        elif how is _Stop.IMMEDIATE:
+            # QUIT during a graceful drain: leave at once.
+            os._exit(WORKER_EXIT_OK)
+
+    def _reopen_logs(self) -> None:
+        log.reopen()
+        logger.info("worker %d (pid %d): reopening logs", self.number, os.getpid())
+
+    def _send(self, msg: bytes) -> None:
+        # Non-blocking: a full pipe means the master is behind; a lost heartbeat is harmless.
+        with contextlib.suppress(BlockingIOError, BrokenPipeError, OSError):
+            os.write(self.pipe_fd, msg)
+
+    def _tick(self) -> None:
+        """Heartbeat, orphan check and max_requests check, driven by the event loop."""
+        assert self._loop is not None
+        self._send(MSG_HEARTBEAT)
+        if os.getppid() != self.master_pid and self._phase is not WorkerState.DRAINING:
+            logger.warning("worker %d (pid %d): master is gone; stopping", self.number, os.getpid())
+            self._request_stop(_Stop.GRACEFUL)
+        served = self._state.requests_served if self._state is not None else 0
+        if self._recycle_at and not self._recycle_sent and served >= self._recycle_at:
+            self._recycle_sent = True
+            logger.info(
+                "worker %d (pid %d) served %d requests (max_requests); asking for a replacement",
+                self.number,
+                os.getpid(),
+                served,
+            )
+            self._send(MSG_RECYCLE)
+        self._loop.call_later(heartbeat_interval(self.cfg.worker_timeout), self._tick)
+
+    # -- accepting ----------------------------------------------------------
+
+    def _resume_accepting(self) -> None:
+        assert self._loop is not None
+        if self._accepting or self._phase is WorkerState.DRAINING:
+            return
+        if self._active >= self.cfg.connection_limit or self._backoff is not None:
+            return
+        for sock in self.listeners:
+            self._loop.add_reader(sock.fileno(), self._on_readable, sock)
+        self._accepting = True
+
+    def _pause_accepting(self) -> None:
+        assert self._loop is not None
+        if not self._accepting:
+            return
+        for sock in self.listeners:
+            self._loop.remove_reader(sock.fileno())
+        self._accepting = False
+
+    def _on_readable(self, listener: socket.socket) -> None:
+        assert self._loop is not None
+        free = self.cfg.connection_limit - self._active
+        for _ in range(min(free, ACCEPT_BATCH_MAX)):
+            try:
+                conn, _addr = listener.accept()
+            except (BlockingIOError, InterruptedError):
+                break  # a sibling took it, or the queue is empty
+            except OSError as exc:
+                if exc.errno in _RESOURCE_ERRNOS:
+                    logger.error(
+                        "accept() out of resources (%s); retrying in %.1fs",
+                        os.strerror(exc.errno or 0),
+                        ACCEPT_BACKOFF_S,
+                    )
+                    self._pause_accepting()
+                    self._backoff = self._loop.call_later(ACCEPT_BACKOFF_S, self._end_backoff)
+                    return
+                # ECONNABORTED and friends: that one connection is gone; try the next.
+                logger.debug("accept() failed: %s", exc)
+                continue
+            conn.setblocking(False)
+            self._active += 1
+            task = self._loop.create_task(self._serve_connection(conn, self._state))
+            self._tasks.add(task)
+            task.add_done_callback(self._on_connection_done)
+        if self._active >= self.cfg.connection_limit:
+            self._pause_accepting()
+
+    def _end_backoff(self) -> None:
+        self._backoff = None
+        self._resume_accepting()
+
+    def _on_connection_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._active -= 1
+        if not task.cancelled() and task.exception() is not None:
+            exc = task.exception()
+            logger.error("connection task failed", exc_info=exc)
+        self._resume_accepting()
+
+
+__all__ = [
+    "ACCEPT_BACKOFF_S",
+    "MSG_HEARTBEAT",
+    "MSG_READY",
+    "MSG_RECYCLE",
+    "WORKER_BOOT_ERROR",
+    "WORKER_CRASHED",
+    "WORKER_EXIT_OK",
+    "Worker",
+    "WorkerState",
+    "app_label",
+    "heartbeat_interval",
+]
