@@ -1,0 +1,322 @@
+"""Master and worker logic that needs no process and no socket."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import signal
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from prefork import log
+from prefork.config import Config
+from prefork.errors import BindError
+from prefork.master import (
+    BOOT_TIMEOUT_MIN_S,
+    Master,
+    bind_spec,
+    boot_timeout,
+    describe_status,
+    parse_address,
+)
+from prefork.worker import (
+    ACCEPT_BACKOFF_S,
+    MSG_HEARTBEAT,
+    MSG_READY,
+    MSG_RECYCLE,
+    WORKER_BOOT_ERROR,
+    WORKER_CRASHED,
+    WORKER_EXIT_OK,
+    Worker,
+    WorkerState,
+    app_label,
+    heartbeat_interval,
+)
+
+
+def handle(method: str, query: str, args: Any, headers: Any, body: bytes, ctx: Any) -> Any:
+    return "ok", 200, None
+
+
+# -- small functions -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("status", "expected"),
+    [
+        (0, "exit code 0"),
+        (3 << 8, "exit code 3"),
+        (signal.SIGKILL, "signal SIGKILL"),
+        (signal.SIGTERM, "signal SIGTERM"),
+    ],
+    ids=["exit-0", "exit-3", "sigkill", "sigterm"],
+)
+def test_describe_status(status: int, expected: str) -> None:
+    assert describe_status(status) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("127.0.0.1:8080", ("127.0.0.1", 8080)),
+        ("0.0.0.0:0", ("0.0.0.0", 0)),
+        ("[::1]:443", ("::1", 443)),
+        ("localhost:80", ("localhost", 80)),
+        (":9000", ("0.0.0.0", 9000)),
+    ],
+    ids=["ipv4", "port-0", "ipv6", "name", "no-host"],
+)
+def test_parse_address(text: str, expected: tuple[str, int]) -> None:
+    assert parse_address(text) == expected
+
+
+@pytest.mark.parametrize("text", ["8080", "host:", "host:http", "host:70000"])
+def test_parse_address_rejects(text: str) -> None:
+    with pytest.raises(BindError, match="expected HOST:PORT"):
+        parse_address(text)
+
+
+def test_bind_spec_sees_every_address_and_the_backlog() -> None:
+    base = Config.build({"port": 0})
+    assert bind_spec(base) == ((("127.0.0.1", 0),), 256)
+    assert bind_spec(Config.build({"port": 0, "workers": 4})) == bind_spec(base)
+    assert bind_spec(Config.build({"port": 1})) != bind_spec(base)
+    assert bind_spec(Config.build({"port": 0, "binds": ["[::1]:0"]})) != bind_spec(base)
+    assert bind_spec(Config.build({"port": 0, "backlog": 10})) != bind_spec(base)
+
+
+def test_timeouts() -> None:
+    assert boot_timeout(2) == BOOT_TIMEOUT_MIN_S
+    assert boot_timeout(120) == 120
+    assert heartbeat_interval(30) == 1.0
+    assert heartbeat_interval(2) == 0.5
+
+
+def test_constants_are_distinct() -> None:
+    assert len({MSG_READY, MSG_HEARTBEAT, MSG_RECYCLE}) == 3
+    assert all(len(msg) == 1 for msg in (MSG_READY, MSG_HEARTBEAT, MSG_RECYCLE))
+    assert len({WORKER_EXIT_OK, WORKER_CRASHED, WORKER_BOOT_ERROR}) == 3
+    assert WORKER_BOOT_ERROR == 3
+
+
+def test_app_label() -> None:
+    assert app_label("app:handle") == "app:handle"
+    assert app_label(handle) == f"{__name__}:handle"
+
+
+# -- the master's decisions, before any fork -----------------------------------
+
+
+@pytest.fixture
+def master_log() -> Iterator[list[str]]:
+    """Messages logged on prefork.master (which does not propagate once log.setup ran)."""
+    messages: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            messages.append(record.getMessage())
+
+    logger = logging.getLogger(log.MASTER)
+    collector = Collect(level=logging.DEBUG)
+    old_level = logger.level
+    logger.addHandler(collector)
+    logger.setLevel(logging.DEBUG)
+    yield messages
+    logger.removeHandler(collector)
+    logger.setLevel(old_level)
+
+
+def test_master_init_only_stores(tmp_path: Path) -> None:
+    cfg = Config.build({"port": 0, "workers": 3})
+    master = Master(cfg, "app:handle", pidfile=str(tmp_path / "pid"))
+    assert master.listeners == []
+    assert master.port == 0
+    assert not (tmp_path / "pid").exists()
+
+
+def test_ttin_and_ttou_never_below_one(master_log: list[str]) -> None:
+    master = Master(Config.build({"port": 0, "workers": 2}), handle)
+    master.handle_ttin()
+    assert master._target == 3
+    for _ in range(5):
+        master.handle_ttou()
+    assert master._target == 1
+    assert "SIGTTOU: already at one worker" in master_log
+
+
+def test_reload_rereads_the_file_and_keeps_the_overrides(tmp_path: Path) -> None:
+    conf = tmp_path / "prefork.toml"
+    conf.write_text("workers = 2\ngraceful_timeout = 3\nport = 9999\n")
+    overrides = {"port": 0, "workers": 5}
+    master = Master(
+        Config.build({"port": 0}), "app:handle", config_file=str(conf), overrides=overrides
+    )
+    conf.write_text("workers = 2\ngraceful_timeout = 7\n")
+    cfg = master._reread_config()
+    assert cfg.graceful_timeout == 7  # from the file, re-read
+    assert cfg.workers == 5  # the command line still wins
+    assert cfg.port == 0
+
+
+def test_reload_without_a_file_keeps_the_config() -> None:
+    cfg = Config.build({"port": 0})
+    assert Master(cfg, "app:handle")._reread_config() is cfg
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        ("workers = [", "invalid TOML"),
+        ("workers = 0\n", "workers: must be >= 1"),
+        ("no_such_key = 1\n", "no_such_key: unknown config key"),
+        ('[ssl.default]\ncert = "/nonexistent/c.pem"\nkey = "/nonexistent/k.pem"\n', "c.pem"),
+    ],
+    ids=["toml", "value", "key", "tls-file"],
+)
+def test_broken_reload_keeps_the_generation(
+    tmp_path: Path, master_log: list[str], content: str, reason: str
+) -> None:
+    conf = tmp_path / "prefork.toml"
+    conf.write_text(content)
+    master = Master(Config.build({"port": 0}), "app:handle", config_file=str(conf))
+    master._generation = 1
+    master.handle_hup()  # must not fork: it fails before
+    assert master._reload is None
+    assert master._generation == 1
+    failed = [m for m in master_log if m.startswith("reload failed")]
+    assert len(failed) == 1
+    assert reason in failed[0]
+    assert "generation 1 keeps serving" in failed[0]
+
+
+# -- the worker's accept loop, with a fake loop --------------------------------
+
+
+class FakeTask:
+    def __init__(self) -> None:
+        self.callbacks: list[Callable[[FakeTask], None]] = []
+
+    def add_done_callback(self, cb: Callable[[FakeTask], None]) -> None:
+        self.callbacks.append(cb)
+
+    def cancelled(self) -> bool:
+        return False
+
+    def exception(self) -> BaseException | None:
+        return None
+
+    def finish(self) -> None:
+        for cb in self.callbacks:
+            cb(self)
+
+
+class FakeLoop:
+    def __init__(self) -> None:
+        self.readers: dict[int, Any] = {}
+        self.timers: list[tuple[float, Callable[[], None]]] = []
+        self.tasks: list[FakeTask] = []
+
+    def add_reader(self, fd: int, cb: Callable[..., None], *args: Any) -> None:
+        self.readers[fd] = (cb, args)
+
+    def remove_reader(self, fd: int) -> bool:
+        return self.readers.pop(fd, None) is not None
+
+    def call_later(self, delay: float, cb: Callable[[], None]) -> Any:
+        self.timers.append((delay, cb))
+        return object()
+
+    def create_task(self, coro: Any) -> FakeTask:
+        coro.close()  # never run: the test only counts connections
+        task = FakeTask()
+        self.tasks.append(task)
+        return task
+
+
+class FakeConn:
+    def setblocking(self, flag: bool) -> None:
+        assert flag is False
+
+
+class FakeListener:
+    def __init__(self, pending: int, error: int | None = None) -> None:
+        self.pending = pending
+        self.error = error
+        self.accepts = 0
+
+    def fileno(self) -> int:
+        return 7
+
+    def accept(self) -> tuple[FakeConn, tuple[str, int]]:
+        if self.error is not None:
+            raise OSError(self.error, os.strerror(self.error))
+        if not self.pending:
+            raise BlockingIOError
+        self.pending -= 1
+        self.accepts += 1
+        return FakeConn(), ("127.0.0.1", 1234)
+
+
+async def fake_serve(sock: Any, state: Any) -> None:
+    return None
+
+
+def make_worker(listener: FakeListener, limit: int) -> tuple[Worker, FakeLoop]:
+    cfg = Config.build({"port": 0, "connection_limit": limit})
+    worker = Worker(
+        cfg=cfg,
+        app="app:handle",
+        listeners=[listener],  # type: ignore[list-item]
+        ssl_context=None,
+        number=1,
+        generation=1,
+        pipe_fd=-1,
+        close_fds=[],
+    )
+    loop = FakeLoop()
+    worker._loop = loop  # type: ignore[assignment]
+    worker._phase = WorkerState.SERVING
+    worker._state = object()
+    worker._serve_connection = fake_serve
+    worker._resume_accepting()
+    return worker, loop
+
+
+def test_accept_stops_at_connection_limit_and_resumes_when_a_slot_frees() -> None:
+    listener = FakeListener(pending=5)
+    worker, loop = make_worker(listener, limit=2)
+    assert 7 in loop.readers
+    worker._on_readable(listener)  # type: ignore[arg-type]
+    assert listener.accepts == 2  # a slot is taken before each accept
+    assert 7 not in loop.readers  # the rest wait in the listen queue for a sibling
+    loop.tasks[0].finish()
+    assert 7 in loop.readers
+    worker._on_readable(listener)  # type: ignore[arg-type]
+    assert listener.accepts == 3
+    assert 7 not in loop.readers
+
+
+def test_accept_emfile_backs_off_instead_of_spinning() -> None:
+    listener = FakeListener(pending=1, error=errno.EMFILE)
+    worker, loop = make_worker(listener, limit=10)
+    worker._on_readable(listener)  # type: ignore[arg-type]
+    assert 7 not in loop.readers
+    assert [delay for delay, _ in loop.timers] == [ACCEPT_BACKOFF_S]
+    _, retry = loop.timers[0]
+    listener.error = None
+    retry()
+    assert 7 in loop.readers
+    worker._on_readable(listener)  # type: ignore[arg-type]
+    assert listener.accepts == 1
+
+
+def test_accept_skips_an_aborted_connection() -> None:
+    listener = FakeListener(pending=0, error=errno.ECONNABORTED)
+    worker, loop = make_worker(listener, limit=3)
+    worker._on_readable(listener)  # type: ignore[arg-type]
+    assert 7 in loop.readers
+    assert loop.timers == []
