@@ -1,0 +1,245 @@
+"""RESULTS.md: the tables of one run and the goals of the issue, each marked PASS or MISS.
+
+Everything here reads the plain ``results`` dict that run.py also saves as
+JSON, so a report can be re-rendered from a saved run
+(``python bench/report.py bench/out/results.json``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from servers import PYTHON_PEERS, SERVERS
+
+PASS, MISS, NA = "PASS", "MISS", "n/a"
+
+
+def _row(results: dict, sid: str, name: str) -> dict | None:
+    row = results["scenarios"].get(sid, {}).get("rows", {}).get(name)
+    if not row or row.get("error"):
+        return None
+    return row
+
+
+def rps(results: dict, sid: str, name: str) -> float | None:
+    row = _row(results, sid, name)
+    return row["rps"] if row else None
+
+
+def best_peer(results: dict, sid: str) -> tuple[str, float] | None:
+    """The Python peer with the most req/s in scenario ``sid``."""
+    found = [(n, r) for n in PYTHON_PEERS if (r := rps(results, sid, n)) is not None]
+    return max(found, key=lambda x: x[1]) if found else None
+
+
+def _fmt_int(x: float) -> str:
+    return f"{x:,.0f}"
+
+
+def _fmt_ms(x: float) -> str:
+    if x is None or math.isnan(x):
+        return "-"
+    return f"{x:.2f} ms" if x < 100 else f"{x:.0f} ms"
+
+
+def _ratio_goal(
+    results: dict, sid: str, num: str, den: str | None, minimum: float, text: str
+) -> tuple[str, str, str]:
+    """``num``'s req/s over ``den``'s (None: the best Python peer) >= ``minimum``."""
+    a = rps(results, sid, num)
+    if den is None:
+        best = best_peer(results, sid)
+        den_label, b = (SERVERS[best[0]][0], best[1]) if best else ("best Python peer", None)
+    else:
+        den_label, b = SERVERS[den][0], rps(results, sid, den)
+    if a is None or not b:
+        return text, "not measured", NA
+    ratio = a / b
+    measured = f"{ratio:.2f}x ({_fmt_int(a)} vs {den_label} {_fmt_int(b)} req/s)"
+    return text, measured, PASS if ratio >= minimum else MISS
+
+
+def _p99_goal(results: dict, sid: str, text: str) -> tuple[str, str, str]:
+    a, b = _row(results, sid, "prefork"), _row(results, sid, "granian")
+    if not a or not b:
+        return text, "not measured", NA
+    measured = f"{_fmt_ms(a['p99_ms'])} vs granian {_fmt_ms(b['p99_ms'])}"
+    return text, measured, PASS if a["p99_ms"] <= b["p99_ms"] else MISS
+
+
+def goals(results: dict) -> list[tuple[str, str, str]]:
+    """(goal, measured, PASS/MISS/n/a) for every goal of the issue."""
+    out = [
+        _ratio_goal(results, "S1", "prefork", "granian", 1.5, "S1 >= 1.5x granian"),
+        _ratio_goal(results, "S1", "prefork", "ceiling", 0.65, "S1 >= 0.65x the design ceiling"),
+        _p99_goal(results, "S1", "S1 p99 <= granian's"),
+        _ratio_goal(results, "S1", "prefork-h11", "uvicorn-h11", 1.0, "S1 h11 >= 1.0x uvicorn-h11"),
+        _ratio_goal(results, "S2", "prefork", None, 1.2, "S2 >= 1.2x the best Python peer"),
+        _ratio_goal(results, "S3", "prefork", "granian", 0.95, "S3 >= 0.95x granian"),
+        _ratio_goal(results, "S4", "prefork", None, 1.0, "S4 >= 1.0x the best Python peer"),
+        _ratio_goal(results, "S5", "prefork", "granian", 1.0, "S5 >= 1.0x granian"),
+    ]
+    mem = results["scenarios"].get("S6", {}).get("rows", {})
+    pm, um = mem.get("prefork"), mem.get("uvicorn")
+    text = "S6 <= 4 KiB per idle connection"
+    if pm and not pm.get("error"):
+        out.append((text, f"{pm['per_conn']:.2f} KiB", PASS if pm["per_conn"] <= 4 else MISS))
+    else:
+        out.append((text, "not measured", NA))
+    text = "S6 rest RSS per worker <= uvicorn's"
+    if pm and um and not pm.get("error") and not um.get("error"):
+        measured = f"{pm['worker_rss'] / 1024:.1f} MiB vs {um['worker_rss'] / 1024:.1f} MiB"
+        out.append((text, measured, PASS if pm["worker_rss"] <= um["worker_rss"] else MISS))
+    else:
+        out.append((text, "not measured", NA))
+    out.append(_ratio_goal(results, "S8", "prefork", "nginx", 1.0, "S8 >= 1.0x nginx"))
+    out.append(_p99_goal(results, "S8", "S8 p99 <= granian's"))
+    s1, s9 = rps(results, "S1", "prefork"), _row(results, "S9", "prefork")
+    text = "S9 req/s within 15 % of S1, no socket errors"
+    if s1 and s9:
+        ratio = s9["rps"] / s1
+        measured = f"{ratio:.2f}x S1, {s9['socket_errors']} socket errors"
+        ok = ratio >= 0.85 and s9["socket_errors"] == 0
+        out.append((text, measured, PASS if ok else MISS))
+    else:
+        out.append((text, "not measured", NA))
+    acc = rps(results, "S1", "prefork-access")
+    text = "access log on costs <= 20 % of S1"
+    if s1 and acc:
+        cost = 1 - acc / s1
+        out.append((text, f"costs {100 * cost:.0f} %", PASS if cost <= 0.20 else MISS))
+    else:
+        out.append((text, "not measured", NA))
+    return out
+
+
+def _wrk_table(results: dict, sid: str) -> list[str]:
+    scenario = results["scenarios"][sid]
+    best = best_peer(results, sid)
+    lines = [
+        "| server | req/s (median) | min-max | p50 | p99 | socket errors | non-2xx "
+        "| server CPU | wrk CPU | other CPU | vs best peer |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+    ]
+    for name, row in scenario["rows"].items():
+        label = SERVERS[name][0]
+        if row.get("error"):
+            lines.append(f"| {label} | failed: {_one_line(row['error'])} ||||||||||")
+            continue
+        ratio = f"{row['rps'] / best[1]:.2f}x" if best else "-"
+        cpu = f"{row['server_cpu']:.0f} %"
+        wrk_cpu = f"{row['wrk_cpu']:.0f} %"
+        if row["wrk_cpu"] >= 90 and row["server_cpu"] < 90 * scenario["workers"]:
+            wrk_cpu += " (wrk-bound)"
+        other = f"{row['other_cpu']:.0f} %"
+        if row["noisy_runs"]:
+            other += f" ({row['noisy_runs']} noisy)"
+        lines.append(
+            f"| {label} | {_fmt_int(row['rps'])} | {_fmt_int(row['rps_min'])}-"
+            f"{_fmt_int(row['rps_max'])} | {_fmt_ms(row['p50_ms'])} | {_fmt_ms(row['p99_ms'])} "
+            f"| {row['socket_errors']} | {row['non_2xx']} | {cpu} | {wrk_cpu} | {other} | {ratio} |"
+        )
+    return lines
+
+
+def _memory_table(results: dict, sid: str) -> list[str]:
+    scenario = results["scenarios"][sid]
+    lines = [
+        "| server | workers | tree RSS at rest | tree PSS at rest | RSS per worker "
+        "| KiB per idle connection | connections held |",
+        "|---|--:|--:|--:|--:|--:|--:|",
+    ]
+    for name, row in scenario["rows"].items():
+        label = SERVERS[name][0]
+        if row.get("error"):
+            lines.append(f"| {label} | failed: {_one_line(row['error'])} ||||||")
+            continue
+        lines.append(
+            f"| {label} | {row['workers']} | {row['tree_rss'] / 1024:.1f} MiB "
+            f"| {row['tree_pss'] / 1024:.1f} MiB | {row['worker_rss'] / 1024:.1f} MiB "
+            f"| {row['per_conn']:.2f} | {row['held']} |"
+        )
+    return lines
+
+
+def _one_line(text: str) -> str:
+    first = text.strip().splitlines()[0] if text.strip() else "error"
+    return first.replace("|", "/")[:160]
+
+
+METHOD = """\
+Method: every scenario starts a fresh server, checks one answer, runs an
+unmeasured warm-up of {warmup} s, then {runs} runs of `wrk -t1 -c64 -d{duration}s
+--latency` (S9: `-c1000`). The server's whole process tree runs under
+`taskset -c 0` and wrk under `taskset -c 1`, except S2 where the server (2
+workers) is not pinned. Reported: the median req/s of the runs and their
+min-max; the median p50 and p99; socket errors and non-2xx summed over the
+runs; the server tree's and wrk's CPU in % of one core (a run where wrk is
+near 100 % and the server is not is limited by wrk and marked so), and the
+CPU that every other process on the machine used meanwhile ("other CPU"; a
+run where it exceeded {max_other:.0f} % of a core is redone, at most {retries}
+times, keeping the quietest; one still above is marked "noisy"). Access
+logging is off for every server except the "access log on" row. "vs best
+peer" is the ratio to the fastest Python peer (uvicorn, granian, gunicorn)
+in the same scenario and run.
+
+S6 memory: one worker at rest (after 100 warm-up requests and 1 s), as the
+sum over the server's process tree of RSS (shared pages counted in every
+process), PSS (shared pages divided among the processes that share them),
+and the mean RSS of the serving processes (the workers, or the single
+process). Then 1,000 keep-alive connections each send one `GET /hello`,
+read the answer and stay open, idle; "KiB per idle connection" is the growth
+of the tree's USS (private memory) divided by 1,000. Kernel socket buffers
+are not process memory and are not counted for any server.
+
+Settings: prefork runs `bench/apps/prefork.toml` (connection_limit 2048,
+backlog 4096, so that 1,000 connections are admitted; otherwise defaults);
+uvicorn and gunicorn keep idle connections 60 s; nginx has
+`worker_connections 4096`, `gzip_comp_level 6`, TLS 1.2/1.3. The ASGI app
+gzips `/big` at level 6 on every request, as prefork and nginx do.
+"""
+
+SCENARIO_NOTES = {
+    "S2": "nginx and the peers also run 2 workers; the ceiling is single-process and not run.",
+    "S8": "wrk runs with `--timeout 10s` here: at ~2.5 ms of gzip per response, 64 connections "
+    "queue for longer than wrk's default 2 s, which would drop the slowest answers from p99.",
+    "S4": "nginx is not run: `return 200` would discard the body, which is not the same work.",
+}
+
+
+def render(results: dict, chart: str | None = None) -> str:
+    meta = results["meta"]
+    settings = meta["settings"]
+    out = [f"# prefork benchmark, {meta['date']}", ""]
+    if settings.get("quick"):
+        out += ["Quick mode (a smoke test of the harness, not a measurement).", ""]
+    out += [
+        f"Machine: {meta['machine']}.",
+        "",
+        "Versions: " + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()) + ".",
+        "",
+        METHOD.format(**settings),
+    ]
+    if settings.get("note"):
+        out += [settings["note"], ""]
+    if chart:
+        out += [f"![req/s relative to the best Python peer]({chart})", ""]
+    for sid, scenario in results["scenarios"].items():
+        out += [f"## {sid}: {scenario['title']}", ""]
+        if sid in SCENARIO_NOTES:
+            out += [SCENARIO_NOTES[sid], ""]
+        table: Callable[[dict, str], list[str]]
+        table = _memory_table if scenario["kind"] == "memory" else _wrk_table
+        out += [*table(results, sid), ""]
+    out += ["## Goals (this run)", "", "| goal | measured | result |", "|---|---|---|"]
+    out += [f"| {g} | {m} | {r} |" for g, m, r in goals(results)]
+    return "\n".join(out) + "\n"
+
+
+if __name__ == "__main__":
+    data = json.loads(Path(sys.argv[1]).read_text())
+    sys.stdout.write(render(data))
