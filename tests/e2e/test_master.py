@@ -370,6 +370,23 @@ def test_reload_picks_up_new_app_code(servers: StartServer, tmp_path: Path) -> N
     wait_until(lambda: get(server.port, "/version")[2] == "the second version", timeout=10)
 
 
+def test_reload_with_broken_app_code_keeps_the_old_generation(
+    servers: StartServer, tmp_path: Path
+) -> None:
+    conf = write_config(tmp_path / "prefork.toml", workers=2)
+    server = servers(APP, "-c", conf, env={"PYTHONDONTWRITEBYTECODE": "1"})
+    wait_until(lambda: len(serving_pids(server)) == 2)
+    before = serving_pids(server)
+    app = tmp_path / "app.py"
+    app.write_text(app.read_text() + "\nraise RuntimeError('half-edited app')\n")
+    os.kill(server.pid, signal.SIGHUP)
+    server.wait_log(r"reload failed: worker \d+ \(pid \d+, gen 2\) failed to boot")
+    assert serving_pids(server) == before
+    assert get(server.port, "/version")[2] == "version-one"
+    assert server.proc.poll() is None
+    assert "Traceback" not in server.log()
+
+
 # -- stopping ------------------------------------------------------------------
 
 
@@ -446,11 +463,14 @@ def test_max_requests_recycles_workers_without_failures(
     server = start(servers, tmp_path, workers=2, max_requests=20, max_requests_jitter=5)
     initial = serving_pids(server)
     sent = 0
-    deadline = time.monotonic() + 20
-    while (serving_pids(server) & initial) and sent < 400 and time.monotonic() < deadline:
+    deadline = time.monotonic() + 15
+    # A worker asks for its replacement on its next heartbeat tick (<= 1 s), so keep
+    # the traffic going until both are replaced.
+    while (serving_pids(server) & initial) and sent < 3000 and time.monotonic() < deadline:
         status, _, _ = get(server.port)
         assert status == 200
         sent += 1
+        time.sleep(0.005)
     assert not (serving_pids(server) & initial), f"no recycling after {sent} requests"
     server.wait_log("reached max_requests; replacing it")
     assert get(server.port)[0] == 200
