@@ -1,5 +1,13 @@
-"""prefork: a pre-fork HTTP/1.1 server for Python."""
+"""prefork: a pre-fork HTTP/1.1 server for Python.
+
+server, err = prefork.new({"port": 8080, "workers": 4}, handle)
+server.serve()
+"""
 
 from __future__ import annotations
 
+from .server import Server, new
+
 __version__ = "0.1.0"
+
+__all__ = ["Server", "__version__", "new"]

@@ -179,7 +179,9 @@ def validate(raw: Mapping[str, Any]) -> dict[str, Any]:
             if value == "warning":
                 value = "warn"
             if value not in LOG_LEVELS:
-                raise ConfigError(f"log_level: must be one of {', '.join(LOG_LEVELS)}; got {value!r}")
+                raise ConfigError(
+                    f"log_level: must be one of {', '.join(LOG_LEVELS)}; got {value!r}"
+                )
         elif key == "http":
             value = _check_str(key, value).lower()
             if value not in HTTP_BACKENDS:
@@ -217,7 +219,11 @@ def merged(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, A
     """``base`` updated with ``overrides``; the ``compression`` table merges key by key."""
     out = dict(base)
     for key, value in overrides.items():
-        if key == "compression" and isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+        if (
+            key == "compression"
+            and isinstance(value, Mapping)
+            and isinstance(out.get(key), Mapping)
+        ):
             out[key] = {**out[key], **value}
         else:
             out[key] = value

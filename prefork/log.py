@@ -101,7 +101,10 @@ class AccessLog:
         headers: Mapping[str, str],
     ) -> None:
         duration_ms = (time.monotonic() - started) * 1000.0
-        line = f'{client_ip} "{escape(method)} {escape(path)} HTTP/{version}" {status} {size} {duration_ms:.2f}ms'
+        line = (
+            f'{client_ip} "{escape(method)} {escape(path)} HTTP/{version}" '
+            f"{status} {size} {duration_ms:.2f}ms"
+        )
         if self._header_names:
             extra = " ".join(
                 f'{name}="{escape(headers.get(name, "-"))}"' for name in self._header_names

@@ -1,0 +1,169 @@
+"""The command line: ``prefork run MODULE:ATTR [flags]``.
+
+Flags win over the config file. Every error is one line on stderr naming the
+culprit and a non-zero exit, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any, NoReturn
+
+from . import __version__
+from .config import Config, load_toml, merged
+from .errors import PreforkError
+
+EXIT_OK = 0
+EXIT_FAILURE = 1  # the server could not start or stopped on an error
+EXIT_USAGE = 2  # a bad flag, config value or MODULE:ATTR
+
+_EPILOG = """\
+signals (to the master process):
+  HUP          reload: re-read the config file, re-parse TLS, start new workers,
+               then gracefully stop the old ones
+  TERM, INT    graceful stop (INT is graceful here, unlike gunicorn and nginx)
+  QUIT         immediate stop
+  TTIN / TTOU  one worker more / fewer
+  USR1         reopen log files
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"prefork: error: {message}\n")
+
+
+def parse_bind(value: str) -> tuple[str, int]:
+    """``HOST:PORT``, ``:PORT``, ``PORT`` or ``[IPv6]:PORT`` -> (host, port)."""
+    host, sep, port_text = value.rpartition(":")
+    if not sep:
+        host, port_text = "", value
+    host = host.strip("[]") or "127.0.0.1"
+    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise PreforkError(f"-b/--bind {value!r}: expected HOST:PORT with a port from 0 to 65535")
+    return host, int(port_text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="prefork",
+        description="A pre-fork HTTP/1.1 server for Python.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"prefork {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    run = sub.add_parser(
+        "run",
+        help="serve MODULE:ATTR",
+        description="Import MODULE (with the current directory on sys.path) and serve its "
+        "handler ATTR with a master process and N workers.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    run.add_argument("app", metavar="MODULE:ATTR", help="the handler to serve, e.g. app:handle")
+    run.add_argument("-w", "--workers", type=int, metavar="N", help="worker processes (default 1)")
+    run.add_argument(
+        "-b",
+        "--bind",
+        action="append",
+        metavar="HOST:PORT",
+        help="address to listen on (default 127.0.0.1:8080; port 0 = any free port); "
+        "repeat to listen on several",
+    )
+    run.add_argument("-c", "--config", metavar="FILE", help="a TOML file of config keys")
+    run.add_argument("--certfile", metavar="FILE", help="TLS certificate (PEM); sets ssl.default")
+    run.add_argument("--keyfile", metavar="FILE", help="TLS private key (PEM); sets ssl.default")
+    run.add_argument(
+        "--log-level",
+        metavar="LEVEL",
+        help="debug, access (one line per request; the default), info, warn or error",
+    )
+    run.add_argument(
+        "--http",
+        metavar="PARSER",
+        help="request parser: auto (default), httptools or h11",
+    )
+    run.add_argument("--pid", metavar="FILE", help="write the master's pid to FILE")
+    return parser
+
+
+def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The config keys the flags set (they win over the file)."""
+    out: dict[str, Any] = {}
+    if args.workers is not None:
+        out["workers"] = args.workers
+    if args.bind:
+        host, port = parse_bind(args.bind[0])
+        out["ip"], out["port"] = host, port
+        for extra in args.bind[1:]:
+            parse_bind(extra)
+        out["binds"] = list(args.bind[1:])
+    if args.log_level is not None:
+        out["log_level"] = args.log_level
+    if args.http is not None:
+        out["http"] = args.http
+    if (args.certfile is None) != (args.keyfile is None):
+        raise PreforkError("--certfile and --keyfile go together")
+    if args.certfile is not None:
+        out["ssl"] = {"default": {"cert": args.certfile, "key": args.keyfile}}
+    return out
+
+
+def _merge_ssl(file_cfg: dict[str, Any], flags: dict[str, Any]) -> dict[str, Any]:
+    # --certfile/--keyfile set ssl.default and keep the file's hosts and options.
+    ssl_flag = flags.get("ssl")
+    if ssl_flag is not None and isinstance(file_cfg.get("ssl"), dict):
+        flags = {**flags, "ssl": {**file_cfg["ssl"], **ssl_flag}}
+    return flags
+
+
+def check_app(spec: str) -> None:
+    """Fail fast on a malformed MODULE:ATTR or a module that does not exist.
+
+    The master never imports the app (each worker does, so SIGHUP picks up new
+    code); a module that exists but fails to import stops the server when its
+    first worker cannot boot.
+    """
+    module, sep, attr = spec.partition(":")
+    if not sep or not module or not attr:
+        raise PreforkError(f"app {spec!r}: expected MODULE:ATTR, e.g. app:handle")
+    cwd = os.getcwd()
+    if cwd not in sys.path:
+        sys.path.insert(0, cwd)
+    try:
+        found = importlib.util.find_spec(module)
+    except (ImportError, ValueError) as exc:
+        raise PreforkError(f"app {spec!r}: cannot look up module {module!r}: {exc}") from None
+    if found is None:
+        raise PreforkError(f"app {spec!r}: module {module!r} not found")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command != "run":
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    from .server import Server, _load_tls
+
+    try:
+        flags = overrides_from_args(args)
+        file_cfg = load_toml(args.config) if args.config else {}
+        flags = _merge_ssl(file_cfg, flags)
+        cfg = Config.build(merged(file_cfg, flags))
+        _load_tls(cfg)
+        check_app(args.app)
+    except PreforkError as exc:
+        print(f"prefork: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    server = Server(cfg, args.app, config_file=args.config, overrides=flags, pidfile=args.pid)
+    _, err = server.serve()
+    if err is not None:
+        print(f"prefork: error: {err}", file=sys.stderr)
+        return server.exit_code or EXIT_FAILURE
+    return EXIT_OK

@@ -1,0 +1,114 @@
+"""The handler side: loading ``MODULE:ATTR``, the ``ctx`` object, normalising results."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import logging
+import os
+import sys
+from collections.abc import AsyncIterable, Iterable, Mapping
+from typing import Any
+
+from ._types import ConnectionLike, Handler
+from .errors import ConfigError
+
+
+def load_app(spec: str) -> Handler:
+    """Import ``MODULE:ATTR`` with the current directory on ``sys.path``.
+
+    Raises ConfigError with one line naming the culprit.
+    """
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise ConfigError(f"app {spec!r}: expected MODULE:ATTR, e.g. app:handle")
+    cwd = os.getcwd()
+    if cwd not in sys.path:
+        sys.path.insert(0, cwd)
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name == module_name or (exc.name and module_name.startswith(exc.name + ".")):
+            raise ConfigError(f"app {spec!r}: module {module_name!r} not found") from None
+        raise ConfigError(f"app {spec!r}: importing {module_name!r} failed: {exc}") from None
+    except Exception as exc:
+        where = ""
+        tb = exc.__traceback__
+        while tb is not None:
+            if tb.tb_frame.f_code.co_filename.endswith(module_name.replace(".", "/") + ".py"):
+                where = f" (line {tb.tb_lineno})"
+            tb = tb.tb_next
+        raise ConfigError(
+            f"app {spec!r}: importing {module_name!r} raised {type(exc).__name__}: {exc}{where}"
+        ) from None
+    obj: Any = module
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise ConfigError(
+                f"app {spec!r}: module {module_name!r} has no attribute {attr!r}"
+            ) from None
+    if not callable(obj):
+        raise ConfigError(f"app {spec!r}: {attr!r} is not callable")
+    handler: Handler = obj
+    return handler
+
+
+def is_async_handler(handler: Handler) -> bool:
+    """Whether calling ``handler`` returns a coroutine (checked once, not per request)."""
+    if inspect.iscoroutinefunction(handler):
+        return True
+    call = getattr(handler, "__call__", None)  # noqa: B004 - a class instance with async __call__
+    return call is not None and inspect.iscoroutinefunction(call)
+
+
+class Context:
+    """The ``ctx`` argument of a handler: one per connection."""
+
+    __slots__ = ("cfg", "client", "client_ip", "logger", "redis_module")
+
+    def __init__(
+        self,
+        logger: logging.Logger,
+        client: ConnectionLike,
+        client_ip: str,
+        cfg: Mapping[str, Any],
+        redis_module: Any,
+    ) -> None:
+        self.logger = logger
+        self.client = client
+        self.client_ip = client_ip
+        self.cfg = cfg
+        self.redis_module = redis_module
+
+    def __repr__(self) -> str:
+        return f"<Context client_ip={self.client_ip!r}>"
+
+
+class HandlerResultError(Exception):
+    """The handler returned something that is not (content, status, headers)."""
+
+
+def is_stream(content: object) -> bool:
+    """An iterable or async iterable of chunks (not str/bytes)."""
+    return isinstance(content, AsyncIterable) or (
+        isinstance(content, Iterable)
+        and not isinstance(content, str | bytes | bytearray | memoryview)
+    )
+
+
+def check_result(result: object) -> tuple[Any, int, Mapping[str, Any] | None]:
+    """Validate a handler's return value; the status defaults to 200."""
+    if not isinstance(result, tuple) or len(result) != 3:
+        raise HandlerResultError(
+            f"handler must return (content, status, headers), got {type(result).__name__}"
+        )
+    content, status, headers = result
+    if status is None:
+        status = 200
+    elif isinstance(status, bool) or not isinstance(status, int) or not 100 <= status <= 599:
+        raise HandlerResultError(f"handler returned an invalid status {status!r}")
+    if headers is not None and not isinstance(headers, Mapping):
+        raise HandlerResultError(f"handler returned headers of type {type(headers).__name__}")
+    return content, status, headers

@@ -1,0 +1,41 @@
+"""Parser backends: each turns one request head into its parts.
+
+``httptools`` (llhttp, fast) is the default when importable; ``h11`` (pure
+Python) is the fallback and the oracle the fast path is checked against.
+"""
+
+from __future__ import annotations
+
+from ..errors import ConfigError
+from ..protocol import HeadParser
+
+
+def available(name: str) -> bool:
+    try:
+        if name == "httptools":
+            import httptools  # noqa: F401
+        else:
+            import h11  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def resolve(name: str) -> str:
+    """The backend a config's ``http`` value means here: "httptools" or "h11"."""
+    if name == "auto":
+        return "httptools" if available("httptools") else "h11"
+    if not available(name):
+        raise ConfigError(f"http: the {name} parser is not installed")
+    return name
+
+
+def make_parser(name: str) -> HeadParser:
+    """A new head parser of backend ``name`` (as returned by ``resolve``)."""
+    if name == "httptools":
+        from .httptools_parser import HttptoolsHeadParser
+
+        return HttptoolsHeadParser()
+    from .h11_parser import H11HeadParser
+
+    return H11HeadParser()

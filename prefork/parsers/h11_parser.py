@@ -1,0 +1,33 @@
+"""The h11 backend: pure Python, the fallback and the reference."""
+
+from __future__ import annotations
+
+import h11
+
+from ..errors import ProtocolError
+from ..protocol import RawHeaders
+
+
+class H11HeadParser:
+    """Parses each request head with a fresh ``h11.Connection``."""
+
+    __slots__ = ()
+
+    # h11 lets control characters and obs-fold through; the shared pre-scan runs.
+    strict_fields = False
+
+    def parse(self, head: bytes) -> tuple[str, str, str, RawHeaders]:
+        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=len(head) + 1)
+        try:
+            conn.receive_data(head)
+            event = conn.next_event()
+        except h11.RemoteProtocolError as exc:
+            raise ProtocolError(400, f"malformed request: {exc}") from None
+        if not isinstance(event, h11.Request):
+            raise ProtocolError(400, "malformed request head")
+        try:
+            target = event.target.decode("ascii")
+        except UnicodeDecodeError:
+            raise ProtocolError(400, "non-ASCII request target") from None
+        raw = list(event.headers.raw_items())
+        return event.method.decode("ascii"), target, event.http_version.decode("ascii"), raw

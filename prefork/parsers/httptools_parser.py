@@ -1,0 +1,60 @@
+"""The llhttp backend (httptools): the fast default."""
+
+from __future__ import annotations
+
+import httptools
+
+from ..errors import ProtocolError
+from ..protocol import RawHeaders
+
+
+class HttptoolsHeadParser:
+    """Parses request heads with one reusable llhttp parser per connection."""
+
+    __slots__ = ("_complete", "_headers", "_parser", "_url")
+
+    # llhttp rejects control characters, obs-fold, bare CR/LF itself.
+    strict_fields = True
+
+    def __init__(self) -> None:
+        self._parser = httptools.HttpRequestParser(self)
+        self._headers: RawHeaders = []
+        self._url = b""
+        self._complete = True
+
+    # llhttp callbacks
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name, value))
+
+    def on_message_complete(self) -> None:
+        self._complete = True
+
+    def parse(self, head: bytes) -> tuple[str, str, str, RawHeaders]:
+        if not self._complete:
+            # The last head announced a body, which the reader consumed itself:
+            # this parser still waits for it, so start a fresh one.
+            self._parser = httptools.HttpRequestParser(self)
+        self._complete = False
+        headers: RawHeaders = []
+        self._headers = headers
+        self._url = b""
+        parser = self._parser
+        try:
+            parser.feed_data(head)
+        except httptools.HttpParserUpgrade:
+            # Upgrade/CONNECT: the head is complete; the server decides below.
+            self._complete = False
+        except httptools.HttpParserError as exc:
+            self._complete = False
+            message = str(exc)
+            if "HTTP version" in message:
+                raise ProtocolError(505, "HTTP version not supported") from None
+            raise ProtocolError(400, f"malformed request: {message}") from None
+        try:
+            target = self._url.decode("ascii")
+        except UnicodeDecodeError:
+            raise ProtocolError(400, "non-ASCII request target") from None
+        return parser.get_method().decode("ascii"), target, parser.get_http_version(), headers

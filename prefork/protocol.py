@@ -1,0 +1,610 @@
+"""Sans-I/O HTTP/1.1: request framing, the strict checks and limits, response bytes.
+
+Bytes go in through :meth:`RequestReader.feed`; complete :class:`Request`
+objects come out. A parser backend (``parsers/``) only turns one request head
+into ``(method, target, version, raw headers)``; everything a backend could get
+wrong differently lives here once: where a head ends, the RFC 9112 checks,
+413/414/431, body framing (Content-Length and our strict chunked decoder),
+query parsing, header joining, the keep-alive decision and response
+serialisation. So both backends answer the same bytes the same way.
+
+No asyncio, socket or ssl here.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+import time
+from collections import deque
+from collections.abc import Mapping
+from email.utils import formatdate
+from http import HTTPStatus
+from typing import Any, Protocol
+from urllib.parse import parse_qsl
+
+from .errors import ProtocolError
+
+RawHeaders = list[tuple[bytes, bytes]]
+
+# The request methods llhttp knows; both backends accept exactly these so they
+# answer alike (h11 alone would take any token).
+_METHODS_TEXT = """
+    DELETE GET HEAD POST PUT OPTIONS TRACE COPY LOCK MKCOL MOVE PROPFIND PROPPATCH
+    SEARCH UNLOCK BIND REBIND UNBIND ACL REPORT MKACTIVITY CHECKOUT MERGE M-SEARCH
+    NOTIFY SUBSCRIBE UNSUBSCRIBE PATCH PURGE MKCALENDAR LINK UNLINK SOURCE QUERY
+"""
+KNOWN_METHODS = frozenset(_METHODS_TEXT.split())
+
+# The whole head may not exceed this many bytes, whatever the per-line limit
+# (a bound on memory per connection): 431.
+MIN_HEAD_LIMIT_BYTES = 64 * 1024
+# Chunk sizes longer than this many hex digits overflow 64 bits: 400.
+MAX_CHUNK_SIZE_DIGITS = 16
+# Trailer fields that may not appear after the last chunk (RFC 9110 §6.5.1).
+FORBIDDEN_TRAILERS = frozenset(
+    (
+        b"content-length",
+        b"transfer-encoding",
+        b"host",
+        b"content-encoding",
+        b"content-type",
+        b"content-range",
+        b"trailer",
+        b"te",
+        b"connection",
+        b"expect",
+        b"authorization",
+        b"set-cookie",
+        b"cookie",
+    )
+)
+
+# RFC 9110 §5.5: field-value = *field-content; VCHAR, obs-text, SP and HTAB only.
+_BAD_FIELD_BYTES = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+# RFC 3986 host: reg-name / IPv4 / IP-literal, then an optional port.
+_HOST_RE = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]+)(?::[0-9]*)?")
+_TOKEN_RE = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_TOKEN = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
+_QUOTED = rb'"(?:[^"\\\x00-\x08\x0a-\x1f\x7f]|\\[\t !-~\x80-\xff])*"'
+# RFC 9112 §7.1.1: chunk-ext = *( BWS ";" BWS ext-name [ BWS "=" BWS ext-val ] )
+_CHUNK_EXT_RE = re.compile(
+    rb"(?:[ \t]*;[ \t]*" + _TOKEN + rb"(?:[ \t]*=[ \t]*(?:" + _TOKEN + rb"|" + _QUOTED + rb"))?)*"
+)
+_HEX_DIGITS = frozenset(b"0123456789abcdefABCDEF")
+
+
+class HeadParser(Protocol):
+    """A parser backend: one request head in, its parts out."""
+
+    # True when the backend itself rejects control characters and obs-fold in
+    # the head, so the shared pre-scan can be skipped for it.
+    strict_fields: bool
+
+    def parse(self, head: bytes) -> tuple[str, str, str, RawHeaders]:
+        """Parse a head ending in CRLF CRLF; raise ProtocolError on bad syntax."""
+        ...
+
+
+class Limits:
+    """The request limits of a config, read once per worker."""
+
+    __slots__ = ("head_limit", "line_limit", "max_body_size", "max_header_count")
+
+    def __init__(self, line_limit: int, max_header_count: int, max_body_size: int) -> None:
+        self.line_limit = line_limit
+        self.max_header_count = max_header_count
+        self.max_body_size = max_body_size
+        self.head_limit = max(MIN_HEAD_LIMIT_BYTES, 2 * line_limit)
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any]) -> Limits:
+        return cls(cfg["request_line_limit"], cfg["max_header_count"], cfg["max_body_size"])
+
+
+class Request:
+    """One parsed request."""
+
+    __slots__ = (
+        "body",
+        "chunked",
+        "content_length",
+        "expect_continue",
+        "headers",
+        "keep_alive",
+        "method",
+        "path",
+        "query",
+        "target",
+        "version",
+    )
+
+    def __init__(
+        self,
+        method: str,
+        target: str,
+        path: str,
+        query: str,
+        version: str,
+        headers: dict[str, str],
+        keep_alive: bool,
+    ) -> None:
+        self.method = method
+        self.target = target
+        self.path = path
+        self.query = query
+        self.version = version
+        self.headers = headers
+        self.keep_alive = keep_alive
+        self.body = b""
+        self.content_length = 0
+        self.chunked = False
+        self.expect_continue = False
+
+    def __repr__(self) -> str:
+        return f"<Request {self.method} {self.target} HTTP/{self.version}>"
+
+
+def parse_args(query: str) -> dict[str, Any]:
+    """The query string as ``{name: value}``; a repeated name maps to a list."""
+    args: dict[str, Any] = {}
+    if not query:
+        return args
+    for name, value in parse_qsl(query, keep_blank_values=True):
+        if name in args:
+            old = args[name]
+            if isinstance(old, list):
+                old.append(value)
+            else:
+                args[name] = [old, value]
+        else:
+            args[name] = value
+    return args
+
+
+def _split_target(method: str, target: str) -> tuple[str, str]:
+    """(path, query) of a request target, checking its form (RFC 9112 §3.2)."""
+    if "#" in target:
+        raise ProtocolError(400, "fragment in request target")
+    if target[:1] == "/":
+        path, sep, query = target.partition("?")
+        return path, query
+    if target == "*":
+        if method != "OPTIONS":
+            raise ProtocolError(400, "asterisk-form target is only for OPTIONS")
+        return "*", ""
+    scheme, sep, rest = target.partition("://")
+    if sep and scheme.lower() in ("http", "https"):
+        # absolute-form: the authority is the part up to the first "/" or "?".
+        cut = len(rest)
+        for ch in "/?":
+            i = rest.find(ch)
+            if i != -1 and i < cut:
+                cut = i
+        authority, rest = rest[:cut], rest[cut:]
+        if not authority or not _HOST_RE.fullmatch(authority):
+            raise ProtocolError(400, "bad authority in absolute-form target")
+        path, _, query = rest.partition("?")
+        return path or "/", query
+    raise ProtocolError(400, "bad request target")
+
+
+def _split_tokens(value: str) -> list[str]:
+    return [t.strip().lower() for t in value.split(",") if t.strip()]
+
+
+def build_request(
+    method: str,
+    target: str,
+    version: str,
+    raw: RawHeaders,
+    limits: Limits,
+    check_fields: bool,
+) -> Request:
+    """Apply the semantic checks of RFC 9112/9110 to a parsed head."""
+    if version != "1.1" and version != "1.0":
+        raise ProtocolError(505, f"HTTP version {version} not supported")
+    if method not in KNOWN_METHODS:
+        raise ProtocolError(
+            400, "CONNECT is not supported" if method == "CONNECT" else "unknown method"
+        )
+    if len(raw) > limits.max_header_count:
+        raise ProtocolError(431, "too many header fields")
+    headers: dict[str, str] = {}
+    cl_lines = 0
+    te_lines = 0
+    host_lines = 0
+    for bname, bvalue in raw:
+        if check_fields and _BAD_FIELD_BYTES.search(bvalue):
+            raise ProtocolError(400, "invalid character in header value")
+        name = bname.decode("latin-1").lower()
+        value = bvalue.decode("latin-1")
+        if name in headers:
+            sep = "; " if name == "cookie" else ", "
+            headers[name] = headers[name] + sep + value
+        else:
+            headers[name] = value
+        if name == "content-length":
+            cl_lines += 1
+        elif name == "transfer-encoding":
+            te_lines += 1
+        elif name == "host":
+            host_lines += 1
+
+    path, query = _split_target(method, target)
+
+    host = headers.get("host")
+    if host_lines > 1:
+        raise ProtocolError(400, "more than one Host header")
+    if host is None:
+        if version == "1.1":
+            raise ProtocolError(400, "missing Host header")
+    elif not _HOST_RE.fullmatch(host):
+        raise ProtocolError(400, "invalid Host header")
+
+    conn_header = headers.get("connection")
+    if version == "1.1":
+        keep_alive = conn_header is None or "close" not in _split_tokens(conn_header)
+    else:
+        keep_alive = conn_header is not None and "keep-alive" in _split_tokens(conn_header)
+
+    req = Request(method, target, path, query, version, headers, keep_alive)
+
+    if te_lines:
+        # RFC 9112 §6.1: a request with both is an attack or a bug; we refuse it.
+        if cl_lines:
+            raise ProtocolError(400, "both Content-Length and Transfer-Encoding")
+        if version == "1.0":
+            raise ProtocolError(400, "Transfer-Encoding on HTTP/1.0")
+        if te_lines > 1 or headers["transfer-encoding"].strip().lower() != "chunked":
+            raise ProtocolError(400, "Transfer-Encoding other than chunked")
+        req.chunked = True
+    elif cl_lines:
+        if cl_lines > 1:
+            raise ProtocolError(400, "more than one Content-Length")
+        cl = headers["content-length"].strip()
+        if not cl.isdigit() or not cl.isascii():
+            raise ProtocolError(400, "invalid Content-Length")
+        if len(cl) > 19 or int(cl) > limits.max_body_size:
+            raise ProtocolError(413, "request body too large")
+        req.content_length = int(cl)
+
+    expect = headers.get("expect")
+    if expect is not None:
+        if expect.strip().lower() != "100-continue":
+            raise ProtocolError(417, "unsupported Expect")
+        req.expect_continue = version == "1.1" and (req.chunked or req.content_length > 0)
+    return req
+
+
+class ReaderState(enum.Enum):
+    HEAD = 1
+    BODY = 2
+    CHUNK_SIZE = 3
+    CHUNK_DATA = 4
+    CHUNK_CRLF = 5
+    TRAILERS = 6
+    FAILED = 7
+
+
+class RequestReader:
+    """Turns a byte stream into complete requests, strictly.
+
+    ``feed()`` appends complete requests to ``requests``. The first error
+    raises ProtocolError and leaves the reader FAILED: nothing after a
+    rejected request is ever parsed. ``head_started`` tells the caller that
+    part of a head has arrived (for the header deadline); ``in_body`` that the
+    body is being read (for the body deadline); ``want_continue`` that a
+    ``100 Continue`` should be sent now.
+    """
+
+    __slots__ = (
+        "_body_parts",
+        "_buf",
+        "_chunk_left",
+        "_current",
+        "_head_prescan",
+        "_limits",
+        "_parser",
+        "_received",
+        "_state",
+        "requests",
+        "want_continue",
+    )
+
+    def __init__(self, parser: HeadParser, limits: Limits) -> None:
+        self._parser = parser
+        self._limits = limits
+        self._head_prescan = not parser.strict_fields
+        self._buf = b""
+        self._state = ReaderState.HEAD
+        self._current: Request | None = None
+        self._body_parts: list[bytes] = []
+        self._received = 0
+        self._chunk_left = 0
+        self.requests: deque[Request] = deque()
+        self.want_continue = False
+
+    @property
+    def head_started(self) -> bool:
+        return self._state is ReaderState.HEAD and bool(self._buf)
+
+    @property
+    def in_body(self) -> bool:
+        return self._state is not ReaderState.HEAD and self._state is not ReaderState.FAILED
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buf)
+
+    def take_unparsed(self) -> bytes:
+        """Hand over the bytes not yet parsed (for a handler that proxies the connection)."""
+        data, self._buf = self._buf, b""
+        return data
+
+    def feed_failed(self) -> None:
+        """Stop parsing for good (a deadline passed); nothing more is read as a request."""
+        self._state = ReaderState.FAILED
+        self._buf = b""
+        self.requests.clear()
+
+    def feed(self, data: bytes) -> None:
+        if self._state is ReaderState.FAILED:
+            return
+        buf = self._buf + data if self._buf else data
+        try:
+            self._buf = self._consume(buf)
+        except ProtocolError:
+            self._state = ReaderState.FAILED
+            self._buf = b""
+            raise
+
+    def eof(self) -> None:
+        """The peer closed its side: a partial request is an error."""
+        if self._state is ReaderState.HEAD:
+            if self._buf.strip(b"\r\n"):
+                self._state = ReaderState.FAILED
+                raise ProtocolError(400, "connection closed inside a request head")
+        elif self._state is not ReaderState.FAILED:
+            self._state = ReaderState.FAILED
+            raise ProtocolError(400, "connection closed inside a request body")
+
+    # -- the state machine ------------------------------------------------
+
+    def _consume(self, buf: bytes) -> bytes:
+        pos = 0
+        end = len(buf)
+        while pos < end:
+            state = self._state
+            if state is ReaderState.HEAD:
+                # RFC 9112 §2.2: ignore CRLFs before a request line.
+                while buf.startswith(b"\r\n", pos):
+                    pos += 2
+                if pos >= end:
+                    break
+                stop = buf.find(b"\r\n\r\n", pos)
+                if stop < 0:
+                    self._check_partial_head(buf, pos)
+                    break
+                stop += 4
+                head = buf if (pos == 0 and stop == end) else buf[pos:stop]
+                pos = stop
+                self._start_request(head)
+            elif state is ReaderState.BODY:
+                take = min(self._chunk_left, end - pos)
+                self._body_parts.append(buf[pos : pos + take] if take != end or pos else buf)
+                pos += take
+                self._chunk_left -= take
+                if not self._chunk_left:
+                    self._finish_request()
+            elif state is ReaderState.CHUNK_SIZE:
+                stop = buf.find(b"\r\n", pos)
+                if stop < 0:
+                    self._check_chunk_line(buf[pos:], partial=True)
+                    break
+                self._chunk_size_line(buf[pos:stop])
+                pos = stop + 2
+            elif state is ReaderState.CHUNK_DATA:
+                take = min(self._chunk_left, end - pos)
+                self._body_parts.append(buf[pos : pos + take])
+                pos += take
+                self._chunk_left -= take
+                if not self._chunk_left:
+                    self._state = ReaderState.CHUNK_CRLF
+            elif state is ReaderState.CHUNK_CRLF:
+                if end - pos < 2:
+                    if buf[pos:] != b"\r":
+                        raise ProtocolError(400, "chunk data not followed by CRLF")
+                    break
+                if buf[pos : pos + 2] != b"\r\n":
+                    raise ProtocolError(400, "chunk data not followed by CRLF")
+                pos += 2
+                self._state = ReaderState.CHUNK_SIZE
+            elif state is ReaderState.TRAILERS:
+                stop = buf.find(b"\r\n", pos)
+                if stop < 0:
+                    if end - pos > self._limits.line_limit:
+                        raise ProtocolError(431, "trailer line too long")
+                    if b"\n" in buf[pos:]:
+                        raise ProtocolError(400, "bare LF in trailer")
+                    break
+                line = buf[pos:stop]
+                pos = stop + 2
+                if not line:
+                    self._finish_request()
+                else:
+                    self._trailer_line(line)
+            else:  # FAILED
+                return b""
+        return buf[pos:] if pos < end else b""
+
+    def _check_partial_head(self, buf: bytes, pos: int) -> None:
+        """Limits and line-ending checks on a head whose end has not arrived."""
+        size = len(buf) - pos
+        line_end = buf.find(b"\r\n", pos)
+        limit = self._limits.line_limit
+        if line_end < 0:
+            if size > limit:
+                raise ProtocolError(414, "request line too long")
+        else:
+            last = buf.rfind(b"\r\n", pos)
+            if len(buf) - last - 2 > limit:
+                raise ProtocolError(431, "header line too long")
+        if size > self._limits.head_limit:
+            raise ProtocolError(431, "request head too large")
+        # Bare LF or CR would never end the head: reject now, as llhttp does.
+        part = buf[pos:]
+        crlf = part.count(b"\r\n")
+        if part.count(b"\n") != crlf:
+            raise ProtocolError(400, "bare LF in request head")
+        if part.count(b"\r") != crlf and not (
+            part.endswith(b"\r") and part.count(b"\r") == crlf + 1
+        ):
+            raise ProtocolError(400, "bare CR in request head")
+
+    def _check_head(self, head: bytes) -> None:
+        limits = self._limits
+        size = len(head)
+        if size > limits.line_limit:
+            first = head.find(b"\r\n")
+            if first > limits.line_limit:
+                raise ProtocolError(414, "request line too long")
+            if size > limits.head_limit:
+                raise ProtocolError(431, "request head too large")
+            for line in head.split(b"\r\n"):
+                if len(line) > limits.line_limit:
+                    raise ProtocolError(431, "header line too long")
+        crlf = head.count(b"\r\n")
+        if head.count(b"\n") != crlf:
+            raise ProtocolError(400, "bare LF in request head")
+        if head.count(b"\r") != crlf:
+            raise ProtocolError(400, "bare CR in request head")
+        if self._head_prescan:
+            if b"\n " in head or b"\n\t" in head:
+                raise ProtocolError(400, "obsolete line folding in request head")
+        else:
+            first = head.find(b"\r\n")
+            if head.count(b" ", 0, first) != 2:
+                raise ProtocolError(400, "malformed request line")
+
+    def _start_request(self, head: bytes) -> None:
+        self._check_head(head)
+        method, target, version, raw = self._parser.parse(head)
+        req = build_request(method, target, version, raw, self._limits, self._head_prescan)
+        if req.chunked:
+            self._current = req
+            self._received = 0
+            self._body_parts = []
+            self._state = ReaderState.CHUNK_SIZE
+            self.want_continue = req.expect_continue
+        elif req.content_length:
+            self._current = req
+            self._body_parts = []
+            self._chunk_left = req.content_length
+            self._state = ReaderState.BODY
+            self.want_continue = req.expect_continue
+        else:
+            self.requests.append(req)
+
+    def _finish_request(self) -> None:
+        req = self._current
+        assert req is not None
+        parts = self._body_parts
+        req.body = parts[0] if len(parts) == 1 else b"".join(parts)
+        self._body_parts = []
+        self._current = None
+        self._state = ReaderState.HEAD
+        self.want_continue = False
+        self.requests.append(req)
+
+    def _check_chunk_line(self, line: bytes, partial: bool) -> None:
+        if len(line) > self._limits.line_limit:
+            raise ProtocolError(400, "chunk size line too long")
+        if partial and (b"\n" in line or b"\r" in line[:-1]):
+            raise ProtocolError(400, "bare CR or LF in chunk size line")
+
+    def _chunk_size_line(self, line: bytes) -> None:
+        self._check_chunk_line(line, partial=False)
+        digits = 0
+        for byte in line:
+            if byte not in _HEX_DIGITS:
+                break
+            digits += 1
+        if digits == 0:
+            raise ProtocolError(400, "invalid chunk size")
+        if digits > MAX_CHUNK_SIZE_DIGITS:
+            raise ProtocolError(400, "chunk size overflow")
+        ext = line[digits:]
+        if ext and not _CHUNK_EXT_RE.fullmatch(ext):
+            raise ProtocolError(400, "invalid chunk extension")
+        size = int(line[:digits], 16)
+        self._received += size
+        if self._received > self._limits.max_body_size:
+            raise ProtocolError(413, "request body too large")
+        if size == 0:
+            self._state = ReaderState.TRAILERS
+        else:
+            self._chunk_left = size
+            self._state = ReaderState.CHUNK_DATA
+
+    def _trailer_line(self, line: bytes) -> None:
+        name, colon, value = line.partition(b":")
+        if not colon or not _TOKEN_RE.fullmatch(name):
+            raise ProtocolError(400, "invalid trailer field")
+        if _BAD_FIELD_BYTES.search(value.strip(b" \t")):
+            raise ProtocolError(400, "invalid character in trailer value")
+        if name.lower() in FORBIDDEN_TRAILERS:
+            raise ProtocolError(400, "forbidden trailer field")
+        # Trailer fields are checked and dropped: never merged into headers
+        # (RFC 9112 §7.1.2).
+
+
+# -- responses --------------------------------------------------------------
+
+STATUS_LINES: dict[int, str] = {s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n" for s in HTTPStatus}
+SERVER_HEADER = "Server: prefork\r\n"
+CONTINUE_RESPONSE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+class DateHeader:
+    """The ``Date`` header line, formatted at most once a second."""
+
+    __slots__ = ("_second", "line")
+
+    def __init__(self) -> None:
+        self._second = -1
+        self.line = ""
+        self.refresh()
+
+    def refresh(self, now: float | None = None) -> None:
+        now = time.time() if now is None else now
+        second = int(now)
+        if second != self._second:
+            self._second = second
+            self.line = f"Date: {formatdate(second, usegmt=True)}\r\n"
+
+
+DATE = DateHeader()
+
+
+def status_line(status: int) -> str:
+    line = STATUS_LINES.get(status)
+    if line is None:
+        line = f"HTTP/1.1 {status} \r\n"
+    return line
+
+
+def bodyless_status(status: int) -> bool:
+    """1xx, 204 and 304 responses never have a body (RFC 9110 §6.4.1)."""
+    return status < 200 or status == 204 or status == 304
+
+
+def error_response(status: int, message: str) -> bytes:
+    """A complete close-delimited error response with a short text body."""
+    body = f"{message}\n".encode("latin-1", "replace")
+    head = (
+        f"{status_line(status)}{SERVER_HEADER}{DATE.line}"
+        f"Content-Type: text/plain; charset=utf-8\r\nContent-Length: {len(body)}\r\n"
+        "Connection: close\r\n\r\n"
+    )
+    return head.encode("latin-1") + body
