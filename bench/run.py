@@ -280,7 +280,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=15.0,
         help="CPU %% of a core that other processes may use during a run before it is redone",
     )
-    p.add_argument("--retries", type=int, default=2, help="redos of a noisy run (default 2)")
+    p.add_argument("--retries", type=int, help="redos of a noisy run (default 2; --quick: 0)")
     p.add_argument("--connections-held", type=int, default=1000, help="S6 (default 1000)")
     p.add_argument("--output", type=Path, help="the markdown report (default: see above)")
     p.add_argument("--json", type=Path, help="also save the raw results here")
@@ -290,14 +290,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ns.server_list = _split(ns.servers, ALL, "servers")
     if ns.quick:
         ns.scenario_list = ns.scenario_list or ["S1"]
-        defaults = {"duration": 2, "runs": 1, "warmup": 1}
+        defaults = {"duration": 2, "runs": 1, "warmup": 1, "retries": 0}
     else:
-        defaults = {"duration": 10, "runs": 3, "warmup": 2}
+        defaults = {"duration": 10, "runs": 3, "warmup": 2, "retries": 2}
     for key, value in defaults.items():
         if getattr(ns, key) is None:
             setattr(ns, key, value)
-    if ns.duration < 1 or ns.runs < 1 or ns.warmup < 0:
-        raise SystemExit("--duration and --runs must be >= 1, --warmup >= 0")
+    if ns.duration < 1 or ns.runs < 1 or ns.warmup < 0 or ns.retries < 0:
+        raise SystemExit("--duration and --runs must be >= 1, --warmup and --retries >= 0")
     return ns
 
 
