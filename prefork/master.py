@@ -38,6 +38,7 @@ import collections
 import contextlib
 import dataclasses
 import enum
+import itertools
 import logging
 import os
 import selectors
@@ -56,14 +57,7 @@ from ._types import Handler
 from .config import Config, load_toml, merged
 from .errors import BindError, PreforkError
 from .tls import load_tls
-from .worker import (
-    MSG_READY,
-    MSG_RECYCLE,
-    WORKER_CRASHED,
-    Worker,
-    WorkerState,
-    app_label,
-)
+from .worker import MSG_READY, MSG_RECYCLE, WORKER_CRASHED, Worker, WorkerState, app_label
 
 logger = logging.getLogger(log.MASTER)
 
@@ -77,15 +71,10 @@ QUIT_TIMEOUT_S = 2.0  # after SIGQUIT, workers still alive are killed
 RESPAWN_BACKOFF_MIN_S = 1.0  # after a failed boot while others serve; doubles ...
 RESPAWN_BACKOFF_MAX_S = 30.0  # ... up to this
 
+# Every signal the master handles; the workers reset them after the fork.
 _MASTER_SIGNALS = (
-    signal.SIGHUP,
-    signal.SIGTERM,
-    signal.SIGINT,
-    signal.SIGQUIT,
-    signal.SIGTTIN,
-    signal.SIGTTOU,
-    signal.SIGUSR1,
-    signal.SIGCHLD,
+    *(signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGQUIT),
+    *(signal.SIGTTIN, signal.SIGTTOU, signal.SIGUSR1, signal.SIGCHLD),
 )
 
 
@@ -122,9 +111,18 @@ def parse_address(text: str) -> tuple[str, int]:
 
 
 def bind_spec(cfg: Config) -> tuple[tuple[tuple[str, int], ...], int]:
-    """What the listen sockets were made from: the requested addresses and the backlog."""
-    addrs = [(cfg.ip, cfg.port), *(parse_address(b) for b in cfg.binds)]
-    return tuple(addrs), cfg.backlog
+    """What the listen sockets are made from: the requested addresses and the backlog."""
+    return ((cfg.ip, cfg.port), *(parse_address(b) for b in cfg.binds)), cfg.backlog
+
+
+def listen(host: str, port: int, backlog: int) -> socket.socket:
+    """A listening TCP socket (SO_REUSEADDR; IPv6 sockets are IPv6-only); raises BindError."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        return socket.create_server((host, port), family=family, backlog=backlog)
+    except (OSError, OverflowError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise BindError(f"cannot bind {_format_host(host)}:{port}: {reason}") from None
 
 
 def _format_host(host: str) -> str:
@@ -132,33 +130,8 @@ def _format_host(host: str) -> str:
 
 
 @dataclasses.dataclass(eq=False)
-class _Child:
-    """The master's record of one worker process."""
-
-    pid: int
-    number: int
-    generation: int
-    fd: int
-    cfg: Config
-    started: float
-    last_seen: float
-    state: WorkerState = WorkerState.BOOTING
-    ever_ready: bool = False
-    stopping_since: float = 0.0
-    expected_exit: bool = False  # stopped on purpose: its death is not a failure
-    killed_for: str | None = None  # why the master SIGKILLed it
-    replaces: _Child | None = None  # stop this one once I am ready
-    replaced_by: _Child | None = None
-    recycle: bool = False  # asked to be replaced (max_requests)
-    recycle_retry_at: float = 0.0
-
-    def label(self) -> str:
-        return f"worker {self.number} (pid {self.pid}, gen {self.generation})"
-
-
-@dataclasses.dataclass(eq=False)
 class _Reload:
-    """A generation that is booting and will replace the current one once all are ready."""
+    """A generation that is booting; it replaces the serving one once every worker is ready."""
 
     generation: int
     cfg: Config
@@ -166,7 +139,6 @@ class _Reload:
     target: int
     deadline: float
     pending: set[int]  # pids not ready yet
-    children: list[_Child]
 
 
 class Master:
@@ -193,11 +165,10 @@ class Master:
         self._generation = 0  # the serving generation
         self._last_generation = 0
         self._target = cfg.workers
-        self._children: dict[int, _Child] = {}
+        self._workers: dict[int, Worker] = {}  # by pid
         self._signals: collections.deque[int] = collections.deque()
-        self._selector: selectors.BaseSelector | None = None
-        self._wakeup_r = -1
-        self._wakeup_w = -1
+        self._selector = selectors.PollSelector()  # poll: no fd of its own to leak into workers
+        self._wakeup_r = self._wakeup_w = -1
         self._old_handlers: dict[int, Any] = {}
         self._old_wakeup_fd = -1
         self._reload: _Reload | None = None
@@ -220,14 +191,9 @@ class Master:
         try:
             setproctitle.setproctitle(f"prefork: master [{app_label(self.app)}]")
             self._write_pidfile()
-            self._selector = selectors.PollSelector()
             self._install_signals()
             self._generation = self._last_generation = 1
-            logger.info(
-                "master (pid %d) starting generation 1 with %d worker(s)",
-                os.getpid(),
-                self._target,
-            )
+            logger.info("master (pid %d): generation 1, %d worker(s)", os.getpid(), self._target)
             for number in range(1, self._target + 1):
                 self._spawn(number, 1, self.cfg, self._tls)
             self._loop()
@@ -238,13 +204,9 @@ class Master:
 
     def _bind(self) -> None:
         addrs, backlog = self._bind_spec
-        seen: set[tuple[str, int]] = set()
         try:
-            for host, port in addrs:
-                if port and (host, port) in seen:
-                    continue
-                seen.add((host, port))
-                self.listeners.append(self._listen(host, port, backlog))
+            for host, port in dict.fromkeys(addrs):  # the same address twice binds once
+                self.listeners.append(listen(host, port, backlog))
         except BindError:
             for sock in self.listeners:
                 sock.close()
@@ -255,25 +217,6 @@ class Master:
             host, port = sock.getsockname()[:2]
             logger.info("listening on %s://%s:%d", scheme, _format_host(host), port)
         self.port = self.listeners[0].getsockname()[1]
-
-    @staticmethod
-    def _listen(host: str, port: int, backlog: int) -> socket.socket:
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        try:
-            sock = socket.socket(family, socket.SOCK_STREAM)
-        except OSError as exc:
-            raise BindError(f"cannot bind {_format_host(host)}:{port}: {exc}") from None
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if family == socket.AF_INET6:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            sock.bind((host, port))
-            sock.listen(backlog)
-        except (OSError, OverflowError) as exc:
-            sock.close()
-            reason = getattr(exc, "strerror", None) or str(exc)
-            raise BindError(f"cannot bind {_format_host(host)}:{port}: {reason}") from None
-        return sock
 
     def _write_pidfile(self) -> None:
         if self.pidfile is None:
@@ -286,7 +229,6 @@ class Master:
         self._pid_written = True
 
     def _install_signals(self) -> None:
-        assert self._selector is not None
         self._wakeup_r, self._wakeup_w = os.pipe()
         os.set_blocking(self._wakeup_r, False)
         os.set_blocking(self._wakeup_w, False)
@@ -296,8 +238,7 @@ class Master:
         self._old_wakeup_fd = signal.set_wakeup_fd(self._wakeup_w)
 
     def _on_signal(self, signum: int, frame: object) -> None:
-        # Only enqueue: no logging, no forking in a signal handler.
-        self._signals.append(signum)
+        self._signals.append(signum)  # only enqueue: no logging, no forking here
 
     def _cleanup(self) -> None:
         if self._old_handlers:
@@ -305,72 +246,63 @@ class Master:
             for signum, handler in self._old_handlers.items():
                 signal.signal(signum, handler)
             self._old_handlers.clear()
-        for child in self._children.values():
-            self._close_pipe(child)
+        for worker in self._workers.values():
+            self._close_pipe(worker)
+        self._selector.close()
         for fd in (self._wakeup_r, self._wakeup_w):
             if fd >= 0:
                 os.close(fd)
         self._wakeup_r = self._wakeup_w = -1
-        if self._selector is not None:
-            self._selector.close()
-            self._selector = None
         for sock in self.listeners:
             sock.close()
         self.listeners.clear()
         if self._pid_written and self.pidfile is not None:
-            with contextlib.suppress(OSError):
-                with open(self.pidfile) as fh:
-                    mine = fh.read().strip() == str(os.getpid())
-                if mine:
-                    os.unlink(self.pidfile)
             self._pid_written = False
+            with contextlib.suppress(OSError), open(self.pidfile) as fh:
+                mine = fh.read().strip() == str(os.getpid())
+            if mine:
+                with contextlib.suppress(OSError):
+                    os.unlink(self.pidfile)
 
     # -- the loop -----------------------------------------------------------
 
     def _loop(self) -> None:
-        assert self._selector is not None
         while True:
-            now = time.monotonic()
             timeout = LOOP_TIMEOUT_S
-            if self._respawn_at > now:
-                timeout = min(timeout, self._respawn_at - now)
+            if self._respawn_at > time.monotonic():
+                timeout = min(timeout, self._respawn_at - time.monotonic())
             for key, _events in self._selector.select(timeout):
                 if key.data is None:
-                    self._drain_wakeup()
+                    with contextlib.suppress(BlockingIOError):
+                        while os.read(self._wakeup_r, 4096):
+                            pass
                 else:
                     self._read_pipe(key.data)
             self._handle_signals()
             self._reap()
             if self._stopping is not None:
-                if not self._children:
+                if not self._workers:
                     return
                 self._enforce_stop_deadline()
                 continue
             self._check_timeouts()
-            self._check_reload()
             self._manage_workers()
 
-    def _drain_wakeup(self) -> None:
-        with contextlib.suppress(BlockingIOError):
-            while os.read(self._wakeup_r, 4096):
-                pass
-
-    def _read_pipe(self, child: _Child) -> None:
+    def _read_pipe(self, worker: Worker) -> None:
         try:
-            data = os.read(child.fd, 4096)
+            data = os.read(worker.pipe_r, 4096)
         except BlockingIOError:
             return
         except OSError:
             data = b""
         if not data:  # EOF: the worker is exiting; reaping closes the fd
-            self._unregister(child)
+            self._unregister(worker)
             return
-        child.last_seen = time.monotonic()
+        worker.last_seen = time.monotonic()  # every message, MSG_HEARTBEAT included
         if MSG_READY in data:
-            self._on_ready(child)
-        if MSG_RECYCLE in data and not child.recycle:
-            child.recycle = True
-        # MSG_HEARTBEAT needs nothing more than the last_seen update above.
+            self._on_ready(worker)
+        if MSG_RECYCLE in data:
+            worker.recycle = True
 
     def _handle_signals(self) -> None:
         while self._signals:
@@ -384,7 +316,7 @@ class Master:
             elif signum == signal.SIGUSR1:
                 self.handle_usr1()
             elif self._stopping is not None:
-                logger.info("stopping: ignoring %s", signal.Signals(signum).name)
+                logger.info("stopping: %s ignored", signal.Signals(signum).name)
             elif signum == signal.SIGHUP:
                 self.handle_hup()
             elif signum == signal.SIGTTIN:
@@ -395,24 +327,21 @@ class Master:
     # -- signal handlers (run from the loop) --------------------------------
 
     def handle_term(self, signum: int) -> None:
-        if self._stopping is not None:
-            return
-        logger.info("%s: graceful stop", signal.Signals(signum).name)
-        self._begin_stop(_Stop.GRACEFUL)
+        if self._stopping is None:
+            logger.info("%s: graceful stop", signal.Signals(signum).name)
+            self._begin_stop(_Stop.GRACEFUL)
 
     def handle_quit(self) -> None:
-        if self._stopping is _Stop.IMMEDIATE:
-            return
-        logger.info("SIGQUIT: immediate stop")
-        self._begin_stop(_Stop.IMMEDIATE)
+        if self._stopping is not _Stop.IMMEDIATE:
+            logger.info("SIGQUIT: immediate stop")
+            self._begin_stop(_Stop.IMMEDIATE)
 
     def handle_usr1(self) -> None:
         log.reopen()
         logger.info("SIGUSR1: reopening logs and forwarding to the workers")
-        for child in list(self._children.values()):
-            # A booting worker still has USR1 ignored; ready ones reopen their logs.
-            if child.state is not WorkerState.BOOTING:
-                self._kill(child, signal.SIGUSR1)
+        for worker in list(self._workers.values()):
+            if worker.state is not WorkerState.BOOTING:  # booting ones ignore USR1 until ready
+                self._kill(worker, signal.SIGUSR1)
 
     def handle_ttin(self) -> None:
         self._target += 1
@@ -428,46 +357,31 @@ class Master:
     def handle_hup(self) -> None:
         if self._reload is not None:
             self._reload_again = True
-            logger.info(
-                "SIGHUP: generation %d is still booting; reload queued", self._reload.generation
-            )
+            logger.info("SIGHUP: queued until generation %d is ready", self._reload.generation)
             return
         logger.info("SIGHUP: reloading")
-        try:
+        try:  # transactional: nothing changes unless the new config and TLS files are good
             cfg = self._reread_config()
             tls = load_tls(cfg.ssl)
-        except PreforkError as exc:
-            logger.error("reload failed: %s; generation %d keeps serving", exc, self._generation)
-            return
-        try:
             spec = bind_spec(cfg)
-        except BindError as exc:
+        except PreforkError as exc:
             logger.error("reload failed: %s; generation %d keeps serving", exc, self._generation)
             return
         if spec != self._bind_spec:
             logger.warning(
-                "reload: ip, port, binds or backlog changed; a restart is needed to apply "
-                "that, the current listen sockets are kept"
+                "reload: ip, port, binds or backlog changed; that needs a restart, "
+                "the current listen sockets are kept"
             )
         target = cfg.workers if cfg.workers != self.cfg.workers else self._target
         log.set_level(cfg.log_level)
         self._last_generation += 1
         generation = self._last_generation
         logger.info("generation %d starting with %d worker(s)", generation, target)
-        reload = _Reload(
-            generation=generation,
-            cfg=cfg,
-            tls=tls,
-            target=target,
-            deadline=time.monotonic() + boot_timeout(cfg.worker_timeout),
-            pending=set(),
-            children=[],
-        )
+        deadline = time.monotonic() + boot_timeout(cfg.worker_timeout)
+        reload = _Reload(generation, cfg, tls, target, deadline, pending=set())
         self._reload = reload
         for number in range(1, target + 1):
-            child = self._spawn(number, generation, cfg, tls)
-            reload.pending.add(child.pid)
-            reload.children.append(child)
+            reload.pending.add(self._spawn(number, generation, cfg, tls).pid)
 
     def _reread_config(self) -> Config:
         if self.config_file is None:
@@ -482,14 +396,12 @@ class Master:
         generation: int,
         cfg: Config,
         tls: ssl.SSLContext | None,
-        *,
-        replaces: _Child | None = None,
-    ) -> _Child:
-        assert self._selector is not None
+        replaces: Worker | None = None,
+    ) -> Worker:
         read_fd, write_fd = os.pipe()
-        # The child keeps only its own pipe's write end: no sibling's pipe, no wakeup pipe.
+        # The child keeps its own pipe's write end only: no sibling's pipe, no wakeup pipe.
         close_fds = [read_fd, self._wakeup_r, self._wakeup_w]
-        close_fds += [c.fd for c in self._children.values() if c.fd >= 0]
+        close_fds += [w.pipe_r for w in self._workers.values() if w.pipe_r >= 0]
         worker = Worker(
             cfg=cfg,
             app=self.app,
@@ -500,78 +412,57 @@ class Master:
             pipe_fd=write_fd,
             close_fds=close_fds,
         )
-        for stream in (sys.stdout, sys.stderr):
-            with contextlib.suppress(Exception):
-                stream.flush()
+        _flush_std_streams()  # or the child would write the master's buffered output again
         pid = os.fork()
         if pid == 0:  # the child never returns into the master's code
             code = WORKER_CRASHED
             try:
                 code = worker.run()
             finally:
-                for stream in (sys.stdout, sys.stderr):
-                    with contextlib.suppress(Exception):
-                        stream.flush()
+                _flush_std_streams()
                 os._exit(code)
         os.close(write_fd)
         os.set_blocking(read_fd, False)
-        now = time.monotonic()
-        child = _Child(
-            pid=pid,
-            number=number,
-            generation=generation,
-            fd=read_fd,
-            cfg=cfg,
-            started=now,
-            last_seen=now,
-            replaces=replaces,
-        )
+        worker.pid, worker.pipe_r = pid, read_fd
+        worker.started = worker.last_seen = time.monotonic()
         if replaces is not None:
-            replaces.replaced_by = child
-        self._children[pid] = child
-        self._selector.register(read_fd, selectors.EVENT_READ, child)
-        logger.info("%s spawned", child.label())
-        return child
+            worker.replaces, replaces.replaced_by = replaces, worker
+        self._workers[pid] = worker
+        self._selector.register(read_fd, selectors.EVENT_READ, worker)
+        logger.info("%s spawned", worker.label())
+        return worker
 
-    def _on_ready(self, child: _Child) -> None:
-        if child.state is not WorkerState.BOOTING:
+    def _on_ready(self, worker: Worker) -> None:
+        if worker.state is not WorkerState.BOOTING:
             return
-        child.state = WorkerState.SERVING
-        child.ever_ready = True
-        self._ever_ready = True
+        worker.state = WorkerState.SERVING
+        worker.ever_ready = self._ever_ready = True
         self._respawn_delay = RESPAWN_BACKOFF_MIN_S
-        logger.debug("%s ready", child.label())
         if self._stopping is not None:
-            self._stop_worker(child, "the master is stopping")
+            self._stop_worker(worker, "the master is stopping")
             return
-        old = child.replaces
-        child.replaces = None
+        old, worker.replaces = worker.replaces, None
         if old is not None:
             old.replaced_by = None
-            if old.pid in self._children:
-                self._stop_worker(old, f"replaced by pid {child.pid}")
+            if old.pid in self._workers:
+                self._stop_worker(old, f"replaced by pid {worker.pid}")
         reload = self._reload
-        if reload is not None and child.pid in reload.pending:
-            reload.pending.discard(child.pid)
+        if reload is not None and worker.pid in reload.pending:
+            reload.pending.discard(worker.pid)
             if not reload.pending:
                 self._commit_reload(reload)
 
     def _commit_reload(self, reload: _Reload) -> None:
-        old_generation = self._generation
+        old_generation, self._generation = self._generation, reload.generation
         self._reload = None
-        self.cfg = reload.cfg
-        self._tls = reload.tls
-        self._target = reload.target
-        self._generation = reload.generation
+        self.cfg, self._tls, self._target = reload.cfg, reload.tls, reload.target
         logger.info(
             "generation %d ready; stopping generation %d", reload.generation, old_generation
         )
-        for child in list(self._children.values()):
-            if child.generation < reload.generation:
-                self._stop_worker(child, f"generation {reload.generation} is serving")
-        if self._reload_again:
-            self._reload_again = False
-            self.handle_hup()
+        for worker in list(self._workers.values()):
+            if worker.generation < reload.generation:
+                self._stop_worker(worker, f"generation {reload.generation} is serving")
+        self._reload_queued()
 
     def _abort_reload(self, reason: str) -> None:
         reload = self._reload
@@ -579,35 +470,37 @@ class Master:
         self._reload = None
         log.set_level(self.cfg.log_level)
         logger.error("reload failed: %s; generation %d keeps serving", reason, self._generation)
-        for child in reload.children:
-            if child.pid in self._children:
-                child.expected_exit = True
-                if child.state is WorkerState.BOOTING:
-                    self._force_kill(child, "reload aborted")
+        for worker in list(self._workers.values()):
+            if worker.generation == reload.generation:
+                if worker.state is WorkerState.BOOTING:
+                    worker.expected_exit = True
+                    self._force_kill(worker, "reload aborted")
                 else:
-                    self._stop_worker(child, "reload aborted")
+                    self._stop_worker(worker, "reload aborted")
+        self._reload_queued()
+
+    def _reload_queued(self) -> None:
         if self._reload_again:
             self._reload_again = False
             self.handle_hup()
 
-    def _stop_worker(self, child: _Child, why: str) -> None:
-        """Graceful stop of one worker (SIGTERM), counted out of the serving set."""
-        child.expected_exit = True
-        if child.state is WorkerState.DRAINING:
-            return
-        logger.info("stopping %s: %s", child.label(), why)
-        child.state = WorkerState.DRAINING
-        child.stopping_since = time.monotonic()
-        self._kill(child, signal.SIGTERM)
+    def _stop_worker(self, worker: Worker, why: str) -> None:
+        """Graceful stop of one worker (SIGTERM); it no longer counts as serving."""
+        worker.expected_exit = True
+        if worker.state is not WorkerState.DRAINING:
+            logger.info("stopping %s: %s", worker.label(), why)
+            worker.state = WorkerState.DRAINING
+            worker.stopping_since = time.monotonic()
+            self._kill(worker, signal.SIGTERM)
 
-    def _force_kill(self, child: _Child, why: str) -> None:
-        if child.killed_for is None:
-            child.killed_for = why
-            self._kill(child, signal.SIGKILL)
+    def _force_kill(self, worker: Worker, why: str) -> None:
+        if worker.killed_for is None:
+            worker.killed_for = why
+            self._kill(worker, signal.SIGKILL)
 
-    def _kill(self, child: _Child, signum: int) -> None:
+    def _kill(self, worker: Worker, signum: int) -> None:
         with contextlib.suppress(ProcessLookupError):
-            os.kill(child.pid, signum)
+            os.kill(worker.pid, signum)
 
     def _reap(self) -> None:
         while True:
@@ -617,139 +510,114 @@ class Master:
                 return
             if pid == 0:
                 return
-            child = self._children.pop(pid, None)
-            if child is None:
-                # Not one of ours (e.g. re-parented to us as PID 1): reaped, nothing more.
+            worker = self._workers.pop(pid, None)
+            if worker is None:  # e.g. re-parented to us as PID 1: reaped, nothing more
                 logger.debug("reaped pid %d (not a worker): %s", pid, describe_status(status))
                 continue
-            self._close_pipe(child)
-            self._on_exit(child, status)
+            self._close_pipe(worker)
+            self._on_exit(worker, status)
 
-    def _on_exit(self, child: _Child, status: int) -> None:
+    def _on_exit(self, worker: Worker, status: int) -> None:
         cause = describe_status(status)
-        if child.killed_for is not None:
-            cause = f"{cause}, {child.killed_for}"
-        clean = os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
-        if child.expected_exit and clean:
-            logger.info("%s exited (%s)", child.label(), cause)
-        else:
-            logger.warning("%s died (%s)", child.label(), cause)
-        if self._stopping is not None:
-            return
-        if child.replaced_by is not None:  # the old one died before its replacement was ready
-            child.replaced_by.replaces = None
-        old = child.replaces
+        if worker.killed_for is not None:
+            cause = f"{cause}, {worker.killed_for}"
+        if worker.replaced_by is not None:  # died before its replacement was ready
+            worker.replaced_by.replaces = None
+        old = worker.replaces
         if old is not None:
             old.replaced_by = None
-        if child.ever_ready or child.expected_exit:
-            return  # a crash of a serving worker: _manage_workers replaces it
-        reload = self._reload
-        if reload is not None and child.pid in reload.pending:
-            self._abort_reload(f"{child.label()} failed to boot ({cause})")
-            return
-        if old is not None:
-            # A max_requests replacement could not boot: the old worker keeps serving.
+        boot_failure = not (worker.ever_ready or worker.expected_exit or self._stopping)
+        if not boot_failure:
+            clean = os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+            level = logging.INFO if worker.expected_exit and clean else logging.WARNING
+            logger.log(level, "%s %s (%s)", worker.label(), "exited" if clean else "died", cause)
+            return  # a serving worker that crashed is replaced by _manage_workers
+        failed = f"{worker.label()} failed to boot ({cause})"
+        if self._reload is not None and worker.pid in self._reload.pending:
+            self._abort_reload(failed)
+        elif old is not None:  # a max_requests replacement: the old worker keeps serving
             old.recycle_retry_at = time.monotonic() + self._respawn_delay
-            logger.error(
-                "%s failed to boot (%s); %s keeps serving, retrying in %.0fs",
-                child.label(),
-                cause,
-                old.label(),
-                self._respawn_delay,
-            )
+            logger.error("%s; %s keeps serving for now", failed, old.label())
             self._bump_backoff()
-            return
-        serving = any(c.state is WorkerState.SERVING for c in self._children.values())
-        if not self._ever_ready or not serving:
-            self._halt(f"{child.label()} failed to boot ({cause}); stopping")
-            return
-        logger.error(
-            "%s failed to boot (%s); retrying in %.0fs", child.label(), cause, self._respawn_delay
-        )
-        self._respawn_at = time.monotonic() + self._respawn_delay
-        self._bump_backoff()
+        elif not self._ever_ready or not self._serving():
+            self._halt(f"{failed}; stopping")
+        else:
+            logger.error("%s; retrying in %.0fs", failed, self._respawn_delay)
+            self._respawn_at = time.monotonic() + self._respawn_delay
+            self._bump_backoff()
+
+    def _serving(self) -> bool:
+        return any(w.state is WorkerState.SERVING for w in self._workers.values())
 
     def _bump_backoff(self) -> None:
         self._respawn_delay = min(self._respawn_delay * 2, RESPAWN_BACKOFF_MAX_S)
 
-    def _unregister(self, child: _Child) -> None:
-        if self._selector is not None and child.fd >= 0:
+    def _unregister(self, worker: Worker) -> None:
+        if worker.pipe_r >= 0:
             with contextlib.suppress(KeyError, ValueError):
-                self._selector.unregister(child.fd)
+                self._selector.unregister(worker.pipe_r)
 
-    def _close_pipe(self, child: _Child) -> None:
-        if child.fd >= 0:
-            self._unregister(child)
-            os.close(child.fd)
-            child.fd = -1
+    def _close_pipe(self, worker: Worker) -> None:
+        if worker.pipe_r >= 0:
+            self._unregister(worker)
+            os.close(worker.pipe_r)
+            worker.pipe_r = -1
 
     def _check_timeouts(self) -> None:
         now = time.monotonic()
-        for child in list(self._children.values()):
-            if child.killed_for is not None:
-                continue
-            if child.state is WorkerState.BOOTING:
-                limit = boot_timeout(child.cfg.worker_timeout)
-                if now - child.started > limit:
-                    logger.error("%s did not boot within %.0fs; killing it", child.label(), limit)
-                    self._force_kill(child, f"no READY within {limit:.0f}s")
-                continue
-            silent = now - child.last_seen
-            if silent > child.cfg.worker_timeout:
-                logger.error(
-                    "%s sent no heartbeat for %.1fs (worker_timeout); killing it",
-                    child.label(),
-                    silent,
-                )
-                self._force_kill(child, f"timeout: no heartbeat for {silent:.1f}s")
-            elif (
-                child.state is WorkerState.DRAINING
-                and now - child.stopping_since > child.cfg.graceful_timeout + STOP_MARGIN_S
-            ):
-                logger.warning("%s is past graceful_timeout; killing it", child.label())
-                self._force_kill(child, "graceful_timeout exceeded")
-
-    def _check_reload(self) -> None:
         reload = self._reload
-        if reload is not None and time.monotonic() > reload.deadline:
-            self._abort_reload(
-                f"generation {reload.generation} not ready within "
-                f"{boot_timeout(reload.cfg.worker_timeout):.0f}s"
-            )
+        if reload is not None and now > reload.deadline:
+            limit = boot_timeout(reload.cfg.worker_timeout)
+            self._abort_reload(f"generation {reload.generation} not ready within {limit:.0f}s")
+        for worker in list(self._workers.values()):
+            if worker.killed_for is not None:
+                continue
+            timeout = worker.cfg.worker_timeout
+            if worker.state is WorkerState.BOOTING:
+                limit = boot_timeout(timeout)
+                if now - worker.started > limit:
+                    logger.error("%s did not boot within %.0fs; killing it", worker.label(), limit)
+                    self._force_kill(worker, f"no READY within {limit:.0f}s")
+            elif now - worker.last_seen > timeout:
+                silent = now - worker.last_seen
+                logger.error("%s sent no heartbeat for %.1fs; killing it", worker.label(), silent)
+                self._force_kill(worker, f"timeout: no heartbeat for {silent:.1f}s")
+            elif (
+                worker.state is WorkerState.DRAINING
+                and now - worker.stopping_since > worker.cfg.graceful_timeout + STOP_MARGIN_S
+            ):
+                logger.warning("%s is past graceful_timeout; killing it", worker.label())
+                self._force_kill(worker, "graceful_timeout exceeded")
 
     def _manage_workers(self) -> None:
         now = time.monotonic()
-        # max_requests: fork the replacement first; the old one stops when it is ready.
-        for child in list(self._children.values()):
+        for worker in list(self._workers.values()):
             if (
-                child.recycle
-                and child.replaced_by is None
-                and child.state is WorkerState.SERVING
-                and child.generation == self._generation
-                and now >= child.recycle_retry_at
+                worker.recycle
+                and worker.replaced_by is None
+                and worker.state is WorkerState.SERVING
+                and worker.generation == self._generation
+                and now >= worker.recycle_retry_at
             ):
-                logger.info("%s reached max_requests; replacing it", child.label())
-                self._spawn(child.number, child.generation, self.cfg, self._tls, replaces=child)
+                # max_requests: fork the replacement first; the old one stops when it is ready.
+                logger.info("%s reached max_requests; replacing it", worker.label())
+                self._spawn(worker.number, worker.generation, self.cfg, self._tls, worker)
         current = [
-            c
-            for c in self._children.values()
-            if c.generation == self._generation
-            and c.state is not WorkerState.DRAINING
-            and c.replaced_by is None
+            w
+            for w in self._workers.values()
+            if w.generation == self._generation
+            and w.state is not WorkerState.DRAINING
+            and w.replaced_by is None
         ]
         missing = self._target - len(current)
         if missing > 0 and now >= self._respawn_at:
-            used = {c.number for c in current}
-            number = 0
-            for _ in range(missing):
-                number += 1
-                while number in used:
-                    number += 1
+            used = {w.number for w in current}
+            free = (n for n in range(1, self._target + len(used) + 1) if n not in used)
+            for number in itertools.islice(free, missing):
                 self._spawn(number, self._generation, self.cfg, self._tls)
         elif missing < 0:
-            extras = sorted(current, key=lambda c: c.number, reverse=True)[:-missing]
-            for child in extras:
-                self._stop_worker(child, "fewer workers wanted")
+            for worker in sorted(current, key=lambda w: w.number)[missing:]:
+                self._stop_worker(worker, "fewer workers wanted")
 
     # -- stopping -----------------------------------------------------------
 
@@ -757,40 +625,37 @@ class Master:
         self._stopping = how
         self._reload = None
         self._reload_again = False
-        now = time.monotonic()
         if how is _Stop.GRACEFUL:
-            grace = max((c.cfg.graceful_timeout for c in self._children.values()), default=0.0)
-            self._stop_deadline = now + grace + STOP_MARGIN_S
+            grace = max((w.cfg.graceful_timeout for w in self._workers.values()), default=0.0)
+            self._stop_deadline = time.monotonic() + grace + STOP_MARGIN_S
         else:
-            self._stop_deadline = now + QUIT_TIMEOUT_S
-        for child in list(self._children.values()):
-            child.expected_exit = True
-            if how is _Stop.GRACEFUL:
-                self._stop_worker(child, "the master is stopping")
-            elif child.state is WorkerState.BOOTING:
-                # Its QUIT handler is not installed yet (the default would dump core).
-                self._force_kill(child, "immediate stop")
+            self._stop_deadline = time.monotonic() + QUIT_TIMEOUT_S
+        for worker in list(self._workers.values()):
+            worker.expected_exit = True
+            if worker.state is WorkerState.BOOTING:
+                # No handlers yet: TERM would do, but QUIT's default action dumps core.
+                self._force_kill(worker, "the master is stopping")
+            elif how is _Stop.GRACEFUL:
+                self._stop_worker(worker, "the master is stopping")
             else:
-                child.state = WorkerState.DRAINING
-                self._kill(child, signal.SIGQUIT)
+                worker.state = WorkerState.DRAINING
+                self._kill(worker, signal.SIGQUIT)
 
     def _halt(self, message: str) -> None:
+        """Workers cannot boot: stop everything and exit with MASTER_BOOT_FAILED."""
         logger.error(message)
         self._exit_code = MASTER_BOOT_FAILED
-        self._stopping = _Stop.IMMEDIATE
-        self._reload = None
-        self._stop_deadline = time.monotonic() + STOP_MARGIN_S
-        for child in list(self._children.values()):
-            child.expected_exit = True
-            if child.state is WorkerState.BOOTING:
-                self._force_kill(child, "the master is stopping")
-            else:
-                self._stop_worker(child, "the master is stopping")
+        self._begin_stop(_Stop.GRACEFUL)
 
     def _enforce_stop_deadline(self) -> None:
-        if time.monotonic() < self._stop_deadline:
-            return
-        for child in list(self._children.values()):
-            if child.killed_for is None:
-                logger.warning("%s did not stop in time; killing it", child.label())
-            self._force_kill(child, "stop deadline passed")
+        if time.monotonic() >= self._stop_deadline:
+            for worker in list(self._workers.values()):
+                if worker.killed_for is None:
+                    logger.warning("%s did not stop in time; killing it", worker.label())
+                self._force_kill(worker, "stop deadline passed")
+
+
+def _flush_std_streams() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()

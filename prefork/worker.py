@@ -47,6 +47,7 @@ import uvloop
 from . import log
 from ._types import Handler
 from .config import Config
+from .errors import PreforkError
 
 logger = logging.getLogger(log.WORKER)
 
@@ -142,19 +143,33 @@ class Worker:
         self.pipe_fd = pipe_fd
         self.close_fds = tuple(close_fds)
         self.master_pid = os.getpid()
+        self.state = WorkerState.BOOTING
+        # The master's record of this worker (used in the master only, as in a process table).
+        self.pid = 0
+        self.pipe_r = -1  # the master's end of the pipe
+        self.started = self.last_seen = self.stopping_since = 0.0
+        self.ever_ready = False
+        self.expected_exit = False  # stopped on purpose: its death is not a failure
+        self.killed_for: str | None = None  # why the master SIGKILLed it
+        self.replaces: Worker | None = None  # stopped once this one is ready
+        self.replaced_by: Worker | None = None
+        self.recycle = False  # asked to be replaced (max_requests)
+        self.recycle_retry_at = 0.0
         # Set in the child only.
         self._loop: asyncio.AbstractEventLoop | None = None
         self._state: Any = None
         self._serve_connection: Any = None
         self._redis: Any = None
         self._stop: asyncio.Future[_Stop] | None = None
-        self._phase = WorkerState.BOOTING
         self._active = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self._accepting = False
         self._backoff: asyncio.TimerHandle | None = None
         self._recycle_at = 0
         self._recycle_sent = False
+
+    def label(self) -> str:
+        return f"worker {self.number} (pid {self.pid}, gen {self.generation})"
 
     # -- in the child -------------------------------------------------------
 
@@ -216,7 +231,7 @@ class Worker:
         for sock in self.listeners:
             sock.setblocking(False)
         self._resume_accepting()
-        self._phase = WorkerState.SERVING
+        self.state = WorkerState.SERVING
         self._send(MSG_READY)
         logger.info("worker %d (pid %d, gen %d) ready", self.number, os.getpid(), self.generation)
         self._tick()
@@ -232,16 +247,15 @@ class Worker:
         try:
             return _load_app(self.app)
         except Exception as exc:  # the app's own import may raise anything
-            message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            if type(exc).__module__.startswith("prefork"):
-                logger.error("cannot load app: %s", message)
-            else:
-                logger.error("cannot load app %s: %s: %s", self.app, type(exc).__name__, message)
+            message = str(exc).splitlines()[0] if str(exc) else ""
+            if not isinstance(exc, PreforkError):
+                message = f"app {self.app!r}: {type(exc).__name__}: {message}"
+            logger.error("worker %d (pid %d) cannot boot: %s", self.number, os.getpid(), message)
             return None
 
     async def _drain(self) -> None:
         """Graceful stop: no new connections, in-flight ones finish, then close Redis."""
-        self._phase = WorkerState.DRAINING
+        self.state = WorkerState.DRAINING
         self._pause_accepting()
         if self._backoff is not None:
             self._backoff.cancel()
@@ -280,7 +294,7 @@ class Worker:
         """Heartbeat, orphan check and max_requests check, driven by the event loop."""
         assert self._loop is not None
         self._send(MSG_HEARTBEAT)
-        if os.getppid() != self.master_pid and self._phase is not WorkerState.DRAINING:
+        if os.getppid() != self.master_pid and self.state is not WorkerState.DRAINING:
             logger.warning("worker %d (pid %d): master is gone; stopping", self.number, os.getpid())
             self._request_stop(_Stop.GRACEFUL)
         served = self._state.requests_served if self._state is not None else 0
@@ -299,7 +313,7 @@ class Worker:
 
     def _resume_accepting(self) -> None:
         assert self._loop is not None
-        if self._accepting or self._phase is WorkerState.DRAINING:
+        if self._accepting or self.state is WorkerState.DRAINING:
             return
         if self._active >= self.cfg.connection_limit or self._backoff is not None:
             return

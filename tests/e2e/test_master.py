@@ -429,7 +429,7 @@ def test_app_that_fails_to_import_stops_the_master(servers: StartServer, tmp_pat
     server.stop()
     text = server.log()
     assert "Traceback" not in text
-    assert re.search(r"cannot load app.*RuntimeError: the app is broken", text), text
+    assert re.search(r"cannot boot: .*RuntimeError: the app is broken", text), text
     assert "failed to boot" in text
     assert len(re.findall(r"worker \d+ \(pid \d+, gen \d+\) spawned", text)) <= 2  # no respawns
 
