@@ -186,6 +186,12 @@ class Connection(asyncio.Protocol):
         self._read_paused = False
         self._write_paused = False
         self._drain_waiter: asyncio.Future[None] | None = None
+        self._parked = False
+        self._handoff: tuple[Request, object, float] | None = None
+        # Sync handlers are served straight from data_received while the
+        # connection coroutine is parked: no wake-up per request.
+        self._inline = not state.is_async
+        self.count = 0
 
     # -- asyncio.Protocol -------------------------------------------------
 
@@ -214,6 +220,9 @@ class Connection(asyncio.Protocol):
             self._wake()
             return
         if reader.requests:
+            if self._parked and self._inline:
+                self._serve_inline()
+                return
             if len(reader.requests) > MAX_QUEUED_REQUESTS:
                 self._pause_reading()
             self._wake()
@@ -344,11 +353,75 @@ class Connection(asyncio.Protocol):
         self._send(error_response(exc.status, str(exc)))
         self.graceful_close()
 
-    async def receive_request(self, first: bool) -> Request:
-        """The next whole request; raises ProtocolError or PeerGone."""
+    def context(self, client_ip: str, redis_module: Any) -> Context:
+        """The handler's ``ctx`` for this connection (one object, reused)."""
+        ctx = self.ctx
+        if ctx is None:
+            ctx = self.ctx = Context(app_logger, self, client_ip, self.state.cfg, redis_module)
+        elif ctx.client_ip != client_ip or ctx.redis_module is not redis_module:
+            ctx.client_ip = client_ip
+            ctx.redis_module = redis_module
+        return ctx
+
+    def take_handoff(self) -> tuple[Request, object, float]:
+        handoff = self._handoff
+        assert handoff is not None
+        self._handoff = None
+        return handoff
+
+    def _serve_inline(self) -> None:
+        """Answer complete requests from the protocol callback (sync handlers only)."""
+        reader = self.reader
+        state = self.state
+        handler = state.handler
+        ctx = self.context(self.client_ip, state.redis_module)
+        self._busy = True
+        while reader.requests and not self._closing:
+            req = reader.requests.popleft()
+            started = time.monotonic()
+            try:
+                result = handler(
+                    req.method, req.path, parse_args(req.query), req.headers, req.body, ctx
+                )
+            except Exception:
+                _handler_failed(self, state, req, self.client_ip, started)
+                break
+            if type(result) is not tuple and asyncio.iscoroutine(result):
+                self._handoff = (req, result, started)
+                break
+            count = self.count
+            self.count = count + 1
+            outcome = _finish(self, state, req, result, count, started)
+            if not isinstance(outcome, str):
+                self.count = count
+                self._handoff = (req, result, started)
+                break
+            if outcome != "keep-alive" or self._write_paused:
+                break
+        else:
+            self._busy = False
+            if not self._closing:
+                self._set_deadline(Deadline.IDLE, self.state.keepalive_idle_timeout)
+                if reader.head_started:
+                    self._set_deadline(Deadline.HEADER, self.state.request_header_timeout)
+            return
+        self._wake()
+
+    async def receive_request(self, first: bool) -> Request | None:
+        """The next whole request, or None when one was handed over by the inline path.
+
+        Raises ProtocolError or PeerGone.
+        """
         reader = self.reader
         self._busy = False
         while True:
+            if self._handoff is not None:
+                self._busy = True
+                self._reading = False
+                self._clear_deadline()
+                return None
+            if self._write_paused:
+                await self.drain()
             if reader.requests:
                 req = reader.requests.popleft()
                 self._reading = False
@@ -387,10 +460,12 @@ class Connection(asyncio.Protocol):
                 else:
                     self._set_deadline(Deadline.IDLE, self.state.keepalive_idle_timeout)
             waiter = self._waiter = self._loop.create_future()
+            self._parked = True
             try:
                 await waiter
             finally:
                 self._waiter = None
+                self._parked = False
 
     async def drain(self) -> None:
         """Wait while the transport's buffer is full, at most ``response_write_timeout``."""
@@ -453,67 +528,62 @@ async def exchange(
     try:
         req = await conn.receive_request(count == 0)
     except ProtocolError as exc:
-        logger.debug("rejecting request from %s: %d %s", client_ip, exc.status, exc)
-        if state.access.enabled():
-            state.access.log(client_ip, "-", "-", "1.1", exc.status, 0, time.monotonic(), {})
-        conn._reply_error_and_close(exc)
+        _reject(conn, state, client_ip, exc)
         raise
-    started = time.monotonic()
-    ctx = conn.ctx
-    if ctx is None:
-        ctx = conn.ctx = Context(app_logger, conn, client_ip, state.cfg, redis_module)
-    elif ctx.client_ip != client_ip or ctx.redis_module is not redis_module:
-        ctx.client_ip = client_ip
-        ctx.redis_module = redis_module
-    try:
-        if state.is_async:
-            result = await state.handler(  # type: ignore[misc]
-                req.method, req.path, parse_args(req.query), req.headers, req.body, ctx
-            )
-        else:
-            result = state.handler(
-                req.method, req.path, parse_args(req.query), req.headers, req.body, ctx
-            )
-            if asyncio.iscoroutine(result):
+    if req is None:
+        # Served inline up to a response that needs this coroutine (a stream,
+        # an async result, a big body to compress off the loop).
+        req, result, started = conn.take_handoff()
+        if asyncio.iscoroutine(result):
+            try:
                 result = await result
-        if result == (None, None, None):
-            state.requests_served += 1
-            return "keep-alive"
-        content, status, headers = check_result(result)
-    except Exception as exc:
-        if isinstance(exc, HandlerResultError):
-            app_logger.error("%s %s: %s", req.method, req.path, exc)
-        else:
-            app_logger.exception("handler raised on %s %s", req.method, req.path)
-        return await _send_500(conn, state, req, client_ip, started)
+            except Exception:
+                return _handler_failed(conn, state, req, conn.client_ip, started)
+    else:
+        started = time.monotonic()
+        ctx = conn.context(client_ip, redis_module)
+        try:
+            if state.is_async:
+                result = await state.handler(  # type: ignore[misc]
+                    req.method, req.path, parse_args(req.query), req.headers, req.body, ctx
+                )
+            else:
+                result = state.handler(
+                    req.method, req.path, parse_args(req.query), req.headers, req.body, ctx
+                )
+                if asyncio.iscoroutine(result):
+                    result = await result
+        except Exception:
+            return _handler_failed(conn, state, req, client_ip, started)
+    conn.count = count + 1
+    outcome = _finish(conn, state, req, result, count, started)
+    if isinstance(outcome, str):
+        action: Action = outcome
+    else:
+        action = await _respond_slow(conn, state, req, outcome, started)
+    if conn._write_paused and action == "keep-alive":
+        await conn.drain()
+    return action
 
-    keep_alive = (
-        req.keep_alive
-        and count + 1 < state.requests_per_connection
-        and not state.draining
-        and not conn._closing
-    )
-    try:
-        sent, keep_alive = await _respond(conn, state, req, content, status, headers, keep_alive)
-    except _BadHeader as exc:
-        app_logger.error("%s %s: %s", req.method, req.path, exc)
-        return await _send_500(conn, state, req, client_ip, started)
-    state.requests_served += 1
+
+def _reject(conn: Connection, state: ServerState, client_ip: str, exc: ProtocolError) -> None:
+    logger.debug("rejecting request from %s: %d %s", client_ip, exc.status, exc)
     if state.access.enabled():
-        state.access.log(
-            client_ip, req.method, req.path, req.version, status, sent, started, req.headers
-        )
-    if keep_alive:
-        return "keep-alive"
-    conn.graceful_close()
-    return "close"
+        state.access.log(client_ip, "-", "-", "1.1", exc.status, 0, time.monotonic(), {})
+    conn._reply_error_and_close(exc)
 
 
-async def _send_500(
+def _handler_failed(
     conn: Connection, state: ServerState, req: Request, client_ip: str, started: float
 ) -> Action:
-    data = error_response(500, "Internal Server Error")
-    conn._send(data)
+    app_logger.exception("handler raised on %s %s", req.method, req.path)
+    return _send_500(conn, state, req, client_ip, started)
+
+
+def _send_500(
+    conn: Connection, state: ServerState, req: Request, client_ip: str, started: float
+) -> Action:
+    conn._send(error_response(500, "Internal Server Error"))
     state.requests_served += 1
     if state.access.enabled():
         state.access.log(client_ip, req.method, req.path, req.version, 500, 0, started, req.headers)
@@ -525,15 +595,183 @@ class _BadHeader(Exception):
     """A response header the handler set cannot be sent (CR/LF/NUL, not latin-1)."""
 
 
+class _Slow:
+    """A response that needs the coroutine: a stream, or a body to compress off the loop."""
+
+    __slots__ = ("content", "headers", "keep_alive", "status")
+
+    def __init__(
+        self, content: Any, status: int, headers: Mapping[str, Any] | None, keep_alive: bool
+    ) -> None:
+        self.content = content
+        self.status = status
+        self.headers = headers
+        self.keep_alive = keep_alive
+
+
+def _finish(
+    conn: Connection,
+    state: ServerState,
+    req: Request,
+    result: object,
+    count: int,
+    started: float,
+) -> Action | _Slow:
+    """Write the response to ``req`` now if it can be done without waiting."""
+    valid = False
+    if type(result) is tuple and len(result) == 3:
+        content, status, headers = result
+        if content is None and status is None and headers is None:
+            # The handler proxied the exchange itself on ctx.client.
+            state.requests_served += 1
+            return "keep-alive"
+        valid = type(status) is int and 100 <= status <= 599 and type(headers) is dict
+    if not valid:
+        try:
+            content, status, headers = check_result(result)
+        except HandlerResultError as exc:
+            app_logger.error("%s %s: %s", req.method, req.path, exc)
+            return _send_500(conn, state, req, conn.client_ip, started)
+    keep_alive = (
+        req.keep_alive
+        and count + 1 < state.requests_per_connection
+        and not state.draining
+        and not conn._closing
+    )
+    try:
+        lines, lower, has_server, keep_alive = _head_lines(headers, keep_alive)
+        if isinstance(content, bytes):
+            body = content
+        elif isinstance(content, str):
+            body = content.encode("utf-8")
+            if "content-type" not in lower:
+                lower["content-type"] = "text/plain; charset=utf-8"
+                lines.append("content-type: text/plain; charset=utf-8\r\n")
+        elif content is None:
+            body = b""
+        elif isinstance(content, bytearray | memoryview):
+            body = bytes(content)
+        elif is_stream(content):
+            return _Slow(content, status, headers, keep_alive)
+        else:
+            raise _BadHeader(f"handler returned content of type {type(content).__name__}")
+        coding, lines = _negotiate(state, req, status, lower, lines, len(body))
+        if coding is not None:
+            if len(body) >= compression.OFFLOAD_MIN_BYTES:
+                return _Slow(content, status, headers, keep_alive)
+            body = compression.compress_body(coding, state.policy.level, body)
+        sent = _write_fixed(conn, req, status, lines, has_server, body, keep_alive)
+    except _BadHeader as exc:
+        app_logger.error("%s %s: %s", req.method, req.path, exc)
+        return _send_500(conn, state, req, conn.client_ip, started)
+    state.requests_served += 1
+    if state.access.enabled():
+        state.access.log(
+            conn.client_ip, req.method, req.path, req.version, status, sent, started, req.headers
+        )
+    if keep_alive:
+        return "keep-alive"
+    conn.graceful_close()
+    return "close"
+
+
+def _negotiate(
+    state: ServerState,
+    req: Request,
+    status: int,
+    lower: dict[str, str],
+    lines: list[str],
+    body_len: int | None,
+) -> tuple[str | None, list[str]]:
+    """The coding to apply (or None) and the header lines, with Vary etc. updated."""
+    policy = state.policy
+    if not policy.enabled or req.method == "HEAD" or bodyless_status(status):
+        return None, lines
+    if body_len is not None and body_len < policy.min_size:
+        return None, lines
+    coding, vary = policy.choose(
+        req.method, status, req.headers.get("accept-encoding"), lower, body_len
+    )
+    if coding is not None or vary:
+        compression.apply_headers(lower, coding, vary)
+        lines = [f"{name}: {value}\r\n" for name, value in lower.items()]
+    return coding, lines
+
+
+def _write_fixed(
+    conn: Connection,
+    req: Request,
+    status: int,
+    lines: list[str],
+    has_server: bool,
+    body: bytes,
+    keep_alive: bool,
+) -> int:
+    """Serialise and write a response with a known body; returns the body bytes sent."""
+    if bodyless_status(status):
+        framing = ""
+        body = b""
+    else:
+        framing = f"Content-Length: {len(body)}\r\n"
+        if req.method == "HEAD":
+            body = b""
+    head = _encode_head(status, lines, has_server, framing, keep_alive, req.version == "1.0")
+    transport = conn.transport
+    if transport is None or conn._lost:
+        raise PeerGone("connection lost before the response")
+    if len(body) < JOIN_BODY_MAX_BYTES:
+        transport.write(head + body)
+    else:
+        transport.write(head)
+        transport.write(body)
+    return len(body)
+
+
+async def _respond_slow(
+    conn: Connection, state: ServerState, req: Request, slow: _Slow, started: float
+) -> Action:
+    """Stream an iterable, or compress a big body in a thread, then write it."""
+    status = slow.status
+    try:
+        lines, lower, has_server, keep_alive = _head_lines(slow.headers, slow.keep_alive)
+        if is_stream(slow.content):
+            sent, keep_alive = await _respond_stream(
+                conn, state, req, slow.content, status, lines, lower, has_server, keep_alive
+            )
+        else:
+            content = slow.content
+            body = content.encode("utf-8") if isinstance(content, str) else bytes(content)
+            if isinstance(content, str) and "content-type" not in lower:
+                lower["content-type"] = "text/plain; charset=utf-8"
+                lines.append("content-type: text/plain; charset=utf-8\r\n")
+            coding, lines = _negotiate(state, req, status, lower, lines, len(body))
+            if coding is not None:
+                body = await asyncio.get_running_loop().run_in_executor(
+                    None, compression.compress_body, coding, state.policy.level, body
+                )
+            sent = _write_fixed(conn, req, status, lines, has_server, body, keep_alive)
+    except _BadHeader as exc:
+        app_logger.error("%s %s: %s", req.method, req.path, exc)
+        return _send_500(conn, state, req, conn.client_ip, started)
+    state.requests_served += 1
+    if state.access.enabled():
+        state.access.log(
+            conn.client_ip, req.method, req.path, req.version, status, sent, started, req.headers
+        )
+    if keep_alive:
+        return "keep-alive"
+    conn.graceful_close()
+    return "close"
+
+
 def _head_lines(
-    headers: Mapping[str, Any] | None,
+    headers: Mapping[str, Any] | None, keep_alive: bool
 ) -> tuple[list[str], dict[str, str], bool, bool]:
-    """Handler headers -> (lines, lower-case map, close requested, has Server)."""
+    """Handler headers -> (lines, lower-case map, has Server, keep-alive)."""
     lines: list[str] = []
     lower: dict[str, str] = {}
-    close = False
     if not headers:
-        return lines, lower, close, False
+        return lines, lower, False, keep_alive
     for name, value in headers.items():
         if not isinstance(value, str):
             value = str(value)
@@ -542,11 +780,11 @@ def _head_lines(
         lname = name.lower()
         if lname in _FRAMING:
             if lname == "connection" and "close" in value.lower():
-                close = True
+                keep_alive = False
             continue
         lower[lname] = value
         lines.append(f"{name}: {value}\r\n")
-    return lines, lower, close, "server" in lower
+    return lines, lower, "server" in lower, keep_alive
 
 
 def _encode_head(
@@ -557,18 +795,19 @@ def _encode_head(
     keep_alive: bool,
     http10: bool,
 ) -> bytes:
-    parts = [status_line(status)]
-    if not has_server:
-        parts.append(SERVER_HEADER)
-    parts.append(DATE.line)
-    parts.extend(lines)
-    parts.append(framing)
-    if not keep_alive:
-        parts.append("Connection: close\r\n")
-    elif http10:
-        parts.append("Connection: keep-alive\r\n")
-    parts.append("\r\n")
-    text = "".join(parts)
+    text = "".join(
+        (
+            status_line(status),
+            "" if has_server else SERVER_HEADER,
+            DATE.line,
+            *lines,
+            framing,
+            ""
+            if keep_alive and not http10
+            else ("Connection: keep-alive\r\n" if keep_alive else "Connection: close\r\n"),
+            "\r\n",
+        )
+    )
     # A handler's CR, LF or NUL must never inject a header or split the response.
     expected = text.count("\r\n")
     if text.count("\n") != expected or text.count("\r") != expected or "\0" in text:
@@ -577,81 +816,6 @@ def _encode_head(
         return text.encode("latin-1")
     except UnicodeEncodeError:
         raise _BadHeader("response header is not latin-1 text") from None
-
-
-def _rebuild_lines(lower: Mapping[str, str]) -> list[str]:
-    return [f"{name}: {value}\r\n" for name, value in lower.items()]
-
-
-async def _respond(
-    conn: Connection,
-    state: ServerState,
-    req: Request,
-    content: Any,
-    status: int,
-    headers: Mapping[str, Any] | None,
-    keep_alive: bool,
-) -> tuple[int, bool]:
-    """Write the response; returns (body bytes sent, keep-alive)."""
-    lines, lower, close, has_server = _head_lines(headers)
-    if close:
-        keep_alive = False
-    http10 = req.version == "1.0"
-    head_only = req.method == "HEAD" or bodyless_status(status)
-
-    if content is None:
-        body = b""
-    elif isinstance(content, str):
-        body = content.encode("utf-8")
-        if "content-type" not in lower:
-            lower["content-type"] = "text/plain; charset=utf-8"
-            lines.append("content-type: text/plain; charset=utf-8\r\n")
-    elif isinstance(content, bytes):
-        body = content
-    elif isinstance(content, bytearray | memoryview):
-        body = bytes(content)
-    elif is_stream(content):
-        return await _respond_stream(
-            conn, state, req, content, status, lines, lower, has_server, keep_alive
-        )
-    else:
-        raise _BadHeader(f"handler returned content of type {type(content).__name__}")
-
-    policy = state.policy
-    if policy.enabled and not head_only and len(body) >= policy.min_size:
-        coding, vary = policy.choose(
-            req.method, status, req.headers.get("accept-encoding"), lower, len(body)
-        )
-        if coding is not None or vary:
-            compression.apply_headers(lower, coding, vary)
-            lines = _rebuild_lines(lower)
-            if coding is not None:
-                if len(body) >= compression.OFFLOAD_MIN_BYTES:
-                    body = await asyncio.get_running_loop().run_in_executor(
-                        None, compression.compress_body, coding, policy.level, body
-                    )
-                else:
-                    body = compression.compress_body(coding, policy.level, body)
-
-    if bodyless_status(status):
-        framing = ""
-        body = b""
-    else:
-        framing = f"Content-Length: {len(body)}\r\n"
-        if req.method == "HEAD":
-            body = b""
-    head = _encode_head(status, lines, has_server, framing, keep_alive, http10)
-    transport = conn.transport
-    if transport is None or conn._lost:
-        raise PeerGone("connection lost before the response")
-    if len(body) < JOIN_BODY_MAX_BYTES:
-        transport.write(head + body)
-    else:
-        transport.write(head)
-        transport.write(body)
-    if conn._write_paused:
-        await conn.drain()
-    return len(body), keep_alive
 
 
 async def _iterate(content: Any) -> AsyncIterator[bytes]:
@@ -703,16 +867,9 @@ async def _respond_stream(
         conn._send(head)
         return 0, keep_alive
     encoder = None
-    policy = state.policy
-    if policy.enabled:
-        coding, vary = policy.choose(
-            req.method, status, req.headers.get("accept-encoding"), lower, None
-        )
-        if coding is not None or vary:
-            compression.apply_headers(lower, coding, vary)
-            lines = _rebuild_lines(lower)
-        if coding is not None:
-            encoder = compression.make_encoder(coding, policy.level)
+    coding, lines = _negotiate(state, req, status, lower, lines, None)
+    if coding is not None:
+        encoder = compression.make_encoder(coding, state.policy.level)
     if http10:
         keep_alive = False
         framing = ""
@@ -780,11 +937,9 @@ async def serve_connection(sock: socket.socket, state: ServerState) -> None:
         conn.server_name = server_name_of(conn.transport.get_extra_info("ssl_object"))
     client_ip = conn.client_ip
     redis_module = state.redis_module
-    count = 0
     try:
         while True:
-            action = await exchange(conn, state, client_ip, count, redis_module)
-            count += 1
+            action = await exchange(conn, state, client_ip, conn.count, redis_module)
             if action != "keep-alive":
                 break
     except PreforkError:

@@ -193,6 +193,36 @@ def _split_tokens(value: str) -> list[str]:
     return [t.strip().lower() for t in value.split(",") if t.strip()]
 
 
+_NAME_CACHE: dict[bytes, str] = {}
+_HOST_CACHE: set[str] = set()
+_CACHE_MAX = 512
+# Fields that must not repeat: a second line is an attack or a bug.
+_SINGLE_FIELDS = {
+    "content-length": "more than one Content-Length",
+    "transfer-encoding": "more than one Transfer-Encoding",
+    "host": "more than one Host header",
+}
+
+
+def _field_name(raw: bytes) -> str:
+    name = _NAME_CACHE.get(raw)
+    if name is None:
+        name = raw.decode("latin-1").lower()
+        if len(_NAME_CACHE) < _CACHE_MAX:
+            _NAME_CACHE[raw] = name
+    return name
+
+
+def _valid_host(host: str) -> bool:
+    if host in _HOST_CACHE:
+        return True
+    if not _HOST_RE.fullmatch(host):
+        return False
+    if len(_HOST_CACHE) < _CACHE_MAX:
+        _HOST_CACHE.add(host)
+    return True
+
+
 def build_request(
     method: str,
     target: str,
@@ -211,35 +241,25 @@ def build_request(
     if len(raw) > limits.max_header_count:
         raise ProtocolError(431, "too many header fields")
     headers: dict[str, str] = {}
-    cl_lines = 0
-    te_lines = 0
-    host_lines = 0
     for bname, bvalue in raw:
         if check_fields and _BAD_FIELD_BYTES.search(bvalue):
             raise ProtocolError(400, "invalid character in header value")
-        name = bname.decode("latin-1").lower()
-        value = bvalue.decode("latin-1")
+        name = _field_name(bname)
         if name in headers:
+            if name in _SINGLE_FIELDS:
+                raise ProtocolError(400, _SINGLE_FIELDS[name])
             sep = "; " if name == "cookie" else ", "
-            headers[name] = headers[name] + sep + value
+            headers[name] = headers[name] + sep + bvalue.decode("latin-1")
         else:
-            headers[name] = value
-        if name == "content-length":
-            cl_lines += 1
-        elif name == "transfer-encoding":
-            te_lines += 1
-        elif name == "host":
-            host_lines += 1
+            headers[name] = bvalue.decode("latin-1")
 
     path, query = _split_target(method, target)
 
     host = headers.get("host")
-    if host_lines > 1:
-        raise ProtocolError(400, "more than one Host header")
     if host is None:
         if version == "1.1":
             raise ProtocolError(400, "missing Host header")
-    elif not _HOST_RE.fullmatch(host):
+    elif not _valid_host(host):
         raise ProtocolError(400, "invalid Host header")
 
     conn_header = headers.get("connection")
@@ -250,19 +270,19 @@ def build_request(
 
     req = Request(method, target, path, query, version, headers, keep_alive)
 
-    if te_lines:
+    te = headers.get("transfer-encoding")
+    cl = headers.get("content-length")
+    if te is not None:
         # RFC 9112 §6.1: a request with both is an attack or a bug; we refuse it.
-        if cl_lines:
+        if cl is not None:
             raise ProtocolError(400, "both Content-Length and Transfer-Encoding")
         if version == "1.0":
             raise ProtocolError(400, "Transfer-Encoding on HTTP/1.0")
-        if te_lines > 1 or headers["transfer-encoding"].strip().lower() != "chunked":
+        if te.strip().lower() != "chunked":
             raise ProtocolError(400, "Transfer-Encoding other than chunked")
         req.chunked = True
-    elif cl_lines:
-        if cl_lines > 1:
-            raise ProtocolError(400, "more than one Content-Length")
-        cl = headers["content-length"].strip()
+    elif cl is not None:
+        cl = cl.strip()
         if not cl.isdigit() or not cl.isascii():
             raise ProtocolError(400, "invalid Content-Length")
         if len(cl) > 19 or int(cl) > limits.max_body_size:
@@ -474,12 +494,13 @@ class RequestReader:
             for line in head.split(b"\r\n"):
                 if len(line) > limits.line_limit:
                     raise ProtocolError(431, "header line too long")
-        crlf = head.count(b"\r\n")
-        if head.count(b"\n") != crlf:
-            raise ProtocolError(400, "bare LF in request head")
-        if head.count(b"\r") != crlf:
-            raise ProtocolError(400, "bare CR in request head")
         if self._head_prescan:
+            # llhttp rejects these itself; h11 would accept them.
+            crlf = head.count(b"\r\n")
+            if head.count(b"\n") != crlf:
+                raise ProtocolError(400, "bare LF in request head")
+            if head.count(b"\r") != crlf:
+                raise ProtocolError(400, "bare CR in request head")
             if b"\n " in head or b"\n\t" in head:
                 raise ProtocolError(400, "obsolete line folding in request head")
         else:

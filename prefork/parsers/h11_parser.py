@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import re
+
 import h11
 
 from ..errors import ProtocolError
 from ..protocol import RawHeaders
+
+_CONTENT_LENGTH_LINE = re.compile(
+    rb"(?<=\r\n)(content-length)[ \t]*:[ \t]*([^\r]*?)[ \t]*(?=\r\n)", re.I
+)
 
 
 class H11HeadParser:
@@ -30,4 +36,9 @@ class H11HeadParser:
         except UnicodeDecodeError:
             raise ProtocolError(400, "non-ASCII request target") from None
         raw = list(event.headers.raw_items())
+        if any(name.lower() == b"content-length" for name, _ in raw):
+            # h11 folds repeated or list-form Content-Length ("5, 5") into one
+            # value; the shared checks must see the lines as sent.
+            raw = [(n, v) for n, v in raw if n.lower() != b"content-length"]
+            raw += [(m.group(1), m.group(2)) for m in _CONTENT_LENGTH_LINE.finditer(head)]
         return event.method.decode("ascii"), target, event.http_version.decode("ascii"), raw
