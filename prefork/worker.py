@@ -31,7 +31,6 @@ import asyncio
 import contextlib
 import enum
 import errno
-import importlib
 import logging
 import os
 import random
@@ -47,7 +46,9 @@ import uvloop
 from . import log
 from ._types import Handler
 from .config import Config
+from .connection import ServerState, serve_connection
 from .errors import PreforkError
+from .handler import load_app
 
 logger = logging.getLogger(log.WORKER)
 
@@ -107,18 +108,6 @@ def app_label(app: Handler | str) -> str:
     return f"{module}:{name}"
 
 
-def _import_engine() -> tuple[Any, Any]:
-    """ServerState and serve_connection from ``prefork.connection``."""
-    mod = importlib.import_module("prefork.connection")
-    return mod.ServerState, mod.serve_connection
-
-
-def _load_app(spec: str) -> Handler:
-    mod = importlib.import_module("prefork.handler")
-    handler: Handler = mod.load_app(spec)
-    return handler
-
-
 class Worker:
     """One worker process; built in the master, run in the child."""
 
@@ -157,8 +146,7 @@ class Worker:
         self.recycle_retry_at = 0.0
         # Set in the child only.
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._state: Any = None
-        self._serve_connection: Any = None
+        self._state: ServerState | None = None
         self._redis: Any = None
         self._stop: asyncio.Future[_Stop] | None = None
         self._active = 0
@@ -214,15 +202,15 @@ class Worker:
         handler = self._boot_app()
         if handler is None:
             return WORKER_BOOT_ERROR
-        server_state_cls, self._serve_connection = _import_engine()
         if self.cfg.redis_url is not None:
             import redis.asyncio
 
             self._redis = redis.asyncio.Redis.from_url(self.cfg.redis_url)
-        self._state = server_state_cls(
+        state = ServerState(
             self.cfg, handler, ssl_context=self.ssl_context, redis_module=self._redis
         )
-        self._state.start()
+        state.start()
+        self._state = state
         self._stop = loop.create_future()
         loop.add_signal_handler(signal.SIGTERM, self._request_stop, _Stop.GRACEFUL)
         loop.add_signal_handler(signal.SIGINT, self._request_stop, _Stop.GRACEFUL)
@@ -238,14 +226,14 @@ class Worker:
         how = await self._stop
         if how is _Stop.IMMEDIATE:
             return WORKER_EXIT_OK
-        await self._drain()
+        await self._drain(state)
         return WORKER_EXIT_OK
 
     def _boot_app(self) -> Handler | None:
         if not isinstance(self.app, str):
             return self.app
         try:
-            return _load_app(self.app)
+            return load_app(self.app)
         except Exception as exc:  # the app's own import may raise anything
             message = str(exc).splitlines()[0] if str(exc) else ""
             if not isinstance(exc, PreforkError):
@@ -253,7 +241,7 @@ class Worker:
             logger.error("worker %d (pid %d) cannot boot: %s", self.number, os.getpid(), message)
             return None
 
-    async def _drain(self) -> None:
+    async def _drain(self, state: ServerState) -> None:
         """Graceful stop: no new connections, in-flight ones finish, then close Redis."""
         self.state = WorkerState.DRAINING
         self._pause_accepting()
@@ -265,8 +253,8 @@ class Worker:
             os.getpid(),
             self._active,
         )
-        self._state.begin_drain()
-        await self._state.wait_closed(self.cfg.graceful_timeout)
+        state.begin_drain()
+        await state.wait_closed(self.cfg.graceful_timeout)
         if self._tasks:
             # wait_closed aborted the stragglers; give their tasks one turn to finish.
             await asyncio.wait(set(self._tasks), timeout=1.0)
@@ -331,6 +319,7 @@ class Worker:
 
     def _on_readable(self, listener: socket.socket) -> None:
         assert self._loop is not None
+        assert self._state is not None
         free = self.cfg.connection_limit - self._active
         for _ in range(min(free, ACCEPT_BATCH_MAX)):
             try:
@@ -352,7 +341,7 @@ class Worker:
                 continue
             conn.setblocking(False)
             self._active += 1
-            task = self._loop.create_task(self._serve_connection(conn, self._state))
+            task = self._loop.create_task(serve_connection(conn, self._state))
             self._tasks.add(task)
             task.add_done_callback(self._on_connection_done)
         if self._active >= self.cfg.connection_limit:

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from prefork import log
+from prefork import worker as worker_module
 from prefork.config import Config
 from prefork.errors import BindError
 from prefork.master import (
@@ -265,6 +266,11 @@ async def fake_serve(sock: Any, state: Any) -> None:
     return None
 
 
+@pytest.fixture(autouse=True)
+def no_real_connections(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(worker_module, "serve_connection", fake_serve)
+
+
 def make_worker(listener: FakeListener, limit: int) -> tuple[Worker, FakeLoop]:
     cfg = Config.build({"port": 0, "connection_limit": limit})
     worker = Worker(
@@ -280,8 +286,7 @@ def make_worker(listener: FakeListener, limit: int) -> tuple[Worker, FakeLoop]:
     loop = FakeLoop()
     worker._loop = loop  # type: ignore[assignment]
     worker._phase = WorkerState.SERVING
-    worker._state = object()
-    worker._serve_connection = fake_serve
+    worker._state = object()  # type: ignore[assignment]
     worker._resume_accepting()
     return worker, loop
 
