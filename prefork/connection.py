@@ -795,6 +795,13 @@ def _encode_head(
     keep_alive: bool,
     http10: bool,
 ) -> bytes:
+    if lines:
+        # A handler's CR, LF or NUL must never inject a header or split the
+        # response: each line may hold exactly its own terminating CRLF.
+        fields = "".join(lines)
+        n = len(lines)
+        if fields.count("\n") != n or fields.count("\r") != n or "\0" in fields:
+            raise _BadHeader("response header contains CR, LF or NUL")
     text = "".join(
         (
             status_line(status),
@@ -808,10 +815,6 @@ def _encode_head(
             "\r\n",
         )
     )
-    # A handler's CR, LF or NUL must never inject a header or split the response.
-    expected = text.count("\r\n")
-    if text.count("\n") != expected or text.count("\r") != expected or "\0" in text:
-        raise _BadHeader("response header contains CR, LF or NUL")
     try:
         return text.encode("latin-1")
     except UnicodeEncodeError:

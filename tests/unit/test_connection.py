@@ -1,0 +1,276 @@
+"""The connection layer driven through a fake transport: bytes in, exact bytes out."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+import prefork
+from prefork import protocol
+from prefork.config import Config
+from prefork.connection import Connection, ServerState, exchange
+
+DATE_LINE = "Date: Wed, 25 Nov 2026 08:00:00 GMT\r\n"
+GET = b"GET /hello HTTP/1.1\r\nHost: example.com\r\n\r\n"
+
+
+class FakeTransport:
+    """Records what the connection writes; feeds nothing by itself."""
+
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+        self.closed = False
+        self.eof_written = False
+        self.paused = False
+
+    def write(self, data: bytes) -> None:
+        self.written.append(bytes(data))
+
+    def data(self) -> bytes:
+        return b"".join(self.written)
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return ("127.0.0.1", 40000) if name == "peername" else default
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+    def abort(self) -> None:
+        self.closed = True
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def write_eof(self) -> None:
+        self.eof_written = True
+
+    def pause_reading(self) -> None:
+        self.paused = True
+
+    def resume_reading(self) -> None:
+        self.paused = False
+
+
+@pytest.fixture(autouse=True)
+def pinned_date(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    monkeypatch.setattr(protocol.DATE, "line", DATE_LINE)
+    monkeypatch.setattr(protocol.DateHeader, "refresh", lambda self, now=None: None)
+    yield
+
+
+def make(handler: Any, backend: str = "httptools", **cfg: Any) -> tuple[Connection, FakeTransport]:
+    state = ServerState(Config.build({"http": backend, "log_level": "error", **cfg}), handler)
+    conn = Connection(state)
+    transport = FakeTransport()
+    conn.connection_made(transport)  # type: ignore[arg-type]
+    return conn, transport
+
+
+def hello(method: str, query: str, args: Any, headers: Any, body: bytes, ctx: Any) -> Any:
+    return "Hello, World!", 200, {"content-type": "text/plain"}
+
+
+HELLO_RESPONSE = (
+    b"HTTP/1.1 200 OK\r\nServer: prefork\r\n"
+    + DATE_LINE.encode()
+    + b"content-type: text/plain\r\nContent-Length: 13\r\n\r\nHello, World!"
+)
+
+
+@pytest.mark.parametrize("backend", ["httptools", "h11"])
+async def test_get_answers_exact_bytes(backend: str) -> None:
+    conn, transport = make(hello, backend)
+    conn.data_received(GET)
+    action = await exchange(conn, conn.state, "127.0.0.1", 0, None)
+    assert action == "keep-alive"
+    assert transport.data() == HELLO_RESPONSE
+
+
+async def test_process_request_public_call() -> None:
+    server, err = prefork.new({"log_level": "error"}, hello)
+    assert err is None and server is not None
+    conn, transport = make(hello)
+    conn.data_received(GET)
+    assert await server.process_request(conn, "127.0.0.1", 0, None) == ("keep-alive", None)
+    assert transport.data() == HELLO_RESPONSE
+
+
+async def test_process_request_reports_malformed_input_after_the_error_response() -> None:
+    server, _ = prefork.new({"log_level": "error"}, hello)
+    assert server is not None
+    conn, transport = make(hello)
+    conn.data_received(
+        b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
+    action, err = await server.process_request(conn, "127.0.0.1", 0, None)
+    assert action is None
+    assert err is not None and "Transfer-Encoding" in err
+    assert transport.data().startswith(b"HTTP/1.1 400 Bad Request\r\n")
+    assert b"Connection: close\r\n" in transport.data()
+
+
+@pytest.mark.parametrize("backend", ["httptools", "h11"])
+async def test_post_body_split_at_every_byte_is_the_same(backend: str) -> None:
+    seen: list[bytes] = []
+
+    def echo(method: str, query: str, args: Any, headers: Any, body: bytes, ctx: Any) -> Any:
+        seen.append(body)
+        return body, 200, {}
+
+    raw = b"POST /e HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2;x=y\r\nde\r\n0\r\n\r\n"
+    for cut in range(1, len(raw)):
+        conn, transport = make(echo, backend)
+        conn.data_received(raw[:cut])
+        conn.data_received(raw[cut:])
+        assert await exchange(conn, conn.state, "127.0.0.1", 0, None) == "keep-alive"
+        assert transport.data().endswith(b"Content-Length: 5\r\n\r\nabcde")
+    assert seen == [b"abcde"] * (len(raw) - 1)
+
+
+async def test_pipelined_requests_are_answered_in_order() -> None:
+    def path(method: str, query: str, args: Any, headers: Any, body: bytes, ctx: Any) -> Any:
+        return query, 200, {}
+
+    conn, transport = make(path)
+    conn.data_received(
+        b"GET /1 HTTP/1.1\r\nHost: a\r\n\r\nGET /2 HTTP/1.1\r\nHost: a\r\n\r\nGET /3 HTTP/1.1\r\nHost: a\r\n\r\n"
+    )
+    for i in range(3):
+        assert await exchange(conn, conn.state, "127.0.0.1", i, None) == "keep-alive"
+    bodies = [chunk.rsplit(b"\r\n\r\n", 1)[1] for chunk in transport.written]
+    assert bodies == [b"/1", b"/2", b"/3"]
+
+
+async def test_handler_that_raises_gets_500_and_close() -> None:
+    def boom(*args: Any) -> Any:
+        raise RuntimeError("boom")
+
+    conn, transport = make(boom)
+    conn.data_received(GET)
+    assert await exchange(conn, conn.state, "127.0.0.1", 0, None) == "close"
+    assert transport.data().startswith(b"HTTP/1.1 500 Internal Server Error\r\n")
+    assert b"Connection: close\r\n" in transport.data()
+    assert transport.eof_written
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"x-evil": "a\r\nSet-Cookie: stolen=1"},
+        {"x-evil": "a\nb"},
+        {"x-evil\r\nInjected": "1"},
+        {"x-nul": "a\0b"},
+    ],
+    ids=["crlf-value", "lf-value", "crlf-name", "nul-value"],
+)
+async def test_header_injection_gets_500(headers: dict[str, str]) -> None:
+    def evil(*args: Any) -> Any:
+        return "x", 200, headers
+
+    conn, transport = make(evil)
+    conn.data_received(GET)
+    assert await exchange(conn, conn.state, "127.0.0.1", 0, None) == "close"
+    assert transport.data().startswith(b"HTTP/1.1 500 ")
+    assert b"stolen" not in transport.data() and b"Injected" not in transport.data()
+
+
+async def test_all_none_result_writes_nothing_and_keeps_alive() -> None:
+    def proxied(*args: Any) -> Any:
+        return None, None, None
+
+    conn, transport = make(proxied)
+    conn.data_received(GET)
+    assert await exchange(conn, conn.state, "127.0.0.1", 0, None) == "keep-alive"
+    assert transport.written == []
+
+
+async def test_expect_continue_is_answered_before_the_body() -> None:
+    conn, transport = make(hello)
+    conn.data_received(
+        b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nExpect: 100-continue\r\n\r\n"
+    )
+    assert transport.data() == b"HTTP/1.1 100 Continue\r\n\r\n"
+    conn.data_received(b"abc")
+    assert await exchange(conn, conn.state, "127.0.0.1", 0, None) == "keep-alive"
+    assert transport.written[1].startswith(b"HTTP/1.1 200 OK\r\n")
+
+
+async def test_expect_continue_over_the_limit_gets_413_without_100() -> None:
+    conn, transport = make(hello, max_body_size=10)
+    conn.data_received(
+        b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 11\r\nExpect: 100-continue\r\n\r\n"
+    )
+    with pytest.raises(prefork.errors.ProtocolError):
+        await exchange(conn, conn.state, "127.0.0.1", 0, None)
+    assert transport.data().startswith(b"HTTP/1.1 413 ")
+    assert b"100 Continue" not in transport.data()
+
+
+async def test_last_request_per_connection_carries_close() -> None:
+    conn, transport = make(hello, requests_per_connection=2)
+    conn.data_received(GET + GET)
+    assert await exchange(conn, conn.state, "127.0.0.1", 0, None) == "keep-alive"
+    assert await exchange(conn, conn.state, "127.0.0.1", 1, None) == "close"
+    assert b"Connection: close" not in transport.written[0]
+    assert transport.written[1].endswith(b"Connection: close\r\n\r\nHello, World!")
+
+
+async def test_head_has_length_but_no_body() -> None:
+    conn, transport = make(hello)
+    conn.data_received(b"HEAD /hello HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert await exchange(conn, conn.state, "127.0.0.1", 0, None) == "keep-alive"
+    assert transport.data().endswith(b"Content-Length: 13\r\n\r\n")
+
+
+async def test_stream_is_sent_chunked_exactly() -> None:
+    def stream(*args: Any) -> Any:
+        return iter([b"ab", b"", b"cde"]), 200, {"content-type": "application/octet-stream"}
+
+    conn, transport = make(stream)
+    conn.data_received(GET)
+    assert await exchange(conn, conn.state, "127.0.0.1", 0, None) == "keep-alive"
+    assert transport.data().endswith(
+        b"Transfer-Encoding: chunked\r\n\r\n2\r\nab\r\n3\r\ncde\r\n0\r\n\r\n"
+    )
+
+
+async def test_async_stream_to_http10_is_close_delimited() -> None:
+    async def gen() -> Any:
+        yield b"one"
+        await asyncio.sleep(0)
+        yield b"two"
+
+    async def stream(*args: Any) -> Any:
+        return gen(), 200, {}
+
+    conn, transport = make(stream)
+    conn.data_received(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+    assert await exchange(conn, conn.state, "127.0.0.1", 0, None) == "close"
+    data = transport.data()
+    assert b"Transfer-Encoding" not in data
+    assert data.endswith(b"Connection: close\r\n\r\nonetwo")
+
+
+async def test_http10_keep_alive_is_confirmed() -> None:
+    conn, transport = make(hello)
+    conn.data_received(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+    assert await exchange(conn, conn.state, "127.0.0.1", 0, None) == "keep-alive"
+    assert b"Connection: keep-alive\r\n" in transport.data()
+
+
+async def test_inline_path_serves_while_the_coroutine_is_parked() -> None:
+    conn, transport = make(hello)
+    task = asyncio.get_running_loop().create_task(exchange(conn, conn.state, "127.0.0.1", 0, None))
+    await asyncio.sleep(0)
+    conn.data_received(GET + GET)  # answered from the protocol callback
+    assert transport.data() == HELLO_RESPONSE * 2
+    assert conn.count == 2
+    conn.connection_lost(None)
+    with pytest.raises(prefork.errors.PeerGone):
+        await task
