@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -58,10 +57,9 @@ class FakeTransport:
 
 
 @pytest.fixture(autouse=True)
-def pinned_date(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+def pinned_date(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(protocol.DATE, "line", DATE_LINE)
     monkeypatch.setattr(protocol.DateHeader, "refresh", lambda self, now=None: None)
-    yield
 
 
 def make(handler: Any, backend: str = "httptools", **cfg: Any) -> tuple[Connection, FakeTransport]:
@@ -94,7 +92,8 @@ async def test_get_answers_exact_bytes(backend: str) -> None:
 
 async def test_process_request_public_call() -> None:
     server, err = prefork.new({"log_level": "error"}, hello)
-    assert err is None and server is not None
+    assert err is None
+    assert server is not None
     conn, transport = make(hello)
     conn.data_received(GET)
     assert await server.process_request(conn, "127.0.0.1", 0, None) == ("keep-alive", None)
@@ -110,7 +109,8 @@ async def test_process_request_reports_malformed_input_after_the_error_response(
     )
     action, err = await server.process_request(conn, "127.0.0.1", 0, None)
     assert action is None
-    assert err is not None and "Transfer-Encoding" in err
+    assert err is not None
+    assert "Transfer-Encoding" in err
     assert transport.data().startswith(b"HTTP/1.1 400 Bad Request\r\n")
     assert b"Connection: close\r\n" in transport.data()
 
@@ -123,7 +123,10 @@ async def test_post_body_split_at_every_byte_is_the_same(backend: str) -> None:
         seen.append(body)
         return body, 200, {}
 
-    raw = b"POST /e HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2;x=y\r\nde\r\n0\r\n\r\n"
+    raw = (
+        b"POST /e HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"3\r\nabc\r\n2;x=y\r\nde\r\n0\r\n\r\n"
+    )
     for cut in range(1, len(raw)):
         conn, transport = make(echo, backend)
         conn.data_received(raw[:cut])
@@ -177,7 +180,8 @@ async def test_header_injection_gets_500(headers: dict[str, str]) -> None:
     conn.data_received(GET)
     assert await exchange(conn, conn.state, "127.0.0.1", 0, None) == "close"
     assert transport.data().startswith(b"HTTP/1.1 500 ")
-    assert b"stolen" not in transport.data() and b"Injected" not in transport.data()
+    assert b"stolen" not in transport.data()
+    assert b"Injected" not in transport.data()
 
 
 async def test_all_none_result_writes_nothing_and_keeps_alive() -> None:
