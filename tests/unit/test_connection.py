@@ -141,9 +141,7 @@ async def test_pipelined_requests_are_answered_in_order() -> None:
         return query, 200, {}
 
     conn, transport = make(path)
-    conn.data_received(
-        b"GET /1 HTTP/1.1\r\nHost: a\r\n\r\nGET /2 HTTP/1.1\r\nHost: a\r\n\r\nGET /3 HTTP/1.1\r\nHost: a\r\n\r\n"
-    )
+    conn.data_received(b"".join(b"GET /%d HTTP/1.1\r\nHost: a\r\n\r\n" % i for i in (1, 2, 3)))
     for i in range(3):
         assert await exchange(conn, conn.state, "127.0.0.1", i, None) == "keep-alive"
     bodies = [chunk.rsplit(b"\r\n\r\n", 1)[1] for chunk in transport.written]
