@@ -221,7 +221,9 @@ class Connection(asyncio.Protocol):
             return
         if reader.requests:
             if self._parked and self._inline:
-                self._serve_inline()
+                if self._serve_inline() and reader.want_continue:
+                    reader.want_continue = False
+                    self._send(CONTINUE_RESPONSE)
                 return
             if len(reader.requests) > MAX_QUEUED_REQUESTS:
                 self._pause_reading()
@@ -369,8 +371,12 @@ class Connection(asyncio.Protocol):
         self._handoff = None
         return handoff
 
-    def _serve_inline(self) -> None:
-        """Answer complete requests from the protocol callback (sync handlers only)."""
+    def _serve_inline(self) -> bool:
+        """Answer complete requests from the protocol callback (sync handlers only).
+
+        Returns True when all were answered and the connection waits for more;
+        False when the coroutine was woken to take over (or the connection closes).
+        """
         reader = self.reader
         state = self.state
         handler = state.handler
@@ -400,12 +406,17 @@ class Connection(asyncio.Protocol):
                 break
         else:
             self._busy = False
-            if not self._closing:
+            if self._closing:
+                return False
+            if reader.in_body:
+                self._set_deadline(Deadline.BODY, self.state.request_body_timeout)
+            elif reader.head_started:
+                self._set_deadline(Deadline.HEADER, self.state.request_header_timeout)
+            else:
                 self._set_deadline(Deadline.IDLE, self.state.keepalive_idle_timeout)
-                if reader.head_started:
-                    self._set_deadline(Deadline.HEADER, self.state.request_header_timeout)
-            return
+            return True
         self._wake()
+        return False
 
     async def receive_request(self, first: bool) -> Request | None:
         """The next whole request, or None when one was handed over by the inline path.
@@ -452,6 +463,9 @@ class Connection(asyncio.Protocol):
                 self.graceful_close()
                 raise PeerGone("server is stopping")
             self._reading = True
+            if reader.want_continue:
+                reader.want_continue = False
+                self._send(CONTINUE_RESPONSE)
             if self.deadline_kind is Deadline.NONE:
                 if reader.in_body:
                     self._set_deadline(Deadline.BODY, self.state.request_body_timeout)

@@ -276,3 +276,18 @@ async def test_inline_path_serves_while_the_coroutine_is_parked() -> None:
     conn.connection_lost(None)
     with pytest.raises(prefork.errors.PeerGone):
         await task
+
+
+async def test_continue_for_a_pipelined_request_follows_the_earlier_response() -> None:
+    conn, transport = make(hello)
+    task = asyncio.get_running_loop().create_task(exchange(conn, conn.state, "127.0.0.1", 0, None))
+    await asyncio.sleep(0)
+    conn.data_received(
+        GET + b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\nExpect: 100-continue\r\n\r\n"
+    )
+    assert transport.written == [HELLO_RESPONSE, b"HTTP/1.1 100 Continue\r\n\r\n"]
+    conn.data_received(b"ok")
+    assert len(transport.written) == 3
+    conn.connection_lost(None)
+    with pytest.raises(prefork.errors.PeerGone):
+        await task
