@@ -136,7 +136,6 @@ class _Reload:
     generation: int
     cfg: Config
     tls: ssl.SSLContext | None
-    target: int
     deadline: float
     pending: set[int]  # pids not ready yet
 
@@ -378,10 +377,14 @@ class Master:
         generation = self._last_generation
         logger.info("generation %d starting with %d worker(s)", generation, target)
         deadline = time.monotonic() + boot_timeout(cfg.worker_timeout)
-        reload = _Reload(generation, cfg, tls, target, deadline, pending=set())
+        reload = _Reload(generation, cfg, tls, deadline, pending=set())
         self._reload = reload
         for number in range(1, target + 1):
-            reload.pending.add(self._spawn(number, generation, cfg, tls).pid)
+            worker = self._spawn(number, generation, cfg, tls)
+            if worker is None:
+                self._abort_reload(f"generation {generation} could not be forked")
+                return
+            reload.pending.add(worker.pid)
 
     def _reread_config(self) -> Config:
         if self.config_file is None:
@@ -397,8 +400,13 @@ class Master:
         cfg: Config,
         tls: ssl.SSLContext | None,
         replaces: Worker | None = None,
-    ) -> Worker:
-        read_fd, write_fd = os.pipe()
+    ) -> Worker | None:
+        """Fork one worker; None (logged, retried after a back-off) if the system refuses."""
+        try:
+            read_fd, write_fd = os.pipe()
+        except OSError as exc:
+            self._spawn_failed(exc)
+            return None
         # The child keeps its own pipe's write end only: no sibling's pipe, no wakeup pipe.
         close_fds = [read_fd, self._wakeup_r, self._wakeup_w]
         close_fds += [w.pipe_r for w in self._workers.values() if w.pipe_r >= 0]
@@ -413,7 +421,13 @@ class Master:
             close_fds=close_fds,
         )
         _flush_std_streams()  # or the child would write the master's buffered output again
-        pid = os.fork()
+        try:
+            pid = os.fork()
+        except OSError as exc:  # EAGAIN, ENOMEM
+            os.close(read_fd)
+            os.close(write_fd)
+            self._spawn_failed(exc)
+            return None
         if pid == 0:  # the child never returns into the master's code
             code = WORKER_CRASHED
             try:
@@ -431,6 +445,11 @@ class Master:
         self._selector.register(read_fd, selectors.EVENT_READ, worker)
         logger.info("%s spawned", worker.label())
         return worker
+
+    def _spawn_failed(self, exc: OSError) -> None:
+        logger.error("cannot fork a worker: %s; retrying in %.0fs", exc, self._respawn_delay)
+        self._respawn_at = time.monotonic() + self._respawn_delay
+        self._bump_backoff()
 
     def _on_ready(self, worker: Worker) -> None:
         if worker.state is not WorkerState.BOOTING:
@@ -455,7 +474,9 @@ class Master:
     def _commit_reload(self, reload: _Reload) -> None:
         old_generation, self._generation = self._generation, reload.generation
         self._reload = None
-        self.cfg, self._tls, self._target = reload.cfg, reload.tls, reload.target
+        if reload.cfg.workers != self.cfg.workers:  # else keep any TTIN/TTOU since the start
+            self._target = reload.cfg.workers
+        self.cfg, self._tls = reload.cfg, reload.tls
         logger.info(
             "generation %d ready; stopping generation %d", reload.generation, old_generation
         )
@@ -601,7 +622,11 @@ class Master:
             ):
                 # max_requests: fork the replacement first; the old one stops when it is ready.
                 logger.info("%s reached max_requests; replacing it", worker.label())
-                self._spawn(worker.number, worker.generation, self.cfg, self._tls, worker)
+                if (
+                    self._spawn(worker.number, worker.generation, self.cfg, self._tls, worker)
+                    is None
+                ):
+                    worker.recycle_retry_at = self._respawn_at
         current = [
             w
             for w in self._workers.values()
@@ -614,7 +639,8 @@ class Master:
             used = {w.number for w in current}
             free = (n for n in range(1, self._target + len(used) + 1) if n not in used)
             for number in itertools.islice(free, missing):
-                self._spawn(number, self._generation, self.cfg, self._tls)
+                if self._spawn(number, self._generation, self.cfg, self._tls) is None:
+                    break
         elif missing < 0:
             for worker in sorted(current, key=lambda w: w.number)[missing:]:
                 self._stop_worker(worker, "fewer workers wanted")
