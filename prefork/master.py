@@ -57,7 +57,17 @@ from ._types import Handler
 from .config import Config, load_toml, merged
 from .errors import BindError, PreforkError
 from .tls import load_tls
-from .worker import MSG_READY, MSG_RECYCLE, WORKER_CRASHED, Worker, WorkerState, app_label
+from .worker import (
+    MSG_READY,
+    MSG_RECYCLE,
+    STOP_MARGIN_S,
+    WORKER_CRASHED,
+    Worker,
+    WorkerState,
+    app_label,
+    boot_timeout,
+    describe_status,
+)
 
 logger = logging.getLogger(log.MASTER)
 
@@ -65,8 +75,6 @@ MASTER_EXIT_OK = 0
 MASTER_BOOT_FAILED = 3  # workers cannot boot (the app fails to import)
 
 LOOP_TIMEOUT_S = 1.0  # the supervision loop wakes at least this often
-BOOT_TIMEOUT_MIN_S = 30.0  # a new worker gets max(this, worker_timeout) to report ready
-STOP_MARGIN_S = 2.0  # beyond graceful_timeout before a draining worker is killed
 QUIT_TIMEOUT_S = 2.0  # after SIGQUIT, workers still alive are killed
 RESPAWN_BACKOFF_MIN_S = 1.0  # after a failed boot while others serve; doubles ...
 RESPAWN_BACKOFF_MAX_S = 30.0  # ... up to this
@@ -81,24 +89,6 @@ _MASTER_SIGNALS = (
 class _Stop(enum.Enum):
     GRACEFUL = "graceful"
     IMMEDIATE = "immediate"
-
-
-def boot_timeout(worker_timeout: float) -> float:
-    """Seconds a new worker has to report ready."""
-    return max(BOOT_TIMEOUT_MIN_S, worker_timeout)
-
-
-def describe_status(status: int) -> str:
-    """A ``waitpid`` status in words: ``"exit code 3"``, ``"signal SIGKILL"``."""
-    if os.WIFSIGNALED(status):
-        signum = os.WTERMSIG(status)
-        try:
-            return f"signal {signal.Signals(signum).name}"
-        except ValueError:
-            return f"signal {signum}"
-    if os.WIFEXITED(status):
-        return f"exit code {os.WEXITSTATUS(status)}"
-    return f"status {status}"
 
 
 def parse_address(text: str) -> tuple[str, int]:
@@ -410,16 +400,7 @@ class Master:
         # The child keeps its own pipe's write end only: no sibling's pipe, no wakeup pipe.
         close_fds = [read_fd, self._wakeup_r, self._wakeup_w]
         close_fds += [w.pipe_r for w in self._workers.values() if w.pipe_r >= 0]
-        worker = Worker(
-            cfg=cfg,
-            app=self.app,
-            listeners=self.listeners,
-            ssl_context=tls,
-            number=number,
-            generation=generation,
-            pipe_fd=write_fd,
-            close_fds=close_fds,
-        )
+        worker = Worker(cfg, self.app, self.listeners, tls, number, generation, write_fd, close_fds)
         _flush_std_streams()  # or the child would write the master's buffered output again
         try:
             pid = os.fork()
@@ -591,35 +572,15 @@ class Master:
             limit = boot_timeout(reload.cfg.worker_timeout)
             self._abort_reload(f"generation {reload.generation} not ready within {limit:.0f}s")
         for worker in list(self._workers.values()):
-            if worker.killed_for is not None:
-                continue
-            timeout = worker.cfg.worker_timeout
-            if worker.state is WorkerState.BOOTING:
-                limit = boot_timeout(timeout)
-                if now - worker.started > limit:
-                    logger.error("%s did not boot within %.0fs; killing it", worker.label(), limit)
-                    self._force_kill(worker, f"no READY within {limit:.0f}s")
-            elif now - worker.last_seen > timeout:
-                silent = now - worker.last_seen
-                logger.error("%s sent no heartbeat for %.1fs; killing it", worker.label(), silent)
-                self._force_kill(worker, f"timeout: no heartbeat for {silent:.1f}s")
-            elif (
-                worker.state is WorkerState.DRAINING
-                and now - worker.stopping_since > worker.cfg.graceful_timeout + STOP_MARGIN_S
-            ):
-                logger.warning("%s is past graceful_timeout; killing it", worker.label())
-                self._force_kill(worker, "graceful_timeout exceeded")
+            reason = worker.overdue(now) if worker.killed_for is None else None
+            if reason is not None:
+                logger.error("%s %s; killing it", worker.label(), reason)
+                self._force_kill(worker, reason)
 
     def _manage_workers(self) -> None:
         now = time.monotonic()
         for worker in list(self._workers.values()):
-            if (
-                worker.recycle
-                and worker.replaced_by is None
-                and worker.state is WorkerState.SERVING
-                and worker.generation == self._generation
-                and now >= worker.recycle_retry_at
-            ):
+            if worker.generation == self._generation and worker.wants_replacement(now):
                 # max_requests: fork the replacement first; the old one stops when it is ready.
                 logger.info("%s reached max_requests; replacing it", worker.label())
                 if (

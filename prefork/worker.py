@@ -65,6 +65,8 @@ MSG_RECYCLE = b"M"  # max_requests reached: replace me, then stop me
 ACCEPT_BACKOFF_S = 0.1  # pause after EMFILE/ENFILE/ENOBUFS/ENOMEM from accept()
 ACCEPT_BATCH_MAX = 16  # accepts per wakeup (bounded by the free slots), so siblings get some
 HEARTBEAT_MAX_INTERVAL_S = 1.0  # also the period of the orphan check
+BOOT_TIMEOUT_MIN_S = 30.0  # a new worker gets max(this, worker_timeout) to report ready
+STOP_MARGIN_S = 2.0  # beyond graceful_timeout before the master kills a draining worker
 _RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 # The master's signals that must not reach a worker with the master's handlers
 # (or, for TTIN/TTOU, their default action, which stops the process).
@@ -99,6 +101,24 @@ def heartbeat_interval(worker_timeout: float) -> float:
     return min(HEARTBEAT_MAX_INTERVAL_S, worker_timeout / 4.0)
 
 
+def boot_timeout(worker_timeout: float) -> float:
+    """Seconds a new worker has to report ready."""
+    return max(BOOT_TIMEOUT_MIN_S, worker_timeout)
+
+
+def describe_status(status: int) -> str:
+    """A ``waitpid`` status in words: ``"exit code 3"``, ``"signal SIGKILL"``."""
+    if os.WIFSIGNALED(status):
+        signum = os.WTERMSIG(status)
+        try:
+            return f"signal {signal.Signals(signum).name}"
+        except ValueError:
+            return f"signal {signum}"
+    if os.WIFEXITED(status):
+        return f"exit code {os.WEXITSTATUS(status)}"
+    return f"status {status}"
+
+
 def app_label(app: Handler | str) -> str:
     """The app as shown in process titles: ``"app:handle"``."""
     if isinstance(app, str):
@@ -113,7 +133,6 @@ class Worker:
 
     def __init__(
         self,
-        *,
         cfg: Config,
         app: Handler | str,
         listeners: Sequence[socket.socket],
@@ -158,6 +177,28 @@ class Worker:
 
     def label(self) -> str:
         return f"worker {self.number} (pid {self.pid}, gen {self.generation})"
+
+    def overdue(self, now: float) -> str | None:
+        """In the master: why this worker must be killed now, if it must."""
+        if self.state is WorkerState.BOOTING:
+            limit = boot_timeout(self.cfg.worker_timeout)
+            return f"sent no READY within {limit:.0f}s" if now - self.started > limit else None
+        silent = now - self.last_seen
+        if silent > self.cfg.worker_timeout:  # its event loop is blocked
+            return f"sent no heartbeat for {silent:.1f}s (timeout)"
+        draining = now - self.stopping_since if self.state is WorkerState.DRAINING else 0.0
+        if draining > self.cfg.graceful_timeout + STOP_MARGIN_S:
+            return f"is still draining after {draining:.0f}s (graceful_timeout)"
+        return None
+
+    def wants_replacement(self, now: float) -> bool:
+        """In the master: past max_requests, serving, and no replacement booting yet."""
+        return (
+            self.recycle
+            and self.replaced_by is None
+            and self.state is WorkerState.SERVING
+            and now >= self.recycle_retry_at
+        )
 
     # -- in the child -------------------------------------------------------
 

@@ -16,16 +16,10 @@ from prefork import log
 from prefork import worker as worker_module
 from prefork.config import Config
 from prefork.errors import BindError
-from prefork.master import (
-    BOOT_TIMEOUT_MIN_S,
-    Master,
-    bind_spec,
-    boot_timeout,
-    describe_status,
-    parse_address,
-)
+from prefork.master import Master, bind_spec, parse_address
 from prefork.worker import (
     ACCEPT_BACKOFF_S,
+    BOOT_TIMEOUT_MIN_S,
     MSG_HEARTBEAT,
     MSG_READY,
     MSG_RECYCLE,
@@ -35,6 +29,8 @@ from prefork.worker import (
     Worker,
     WorkerState,
     app_label,
+    boot_timeout,
+    describe_status,
     heartbeat_interval,
 )
 
