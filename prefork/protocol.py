@@ -72,6 +72,16 @@ _CHUNK_EXT_RE = re.compile(
     rb"(?:[ \t]*;[ \t]*" + _TOKEN + rb"(?:[ \t]*=[ \t]*(?:" + _TOKEN + rb"|" + _QUOTED + rb"))?)*"
 )
 _HEX_DIGITS = frozenset(b"0123456789abcdefABCDEF")
+# The request line of every request we serve ends in one of these.
+_HTTP_VERSIONS = (b" HTTP/1.1", b" HTTP/1.0")
+# A well-formed request line (RFC 9112 §3), to tell 505 from 400 when it does not.
+_REQUEST_LINE_RE = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+ [\x21-\x7e]+ HTTP/([0-9])\.([0-9])")
+# A bare LF, or a CR not followed by LF (a CR ending a partial read may still be).
+_BARE_CR_OR_LF = re.compile(rb"(?<!\r)\n|\r(?!\n)")
+# A Content-Length too long for 64 bits: llhttp and h11 refuse it as malformed.
+_HUGE_CONTENT_LENGTH = re.compile(rb"(\r\ncontent-length:[ \t]*)[0-9]{20,}", re.IGNORECASE)
+# What it is replaced with to parse the rest of the head: 20 digits, still a 413.
+_TOO_LARGE_CONTENT_LENGTH = b"1" + b"0" * 19
 
 
 class HeadParser(Protocol):
@@ -238,8 +248,6 @@ def build_request(
         raise ProtocolError(
             400, "CONNECT is not supported" if method == "CONNECT" else "unknown method"
         )
-    if len(raw) > limits.max_header_count:
-        raise ProtocolError(431, "too many header fields")
     headers: dict[str, str] = {}
     for bname, bvalue in raw:
         if check_fields and _BAD_FIELD_BYTES.search(bvalue):
@@ -265,8 +273,11 @@ def build_request(
     conn_header = headers.get("connection")
     if version == "1.1":
         keep_alive = conn_header is None or "close" not in _split_tokens(conn_header)
+    elif conn_header is None:
+        keep_alive = False
     else:
-        keep_alive = conn_header is not None and "keep-alive" in _split_tokens(conn_header)
+        tokens = _split_tokens(conn_header)
+        keep_alive = "keep-alive" in tokens and "close" not in tokens
 
     req = Request(method, target, path, query, version, headers, keep_alive)
 
@@ -285,6 +296,12 @@ def build_request(
         cl = cl.strip()
         if not cl.isdigit() or not cl.isascii():
             raise ProtocolError(400, "invalid Content-Length")
+
+    # Only now the limits: a request that is both malformed and too large gets
+    # the same 400 from both backends, whichever of them finds the fault first.
+    if len(raw) > limits.max_header_count:
+        raise ProtocolError(431, "too many header fields")
+    if cl is not None and te is None:
         if len(cl) > 19 or int(cl) > limits.max_body_size:
             raise ProtocolError(413, "request body too large")
         req.content_length = int(cl)
@@ -295,6 +312,66 @@ def build_request(
             raise ProtocolError(417, "unsupported Expect")
         req.expect_continue = version == "1.1" and (req.chunked or req.content_length > 0)
     return req
+
+
+def _request_line_error(buf: bytes, start: int, end: int) -> ProtocolError:
+    """The error for a request line that does not end in HTTP/1.1 or HTTP/1.0."""
+    match = _REQUEST_LINE_RE.fullmatch(buf, start, end)
+    if match is None:
+        return ProtocolError(400, "malformed request line")
+    major, minor = match[1].decode(), match[2].decode()
+    return ProtocolError(505, f"HTTP version {major}.{minor} not supported")
+
+
+def _first_fault(
+    buf: bytes, pos: int, end: int, limits: Limits, head: bool
+) -> ProtocolError | None:
+    """The first fault in ``buf[pos:end]``, by where in the stream it shows.
+
+    ``head``: the bytes are (the start of) a request head, else one trailer
+    line. A fault "shows" at the byte that proves it: a bare LF at itself, a
+    bare CR at the byte after it, a line too long at its first byte past the
+    limit that cannot be the CR of a CRLF, a bad request line at its LF.
+    Answering the earliest makes the status independent of how the bytes
+    were split into reads (a prefix shows the same faults at the same places).
+    """
+    limit = limits.line_limit
+    where = "request head" if head else "trailer"
+    fault: ProtocolError | None = None
+    at = end
+    bare = _BARE_CR_OR_LF.search(buf, pos, end)
+    if bare is not None:
+        i = bare.start()
+        if buf[i] == 0x0A:
+            at, fault = i, ProtocolError(400, f"bare LF in {where}")
+        elif i + 1 < end:
+            at, fault = i + 1, ProtocolError(400, f"bare CR in {where}")
+    if head and pos + limits.head_limit < at:
+        at, fault = pos + limits.head_limit, ProtocolError(431, "request head too large")
+    start = pos
+    first = head
+    while start < at:
+        stop = buf.find(b"\r\n", start, end)
+        line_end = end if stop < 0 else stop
+        shows = start + limit
+        if shows < line_end:
+            if buf[shows] == 0x0D:  # this CR may yet begin the CRLF
+                shows += 1
+            if shows < end and shows <= at:
+                at = shows
+                if first:
+                    fault = ProtocolError(414, "request line too long")
+                elif head:
+                    fault = ProtocolError(431, "header line too long")
+                else:
+                    fault = ProtocolError(431, "trailer line too long")
+        if stop < 0:
+            break
+        if first and stop + 1 < at and not buf.endswith(_HTTP_VERSIONS, pos, stop):
+            at, fault = stop + 1, _request_line_error(buf, pos, stop)
+        start = stop + 2
+        first = False
+    return fault
 
 
 class ReaderState(enum.Enum):
@@ -420,7 +497,7 @@ class RequestReader:
             elif state is ReaderState.CHUNK_SIZE:
                 stop = buf.find(b"\r\n", pos)
                 if stop < 0:
-                    self._check_chunk_line(buf[pos:], partial=True)
+                    self._check_partial_chunk_line(buf[pos:])
                     break
                 self._chunk_size_line(buf[pos:stop])
                 pos = stop + 2
@@ -443,11 +520,15 @@ class RequestReader:
             elif state is ReaderState.TRAILERS:
                 stop = buf.find(b"\r\n", pos)
                 if stop < 0:
-                    if end - pos > self._limits.line_limit:
-                        raise ProtocolError(431, "trailer line too long")
-                    if b"\n" in buf[pos:]:
-                        raise ProtocolError(400, "bare LF in trailer")
+                    fault = _first_fault(buf, pos, end, self._limits, head=False)
+                    if fault is not None:
+                        raise fault
                     break
+                if stop - pos > self._limits.line_limit:
+                    # Too long; but a bare CR or LF before the limit came first.
+                    raise _first_fault(buf, pos, stop + 2, self._limits, head=False) or (
+                        ProtocolError(431, "trailer line too long")
+                    )
                 line = buf[pos:stop]
                 pos = stop + 2
                 if not line:
@@ -459,58 +540,57 @@ class RequestReader:
         return buf[pos:] if pos < end else b""
 
     def _check_partial_head(self, buf: bytes, pos: int) -> None:
-        """Limits and line-ending checks on a head whose end has not arrived."""
-        size = len(buf) - pos
-        line_end = buf.find(b"\r\n", pos)
-        limit = self._limits.line_limit
-        if line_end < 0:
-            if size > limit:
-                raise ProtocolError(414, "request line too long")
-        else:
-            last = buf.rfind(b"\r\n", pos)
-            if len(buf) - last - 2 > limit:
-                raise ProtocolError(431, "header line too long")
-        if size > self._limits.head_limit:
-            raise ProtocolError(431, "request head too large")
-        # Bare LF or CR would never end the head: reject now, as llhttp does.
-        part = buf[pos:]
-        crlf = part.count(b"\r\n")
-        if part.count(b"\n") != crlf:
-            raise ProtocolError(400, "bare LF in request head")
-        if part.count(b"\r") != crlf and not (
-            part.endswith(b"\r") and part.count(b"\r") == crlf + 1
-        ):
-            raise ProtocolError(400, "bare CR in request head")
+        """Limits, line endings and the request line of a head whose end has not arrived.
+
+        A bare LF or CR would never end the head: it is refused now, as llhttp does.
+        """
+        fault = _first_fault(buf, pos, len(buf), self._limits, head=True)
+        if fault is not None:
+            raise fault
 
     def _check_head(self, head: bytes) -> None:
-        limits = self._limits
+        """The shared checks on a whole head, before a backend parses it."""
         size = len(head)
-        if size > limits.line_limit:
-            first = head.find(b"\r\n")
-            if first > limits.line_limit:
-                raise ProtocolError(414, "request line too long")
-            if size > limits.head_limit:
-                raise ProtocolError(431, "request head too large")
-            for line in head.split(b"\r\n"):
-                if len(line) > limits.line_limit:
-                    raise ProtocolError(431, "header line too long")
+        # (llhttp skips any CR or LF before a request line; leading CRLFs are
+        # gone already, so one here is bare.)
+        if size > self._limits.line_limit or head[0] < 0x21:
+            fault = _first_fault(head, 0, size, self._limits, head=True)
+            if fault is not None:
+                raise fault
+        first = head.find(b"\r\n")
+        # The version before anything else in the head: llhttp takes HTTP/2.0,
+        # RTSP/1.0 and ICE/1.0 and h11 any digit.digit; both then go on to
+        # look at the fields, which would give 400 where the other says 505.
+        if not head.endswith(_HTTP_VERSIONS, 0, first):
+            raise _request_line_error(head, 0, first)
         if self._head_prescan:
             # llhttp rejects these itself; h11 would accept them.
             crlf = head.count(b"\r\n")
-            if head.count(b"\n") != crlf:
-                raise ProtocolError(400, "bare LF in request head")
-            if head.count(b"\r") != crlf:
-                raise ProtocolError(400, "bare CR in request head")
+            if head.count(b"\n") != crlf or head.count(b"\r") != crlf:
+                raise _first_fault(head, 0, size, self._limits, head=True) or ProtocolError(
+                    400, "bare CR or LF in request head"
+                )
             if b"\n " in head or b"\n\t" in head:
                 raise ProtocolError(400, "obsolete line folding in request head")
-        else:
-            first = head.find(b"\r\n")
-            if head.count(b" ", 0, first) != 2:
-                raise ProtocolError(400, "malformed request line")
+        elif head.count(b" ", 0, first) != 2:
+            raise ProtocolError(400, "malformed request line")
+
+    def _parse(self, head: bytes) -> tuple[str, str, str, RawHeaders]:
+        try:
+            return self._parser.parse(head)
+        except ProtocolError as exc:
+            huge = _HUGE_CONTENT_LENGTH.search(head) if exc.status == 400 else None
+            if huge is None:
+                raise
+        # A Content-Length too long for 64 bits is a number, just too large:
+        # parse the rest of the head with a stand-in that still gets 413.
+        return self._parser.parse(
+            _HUGE_CONTENT_LENGTH.sub(rb"\g<1>" + _TOO_LARGE_CONTENT_LENGTH, head)
+        )
 
     def _start_request(self, head: bytes) -> None:
         self._check_head(head)
-        method, target, version, raw = self._parser.parse(head)
+        method, target, version, raw = self._parse(head)
         req = build_request(method, target, version, raw, self._limits, self._head_prescan)
         if req.chunked:
             self._current = req
@@ -538,14 +618,17 @@ class RequestReader:
         self.want_continue = False
         self.requests.append(req)
 
-    def _check_chunk_line(self, line: bytes, partial: bool) -> None:
-        if len(line) > self._limits.line_limit:
+    def _check_partial_chunk_line(self, part: bytes) -> None:
+        # A final CR may be the start of the CRLF: not part of the line (yet).
+        size = len(part) - 1 if part.endswith(b"\r") else len(part)
+        if size > self._limits.line_limit:
             raise ProtocolError(400, "chunk size line too long")
-        if partial and (b"\n" in line or b"\r" in line[:-1]):
+        if b"\n" in part or b"\r" in part[:size]:
             raise ProtocolError(400, "bare CR or LF in chunk size line")
 
     def _chunk_size_line(self, line: bytes) -> None:
-        self._check_chunk_line(line, partial=False)
+        if len(line) > self._limits.line_limit:
+            raise ProtocolError(400, "chunk size line too long")
         digits = 0
         for byte in line:
             if byte not in _HEX_DIGITS:

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import re
-
 import h11
 
 from ..errors import ProtocolError
 from ..protocol import RawHeaders
 
-_CONTENT_LENGTH_LINE = re.compile(
-    rb"(?<=\r\n)(content-length)[ \t]*:[ \t]*([^\r]*?)[ \t]*(?=\r\n)", re.I
-)
+# Fields h11 rewrites: it folds repeated or list-form Content-Length ("5, 5")
+# into one value and lower-cases Transfer-Encoding.
+_FRAMING_FIELDS = (b"content-length", b"transfer-encoding")
 
 
 class H11HeadParser:
@@ -36,9 +34,10 @@ class H11HeadParser:
         except UnicodeDecodeError:
             raise ProtocolError(400, "non-ASCII request target") from None
         raw = list(event.headers.raw_items())
-        if any(name.lower() == b"content-length" for name, _ in raw):
-            # h11 folds repeated or list-form Content-Length ("5, 5") into one
-            # value; the shared checks must see the lines as sent.
-            raw = [(n, v) for n, v in raw if n.lower() != b"content-length"]
-            raw += [(m.group(1), m.group(2)) for m in _CONTENT_LENGTH_LINE.finditer(head)]
+        if any(name in _FRAMING_FIELDS for name, _ in event.headers):
+            # The shared checks must see these lines as sent. h11 has checked
+            # every line's syntax (and the reader refused obs-fold), so each
+            # line is name ":" OWS value OWS.
+            lines = head[head.index(b"\r\n") + 2 : -4].split(b"\r\n")
+            raw = [(n, v.strip(b" \t")) for n, _, v in (line.partition(b":") for line in lines)]
         return event.method.decode("ascii"), target, event.http_version.decode("ascii"), raw

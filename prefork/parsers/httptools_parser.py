@@ -11,7 +11,7 @@ from ..protocol import RawHeaders
 class HttptoolsHeadParser:
     """Parses request heads with one reusable llhttp parser per connection."""
 
-    __slots__ = ("_complete", "_headers", "_parser", "_url")
+    __slots__ = ("_complete", "_headers", "_parser", "_reused", "_url")
 
     # llhttp rejects control characters, obs-fold, bare CR/LF itself.
     strict_fields = True
@@ -21,12 +21,17 @@ class HttptoolsHeadParser:
         self._headers: RawHeaders = []
         self._url = b""
         self._complete = True
+        self._reused = False
 
     # llhttp callbacks
     def on_url(self, url: bytes) -> None:
         self._url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        # llhttp drops the OWS before a value but keeps the OWS after it
+        # (RFC 9110 §5.5: not part of the value; h11 strips both).
+        if value[-1:] in (b" ", b"\t"):
+            value = value.rstrip(b" \t")
         self._headers.append((name, value))
 
     def on_message_complete(self) -> None:
@@ -37,6 +42,7 @@ class HttptoolsHeadParser:
             # The last head announced a body, which the reader consumed itself:
             # this parser still waits for it, so start a fresh one.
             self._parser = httptools.HttpRequestParser(self)
+            self._reused = False
         self._complete = False
         headers: RawHeaders = []
         self._headers = headers
@@ -49,10 +55,16 @@ class HttptoolsHeadParser:
             self._complete = False
         except httptools.HttpParserError as exc:
             self._complete = False
+            if self._reused:
+                # State left by the last request (llhttp refuses anything after
+                # a `Connection: close` or HTTP/1.0 request): judge this head
+                # alone, as h11 does.
+                return self.parse(head)
             message = str(exc)
             if "HTTP version" in message:
                 raise ProtocolError(505, "HTTP version not supported") from None
             raise ProtocolError(400, f"malformed request: {message}") from None
+        self._reused = True
         try:
             target = self._url.decode("ascii")
         except UnicodeDecodeError:
