@@ -6,6 +6,7 @@ import errno
 import logging
 import os
 import signal
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,14 @@ from prefork import log
 from prefork import worker as worker_module
 from prefork.config import Config
 from prefork.errors import BindError
-from prefork.master import Master, bind_spec, parse_address
+from prefork.master import (
+    MASTER_BOOT_FAILED,
+    RESPAWN_BACKOFF_MIN_S,
+    Master,
+    _Reload,
+    bind_spec,
+    parse_address,
+)
 from prefork.worker import (
     ACCEPT_BACKOFF_S,
     BOOT_TIMEOUT_MIN_S,
@@ -321,3 +329,132 @@ def test_accept_skips_an_aborted_connection() -> None:
     worker._on_readable(listener)  # type: ignore[arg-type]
     assert 7 in loop.readers
     assert loop.timers == []
+
+
+# -- supervision decisions, on records of imaginary workers --------------------
+
+
+def record(number: int, state: WorkerState = WorkerState.BOOTING, **cfg: Any) -> Worker:
+    worker = Worker(Config.build({"port": 0, **cfg}), "app:handle", [], None, number, 1, -1, [])
+    worker.pid = 10_000 + number  # never signalled: the tests replace Master._kill
+    worker.state = state
+    worker.ever_ready = state is not WorkerState.BOOTING
+    return worker
+
+
+@pytest.fixture
+def master(monkeypatch: pytest.MonkeyPatch) -> Master:
+    master = Master(Config.build({"port": 0, "workers": 2}), "app:handle")
+    master._generation = master._last_generation = 1
+    master.signals_sent = []  # type: ignore[attr-defined]
+
+    def fake_kill(worker: Worker, signum: int) -> None:
+        master.signals_sent.append((worker.number, signum))  # type: ignore[attr-defined]
+
+    monkeypatch.setattr(master, "_kill", fake_kill)
+    return master
+
+
+EXIT_3 = 3 << 8
+
+
+def test_boot_failure_before_anything_served_stops_the_master(
+    master: Master, master_log: list[str]
+) -> None:
+    booting = record(2)
+    master._workers[booting.pid] = booting
+    master._on_exit(record(1), EXIT_3)
+    assert master._exit_code == MASTER_BOOT_FAILED
+    assert master._stopping is not None
+    assert master.signals_sent == [(2, signal.SIGKILL)]  # type: ignore[attr-defined]
+    assert "worker 1 (pid 10001, gen 1) failed to boot (exit code 3); stopping" in master_log
+
+
+def test_boot_failure_while_others_serve_retries_after_a_backoff(
+    master: Master, master_log: list[str]
+) -> None:
+    serving = record(2, WorkerState.SERVING)
+    master._workers[serving.pid] = serving
+    master._ever_ready = True
+    master._on_exit(record(1), EXIT_3)
+    assert master._stopping is None
+    assert master._respawn_at > 0
+    assert master._respawn_delay == 2 * RESPAWN_BACKOFF_MIN_S
+    assert any("retrying in 1s" in m for m in master_log)
+
+
+def test_crash_of_a_serving_worker_is_replaced_not_fatal(
+    master: Master, master_log: list[str]
+) -> None:
+    master._ever_ready = True
+    master._on_exit(record(1, WorkerState.SERVING), signal.SIGSEGV)
+    assert master._stopping is None
+    assert master._respawn_at == 0
+    assert "worker 1 (pid 10001, gen 1) died (signal SIGSEGV)" in master_log
+
+
+def test_replacement_ready_stops_the_old_worker(master: Master) -> None:
+    old, new = record(1, WorkerState.SERVING), record(1)
+    new.pid += 100
+    new.replaces, old.replaced_by = old, new
+    master._workers.update({old.pid: old, new.pid: new})
+    master._on_ready(new)
+    assert new.state is WorkerState.SERVING
+    assert old.state is WorkerState.DRAINING
+    assert master.signals_sent == [(1, signal.SIGTERM)]  # type: ignore[attr-defined]
+
+
+def test_failed_recycling_keeps_the_old_worker(master: Master) -> None:
+    old, new = record(1, WorkerState.SERVING), record(1)
+    old.recycle = True
+    new.pid += 100
+    new.replaces, old.replaced_by = old, new
+    master._workers[old.pid] = old
+    master._ever_ready = True
+    master._on_exit(new, EXIT_3)
+    assert master._stopping is None
+    assert old.state is WorkerState.SERVING
+    assert old.replaced_by is None
+    assert not old.wants_replacement(time.monotonic())  # not before the back-off
+    assert old.wants_replacement(old.recycle_retry_at)
+
+
+def test_reload_whose_worker_fails_to_boot_is_abandoned(master: Master) -> None:
+    serving = record(1, WorkerState.SERVING)
+    master._workers[serving.pid] = serving
+    master._ever_ready = True
+    failed, booting = record(1), record(2)
+    failed.generation = booting.generation = 2
+    booting.pid += 100
+    master._workers[booting.pid] = booting
+    master._reload = _Reload(2, master.cfg, None, time.monotonic() + 30, {failed.pid, booting.pid})
+    master._on_exit(failed, EXIT_3)
+    assert master._reload is None
+    assert master._generation == 1
+    assert master.signals_sent == [(2, signal.SIGKILL)]  # type: ignore[attr-defined]
+    assert serving.state is WorkerState.SERVING
+
+
+@pytest.mark.parametrize(
+    ("state", "field", "age", "verdict"),
+    [
+        (WorkerState.BOOTING, "started", 29.0, None),
+        (WorkerState.BOOTING, "started", 31.0, "sent no READY within 30s"),
+        (WorkerState.SERVING, "last_seen", 1.5, None),
+        (WorkerState.SERVING, "last_seen", 2.5, "sent no heartbeat for 2.5s (timeout)"),
+        (WorkerState.DRAINING, "stopping_since", 3.0, None),
+        (WorkerState.DRAINING, "stopping_since", 9.0, "is still draining after 9s"),
+    ],
+    ids=["booting", "boot-timeout", "alive", "stuck", "draining", "drain-overdue"],
+)
+def test_watchdog_verdict(state: WorkerState, field: str, age: float, verdict: str | None) -> None:
+    worker = record(1, state, worker_timeout=2, graceful_timeout=5)
+    now = 1000.0
+    worker.started = worker.last_seen = worker.stopping_since = now
+    setattr(worker, field, now - age)
+    result = worker.overdue(now)
+    if verdict is None:
+        assert result is None
+    else:
+        assert result is not None
+        assert result.startswith(verdict)
