@@ -194,8 +194,9 @@ class Master:
     def _bind(self) -> None:
         addrs, backlog = self._bind_spec
         try:
-            for host, port in dict.fromkeys(addrs):  # the same address twice binds once
-                self.listeners.append(listen(host, port, backlog))
+            for i, (host, port) in enumerate(addrs):
+                if port == 0 or (host, port) not in addrs[:i]:  # the same address binds once
+                    self.listeners.append(listen(host, port, backlog))
         except BindError:
             for sock in self.listeners:
                 sock.close()

@@ -6,6 +6,7 @@ processes are signalled by pid (or, on teardown, by their process group).
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
@@ -214,6 +215,51 @@ def test_ttin_and_ttou_change_the_worker_count(servers: StartServer, tmp_path: P
     assert get(server.port)[0] == 200
 
 
+def test_every_bind_is_listened_on(servers: StartServer, tmp_path: Path) -> None:
+    server = start(servers, tmp_path, "-b", "127.0.0.1:0", workers=2)
+    ports = [
+        int(m.group(1))
+        for m in re.finditer(r"listening on http://127\.0\.0\.1:(\d+)", server.log())
+    ]
+    assert len(set(ports)) == 2
+    workers = serving_pids(server)
+    for port in ports:
+        status, _, body = get(port)
+        assert status == 200
+        assert int(body) in workers
+
+
+def _pipe_inodes(pid: int) -> set[str]:
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(OSError):
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            if target.startswith("pipe:"):
+                inodes.add(target)
+    return inodes
+
+
+def test_workers_hold_only_their_own_pipe(servers: StartServer, tmp_path: Path) -> None:
+    server = start(servers, tmp_path, workers=3)
+    stderr = os.readlink(f"/proc/{server.pid}/fd/2")
+    master = _pipe_inodes(server.pid) - {stderr}
+    own = []
+    for pid in serving_pids(server):
+        shared = _pipe_inodes(pid) & master  # the master's wakeup pipe, other workers' pipes?
+        assert len(shared) == 1, shared  # just its own pipe to the master
+        own.extend(shared)
+    assert len(set(own)) == 3
+    # Reloads leak no descriptor in the master.
+    fds_before = len(os.listdir(f"/proc/{server.pid}/fd"))
+    for generation in (2, 3):
+        old = serving_pids(server)
+        os.kill(server.pid, signal.SIGHUP)
+        server.wait_log(rf"generation {generation} ready")
+        wait_until(lambda old=old: not (worker_pids(server) & old))  # type: ignore[misc]
+    # (the master closes a worker's pipe when it reaps it, a moment after the exit)
+    wait_until(lambda: len(os.listdir(f"/proc/{server.pid}/fd")) == fds_before, timeout=5)
+
+
 # -- accepting under connection_limit ------------------------------------------
 
 
@@ -356,6 +402,18 @@ def test_reload_with_a_broken_config_keeps_the_old_generation(
     status, _, body = get(server.port)
     assert status == 200
     assert int(body) in before
+
+
+def test_reload_with_a_changed_listen_setting_keeps_the_sockets(
+    servers: StartServer, tmp_path: Path
+) -> None:
+    server = start(servers, tmp_path, workers=1)
+    write_config(tmp_path / "prefork.toml", workers=1, backlog=17)
+    os.kill(server.pid, signal.SIGHUP)
+    server.wait_log(r"ip, port, binds or backlog changed; that needs a restart")
+    server.wait_log("generation 2 ready")
+    assert server.log().count("listening on") == 1
+    assert get(server.port)[0] == 200
 
 
 def test_reload_picks_up_new_app_code(servers: StartServer, tmp_path: Path) -> None:
