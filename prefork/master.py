@@ -58,6 +58,7 @@ from .config import Config, load_toml, merged
 from .errors import BindError, PreforkError
 from .tls import load_tls
 from .worker import (
+    MASTER_SIGNALS,
     MSG_READY,
     MSG_RECYCLE,
     STOP_MARGIN_S,
@@ -78,12 +79,6 @@ LOOP_TIMEOUT_S = 1.0  # the supervision loop wakes at least this often
 QUIT_TIMEOUT_S = 2.0  # after SIGQUIT, workers still alive are killed
 RESPAWN_BACKOFF_MIN_S = 1.0  # after a failed boot while others serve; doubles ...
 RESPAWN_BACKOFF_MAX_S = 30.0  # ... up to this
-
-# Every signal the master handles; the workers reset them after the fork.
-_MASTER_SIGNALS = (
-    *(signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGQUIT),
-    *(signal.SIGTTIN, signal.SIGTTOU, signal.SIGUSR1, signal.SIGCHLD),
-)
 
 
 class _Stop(enum.Enum):
@@ -223,7 +218,7 @@ class Master:
         os.set_blocking(self._wakeup_r, False)
         os.set_blocking(self._wakeup_w, False)
         self._selector.register(self._wakeup_r, selectors.EVENT_READ, None)
-        for signum in _MASTER_SIGNALS:
+        for signum in MASTER_SIGNALS:
             self._old_handlers[signum] = signal.signal(signum, self._on_signal)
         self._old_wakeup_fd = signal.set_wakeup_fd(self._wakeup_w)
 

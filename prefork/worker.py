@@ -68,9 +68,8 @@ HEARTBEAT_MAX_INTERVAL_S = 1.0  # also the period of the orphan check
 BOOT_TIMEOUT_MIN_S = 30.0  # a new worker gets max(this, worker_timeout) to report ready
 STOP_MARGIN_S = 2.0  # beyond graceful_timeout before the master kills a draining worker
 _RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
-# The master's signals that must not reach a worker with the master's handlers
-# (or, for TTIN/TTOU, their default action, which stops the process).
-_RESET_SIGNALS = (
+# Every signal the master handles; a worker resets them first thing after the fork.
+MASTER_SIGNALS = (
     signal.SIGHUP,
     signal.SIGTERM,
     signal.SIGINT,
@@ -80,7 +79,9 @@ _RESET_SIGNALS = (
     signal.SIGUSR1,
     signal.SIGCHLD,
 )
-_IGNORED_SIGNALS = (signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU)
+# Ignored in a worker: HUP, TTIN, TTOU are for the master (a signal to the whole process
+# group must not stop or kill the workers); USR1 until its handler is installed.
+_IGNORED_SIGNALS = (signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGUSR1)
 
 
 class WorkerState(enum.Enum):
@@ -218,7 +219,7 @@ class Worker:
             return WORKER_CRASHED
 
     def _after_fork(self) -> None:
-        for signum in _RESET_SIGNALS:
+        for signum in MASTER_SIGNALS:
             signal.signal(signum, signal.SIG_DFL)
         for signum in _IGNORED_SIGNALS:
             signal.signal(signum, signal.SIG_IGN)
@@ -399,18 +400,3 @@ class Worker:
             exc = task.exception()
             logger.error("connection task failed", exc_info=exc)
         self._resume_accepting()
-
-
-__all__ = [
-    "ACCEPT_BACKOFF_S",
-    "MSG_HEARTBEAT",
-    "MSG_READY",
-    "MSG_RECYCLE",
-    "WORKER_BOOT_ERROR",
-    "WORKER_CRASHED",
-    "WORKER_EXIT_OK",
-    "Worker",
-    "WorkerState",
-    "app_label",
-    "heartbeat_interval",
-]
