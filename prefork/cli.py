@@ -52,7 +52,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="prefork",
         description="A pre-fork HTTP/1.1 server for Python.",
-        epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"prefork {__version__}")
@@ -89,6 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="request parser: auto (default), httptools or h11",
     )
     run.add_argument("--pid", metavar="FILE", help="write the master's pid to FILE")
+    # `prefork --help` documents every flag too, not only the command list.
+    parser.epilog = f"{run.format_help()}\n{_EPILOG}"
     return parser
 
 

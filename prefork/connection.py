@@ -299,7 +299,13 @@ class Connection(asyncio.Protocol):
         """Called by the sweeper when ``deadline`` has passed."""
         kind = self.deadline_kind
         self._clear_deadline()
-        if kind is Deadline.HEADER or kind is Deadline.BODY:
+        if kind is Deadline.HEADER and not self.reader.head_started and not self.reader.in_body:
+            # A connection that never started a request is closed without a response.
+            logger.debug("closing a silent connection from %s", self.client_ip)
+            self.reader.feed_failed()
+            self._close_transport()
+            self._wake()
+        elif kind is Deadline.HEADER or kind is Deadline.BODY:
             what = "head" if kind is Deadline.HEADER else "body"
             logger.debug("request %s timeout from %s", what, self.client_ip)
             self._error = ProtocolError(408, f"request {what} timeout")
@@ -308,7 +314,11 @@ class Connection(asyncio.Protocol):
                 self._wake()
             else:
                 self._reply_error_and_close(self._error)
-        elif kind is Deadline.WRITE:
+        elif kind is Deadline.WRITE or (
+            kind is Deadline.LINGER
+            and self.transport is not None
+            and self.transport.get_write_buffer_size() > 0
+        ):
             logger.debug("response write timeout to %s", self.client_ip)
             self.abort()
         else:  # IDLE, LINGER
@@ -330,11 +340,14 @@ class Connection(asyncio.Protocol):
         transport = self.transport
         if transport.can_write_eof() and not self._eof and not self._lost:
             try:
-                transport.write_eof()
+                transport.write_eof()  # sent once the buffered response is flushed
             except (OSError, RuntimeError):
                 self._close_transport()
                 return
-            self._set_deadline(Deadline.LINGER, LINGER_S)
+            # A client still reading a big last response gets the write timeout too.
+            unsent = transport.get_write_buffer_size() > 0
+            extra = self.state.response_write_timeout if unsent else 0.0
+            self._set_deadline(Deadline.LINGER, LINGER_S + extra)
         else:
             self._close_transport()
         self._wake()
@@ -351,9 +364,12 @@ class Connection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.abort()
 
-    def _reply_error_and_close(self, exc: ProtocolError) -> None:
-        self._send(error_response(exc.status, str(exc)))
+    def _reply_error_and_close(self, exc: ProtocolError) -> int:
+        """Send the error response and close; returns the body bytes sent."""
+        data = error_response(exc.status, str(exc))
+        self._send(data)
         self.graceful_close()
+        return _body_length(data)
 
     def context(self, client_ip: str, redis_module: Any) -> Context:
         """The handler's ``ctx`` for this connection (one object, reused)."""
@@ -582,9 +598,9 @@ async def exchange(
 
 def _reject(conn: Connection, state: ServerState, client_ip: str, exc: ProtocolError) -> None:
     logger.debug("rejecting request from %s: %d %s", client_ip, exc.status, exc)
+    sent = conn._reply_error_and_close(exc)
     if state.access.enabled():
-        state.access.log(client_ip, "-", "-", "1.1", exc.status, 0, time.monotonic(), {})
-    conn._reply_error_and_close(exc)
+        state.access.log(client_ip, "-", "-", "1.1", exc.status, sent, time.monotonic(), {})
 
 
 def _handler_failed(
@@ -597,12 +613,20 @@ def _handler_failed(
 def _send_500(
     conn: Connection, state: ServerState, req: Request, client_ip: str, started: float
 ) -> Action:
-    conn._send(error_response(500, "Internal Server Error"))
+    data = error_response(500, "Internal Server Error")
+    conn._send(data)
     state.requests_served += 1
     if state.access.enabled():
-        state.access.log(client_ip, req.method, req.path, req.version, 500, 0, started, req.headers)
+        size = _body_length(data)
+        state.access.log(
+            client_ip, req.method, req.path, req.version, 500, size, started, req.headers
+        )
     conn.graceful_close()
     return "close"
+
+
+def _body_length(response: bytes) -> int:
+    return len(response) - response.find(b"\r\n\r\n") - 4
 
 
 class _BadHeader(Exception):

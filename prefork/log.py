@@ -35,9 +35,9 @@ APP = "prefork.app"
 _FORMAT = "%(asctime)s [%(process)d] [%(levelname)s] %(name)s: %(message)s"
 _handler: logging.Handler | None = None
 
-# Control characters (and DEL, and the backslash itself) are escaped in logged
+# C0 and C1 control characters (and DEL, and the backslash itself) are escaped in logged
 # request fields so that a request cannot forge or split log lines.
-_ESCAPES = {i: f"\\x{i:02x}" for i in (*range(0x20), 0x7F)}
+_ESCAPES = {i: f"\\x{i:02x}" for i in (*range(0x20), *range(0x7F, 0xA0))}
 _ESCAPES[ord("\\")] = "\\\\"
 _ESCAPES[ord('"')] = '\\"'
 

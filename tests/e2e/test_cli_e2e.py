@@ -180,11 +180,6 @@ def test_run_help_lists_every_flag(tmp_path: Path) -> None:
     assert _lists_every_flag(out) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="cli.py: `prefork --help` is the top-level argparse help, which lists only the "
-    "`run` command and --version; API.md says `prefork --help` documents every flag",
-)
 def test_top_level_help_lists_every_flag(tmp_path: Path) -> None:
     rc, out, err, _ = run_cli([sys.executable, "-m", "prefork", "--help"], tmp_path)
     assert rc == 0, err

@@ -1111,13 +1111,6 @@ def test_request_header_timeout_is_an_absolute_deadline(default: Served) -> None
     assert "/echo/trickle-head" not in default.calls()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="connection.py: receive_request(first=True) arms the HEADER deadline on a new "
-    "connection before any byte arrives, and on_deadline() answers 408 whether or not "
-    "reader.head_started; a connection that started no request should just be closed (as "
-    "an idle keep-alive one is), not get a 408 and a '- -' access line",
-)
 def test_new_connection_that_sends_nothing_is_closed_without_a_response(default: Served) -> None:
     with default.wire(timeout=10) as w:
         started = time.monotonic()
@@ -1188,16 +1181,7 @@ def _worker_holds(served: Served, client_port: int) -> bool:
 @pytest.mark.parametrize(
     "flavour",
     [
-        pytest.param(
-            "async",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="connection.py exchange(): when _finish() returns 'close' it never "
-                "awaits drain() (only for 'keep-alive'), so no WRITE deadline is set; the "
-                "LINGER deadline then calls transport.close(), which waits forever for the "
-                "unsent body (the inline sync path drains in receive_request)",
-            ),
-        ),
+        "async",
         "sync",
     ],
 )
@@ -1253,11 +1237,6 @@ def test_one_access_line_per_request_with_ip_method_path_status_bytes_duration_h
     assert len(lines) == 2, lines
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="connection.py _send_500() logs the access line with 0 bytes although it sends "
-    "the 22-byte 'Internal Server Error' body (_reject() does the same for 4xx bodies)",
-)
 def test_access_line_bytes_of_a_500_are_the_body_bytes_sent(default: Served) -> None:
     ua = f"ua-{unique()}"
     resp = default.exchange(get(f"/raise?m={ua}", f"User-Agent: {ua}"))
@@ -1282,11 +1261,6 @@ def test_access_log_escapes_quotes_and_control_characters(server: Served) -> Non
     assert 'x-trace="\\"forged\\" 200 0 0.1ms\\x09x"' in line
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="log.escape() escapes C0 controls and DEL only: C1 controls from obs-text in a "
-    "header (U+0085 NEL, a line break to Unicode-aware readers; U+009B CSI) reach the log raw",
-)
 def test_access_log_escapes_c1_control_characters(default: Served) -> None:
     ua = f"ua-{unique()}"
     data = get("/echo/c1", f"User-Agent: {ua}").replace(

@@ -49,6 +49,9 @@ class FakeTransport:
     def write_eof(self) -> None:
         self.eof_written = True
 
+    def get_write_buffer_size(self) -> int:
+        return 0
+
     def pause_reading(self) -> None:
         self.paused = True
 
