@@ -113,6 +113,23 @@ def _machine_cpu() -> float:
     return sum(int(x) for x in fields[1:4]) / _TICK
 
 
+def wait_quiet(server: Running, max_other: float, timeout: float) -> float:
+    """Wait, at most ``timeout`` s, for a quiet 0.5 s: other processes under ``max_other`` %.
+
+    "Other" is every process but the (idle) server tree. Returns the last
+    window's share, in % of one core.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        before, all_before, t0 = _tree_cpu(server), _machine_cpu(), time.monotonic()
+        time.sleep(0.5)
+        after, all_after = _tree_cpu(server), _machine_cpu()
+        used = sum(t - before.get(pid, 0.0) for pid, t in after.items())
+        other = max(0.0, 100.0 * (all_after - all_before - used) / (time.monotonic() - t0))
+        if other <= max_other or time.monotonic() >= deadline:
+            return other
+
+
 def run_wrk(server: Running, load: Load, seconds: int) -> WrkResult:
     """One measured wrk run, with the server tree's and wrk's CPU over it."""
     before, wrk_before, all_before = _tree_cpu(server), _children_cpu(), _machine_cpu()

@@ -180,9 +180,11 @@ workers) is not pinned. Reported: the median req/s of the runs and their
 min-max; the median p50 and p99; socket errors and non-2xx summed over the
 runs; the server tree's and wrk's CPU in % of one core (a run where wrk is
 near 100 % and the server is not is limited by wrk and marked so), and the
-CPU that every other process on the machine used meanwhile ("other CPU"; a
-run where it exceeded {max_other:.0f} % of a core is redone, at most {retries}
-times, keeping the quietest; one still above is marked "noisy"). Access
+CPU that every other process on the machine used meanwhile ("other CPU":
+the machine may be shared; each run first waits up to {wait_quiet:.0f} s for
+other processes to use at most {max_other:.0f} % of a core, a run where they
+used more is redone, at most {retries} times, keeping the quietest, and one
+still above is marked "noisy"). Access
 logging is off for every server except the "access log on" row. "vs best
 peer" is the ratio to the fastest Python peer (uvicorn, granian, gunicorn)
 in the same scenario and run.
@@ -222,7 +224,7 @@ def render(results: dict, chart: str | None = None) -> str:
         "",
         "Versions: " + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()) + ".",
         "",
-        METHOD.format(**settings),
+        METHOD.format(**{"max_other": 100, "retries": 0, "wait_quiet": 0, **settings}),
     ]
     if settings.get("note"):
         out += [settings["note"], ""]

@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import servers
-from measure import Load, WrkResult, memory_profile, run_wrk, summarise
+from measure import Load, WrkResult, memory_profile, run_wrk, summarise, wait_quiet
 from report import render
 from servers import BENCH, REPO, SERVERS, VENV, VENV_PYTHON, Launch
 
@@ -186,17 +186,23 @@ def measured_run(server: servers.Running, load: Load, args: argparse.Namespace) 
     """One run; repeated (at most --retries times) while other processes load the machine.
 
     The machine may be shared (tests of other work running beside the
-    benchmark): a run during which processes other than the server and wrk
-    used more than --max-other % of a core is done again, and the quietest
-    attempt is kept.
+    benchmark): each attempt first waits (at most --wait-quiet s) until other
+    processes use at most --max-other % of a core; an attempt during which
+    they used more is done again, and the quietest attempt is kept.
     """
-    best = run_wrk(server, load, args.duration)
+
+    def attempt() -> WrkResult:
+        if args.wait_quiet:
+            wait_quiet(server, args.max_other, args.wait_quiet)
+        return run_wrk(server, load, args.duration)
+
+    best = last = attempt()
     for _ in range(args.retries):
         if best.other_cpu <= args.max_other:
             break
-        log(f"  other processes used {best.other_cpu:.0f} % of a core: running again")
-        again = run_wrk(server, load, args.duration)
-        best = min(best, again, key=lambda r: r.other_cpu)
+        log(f"  other processes used {last.other_cpu:.0f} % of a core: running again")
+        last = attempt()
+        best = min(best, last, key=lambda r: r.other_cpu)
     return best
 
 
@@ -281,6 +287,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="CPU %% of a core that other processes may use during a run before it is redone",
     )
     p.add_argument("--retries", type=int, help="redos of a noisy run (default 2; --quick: 0)")
+    p.add_argument(
+        "--wait-quiet",
+        type=float,
+        help="seconds to wait for a quiet machine before each run (default 30; --quick: 0)",
+    )
     p.add_argument("--connections-held", type=int, default=1000, help="S6 (default 1000)")
     p.add_argument("--output", type=Path, help="the markdown report (default: see above)")
     p.add_argument("--json", type=Path, help="also save the raw results here")
@@ -290,14 +301,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ns.server_list = _split(ns.servers, ALL, "servers")
     if ns.quick:
         ns.scenario_list = ns.scenario_list or ["S1"]
-        defaults = {"duration": 2, "runs": 1, "warmup": 1, "retries": 0}
+        defaults = {"duration": 2, "runs": 1, "warmup": 1, "retries": 0, "wait_quiet": 0}
     else:
-        defaults = {"duration": 10, "runs": 3, "warmup": 2, "retries": 2}
+        defaults = {"duration": 10, "runs": 3, "warmup": 2, "retries": 2, "wait_quiet": 30}
     for key, value in defaults.items():
         if getattr(ns, key) is None:
             setattr(ns, key, value)
-    if ns.duration < 1 or ns.runs < 1 or ns.warmup < 0 or ns.retries < 0:
-        raise SystemExit("--duration and --runs must be >= 1, --warmup and --retries >= 0")
+    if ns.duration < 1 or ns.runs < 1 or min(ns.warmup, ns.retries, ns.wait_quiet) < 0:
+        raise SystemExit(
+            "--duration and --runs must be >= 1; --warmup, --retries, --wait-quiet >= 0"
+        )
     return ns
 
 
@@ -331,6 +344,7 @@ def main(argv: list[str] | None = None) -> int:
         "warmup": args.warmup,
         "max_other": args.max_other,
         "retries": args.retries,
+        "wait_quiet": args.wait_quiet,
         "note": args.note or "",
     }
     results: dict = {"meta": collect_meta(selected, settings), "scenarios": {}}
