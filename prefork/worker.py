@@ -129,6 +129,20 @@ def app_label(app: Handler | str) -> str:
     return f"{module}:{name}"
 
 
+def _make_redis(url: str) -> Any:
+    """One ``redis.asyncio`` client for this worker (it connects lazily, on first use)."""
+    try:
+        import redis.asyncio
+    except ImportError:
+        raise PreforkError(
+            "redis_url is set but the redis package is missing: pip install 'prefork[redis]'"
+        ) from None
+    try:
+        return redis.asyncio.Redis.from_url(url)
+    except ValueError as exc:
+        raise PreforkError(f"redis_url: {exc}") from None
+
+
 class Worker:
     """One worker process; built in the master, run in the child."""
 
@@ -241,13 +255,9 @@ class Worker:
 
     async def _main(self) -> int:
         loop = asyncio.get_running_loop()
-        handler = self._boot_app()
+        handler = self._boot()
         if handler is None:
             return WORKER_BOOT_ERROR
-        if self.cfg.redis_url is not None:
-            import redis.asyncio
-
-            self._redis = redis.asyncio.Redis.from_url(self.cfg.redis_url)
         state = ServerState(
             self.cfg, handler, ssl_context=self.ssl_context, redis_module=self._redis
         )
@@ -271,17 +281,19 @@ class Worker:
         await self._drain(state)
         return WORKER_EXIT_OK
 
-    def _boot_app(self) -> Handler | None:
-        if not isinstance(self.app, str):
-            return self.app
+    def _boot(self) -> Handler | None:
+        """Import the app and make the Redis client; None (logged in one line) if either fails."""
         try:
-            return load_app(self.app)
+            handler = load_app(self.app) if isinstance(self.app, str) else self.app
+            if self.cfg.redis_url is not None:
+                self._redis = _make_redis(self.cfg.redis_url)
         except Exception as exc:  # the app's own import may raise anything
             message = str(exc).splitlines()[0] if str(exc) else ""
-            if not isinstance(exc, PreforkError):
+            if not isinstance(exc, PreforkError):  # escaped load_app: name the app
                 message = f"app {self.app!r}: {type(exc).__name__}: {message}"
             logger.error("worker %d (pid %d) cannot boot: %s", self.number, os.getpid(), message)
             return None
+        return handler
 
     async def _drain(self, state: ServerState) -> None:
         """Graceful stop: no new connections, in-flight ones finish, then close Redis."""
