@@ -144,6 +144,7 @@ class Master:
         self.pidfile = pidfile
         self.listeners: list[socket.socket] = []
         self.port = 0  # the first socket's real port (cfg.port may be 0)
+        self.error: str | None = None  # why run() returned MASTER_BOOT_FAILED
         self._bind_spec = bind_spec(cfg)
         self._tls: ssl.SSLContext | None = None
         self._generation = 0  # the serving generation
@@ -627,6 +628,7 @@ class Master:
     def _halt(self, message: str) -> None:
         """Workers cannot boot: stop everything and exit with MASTER_BOOT_FAILED."""
         logger.error(message)
+        self.error = message
         self._exit_code = MASTER_BOOT_FAILED
         self._begin_stop(_Stop.GRACEFUL)
 

@@ -367,7 +367,9 @@ def test_boot_failure_before_anything_served_stops_the_master(
     assert master._exit_code == MASTER_BOOT_FAILED
     assert master._stopping is not None
     assert master.signals_sent == [(2, signal.SIGKILL)]  # type: ignore[attr-defined]
-    assert "worker 1 (pid 10001, gen 1) failed to boot (exit code 3); stopping" in master_log
+    message = "worker 1 (pid 10001, gen 1) failed to boot (exit code 3); stopping"
+    assert message in master_log
+    assert master.error == message  # for server.serve() to return as its error
 
 
 def test_boot_failure_while_others_serve_retries_after_a_backoff(
