@@ -564,6 +564,7 @@ async def exchange(
         # Served inline up to a response that needs this coroutine (a stream,
         # an async result, a big body to compress off the loop).
         req, result, started = conn.take_handoff()
+        count = conn.count  # the inline path answered some requests meanwhile
         if asyncio.iscoroutine(result):
             try:
                 result = await result

@@ -935,23 +935,11 @@ LIMIT_CASES = [
         text_path(OFFLOAD_BYTES),
         "gzip",
         id="compressed-offloaded",
-        marks=pytest.mark.xfail(
-            strict=True,
-            reason="exchange() takes an inline handoff with the count it was called with "
-            "before parking, not conn.count: after inline responses, the response "
-            "compressed off the loop is counted as an earlier one, so it keeps the "
-            "connection alive past requests_per_connection",
-        ),
     ),
     pytest.param(
         "/pieces?count=2",
         "gzip",
         id="compressed-stream",
-        marks=pytest.mark.xfail(
-            strict=True,
-            reason="same stale count in exchange() for a stream handed over by the "
-            "inline (sync handler) path",
-        ),
     ),
 ]
 
