@@ -39,5 +39,12 @@ class H11HeadParser:
             # every line's syntax (and the reader refused obs-fold), so each
             # line is name ":" OWS value OWS.
             lines = head[head.index(b"\r\n") + 2 : -4].split(b"\r\n")
-            raw = [(n, v.strip(b" \t")) for n, _, v in (line.partition(b":") for line in lines)]
+            raw = []
+            for line in lines:
+                name, _, value = line.partition(b":")
+                value = value.lstrip(b" \t")
+                if b"\t" in value and name.lower() == b"transfer-encoding":
+                    # llhttp refuses "chunked<HTAB>"; the stricter answer for both.
+                    raise ProtocolError(400, "HTAB in Transfer-Encoding")
+                raw.append((name, value.rstrip(b" \t")))
         return event.method.decode("ascii"), target, event.http_version.decode("ascii"), raw

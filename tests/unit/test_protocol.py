@@ -311,6 +311,13 @@ CASES = [
     ),
     fail("te-two-lines", chunked(CHUNKED_HELLO, TE), 400),
     fail("te-empty", post(b"", b"Transfer-Encoding:"), 400),
+    fail("te-trailing-htab", post(CHUNKED_HELLO, b"Transfer-Encoding: chunked\t"), 400),
+    fail("te-trailing-sp-htab", post(CHUNKED_HELLO, b"Transfer-Encoding: chunked \t"), 400),
+    ok(
+        "te-trailing-sp",
+        post(CHUNKED_HELLO, b"Transfer-Encoding: chunked  "),
+        req(method="POST", headers=POST_CHUNKED, body=b"hello"),
+    ),
     fail("cl-list-form", post(b"hello", b"Content-Length: 5, 5"), 400),
     fail("cl-two-equal-lines", post(b"hello", CL5, CL5), 400),
     fail("cl-two-different-lines", post(b"hello", CL5, b"Content-Length: 6"), 400),
