@@ -1,35 +1,32 @@
 """The master process: binds, forks and supervises workers.
 
-Plain synchronous code, no asyncio: the master binds the listen sockets once,
-pre-parses the TLS contexts once, then forks the workers and supervises them
-from one ``selectors`` loop over a signal wakeup pipe and the workers' pipes
-(timeout one second). It never imports a ``"MODULE:ATTR"`` app and never opens
-a Redis connection: both happen in the workers, after the fork.
+Plain synchronous code, no asyncio. It binds the listen sockets and pre-parses
+TLS once, forks the workers, and supervises them from one ``selectors`` loop
+(one-second timeout) over a signal wakeup pipe and the workers' pipes (one byte
+per message: READY, HEARTBEAT, RECYCLE; see worker.py). It never imports a
+``"MODULE:ATTR"`` app and never opens Redis: the workers do, after the fork.
 
-Signals (to the master):
+Signals (handlers only enqueue; the loop does the work):
 
-    HUP          reload: re-read the config file, re-parse TLS, fork a new
-                 generation, wait until each new worker reports READY, then
-                 stop the old generation gracefully. If the new config or TLS
-                 files are invalid, or a new worker fails to boot or is not
-                 ready within max(30, worker_timeout) s, the old generation
-                 keeps serving. The listen sockets are kept: a changed ip,
-                 port, binds or backlog is logged as needing a restart.
-    TERM, INT    graceful stop: workers stop accepting, finish in-flight
-                 requests (up to graceful_timeout), exit 0. INT is graceful
-                 here, unlike gunicorn and nginx where it is a quick stop, so
-                 that Ctrl-C never cuts a request.
-    QUIT         immediate stop.
-    TTIN, TTOU   one worker more, one fewer (never fewer than one).
-    USR1         reopen log files, and forward USR1 to every worker.
-    CHLD         reap exited workers and replace them.
+    HUP         reload: re-read the config file and re-parse TLS (invalid: log,
+                keep serving); fork a new generation; once every new worker
+                reported READY, stop the old one gracefully. A new worker that
+                fails to boot, or a generation not ready within
+                max(30, worker_timeout) s, is killed and the old one keeps
+                serving. The listen sockets are kept: a changed ip, port,
+                binds or backlog is logged as needing a restart.
+    TERM, INT   graceful stop, exit 0. INT is graceful here, unlike gunicorn
+                and nginx (quick stop there), so that Ctrl-C never cuts a request.
+    QUIT        immediate stop.
+    TTIN, TTOU  one worker more, one fewer (never fewer than one).
+    USR1        reopen log files, and forward USR1 to every worker.
+    CHLD        reap; replace dead workers.
 
-Signal handlers only enqueue; the loop does the work. Every replacement
-(crash, TTIN, watchdog kill, ``max_requests`` recycling) passes the same
-readiness gate: it counts as serving only after its READY message, and a
-recycled worker is stopped only once its replacement is ready. A worker that
-dies before it ever reported ready, when no worker is serving, stops the
-master with ``MASTER_BOOT_FAILED`` instead of respawning in a loop.
+Every replacement (crash, TTIN, watchdog kill, ``max_requests``) passes the
+same gate: it counts as serving after its READY only, and a recycled worker is
+stopped once its replacement is ready. A worker that dies before it ever
+reported ready while none serves stops the master (``MASTER_BOOT_FAILED``)
+instead of a respawn loop.
 """
 
 from __future__ import annotations
@@ -37,7 +34,6 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
-import enum
 import itertools
 import logging
 import os
@@ -63,6 +59,7 @@ from .worker import (
     MSG_RECYCLE,
     STOP_MARGIN_S,
     WORKER_CRASHED,
+    Stop,
     Worker,
     WorkerState,
     app_label,
@@ -79,11 +76,6 @@ LOOP_TIMEOUT_S = 1.0  # the supervision loop wakes at least this often
 QUIT_TIMEOUT_S = 2.0  # after SIGQUIT, workers still alive are killed
 RESPAWN_BACKOFF_MIN_S = 1.0  # after a failed boot while others serve; doubles ...
 RESPAWN_BACKOFF_MAX_S = 30.0  # ... up to this
-
-
-class _Stop(enum.Enum):
-    GRACEFUL = "graceful"
-    IMMEDIATE = "immediate"
 
 
 def parse_address(text: str) -> tuple[str, int]:
@@ -158,7 +150,7 @@ class Master:
         self._old_wakeup_fd = -1
         self._reload: _Reload | None = None
         self._reload_again = False
-        self._stopping: _Stop | None = None
+        self._stopping: Stop | None = None
         self._stop_deadline = 0.0
         self._exit_code = MASTER_EXIT_OK
         self._ever_ready = False
@@ -315,12 +307,12 @@ class Master:
     def handle_term(self, signum: int) -> None:
         if self._stopping is None:
             logger.info("%s: graceful stop", signal.Signals(signum).name)
-            self._begin_stop(_Stop.GRACEFUL)
+            self._begin_stop(Stop.GRACEFUL)
 
     def handle_quit(self) -> None:
-        if self._stopping is not _Stop.IMMEDIATE:
+        if self._stopping is not Stop.IMMEDIATE:
             logger.info("SIGQUIT: immediate stop")
-            self._begin_stop(_Stop.IMMEDIATE)
+            self._begin_stop(Stop.IMMEDIATE)
 
     def handle_usr1(self) -> None:
         log.reopen()
@@ -354,10 +346,7 @@ class Master:
             logger.error("reload failed: %s; generation %d keeps serving", exc, self._generation)
             return
         if spec != self._bind_spec:
-            logger.warning(
-                "reload: ip, port, binds or backlog changed; that needs a restart, "
-                "the current listen sockets are kept"
-            )
+            logger.warning("reload: ip, port, binds or backlog changed: that needs a restart")
         target = cfg.workers if cfg.workers != self.cfg.workers else self._target
         log.set_level(cfg.log_level)
         self._last_generation += 1
@@ -605,11 +594,11 @@ class Master:
 
     # -- stopping -----------------------------------------------------------
 
-    def _begin_stop(self, how: _Stop) -> None:
+    def _begin_stop(self, how: Stop) -> None:
         self._stopping = how
         self._reload = None
         self._reload_again = False
-        if how is _Stop.GRACEFUL:
+        if how is Stop.GRACEFUL:
             grace = max((w.cfg.graceful_timeout for w in self._workers.values()), default=0.0)
             self._stop_deadline = time.monotonic() + grace + STOP_MARGIN_S
         else:
@@ -619,7 +608,7 @@ class Master:
             if worker.state is WorkerState.BOOTING:
                 # No handlers yet: TERM would do, but QUIT's default action dumps core.
                 self._force_kill(worker, "the master is stopping")
-            elif how is _Stop.GRACEFUL:
+            elif how is Stop.GRACEFUL:
                 self._stop_worker(worker, "the master is stopping")
             else:
                 worker.state = WorkerState.DRAINING
@@ -630,7 +619,7 @@ class Master:
         logger.error(message)
         self.error = message
         self._exit_code = MASTER_BOOT_FAILED
-        self._begin_stop(_Stop.GRACEFUL)
+        self._begin_stop(Stop.GRACEFUL)
 
     def _enforce_stop_deadline(self) -> None:
         if time.monotonic() >= self._stop_deadline:

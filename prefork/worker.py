@@ -92,7 +92,9 @@ class WorkerState(enum.Enum):
     DRAINING = "draining"
 
 
-class _Stop(enum.Enum):
+class Stop(enum.Enum):
+    """How a process was told to stop."""
+
     GRACEFUL = "graceful"
     IMMEDIATE = "immediate"
 
@@ -182,7 +184,7 @@ class Worker:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._state: ServerState | None = None
         self._redis: Any = None
-        self._stop: asyncio.Future[_Stop] | None = None
+        self._stop: asyncio.Future[Stop] | None = None
         self._active = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self._accepting = False
@@ -264,9 +266,9 @@ class Worker:
         state.start()
         self._state = state
         self._stop = loop.create_future()
-        loop.add_signal_handler(signal.SIGTERM, self._request_stop, _Stop.GRACEFUL)
-        loop.add_signal_handler(signal.SIGINT, self._request_stop, _Stop.GRACEFUL)
-        loop.add_signal_handler(signal.SIGQUIT, self._request_stop, _Stop.IMMEDIATE)
+        loop.add_signal_handler(signal.SIGTERM, self._request_stop, Stop.GRACEFUL)
+        loop.add_signal_handler(signal.SIGINT, self._request_stop, Stop.GRACEFUL)
+        loop.add_signal_handler(signal.SIGQUIT, self._request_stop, Stop.IMMEDIATE)
         loop.add_signal_handler(signal.SIGUSR1, self._reopen_logs)
         for sock in self.listeners:
             sock.setblocking(False)
@@ -276,7 +278,7 @@ class Worker:
         logger.info("worker %d (pid %d, gen %d) ready", self.number, os.getpid(), self.generation)
         self._tick()
         how = await self._stop
-        if how is _Stop.IMMEDIATE:
+        if how is Stop.IMMEDIATE:
             return WORKER_EXIT_OK
         await self._drain(state)
         return WORKER_EXIT_OK
@@ -316,10 +318,10 @@ class Worker:
             with contextlib.suppress(Exception):
                 await self._redis.aclose()
 
-    def _request_stop(self, how: _Stop) -> None:
+    def _request_stop(self, how: Stop) -> None:
         if self._stop is not None and not self._stop.done():
             self._stop.set_result(how)
-        elif how is _Stop.IMMEDIATE:
+        elif how is Stop.IMMEDIATE:
             # QUIT during a graceful drain: leave at once.
             os._exit(WORKER_EXIT_OK)
 
@@ -338,7 +340,7 @@ class Worker:
         self._send(MSG_HEARTBEAT)
         if os.getppid() != self.master_pid and self.state is not WorkerState.DRAINING:
             logger.warning("worker %d (pid %d): master is gone; stopping", self.number, os.getpid())
-            self._request_stop(_Stop.GRACEFUL)
+            self._request_stop(Stop.GRACEFUL)
         served = self._state.requests_served if self._state is not None else 0
         if self._recycle_at and not self._recycle_sent and served >= self._recycle_at:
             self._recycle_sent = True

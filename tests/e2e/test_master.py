@@ -448,7 +448,7 @@ def test_reload_with_a_changed_listen_setting_keeps_the_sockets(
     server = start(servers, tmp_path, workers=1)
     write_config(tmp_path / "prefork.toml", workers=1, backlog=17)
     os.kill(server.pid, signal.SIGHUP)
-    server.wait_log(r"ip, port, binds or backlog changed; that needs a restart")
+    server.wait_log(r"ip, port, binds or backlog changed: that needs a restart")
     server.wait_log("generation 2 ready")
     assert server.log().count("listening on") == 1
     assert get(server.port)[0] == 200
