@@ -460,3 +460,21 @@ def test_watchdog_verdict(state: WorkerState, field: str, age: float, verdict: s
     else:
         assert result is not None
         assert result.startswith(verdict)
+
+
+def test_reload_not_ready_in_time_is_abandoned(master: Master, master_log: list[str]) -> None:
+    booting = record(1)
+    booting.generation = 2
+    master._workers[booting.pid] = booting
+    master._reload = _Reload(2, master.cfg, None, time.monotonic() - 1, {booting.pid})
+    master._check_timeouts()
+    assert master._reload is None
+    assert master.signals_sent == [(1, signal.SIGKILL)]  # type: ignore[attr-defined]
+    assert any("generation 2 not ready within 30s" in m for m in master_log)
+
+
+def test_hup_during_a_reload_is_queued(master: Master, master_log: list[str]) -> None:
+    master._reload = _Reload(2, master.cfg, None, time.monotonic() + 30, {12345})
+    master.handle_hup()
+    assert master._reload_again
+    assert "SIGHUP: queued until generation 2 is ready" in master_log
