@@ -343,7 +343,7 @@ def record(number: int, state: WorkerState = WorkerState.BOOTING, **cfg: Any) ->
 
 
 @pytest.fixture
-def master(monkeypatch: pytest.MonkeyPatch) -> Master:
+def master(monkeypatch: pytest.MonkeyPatch) -> Iterator[Master]:
     master = Master(Config.build({"port": 0, "workers": 2}), "app:handle")
     master._generation = master._last_generation = 1
     master.signals_sent = []  # type: ignore[attr-defined]
@@ -352,7 +352,10 @@ def master(monkeypatch: pytest.MonkeyPatch) -> Master:
         master.signals_sent.append((worker.number, signum))  # type: ignore[attr-defined]
 
     monkeypatch.setattr(master, "_kill", fake_kill)
-    return master
+    root = logging.getLogger(log.ROOT)
+    level = root.level
+    yield master
+    root.setLevel(level)  # a reload sets the level of every prefork logger
 
 
 EXIT_3 = 3 << 8
