@@ -244,8 +244,8 @@ class Connection(asyncio.Protocol):
         if self._closing:
             self._close_transport()
         # Keep the transport open: a client may half-close after its request
-        # and still read the response.
-        return True
+        # and still read the response (TLS cannot half-close: it closes).
+        return self.state.ssl_context is None
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._lost = True
@@ -328,7 +328,14 @@ class Connection(asyncio.Protocol):
         """The worker is stopping: close now if idle, else after the current response."""
         if self._closing:
             return
-        if not self._busy and not self.reader.head_started and not self.reader.in_body:
+        # A fresh connection is kept for its first request (bounded by the
+        # header deadline): its client sent nothing yet but means to.
+        if (
+            self.count
+            and not self._busy
+            and not self.reader.head_started
+            and not self.reader.in_body
+        ):
             self.graceful_close()
 
     def graceful_close(self) -> None:
@@ -475,7 +482,12 @@ class Connection(asyncio.Protocol):
                         self._error = exc
                         continue
                 raise PeerGone("connection closed by peer")
-            if self.state.draining and not reader.head_started and not reader.in_body:
+            if (
+                self.state.draining
+                and self.count
+                and not reader.head_started
+                and not reader.in_body
+            ):
                 self.graceful_close()
                 raise PeerGone("server is stopping")
             self._reading = True
@@ -959,16 +971,17 @@ async def serve_connection(sock: socket.socket, state: ServerState) -> None:
     with contextlib.suppress(OSError):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     ssl_context = state.ssl_context
+    conn = Connection(state)
     try:
         if ssl_context is not None:
-            _, conn = await loop.connect_accepted_socket(
-                lambda: Connection(state),
+            await loop.connect_accepted_socket(
+                lambda: conn,
                 sock,
                 ssl=ssl_context,
                 ssl_handshake_timeout=state.cfg.tls_handshake_timeout,
             )
         else:
-            _, conn = await loop.connect_accepted_socket(lambda: Connection(state), sock)
+            await loop.connect_accepted_socket(lambda: conn, sock)
     except (OSError, ssl.SSLError, TimeoutError) as exc:
         logger.debug("connection setup failed: %s", exc)
         sock.close()
