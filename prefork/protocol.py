@@ -575,22 +575,17 @@ class RequestReader:
         elif head.count(b" ", 0, first) != 2:
             raise ProtocolError(400, "malformed request line")
 
-    def _parse(self, head: bytes) -> tuple[str, str, str, RawHeaders]:
-        try:
-            return self._parser.parse(head)
-        except ProtocolError as exc:
-            huge = _HUGE_CONTENT_LENGTH.search(head) if exc.status == 400 else None
-            if huge is None:
-                raise
-        # A Content-Length too long for 64 bits is a number, just too large:
-        # parse the rest of the head with a stand-in that still gets 413.
-        return self._parser.parse(
-            _HUGE_CONTENT_LENGTH.sub(rb"\g<1>" + _TOO_LARGE_CONTENT_LENGTH, head)
-        )
-
     def _start_request(self, head: bytes) -> None:
         self._check_head(head)
-        method, target, version, raw = self._parse(head)
+        try:
+            method, target, version, raw = self._parser.parse(head)
+        except ProtocolError as exc:
+            if exc.status != 400 or _HUGE_CONTENT_LENGTH.search(head) is None:
+                raise
+            # A Content-Length too long for 64 bits is a number, just too
+            # large: parse the rest of the head with a stand-in that gets 413.
+            head = _HUGE_CONTENT_LENGTH.sub(rb"\g<1>" + _TOO_LARGE_CONTENT_LENGTH, head)
+            method, target, version, raw = self._parser.parse(head)
         req = build_request(method, target, version, raw, self._limits, self._head_prescan)
         if req.chunked:
             self._current = req

@@ -30,9 +30,7 @@ class HttptoolsHeadParser:
     def on_header(self, name: bytes, value: bytes) -> None:
         # llhttp drops the OWS before a value but keeps the OWS after it
         # (RFC 9110 §5.5: not part of the value; h11 strips both).
-        if value[-1:] in (b" ", b"\t"):
-            value = value.rstrip(b" \t")
-        self._headers.append((name, value))
+        self._headers.append((name, value.rstrip(b" \t")))
 
     def on_message_complete(self) -> None:
         self._complete = True
