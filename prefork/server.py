@@ -119,7 +119,7 @@ class Server:
             ``("keep-alive", None)``, ``("close", None)``, or ``(None, err)`` on a
             fatal read/write error or malformed input (after the error response).
         """
-        from .connection import exchange
+        from .exchange import exchange
 
         state = client.state
         try:

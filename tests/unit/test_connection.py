@@ -10,7 +10,8 @@ import pytest
 import prefork
 from prefork import protocol
 from prefork.config import Config
-from prefork.connection import Connection, ServerState, exchange
+from prefork.connection import Connection, ServerState
+from prefork.exchange import exchange
 
 DATE_LINE = "Date: Wed, 25 Nov 2026 08:00:00 GMT\r\n"
 GET = b"GET /hello HTTP/1.1\r\nHost: example.com\r\n\r\n"

@@ -1,0 +1,442 @@
+"""One exchange: read a request, call the handler, write the response.
+
+``exchange`` is the coroutine path (what ``Server.process_request`` runs);
+``finish`` is the synchronous core that the connection's inline path shares
+with it, so both answer a request the same way. Streams and bodies big enough
+to compress in a thread are finished by ``respond_slow``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any
+
+from . import compression, log
+from ._types import Action
+from .errors import PeerGone, PreforkError, ProtocolError
+from .handler import HandlerResultError, check_result, is_stream
+from .protocol import (
+    DATE,
+    SERVER_HEADER,
+    Request,
+    bodyless_status,
+    error_response,
+    parse_args,
+    status_line,
+)
+
+if TYPE_CHECKING:
+    from .connection import Connection, ServerState
+
+logger = logging.getLogger(log.WORKER)
+app_logger = logging.getLogger(log.APP)
+
+# Responses with bodies at least this big are written in two calls (no copy).
+JOIN_BODY_MAX_BYTES = 64 * 1024
+# Header names the server owns: a handler's value is replaced or interpreted.
+_FRAMING = frozenset(("content-length", "transfer-encoding", "connection", "date"))
+
+
+async def exchange(
+    conn: Connection, state: ServerState, client_ip: str, count: int, redis_module: Any
+) -> Action:
+    """Read one request, call the handler, write the response; say what to do next."""
+    try:
+        req = await conn.receive_request(count == 0)
+    except ProtocolError as exc:
+        _reject(conn, state, client_ip, exc)
+        raise
+    if req is None:
+        # Served inline up to a response that needs this coroutine (a stream,
+        # an async result, a big body to compress off the loop).
+        req, result, started = conn.take_handoff()
+        count = conn.count  # the inline path answered some requests meanwhile
+        if asyncio.iscoroutine(result):
+            try:
+                result = await result
+            except Exception:
+                return handler_failed(conn, state, req, conn.client_ip, started)
+    else:
+        started = time.monotonic()
+        ctx = conn.context(client_ip, redis_module)
+        try:
+            if state.is_async:
+                result = await state.handler(  # type: ignore[misc]
+                    req.method, req.path, parse_args(req.query), req.headers, req.body, ctx
+                )
+            else:
+                result = state.handler(
+                    req.method, req.path, parse_args(req.query), req.headers, req.body, ctx
+                )
+                if asyncio.iscoroutine(result):
+                    result = await result
+        except Exception:
+            return handler_failed(conn, state, req, client_ip, started)
+    conn.count = count + 1
+    outcome = finish(conn, state, req, result, count, started)
+    if isinstance(outcome, str):
+        action: Action = outcome
+    else:
+        action = await respond_slow(conn, state, req, outcome, started)
+    if conn._write_paused and action == "keep-alive":
+        await conn.drain()
+    return action
+
+
+def _reject(conn: Connection, state: ServerState, client_ip: str, exc: ProtocolError) -> None:
+    logger.debug("rejecting request from %s: %d %s", client_ip, exc.status, exc)
+    sent = conn._reply_error_and_close(exc)
+    if state.access.enabled():
+        state.access.log(client_ip, "-", "-", "1.1", exc.status, sent, time.monotonic(), {})
+
+
+def handler_failed(
+    conn: Connection, state: ServerState, req: Request, client_ip: str, started: float
+) -> Action:
+    app_logger.exception("handler raised on %s %s", req.method, req.path)
+    return _send_500(conn, state, req, client_ip, started)
+
+
+def _send_500(
+    conn: Connection, state: ServerState, req: Request, client_ip: str, started: float
+) -> Action:
+    data = error_response(500, "Internal Server Error")
+    conn._send(data)
+    state.requests_served += 1
+    if state.access.enabled():
+        size = body_length(data)
+        state.access.log(
+            client_ip, req.method, req.path, req.version, 500, size, started, req.headers
+        )
+    conn.graceful_close()
+    return "close"
+
+
+def body_length(response: bytes) -> int:
+    return len(response) - response.find(b"\r\n\r\n") - 4
+
+
+class _BadHeader(Exception):
+    """A response header the handler set cannot be sent (CR/LF/NUL, not latin-1)."""
+
+
+class _Slow:
+    """A response that needs the coroutine: a stream, or a body to compress off the loop."""
+
+    __slots__ = ("content", "headers", "keep_alive", "status")
+
+    def __init__(
+        self, content: Any, status: int, headers: Mapping[str, Any] | None, keep_alive: bool
+    ) -> None:
+        self.content = content
+        self.status = status
+        self.headers = headers
+        self.keep_alive = keep_alive
+
+
+def finish(
+    conn: Connection,
+    state: ServerState,
+    req: Request,
+    result: object,
+    count: int,
+    started: float,
+) -> Action | _Slow:
+    """Write the response to ``req`` now if it can be done without waiting."""
+    valid = False
+    if type(result) is tuple and len(result) == 3:
+        content, status, headers = result
+        if content is None and status is None and headers is None:
+            # The handler proxied the exchange itself on ctx.client.
+            state.requests_served += 1
+            return "keep-alive"
+        valid = type(status) is int and 100 <= status <= 599 and type(headers) is dict
+    if not valid:
+        try:
+            content, status, headers = check_result(result)
+        except HandlerResultError as exc:
+            app_logger.error("%s %s: %s", req.method, req.path, exc)
+            return _send_500(conn, state, req, conn.client_ip, started)
+    keep_alive = (
+        req.keep_alive
+        and count + 1 < state.requests_per_connection
+        and not state.draining
+        and not conn._closing
+    )
+    try:
+        lines, lower, has_server, keep_alive = _head_lines(headers, keep_alive)
+        if isinstance(content, bytes):
+            body = content
+        elif isinstance(content, str):
+            body = content.encode("utf-8")
+            if "content-type" not in lower:
+                lower["content-type"] = "text/plain; charset=utf-8"
+                lines.append("content-type: text/plain; charset=utf-8\r\n")
+        elif content is None:
+            body = b""
+        elif isinstance(content, bytearray | memoryview):
+            body = bytes(content)
+        elif is_stream(content):
+            return _Slow(content, status, headers, keep_alive)
+        else:
+            raise _BadHeader(f"handler returned content of type {type(content).__name__}")
+        coding, lines = _negotiate(state, req, status, lower, lines, len(body))
+        if coding is not None:
+            if len(body) >= compression.OFFLOAD_MIN_BYTES:
+                return _Slow(content, status, headers, keep_alive)
+            body = compression.compress_body(coding, state.policy.level, body)
+        sent = _write_fixed(conn, req, status, lines, has_server, body, keep_alive)
+    except _BadHeader as exc:
+        app_logger.error("%s %s: %s", req.method, req.path, exc)
+        return _send_500(conn, state, req, conn.client_ip, started)
+    state.requests_served += 1
+    if state.access.enabled():
+        state.access.log(
+            conn.client_ip, req.method, req.path, req.version, status, sent, started, req.headers
+        )
+    if keep_alive:
+        return "keep-alive"
+    conn.graceful_close()
+    return "close"
+
+
+def _negotiate(
+    state: ServerState,
+    req: Request,
+    status: int,
+    lower: dict[str, str],
+    lines: list[str],
+    body_len: int | None,
+) -> tuple[str | None, list[str]]:
+    """The coding to apply (or None) and the header lines, with Vary etc. updated."""
+    policy = state.policy
+    if not policy.enabled or req.method == "HEAD" or bodyless_status(status):
+        return None, lines
+    if body_len is not None and body_len < policy.min_size:
+        return None, lines
+    coding, vary = policy.choose(
+        req.method, status, req.headers.get("accept-encoding"), lower, body_len
+    )
+    if coding is not None or vary:
+        compression.apply_headers(lower, coding, vary)
+        lines = [f"{name}: {value}\r\n" for name, value in lower.items()]
+    return coding, lines
+
+
+def _write_fixed(
+    conn: Connection,
+    req: Request,
+    status: int,
+    lines: list[str],
+    has_server: bool,
+    body: bytes,
+    keep_alive: bool,
+) -> int:
+    """Serialise and write a response with a known body; returns the body bytes sent."""
+    if bodyless_status(status):
+        framing = ""
+        body = b""
+    else:
+        framing = f"Content-Length: {len(body)}\r\n"
+        if req.method == "HEAD":
+            body = b""
+    head = _encode_head(status, lines, has_server, framing, keep_alive, req.version == "1.0")
+    transport = conn.transport
+    if transport is None or conn._lost:
+        raise PeerGone("connection lost before the response")
+    if len(body) < JOIN_BODY_MAX_BYTES:
+        transport.write(head + body)
+    else:
+        transport.write(head)
+        transport.write(body)
+    return len(body)
+
+
+async def respond_slow(
+    conn: Connection, state: ServerState, req: Request, slow: _Slow, started: float
+) -> Action:
+    """Stream an iterable, or compress a big body in a thread, then write it."""
+    status = slow.status
+    try:
+        lines, lower, has_server, keep_alive = _head_lines(slow.headers, slow.keep_alive)
+        if is_stream(slow.content):
+            sent, keep_alive = await _respond_stream(
+                conn, state, req, slow.content, status, lines, lower, has_server, keep_alive
+            )
+        else:
+            content = slow.content
+            body = content.encode("utf-8") if isinstance(content, str) else bytes(content)
+            if isinstance(content, str) and "content-type" not in lower:
+                lower["content-type"] = "text/plain; charset=utf-8"
+                lines.append("content-type: text/plain; charset=utf-8\r\n")
+            coding, lines = _negotiate(state, req, status, lower, lines, len(body))
+            if coding is not None:
+                body = await asyncio.get_running_loop().run_in_executor(
+                    None, compression.compress_body, coding, state.policy.level, body
+                )
+            sent = _write_fixed(conn, req, status, lines, has_server, body, keep_alive)
+    except _BadHeader as exc:
+        app_logger.error("%s %s: %s", req.method, req.path, exc)
+        return _send_500(conn, state, req, conn.client_ip, started)
+    state.requests_served += 1
+    if state.access.enabled():
+        state.access.log(
+            conn.client_ip, req.method, req.path, req.version, status, sent, started, req.headers
+        )
+    if keep_alive:
+        return "keep-alive"
+    conn.graceful_close()
+    return "close"
+
+
+def _head_lines(
+    headers: Mapping[str, Any] | None, keep_alive: bool
+) -> tuple[list[str], dict[str, str], bool, bool]:
+    """Handler headers -> (lines, lower-case map, has Server, keep-alive)."""
+    lines: list[str] = []
+    lower: dict[str, str] = {}
+    if not headers:
+        return lines, lower, False, keep_alive
+    for name, value in headers.items():
+        if not isinstance(value, str):
+            value = str(value)
+        if not isinstance(name, str):
+            raise _BadHeader(f"header name {name!r} is not a string")
+        lname = name.lower()
+        if lname in _FRAMING:
+            if lname == "connection" and "close" in value.lower():
+                keep_alive = False
+            continue
+        lower[lname] = value
+        lines.append(f"{name}: {value}\r\n")
+    return lines, lower, "server" in lower, keep_alive
+
+
+def _encode_head(
+    status: int,
+    lines: list[str],
+    has_server: bool,
+    framing: str,
+    keep_alive: bool,
+    http10: bool,
+) -> bytes:
+    if lines:
+        # A handler's CR, LF or NUL must never inject a header or split the
+        # response: each line may hold exactly its own terminating CRLF.
+        fields = "".join(lines)
+        n = len(lines)
+        if fields.count("\n") != n or fields.count("\r") != n or "\0" in fields:
+            raise _BadHeader("response header contains CR, LF or NUL")
+    text = "".join(
+        (
+            status_line(status),
+            "" if has_server else SERVER_HEADER,
+            DATE.line,
+            *lines,
+            framing,
+            ""
+            if keep_alive and not http10
+            else ("Connection: keep-alive\r\n" if keep_alive else "Connection: close\r\n"),
+            "\r\n",
+        )
+    )
+    try:
+        return text.encode("latin-1")
+    except UnicodeEncodeError:
+        raise _BadHeader("response header is not latin-1 text") from None
+
+
+async def _iterate(content: Any) -> AsyncIterator[bytes]:
+    if isinstance(content, AsyncIterable):
+        async for chunk in content:
+            yield _as_bytes(chunk)
+    else:
+        iterator: Iterator[Any] = iter(content)
+        for chunk in iterator:
+            yield _as_bytes(chunk)
+
+
+def _as_bytes(chunk: Any) -> bytes:
+    if isinstance(chunk, bytes):
+        return chunk
+    if isinstance(chunk, str):
+        return chunk.encode("utf-8")
+    if isinstance(chunk, bytearray | memoryview):
+        return bytes(chunk)
+    raise TypeError(f"stream yielded {type(chunk).__name__}, expected bytes")
+
+
+async def _close_stream(content: Any) -> None:
+    closer = getattr(content, "aclose", None)
+    if closer is not None:
+        await closer()
+        return
+    closer = getattr(content, "close", None)
+    if closer is not None:
+        closer()
+
+
+async def _respond_stream(
+    conn: Connection,
+    state: ServerState,
+    req: Request,
+    content: AsyncIterable[Any] | Iterable[Any],
+    status: int,
+    lines: list[str],
+    lower: dict[str, str],
+    has_server: bool,
+    keep_alive: bool,
+) -> tuple[int, bool]:
+    """Stream an iterable: chunked on HTTP/1.1, close-delimited on HTTP/1.0."""
+    http10 = req.version == "1.0"
+    if req.method == "HEAD" or bodyless_status(status):
+        await _close_stream(content)
+        head = _encode_head(status, lines, has_server, "", keep_alive, http10)
+        conn._send(head)
+        return 0, keep_alive
+    encoder = None
+    coding, lines = _negotiate(state, req, status, lower, lines, None)
+    if coding is not None:
+        encoder = compression.make_encoder(coding, state.policy.level)
+    if http10:
+        keep_alive = False
+        framing = ""
+    else:
+        framing = "Transfer-Encoding: chunked\r\n"
+    head = _encode_head(status, lines, has_server, framing, keep_alive, http10)
+    conn._send(head)
+    sent = 0
+    try:
+        async for chunk in _iterate(content):
+            if encoder is not None:
+                chunk = encoder.compress(chunk) + encoder.flush()
+            if not chunk:
+                continue
+            sent += len(chunk)
+            if http10:
+                conn._send(chunk)
+            else:
+                conn._send(b"%x\r\n%b\r\n" % (len(chunk), chunk))
+            await conn.drain()
+        if encoder is not None:
+            tail = encoder.finish()
+            if tail:
+                sent += len(tail)
+                conn._send(tail if http10 else b"%x\r\n%b\r\n" % (len(tail), tail))
+        if not http10:
+            conn._send(b"0\r\n\r\n")
+        await conn.drain()
+    except PreforkError:
+        raise
+    except Exception:
+        # Headers are gone already: the only honest signal left is to cut the
+        # connection so the client sees an incomplete body.
+        app_logger.exception("stream raised on %s %s", req.method, req.path)
+        conn.abort()
+        raise PeerGone("stream failed mid-response") from None
+    finally:
+        await _close_stream(content)
+    return sent, keep_alive
