@@ -76,8 +76,8 @@ _HEX_DIGITS = frozenset(b"0123456789abcdefABCDEF")
 _HTTP_VERSIONS = (b" HTTP/1.1", b" HTTP/1.0")
 # A well-formed request line (RFC 9112 §3), to tell 505 from 400 when it does not.
 _REQUEST_LINE_RE = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+ [\x21-\x7e]+ HTTP/([0-9])\.([0-9])")
-# A bare LF, or a CR not followed by LF (a CR ending a partial read may still be).
-_BARE_CR_OR_LF = re.compile(rb"(?<!\r)\n|\r(?!\n)")
+# Line ends, proper or bare, in the order they come.
+_LINE_ENDS = re.compile(rb"\r\n|[\r\n]")
 # A Content-Length too long for 64 bits: llhttp and h11 refuse it as malformed.
 _HUGE_CONTENT_LENGTH = re.compile(rb"(\r\ncontent-length:[ \t]*)[0-9]{20,}", re.IGNORECASE)
 # What it is replaced with to parse the rest of the head: 20 digits, still a 413.
@@ -324,8 +324,8 @@ def _request_line_error(buf: bytes, start: int, end: int) -> ProtocolError:
 
 
 def _first_fault(
-    buf: bytes, pos: int, end: int, limits: Limits, head: bool
-) -> ProtocolError | None:
+    buf: bytes, pos: int, end: int, limits: Limits, head: bool, checked: int = 0
+) -> tuple[ProtocolError | None, int]:
     """The first fault in ``buf[pos:end]``, by where in the stream it shows.
 
     ``head``: the bytes are (the start of) a request head, else one trailer
@@ -334,26 +334,40 @@ def _first_fault(
     limit that cannot be the CR of a CRLF, a bad request line at its LF.
     Answering the earliest makes the status independent of how the bytes
     were split into reads (a prefix shows the same faults at the same places).
+
+    ``checked``: how many bytes from ``pos`` are whole lines already found
+    without fault (by an earlier call on a shorter read), so a head that
+    trickles in is not scanned again from its start on every read. Returns
+    the fault or None, and the new ``checked``.
     """
     limit = limits.line_limit
-    where = "request head" if head else "trailer"
+    start = pos + checked
     fault: ProtocolError | None = None
     at = end
-    bare = _BARE_CR_OR_LF.search(buf, pos, end)
-    if bare is not None:
-        i = bare.start()
-        if buf[i] == 0x0A:
-            at, fault = i, ProtocolError(400, f"bare LF in {where}")
-        elif i + 1 < end:
-            at, fault = i + 1, ProtocolError(400, f"bare CR in {where}")
+    crlf = buf.count(b"\r\n", start, end)
+    crs = buf.count(b"\r", start, end)
+    if buf.count(b"\n", start, end) != crlf or (
+        crs != crlf and not (crs == crlf + 1 and buf.endswith(b"\r", start, end))
+    ):
+        where = "request head" if head else "trailer"
+        for match in _LINE_ENDS.finditer(buf, start, end):
+            i = match.start()
+            if match.end() - i == 2:
+                continue
+            if buf[i] == 0x0A:
+                at, fault = i, ProtocolError(400, f"bare LF in {where}")
+                break
+            if i + 1 < end:
+                at, fault = i + 1, ProtocolError(400, f"bare CR in {where}")
+                break
     if head and pos + limits.head_limit < at:
         at, fault = pos + limits.head_limit, ProtocolError(431, "request head too large")
-    start = pos
-    first = head
-    while start < at:
-        stop = buf.find(b"\r\n", start, end)
+    line = start
+    first = head and not checked
+    while line < at:
+        stop = buf.find(b"\r\n", line, end)
         line_end = end if stop < 0 else stop
-        shows = start + limit
+        shows = line + limit
         if shows < line_end:
             if buf[shows] == 0x0D:  # this CR may yet begin the CRLF
                 shows += 1
@@ -369,9 +383,9 @@ def _first_fault(
             break
         if first and stop + 1 < at and not buf.endswith(_HTTP_VERSIONS, pos, stop):
             at, fault = stop + 1, _request_line_error(buf, pos, stop)
-        start = stop + 2
+        line = stop + 2
         first = False
-    return fault
+    return fault, line - pos
 
 
 class ReaderState(enum.Enum):
@@ -400,6 +414,7 @@ class RequestReader:
         "_buf",
         "_chunk_left",
         "_current",
+        "_head_checked",
         "_head_prescan",
         "_limits",
         "_parser",
@@ -413,6 +428,7 @@ class RequestReader:
         self._parser = parser
         self._limits = limits
         self._head_prescan = not parser.strict_fields
+        self._head_checked = 0
         self._buf = b""
         self._state = ReaderState.HEAD
         self._current: Request | None = None
@@ -520,15 +536,14 @@ class RequestReader:
             elif state is ReaderState.TRAILERS:
                 stop = buf.find(b"\r\n", pos)
                 if stop < 0:
-                    fault = _first_fault(buf, pos, end, self._limits, head=False)
+                    fault = _first_fault(buf, pos, end, self._limits, head=False)[0]
                     if fault is not None:
                         raise fault
                     break
                 if stop - pos > self._limits.line_limit:
                     # Too long; but a bare CR or LF before the limit came first.
-                    raise _first_fault(buf, pos, stop + 2, self._limits, head=False) or (
-                        ProtocolError(431, "trailer line too long")
-                    )
+                    fault = _first_fault(buf, pos, stop + 2, self._limits, head=False)[0]
+                    raise fault or ProtocolError(431, "trailer line too long")
                 line = buf[pos:stop]
                 pos = stop + 2
                 if not line:
@@ -544,7 +559,9 @@ class RequestReader:
 
         A bare LF or CR would never end the head: it is refused now, as llhttp does.
         """
-        fault = _first_fault(buf, pos, len(buf), self._limits, head=True)
+        fault, self._head_checked = _first_fault(
+            buf, pos, len(buf), self._limits, True, self._head_checked
+        )
         if fault is not None:
             raise fault
 
@@ -553,8 +570,9 @@ class RequestReader:
         size = len(head)
         # (llhttp skips any CR or LF before a request line; leading CRLFs are
         # gone already, so one here is bare.)
+        checked, self._head_checked = self._head_checked, 0
         if size > self._limits.line_limit or head[0] < 0x21:
-            fault = _first_fault(head, 0, size, self._limits, head=True)
+            fault = _first_fault(head, 0, size, self._limits, True, checked)[0]
             if fault is not None:
                 raise fault
         first = head.find(b"\r\n")
@@ -567,9 +585,8 @@ class RequestReader:
             # llhttp rejects these itself; h11 would accept them.
             crlf = head.count(b"\r\n")
             if head.count(b"\n") != crlf or head.count(b"\r") != crlf:
-                raise _first_fault(head, 0, size, self._limits, head=True) or ProtocolError(
-                    400, "bare CR or LF in request head"
-                )
+                fault = _first_fault(head, 0, size, self._limits, True, checked)[0]
+                raise fault or ProtocolError(400, "bare CR or LF in request head")
             if b"\n " in head or b"\n\t" in head:
                 raise ProtocolError(400, "obsolete line folding in request head")
         elif head.count(b" ", 0, first) != 2:

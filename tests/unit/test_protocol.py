@@ -362,6 +362,12 @@ CASES = [
     fail("bare-cr-after-request-line", b"GET / HTTP/1.1\rHost: a\r\n\r\n", 400),
     fail("leading-bare-lf", b"\nGET / HTTP/1.1\r\nHost: a\r\n\r\n", 400),
     fail("leading-bare-cr", b"\r\rGET / HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+    fail(
+        "bare-lf-after-a-body-ending-in-cr",
+        post(b"\r", b"Content-Length: 1") + b"\n" + get(),
+        400,
+        req(method="POST", headers={"host": "a", "content-length": "1"}, body=b"\r"),
+    ),
     # -- Host --------------------------------------------------------------------
     fail("host-missing", head(b"GET / HTTP/1.1"), 400),
     fail("host-twice", get(b"Host: a"), 400),
