@@ -101,7 +101,8 @@ class Server:
             return None, str(exc)
         self.exit_code = code
         if code != EXIT_OK:
-            return None, f"server stopped with exit code {code}"
+            reason = getattr(self._master, "error", None)
+            return None, reason or f"server stopped with exit code {code}"
         return None, None
 
     async def process_request(
