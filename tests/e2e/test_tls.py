@@ -16,7 +16,6 @@ import threading
 import time
 import tomllib
 import warnings
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -103,27 +102,6 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
             WILDCARD: write_identity(ca, directory, "wildcard", WILDCARD),
         },
     )
-
-
-@pytest.fixture
-def start_server(start_server: StartServer) -> Iterator[StartServer]:
-    """The conftest fixture, plus closing each server's stderr pipe after it stops.
-
-    The conftest's teardown leaves the pipe open, and its ResourceWarning turns
-    into an error under ``filterwarnings = error``.
-    """
-    started: list[ServerProcess] = []
-
-    def start(*args: Any, **kwargs: Any) -> ServerProcess:
-        server = start_server(*args, **kwargs)
-        started.append(server)
-        return server
-
-    yield start
-    for server in started:
-        server.stop()
-        if server.proc.stderr is not None:
-            server.proc.stderr.close()
 
 
 # --- config and client helpers ----------------------------------------------------------------
