@@ -7,6 +7,7 @@ culprit and a non-zero exit, never a traceback.
 from __future__ import annotations
 
 import argparse
+import importlib.machinery
 import importlib.util
 import os
 import sys
@@ -136,12 +137,23 @@ def check_app(spec: str) -> None:
     cwd = os.getcwd()
     if cwd not in sys.path:
         sys.path.insert(0, cwd)
-    try:
-        found = importlib.util.find_spec(module)
-    except (ImportError, ValueError) as exc:
-        raise PreforkError(f"app {spec!r}: cannot look up module {module!r}: {exc}") from None
-    if found is None:
-        raise PreforkError(f"app {spec!r}: module {module!r} not found")
+    # Walk the dotted name with the path finder: it locates each part without
+    # importing (and so running) the package in the master.
+    found = None
+    search: list[str] | None = None
+    parts = module.split(".")
+    for i in range(len(parts)):
+        name = ".".join(parts[: i + 1])
+        try:
+            found = importlib.machinery.PathFinder.find_spec(name, search)
+        except (ImportError, ValueError) as exc:
+            raise PreforkError(f"app {spec!r}: cannot look up module {name!r}: {exc}") from None
+        if found is None:
+            if i == 0 and importlib.util.find_spec(name) is not None:
+                return  # a built-in or frozen module: it exists
+            raise PreforkError(f"app {spec!r}: module {name!r} not found")
+        locations = found.submodule_search_locations
+        search = list(locations) if locations is not None else None
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import tomllib
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -117,8 +118,8 @@ def _check_str(key: str, value: object) -> str:
 def _check_timeout(key: str, value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ConfigError(f"{key}: expected a number of seconds, got {value!r}")
-    if value <= 0:
-        raise ConfigError(f"{key}: must be > 0 seconds, got {value}")
+    if not math.isfinite(value) or value <= 0:
+        raise ConfigError(f"{key}: must be > 0 seconds (a finite number), got {value}")
     return float(value)
 
 

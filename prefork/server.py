@@ -68,6 +68,8 @@ class Server:
             error the current config is kept.
         """
         try:
+            if not isinstance(config, Mapping):
+                raise ConfigError(f"config: expected a mapping, got {type(config).__name__}")
             cfg = Config.build(merged(self.cfg.to_dict(), config))
             _load_tls(cfg)
         except PreforkError as exc:
@@ -145,6 +147,8 @@ def new(config: Mapping[str, Any] | None, handle: Handler) -> tuple[Server | Non
     try:
         if not callable(handle) and not isinstance(handle, str):
             raise ConfigError(f"handle: expected a callable, got {type(handle).__name__}")
+        if config is not None and not isinstance(config, Mapping):
+            raise ConfigError(f"config: expected a mapping, got {type(config).__name__}")
         cfg = Config.build(config or {})
         _load_tls(cfg)
     except PreforkError as exc:

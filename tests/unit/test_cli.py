@@ -185,11 +185,6 @@ def test_bad_app_exits_2_naming_it(
     assert not served
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="cli.check_app: importlib.util.find_spec('pkg.app') imports pkg in the master, "
-    "so package code runs before the fork and workers inherit it (SIGHUP cannot reload it)",
-)
 def test_check_app_does_not_import_the_package_in_the_master(app_dir: Path) -> None:
     package = app_dir / "pf_cli_pkg"
     package.mkdir()
