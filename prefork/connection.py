@@ -424,6 +424,8 @@ class Connection(asyncio.Protocol):
                 break
             if outcome != "keep-alive" or self._write_paused:
                 break
+            if reader.paused and not self._resume_parsing():
+                break
         else:
             self._busy = False
             if self._closing:
@@ -437,6 +439,16 @@ class Connection(asyncio.Protocol):
             return True
         self._wake()
         return False
+
+    def _resume_parsing(self) -> bool:
+        """Parse what followed an Upgrade request; False (and woken) on a bad request."""
+        try:
+            self.reader.resume()
+        except ProtocolError as exc:
+            self._error = exc
+            self._wake()
+            return False
+        return True
 
     async def receive_request(self, first: bool) -> Request | None:
         """The next whole request, or None when one was handed over by the inline path.
@@ -453,6 +465,8 @@ class Connection(asyncio.Protocol):
                 return None
             if self._write_paused:
                 await self.drain()
+            if reader.paused and not reader.requests:
+                self._resume_parsing()
             if reader.requests:
                 req = reader.requests.popleft()
                 self._reading = False

@@ -396,6 +396,7 @@ class ReaderState(enum.Enum):
     CHUNK_CRLF = 5
     TRAILERS = 6
     FAILED = 7
+    PAUSED = 8  # after an Upgrade request: the bytes behind it may not be HTTP
 
 
 class RequestReader:
@@ -450,6 +451,18 @@ class RequestReader:
     def buffered(self) -> int:
         return len(self._buf)
 
+    @property
+    def paused(self) -> bool:
+        return self._state is ReaderState.PAUSED
+
+    def resume(self) -> None:
+        """Parse again after an Upgrade request the handler answered itself or declined."""
+        if self._state is ReaderState.PAUSED:
+            self._state = ReaderState.HEAD
+            data, self._buf = self._buf, b""
+            if data:
+                self.feed(data)
+
     def take_unparsed(self) -> bytes:
         """Hand over the bytes not yet parsed (for a handler that proxies the connection)."""
         data, self._buf = self._buf, b""
@@ -463,6 +476,9 @@ class RequestReader:
 
     def feed(self, data: bytes) -> None:
         if self._state is ReaderState.FAILED:
+            return
+        if self._state is ReaderState.PAUSED:
+            self._buf += data
             return
         buf = self._buf + data if self._buf else data
         try:
@@ -550,6 +566,8 @@ class RequestReader:
                     self._finish_request()
                 else:
                     self._trailer_line(line)
+            elif state is ReaderState.PAUSED:
+                break
             else:  # FAILED
                 return b""
         return buf[pos:] if pos < end else b""
@@ -618,6 +636,10 @@ class RequestReader:
             self.want_continue = req.expect_continue
         else:
             self.requests.append(req)
+            if "upgrade" in req.headers and "upgrade" in req.headers.get("connection", "").lower():
+                # What follows may be another protocol for a handler that takes
+                # the connection over (ctx.client.read): keep it unparsed.
+                self._state = ReaderState.PAUSED
 
     def _finish_request(self) -> None:
         req = self._current

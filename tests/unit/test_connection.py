@@ -295,3 +295,29 @@ async def test_continue_for_a_pipelined_request_follows_the_earlier_response() -
     conn.connection_lost(None)
     with pytest.raises(prefork.errors.PeerGone):
         await task
+
+
+async def test_bytes_after_an_upgrade_request_reach_the_handler_unparsed() -> None:
+    async def tunnel(
+        method: str, query: str, args: Any, headers: Any, body: bytes, ctx: Any
+    ) -> Any:
+        await ctx.client.write(b"HTTP/1.1 101 Switching Protocols\r\n\r\n")
+        await ctx.client.write((await ctx.client.read(100)).upper())
+        return None, None, None
+
+    conn, transport = make(tunnel)
+    conn.data_received(
+        b"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: x\r\nConnection: Upgrade\r\n\r\nnot http\r\n\r\n"
+    )
+    assert await exchange(conn, conn.state, "127.0.0.1", 0, None) == "keep-alive"
+    assert transport.written == [b"HTTP/1.1 101 Switching Protocols\r\n\r\n", b"NOT HTTP\r\n\r\n"]
+
+
+async def test_declined_upgrade_parses_what_follows_as_http() -> None:
+    conn, transport = make(hello)
+    conn.data_received(
+        b"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: x\r\nConnection: upgrade\r\n\r\n" + GET
+    )
+    assert await exchange(conn, conn.state, "127.0.0.1", 0, None) == "keep-alive"
+    assert await exchange(conn, conn.state, "127.0.0.1", 1, None) == "keep-alive"
+    assert transport.data() == HELLO_RESPONSE * 2

@@ -225,11 +225,12 @@ CASES = [
         req(version="1.0", headers={}),
         req("/2"),
     ),
+    # The bytes behind an Upgrade request stay unparsed until the connection
+    # resumes the reader (they may be the new protocol's).
     ok(
-        "upgrade-is-served-as-a-plain-request",
+        "upgrade-pauses-parsing",
         get(b"Upgrade: websocket", b"Connection: upgrade") + get(target=b"/2"),
         req(headers={"host": "a", "upgrade": "websocket", "connection": "upgrade"}),
-        req("/2"),
     ),
     ok(
         "absolute-form",
@@ -828,3 +829,16 @@ def test_make_parser_gives_a_head_parser(backend: str) -> None:
     parser = make_parser(backend)
     assert parser.strict_fields is (backend == "httptools")
     assert parser.parse(get()) == ("GET", "/", "1.1", [(b"Host", b"a")])
+
+
+@pytest.mark.parametrize("backend", ["httptools", "h11"])
+def test_reader_resumes_after_an_upgrade_request(backend: str) -> None:
+    reader = RequestReader(make_parser(backend), Limits(8192, 100, 1024))
+    reader.feed(
+        b"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: x\r\nConnection: upgrade\r\n\r\nGET /2 HTTP/1.1\r\n"
+    )
+    assert reader.paused
+    assert [r.path for r in reader.requests] == ["/"]
+    reader.feed(b"Host: a\r\n\r\n")
+    reader.resume()
+    assert [r.path for r in reader.requests] == ["/", "/2"]
