@@ -259,6 +259,8 @@ class Connection(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self._write_paused = False
+        if self._closing and self.deadline_kind is Deadline.WRITE:
+            self._set_deadline(Deadline.WRITE, self.state.response_write_timeout)
         waiter = self._drain_waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
@@ -311,13 +313,13 @@ class Connection(asyncio.Protocol):
                 self._wake()
             else:
                 self._reply_error_and_close(self._error)
-        elif kind is Deadline.WRITE or (
-            kind is Deadline.LINGER
-            and self.transport is not None
-            and self.transport.get_write_buffer_size() > 0
-        ):
-            logger.debug("response write timeout to %s", self.client_ip)
-            self.abort()
+        elif kind is Deadline.WRITE:
+            transport = self.transport
+            if self._closing and transport is not None and not transport.get_write_buffer_size():
+                self._set_deadline(Deadline.LINGER, LINGER_S)  # flushed meanwhile
+            else:
+                logger.debug("response write timeout to %s", self.client_ip)
+                self.abort()
         else:  # IDLE, LINGER
             self._close_transport()
 
@@ -348,10 +350,12 @@ class Connection(asyncio.Protocol):
             except (OSError, RuntimeError):
                 self._close_transport()
                 return
-            # A client still reading a big last response gets the write timeout too.
-            unsent = transport.get_write_buffer_size() > 0
-            extra = self.state.response_write_timeout if unsent else 0.0
-            self._set_deadline(Deadline.LINGER, LINGER_S + extra)
+            if transport.get_write_buffer_size() > 0:
+                # The last response is still going out: the client must keep
+                # reading it (re-armed on progress), then the linger starts.
+                self._set_deadline(Deadline.WRITE, self.state.response_write_timeout)
+            else:
+                self._set_deadline(Deadline.LINGER, LINGER_S)
         else:
             self._close_transport()
         self._wake()
