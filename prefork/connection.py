@@ -161,6 +161,35 @@ class Connection(asyncio.Protocol):
     ``close()``, ``peername`` and ``server_name``.
     """
 
+    # No per-instance __dict__: an idle keep-alive connection should cost little.
+    __slots__ = (
+        "_busy",
+        "_closing",
+        "_drain_waiter",
+        "_eof",
+        "_error",
+        "_handoff",
+        "_inline",
+        "_loop",
+        "_lost",
+        "_parked",
+        "_pending",
+        "_read_paused",
+        "_reading",
+        "_waiter",
+        "_write_paused",
+        "client_ip",
+        "count",
+        "ctx",
+        "deadline",
+        "deadline_kind",
+        "peername",
+        "reader",
+        "server_name",
+        "state",
+        "transport",
+    )
+
     def __init__(self, state: ServerState) -> None:
         self.state = state
         self.transport: asyncio.Transport | None = None
