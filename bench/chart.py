@@ -53,7 +53,7 @@ def draw(results: dict, out: Path) -> None:
     fig, axes = plt.subplots(
         1,
         2 if mem else 1,
-        figsize=(15 if mem else 12, 5.5),
+        figsize=(15 if mem else 12, 6.5),
         squeeze=False,
         gridspec_kw={"width_ratios": [4, 1]} if mem else None,
     )
@@ -79,7 +79,7 @@ def draw(results: dict, out: Path) -> None:
     ax.set_xticks(range(len(wrk)), [f"{s}\n{v['short']}" for s, v in wrk.items()], fontsize=8)
     ax.set_ylabel("req/s relative to the best Python peer (1.0)")
     ax.set_title(f"prefork benchmark, {results['meta']['date']}")
-    ax.legend(fontsize=8, ncols=3, loc="upper left")
+    ax.legend(fontsize=8, ncols=5, loc="upper center", bbox_to_anchor=(0.5, -0.12))
     ax.grid(axis="y", alpha=0.3)
     if mem:
         ax2 = axes[0][1]
