@@ -436,7 +436,7 @@ class Connection(asyncio.Protocol):
         ctx = self.context(self.client_ip, state.redis_module)
         self._busy = True
         while reader.requests and not self._closing:
-            req = reader.requests.popleft()
+            req = reader.requests.pop(0)
             started = time.monotonic()
             try:
                 result = handler(
@@ -501,7 +501,7 @@ class Connection(asyncio.Protocol):
             if reader.paused and not reader.requests:
                 self._resume_parsing()
             if reader.requests:
-                req = reader.requests.popleft()
+                req = reader.requests.pop(0)
                 self._reading = False
                 self._busy = True
                 self._clear_deadline()

@@ -16,7 +16,6 @@ from __future__ import annotations
 import enum
 import re
 import time
-from collections import deque
 from collections.abc import Mapping
 from email.utils import formatdate
 from http import HTTPStatus
@@ -436,7 +435,9 @@ class RequestReader:
         self._body_parts: list[bytes] = []
         self._received = 0
         self._chunk_left = 0
-        self.requests: deque[Request] = deque()
+        # A list, not a deque: it rarely holds more than one request, and an
+        # empty deque costs ~600 bytes on every idle connection.
+        self.requests: list[Request] = []
         self.want_continue = False
 
     @property

@@ -253,7 +253,7 @@ def outcome(backend: str, pieces: list[bytes], eof: bool) -> tuple[list[dict[str
         for piece in pieces:
             reader.feed(piece)
             while reader.requests:
-                got.append(snapshot(reader.requests.popleft()))
+                got.append(snapshot(reader.requests.pop(0)))
         if eof:
             reader.eof()
         elif reader.head_started or reader.in_body:

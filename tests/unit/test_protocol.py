@@ -528,7 +528,7 @@ def run(
             assert status is None, "a failed reader raised again"
             status = exc.status
         while reader.requests:
-            got.append(snapshot(reader.requests.popleft()))
+            got.append(snapshot(reader.requests.pop(0)))
     if eof:
         try:
             reader.eof()
