@@ -12,6 +12,7 @@ at the end).
 from __future__ import annotations
 
 import zlib
+from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any, Final
 
@@ -335,3 +336,45 @@ def make_encoder(coding: str, level: int) -> Encoder:
 def compress_body(coding: str, level: int, data: bytes) -> bytes:
     """``data`` compressed in one go; safe to call from a worker thread."""
     return zlib.compress(data, level, _wbits(coding))
+
+
+# Bodies this big or bigger are remembered compressed, so an identical body
+# (a page, a JSON document served again and again) is compressed once per
+# worker, not per request: a hit costs a hash of the body and one compare,
+# against milliseconds of deflate. Smaller bodies compress faster than they hash.
+CACHE_MIN_BYTES: Final = 16 * 1024
+# Bodies bigger than this are not kept (one response must not flush the cache).
+CACHE_MAX_BODY_BYTES: Final = 1024 * 1024
+# The most a worker keeps, counting each body and its compressed form.
+CACHE_MAX_BYTES: Final = 16 * 1024 * 1024
+
+
+class BodyCache:
+    """Compressed bodies by (coding, body), least recently used dropped first."""
+
+    __slots__ = ("_entries", "_size", "max_bytes")
+
+    def __init__(self, max_bytes: int = CACHE_MAX_BYTES) -> None:
+        self._entries: OrderedDict[tuple[str, bytes], bytes] = OrderedDict()
+        self._size = 0
+        self.max_bytes = max_bytes
+
+    def get(self, coding: str, body: bytes) -> bytes | None:
+        key = (coding, body)
+        out = self._entries.get(key)
+        if out is not None:
+            self._entries.move_to_end(key)
+        return out
+
+    def put(self, coding: str, body: bytes, compressed: bytes) -> None:
+        size = len(body) + len(compressed)
+        if len(body) > CACHE_MAX_BODY_BYTES or size > self.max_bytes:
+            return
+        key = (coding, body)
+        if key in self._entries:
+            return
+        self._entries[key] = compressed
+        self._size += size
+        while self._size > self.max_bytes:
+            (_, old_body), old = self._entries.popitem(last=False)
+            self._size -= len(old_body) + len(old)

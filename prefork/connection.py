@@ -82,6 +82,7 @@ class ServerState:
         self.limits = Limits.from_config(cfg)
         self.parser_name = resolve(cfg.http)
         self.policy = compression.Policy(cfg.compression)
+        self.body_cache = compression.BodyCache()
         self.access = log.AccessLog(cfg.log_headers)
         self.requests_per_connection = cfg.requests_per_connection
         self.keepalive_idle_timeout = cfg.keepalive_idle_timeout

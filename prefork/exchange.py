@@ -185,9 +185,19 @@ def finish(
             raise _BadHeader(f"handler returned content of type {type(content).__name__}")
         coding, lines = _negotiate(state, req, status, lower, lines, len(body))
         if coding is not None:
-            if len(body) >= compression.OFFLOAD_MIN_BYTES:
-                return _Slow(content, status, headers, keep_alive)
-            body = compression.compress_body(coding, state.policy.level, body)
+            size = len(body)
+            if size < compression.CACHE_MIN_BYTES:
+                body = compression.compress_body(coding, state.policy.level, body)
+            else:
+                cached = state.body_cache.get(coding, body)
+                if cached is not None:
+                    body = cached
+                elif size >= compression.OFFLOAD_MIN_BYTES:
+                    return _Slow(content, status, headers, keep_alive)
+                else:
+                    out = compression.compress_body(coding, state.policy.level, body)
+                    state.body_cache.put(coding, body, out)
+                    body = out
         sent = _write_fixed(conn, req, status, lines, has_server, body, keep_alive)
     except _BadHeader as exc:
         app_logger.error("%s %s: %s", req.method, req.path, exc)
@@ -274,9 +284,11 @@ async def respond_slow(
                 lines.append("content-type: text/plain; charset=utf-8\r\n")
             coding, lines = _negotiate(state, req, status, lower, lines, len(body))
             if coding is not None:
-                body = await asyncio.get_running_loop().run_in_executor(
+                out = await asyncio.get_running_loop().run_in_executor(
                     None, compression.compress_body, coding, state.policy.level, body
                 )
+                state.body_cache.put(coding, body, out)
+                body = out
             sent = _write_fixed(conn, req, status, lines, has_server, body, keep_alive)
     except _BadHeader as exc:
         app_logger.error("%s %s: %s", req.method, req.path, exc)

@@ -547,3 +547,20 @@ def test_streamed_encoder_round_trips_any_chunks(coding: str, chunks: list[bytes
 def test_offload_threshold_is_a_positive_size() -> None:
     assert isinstance(OFFLOAD_MIN_BYTES, int)
     assert 4096 <= OFFLOAD_MIN_BYTES <= 16 * 1024 * 1024
+
+
+def test_body_cache_returns_what_was_put_and_drops_the_oldest() -> None:
+    from prefork.compression import BodyCache
+
+    cache = BodyCache(max_bytes=100)
+    cache.put("gzip", b"a" * 40, b"x")
+    assert cache.get("gzip", b"a" * 40) == b"x"
+    assert cache.get("deflate", b"a" * 40) is None
+    cache.put("gzip", b"b" * 40, b"y")
+    cache.get("gzip", b"a" * 40)  # now the most recently used
+    cache.put("gzip", b"c" * 40, b"z")  # over 100 bytes: "b" goes
+    assert cache.get("gzip", b"b" * 40) is None
+    assert cache.get("gzip", b"a" * 40) == b"x"
+    assert cache.get("gzip", b"c" * 40) == b"z"
+    cache.put("gzip", b"d" * 200, b"w")  # bigger than the whole cache: not kept
+    assert cache.get("gzip", b"d" * 200) is None
