@@ -29,6 +29,7 @@ from .parsers import make_parser, resolve
 from .protocol import (
     CONTINUE_RESPONSE,
     DATE,
+    HeadCache,
     Limits,
     Request,
     RequestReader,
@@ -83,6 +84,7 @@ class ServerState:
         self.parser_name = resolve(cfg.http)
         self.policy = compression.Policy(cfg.compression)
         self.body_cache = compression.BodyCache()
+        self.head_cache: HeadCache = {}
         self.access = log.AccessLog(cfg.log_headers)
         self.requests_per_connection = cfg.requests_per_connection
         self.keepalive_idle_timeout = cfg.keepalive_idle_timeout
@@ -194,7 +196,7 @@ class Connection(asyncio.Protocol):
     def __init__(self, state: ServerState) -> None:
         self.state = state
         self.transport: asyncio.Transport | None = None
-        self.reader = RequestReader(make_parser(state.parser_name), state.limits)
+        self.reader = RequestReader(make_parser(state.parser_name), state.limits, state.head_cache)
         self.peername: tuple[str, int] | None = None
         self.server_name: str | None = None
         self.client_ip = "-"

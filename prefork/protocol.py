@@ -95,6 +95,14 @@ class HeadParser(Protocol):
         ...
 
 
+# Parsing and checking a head is a pure function of its bytes (and of the
+# worker's fixed limits and parser), and clients repeat byte-identical heads
+# (load balancer probes, API clients, keep-alive loops): a worker remembers
+# the requests it built for up to this many distinct heads and reuses them.
+HEAD_CACHE_MAX_ENTRIES = 512
+HeadCache = dict[bytes, "Request"]
+
+
 class Limits:
     """The request limits of a config, read once per worker."""
 
@@ -152,6 +160,22 @@ class Request:
 
     def __repr__(self) -> str:
         return f"<Request {self.method} {self.target} HTTP/{self.version}>"
+
+    def clone(self) -> Request:
+        """A copy with its own headers dict (a handler may change the one it gets)."""
+        other = Request.__new__(Request)
+        other.method = self.method
+        other.target = self.target
+        other.path = self.path
+        other.query = self.query
+        other.version = self.version
+        other.headers = self.headers.copy()
+        other.keep_alive = self.keep_alive
+        other.body = self.body
+        other.content_length = self.content_length
+        other.chunked = self.chunked
+        other.expect_continue = self.expect_continue
+        return other
 
 
 def parse_args(query: str) -> dict[str, Any]:
@@ -414,6 +438,7 @@ class RequestReader:
         "_buf",
         "_chunk_left",
         "_current",
+        "_head_cache",
         "_head_checked",
         "_head_prescan",
         "_limits",
@@ -424,9 +449,12 @@ class RequestReader:
         "want_continue",
     )
 
-    def __init__(self, parser: HeadParser, limits: Limits) -> None:
+    def __init__(
+        self, parser: HeadParser, limits: Limits, head_cache: HeadCache | None = None
+    ) -> None:
         self._parser = parser
         self._limits = limits
+        self._head_cache = head_cache
         self._head_prescan = not parser.strict_fields
         self._head_checked = 0
         self._buf = b""
@@ -612,6 +640,13 @@ class RequestReader:
             raise ProtocolError(400, "malformed request line")
 
     def _start_request(self, head: bytes) -> None:
+        cache = self._head_cache
+        if cache is not None:
+            template = cache.get(head)
+            if template is not None:
+                self._head_checked = 0
+                self._begin(template.clone())
+                return
         self._check_head(head)
         try:
             method, target, version, raw = self._parser.parse(head)
@@ -623,6 +658,12 @@ class RequestReader:
             head = _HUGE_CONTENT_LENGTH.sub(rb"\g<1>" + _TOO_LARGE_CONTENT_LENGTH, head)
             method, target, version, raw = self._parser.parse(head)
         req = build_request(method, target, version, raw, self._limits, self._head_prescan)
+        if cache is not None and len(cache) < HEAD_CACHE_MAX_ENTRIES:
+            cache[head] = req.clone()
+        self._begin(req)
+
+    def _begin(self, req: Request) -> None:
+        """Start reading the body of ``req``, or queue it when it has none."""
         if req.chunked:
             self._current = req
             self._received = 0

@@ -842,3 +842,23 @@ def test_reader_resumes_after_an_upgrade_request(backend: str) -> None:
     reader.feed(b"Host: a\r\n\r\n")
     reader.resume()
     assert [r.path for r in reader.requests] == ["/", "/2"]
+
+
+@pytest.mark.parametrize("backend", ["httptools", "h11"])
+def test_head_cache_gives_equal_independent_requests(backend: str) -> None:
+    cache: dict[bytes, Any] = {}
+    reader = RequestReader(make_parser(backend), Limits(8192, 100, 1024), cache)
+    head = b"POST /p?a=1 HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\n"
+    reader.feed(head + b"ab")
+    first = reader.requests.pop(0)
+    first.headers["host"] = "changed by a handler"
+    reader.feed(head[:10])  # a head in pieces, then the same head whole from the cache
+    reader.feed(head[10:] + b"cd")
+    second = reader.requests.pop(0)
+    assert list(cache) == [head]
+    assert second is not first
+    assert (second.path, second.query, second.body) == ("/p", "a=1", b"cd")
+    assert second.headers == {"host": "a", "content-length": "2"}
+    with pytest.raises(ProtocolError):  # a bad head is never cached
+        reader.feed(b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n")
+    assert list(cache) == [head]
