@@ -17,6 +17,7 @@ import logging
 import socket
 import ssl
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from . import compression, log
@@ -85,6 +86,7 @@ class ServerState:
         self.policy = compression.Policy(cfg.compression)
         self.body_cache = compression.BodyCache()
         self.head_cache: HeadCache = {}
+        self.fields_cache: dict[tuple[Any, ...], tuple[str, Mapping[str, str], bool, bool]] = {}
         self.access = log.AccessLog(cfg.log_headers)
         self.requests_per_connection = cfg.requests_per_connection
         self.keepalive_idle_timeout = cfg.keepalive_idle_timeout

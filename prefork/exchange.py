@@ -167,14 +167,13 @@ def finish(
         and not conn._closing
     )
     try:
-        lines, lower, has_server, keep_alive = _head_lines(headers, keep_alive)
+        text, lower, has_server, close = _fields(state, headers, type(content) is str)
+        if close:
+            keep_alive = False
         if isinstance(content, bytes):
             body = content
         elif isinstance(content, str):
             body = content.encode("utf-8")
-            if "content-type" not in lower:
-                lower["content-type"] = "text/plain; charset=utf-8"
-                lines.append("content-type: text/plain; charset=utf-8\r\n")
         elif content is None:
             body = b""
         elif isinstance(content, bytearray | memoryview):
@@ -183,7 +182,7 @@ def finish(
             return _Slow(content, status, headers, keep_alive)
         else:
             raise _BadHeader(f"handler returned content of type {type(content).__name__}")
-        coding, lines = _negotiate(state, req, status, lower, lines, len(body))
+        coding, text = _negotiate(state, req, status, lower, text, len(body))
         if coding is not None:
             size = len(body)
             if size < compression.CACHE_MIN_BYTES:
@@ -198,7 +197,7 @@ def finish(
                     out = compression.compress_body(coding, state.policy.level, body)
                     state.body_cache.put(coding, body, out)
                     body = out
-        sent = _write_fixed(conn, req, status, lines, has_server, body, keep_alive)
+        sent = _write_fixed(conn, req, status, text, has_server, body, keep_alive)
     except _BadHeader as exc:
         app_logger.error("%s %s: %s", req.method, req.path, exc)
         return _send_500(conn, state, req, conn.client_ip, started)
@@ -217,30 +216,31 @@ def _negotiate(
     state: ServerState,
     req: Request,
     status: int,
-    lower: dict[str, str],
-    lines: list[str],
+    lower: Mapping[str, str],
+    text: str,
     body_len: int | None,
-) -> tuple[str | None, list[str]]:
-    """The coding to apply (or None) and the header lines, with Vary etc. updated."""
+) -> tuple[str | None, str]:
+    """The coding to apply (or None) and the header text, with Vary etc. updated."""
     policy = state.policy
     if not policy.enabled or req.method == "HEAD" or bodyless_status(status):
-        return None, lines
+        return None, text
     if body_len is not None and body_len < policy.min_size:
-        return None, lines
+        return None, text
     coding, vary = policy.choose(
         req.method, status, req.headers.get("accept-encoding"), lower, body_len
     )
     if coding is not None or vary:
-        compression.apply_headers(lower, coding, vary)
-        lines = [f"{name}: {value}\r\n" for name, value in lower.items()]
-    return coding, lines
+        changed = dict(lower)  # ``lower`` may be shared through the fields cache
+        compression.apply_headers(changed, coding, vary)
+        text = "".join([f"{name}: {value}\r\n" for name, value in changed.items()])
+    return coding, text
 
 
 def _write_fixed(
     conn: Connection,
     req: Request,
     status: int,
-    lines: list[str],
+    text: str,
     has_server: bool,
     body: bytes,
     keep_alive: bool,
@@ -253,7 +253,7 @@ def _write_fixed(
         framing = f"Content-Length: {len(body)}\r\n"
         if req.method == "HEAD":
             body = b""
-    head = _encode_head(status, lines, has_server, framing, keep_alive, req.version == "1.0")
+    head = _encode_head(status, text, has_server, framing, keep_alive, req.version == "1.0")
     transport = conn.transport
     if transport is None or conn._lost:
         raise PeerGone("connection lost before the response")
@@ -271,25 +271,23 @@ async def respond_slow(
     """Stream an iterable, or compress a big body in a thread, then write it."""
     status = slow.status
     try:
-        lines, lower, has_server, keep_alive = _head_lines(slow.headers, slow.keep_alive)
-        if is_stream(slow.content):
+        content = slow.content
+        text, lower, has_server, close = _fields(state, slow.headers, type(content) is str)
+        keep_alive = slow.keep_alive and not close
+        if is_stream(content):
             sent, keep_alive = await _respond_stream(
-                conn, state, req, slow.content, status, lines, lower, has_server, keep_alive
+                conn, state, req, content, status, text, lower, has_server, keep_alive
             )
         else:
-            content = slow.content
             body = content.encode("utf-8") if isinstance(content, str) else bytes(content)
-            if isinstance(content, str) and "content-type" not in lower:
-                lower["content-type"] = "text/plain; charset=utf-8"
-                lines.append("content-type: text/plain; charset=utf-8\r\n")
-            coding, lines = _negotiate(state, req, status, lower, lines, len(body))
+            coding, text = _negotiate(state, req, status, lower, text, len(body))
             if coding is not None:
                 out = await asyncio.get_running_loop().run_in_executor(
                     None, compression.compress_body, coding, state.policy.level, body
                 )
                 state.body_cache.put(coding, body, out)
                 body = out
-            sent = _write_fixed(conn, req, status, lines, has_server, body, keep_alive)
+            sent = _write_fixed(conn, req, status, text, has_server, body, keep_alive)
     except _BadHeader as exc:
         app_logger.error("%s %s: %s", req.method, req.path, exc)
         return _send_500(conn, state, req, conn.client_ip, started)
@@ -304,15 +302,45 @@ async def respond_slow(
     return "close"
 
 
-def _head_lines(
-    headers: Mapping[str, Any] | None, keep_alive: bool
-) -> tuple[list[str], dict[str, str], bool, bool]:
-    """Handler headers -> (lines, lower-case map, has Server, keep-alive)."""
+# The text of a response's header fields, by the handler's (name, value)
+# pairs: handlers return the same few header sets again and again, so the
+# checks and the lower-casing run once per distinct set and worker.
+FIELDS_CACHE_MAX_ENTRIES = 256
+_DEFAULT_CONTENT_TYPE = "text/plain; charset=utf-8"
+_NO_FIELDS: tuple[str, Mapping[str, str], bool, bool] = ("", {}, False, False)
+
+
+def _fields(
+    state: ServerState, headers: Mapping[str, Any] | None, text_body: bool
+) -> tuple[str, Mapping[str, str], bool, bool]:
+    """Handler headers -> (header text, lower-case map, has Server, asks to close).
+
+    ``text_body``: a ``str`` body, which gets a text/plain content type when the
+    handler set none. The map may be shared: never change it.
+    """
+    if not headers and not text_body:
+        return _NO_FIELDS
+    cache = state.fields_cache
+    try:
+        key = (text_body, *headers.items()) if headers else (text_body,)
+        hit = cache.get(key)
+    except TypeError:  # an unhashable value: work it out every time
+        key, hit = None, None
+    if hit is not None:
+        return hit
+    fields = _build_fields(headers, text_body)
+    if key is not None and len(cache) < FIELDS_CACHE_MAX_ENTRIES:
+        cache[key] = fields
+    return fields
+
+
+def _build_fields(
+    headers: Mapping[str, Any] | None, text_body: bool
+) -> tuple[str, Mapping[str, str], bool, bool]:
     lines: list[str] = []
     lower: dict[str, str] = {}
-    if not headers:
-        return lines, lower, False, keep_alive
-    for name, value in headers.items():
+    close = False
+    for name, value in (headers or {}).items():
         if not isinstance(value, str):
             value = str(value)
         if not isinstance(name, str):
@@ -320,45 +348,42 @@ def _head_lines(
         lname = name.lower()
         if lname in _FRAMING:
             if lname == "connection" and "close" in value.lower():
-                keep_alive = False
+                close = True
             continue
         lower[lname] = value
         lines.append(f"{name}: {value}\r\n")
-    return lines, lower, "server" in lower, keep_alive
+    if text_body and "content-type" not in lower:
+        lower["content-type"] = _DEFAULT_CONTENT_TYPE
+        lines.append(f"content-type: {_DEFAULT_CONTENT_TYPE}\r\n")
+    text = "".join(lines)
+    # A handler's CR, LF or NUL must never inject a header or split the
+    # response: each line may hold exactly its own terminating CRLF.
+    n = len(lines)
+    if text.count("\n") != n or text.count("\r") != n or "\0" in text:
+        raise _BadHeader("response header contains CR, LF or NUL")
+    try:
+        text.encode("latin-1")
+    except UnicodeEncodeError:
+        raise _BadHeader("response header is not latin-1 text") from None
+    return text, lower, "server" in lower, close
 
 
 def _encode_head(
     status: int,
-    lines: list[str],
+    text: str,
     has_server: bool,
     framing: str,
     keep_alive: bool,
     http10: bool,
 ) -> bytes:
-    if lines:
-        # A handler's CR, LF or NUL must never inject a header or split the
-        # response: each line may hold exactly its own terminating CRLF.
-        fields = "".join(lines)
-        n = len(lines)
-        if fields.count("\n") != n or fields.count("\r") != n or "\0" in fields:
-            raise _BadHeader("response header contains CR, LF or NUL")
-    text = "".join(
-        (
-            status_line(status),
-            "" if has_server else SERVER_HEADER,
-            DATE.line,
-            *lines,
-            framing,
-            ""
-            if keep_alive and not http10
-            else ("Connection: keep-alive\r\n" if keep_alive else "Connection: close\r\n"),
-            "\r\n",
-        )
+    if keep_alive:
+        connection = "Connection: keep-alive\r\n" if http10 else ""
+    else:
+        connection = "Connection: close\r\n"
+    server = "" if has_server else SERVER_HEADER
+    return (f"{status_line(status)}{server}{DATE.line}{text}{framing}{connection}\r\n").encode(
+        "latin-1"
     )
-    try:
-        return text.encode("latin-1")
-    except UnicodeEncodeError:
-        raise _BadHeader("response header is not latin-1 text") from None
 
 
 async def _iterate(content: Any) -> AsyncIterator[bytes]:
@@ -397,8 +422,8 @@ async def _respond_stream(
     req: Request,
     content: AsyncIterable[Any] | Iterable[Any],
     status: int,
-    lines: list[str],
-    lower: dict[str, str],
+    text: str,
+    lower: Mapping[str, str],
     has_server: bool,
     keep_alive: bool,
 ) -> tuple[int, bool]:
@@ -406,11 +431,11 @@ async def _respond_stream(
     http10 = req.version == "1.0"
     if req.method == "HEAD" or bodyless_status(status):
         await _close_stream(content)
-        head = _encode_head(status, lines, has_server, "", keep_alive, http10)
+        head = _encode_head(status, text, has_server, "", keep_alive, http10)
         conn._send(head)
         return 0, keep_alive
     encoder = None
-    coding, lines = _negotiate(state, req, status, lower, lines, None)
+    coding, text = _negotiate(state, req, status, lower, text, None)
     if coding is not None:
         encoder = compression.make_encoder(coding, state.policy.level)
     if http10:
@@ -418,7 +443,7 @@ async def _respond_stream(
         framing = ""
     else:
         framing = "Transfer-Encoding: chunked\r\n"
-    head = _encode_head(status, lines, has_server, framing, keep_alive, http10)
+    head = _encode_head(status, text, has_server, framing, keep_alive, http10)
     conn._send(head)
     sent = 0
     try:
