@@ -11,7 +11,6 @@ live only here.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import enum
 import logging
 import socket
@@ -612,8 +611,7 @@ class Connection(asyncio.Protocol):
 async def serve_connection(sock: socket.socket, state: ServerState) -> None:
     """Serve one accepted socket until it closes; never raises."""
     loop = asyncio.get_running_loop()
-    with contextlib.suppress(OSError):
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    # (uvloop sets TCP_NODELAY on the transports it makes: no syscall here.)
     ssl_context = state.ssl_context
     conn = Connection(state)
     try:
