@@ -43,6 +43,8 @@ DEFAULT_COMPRESSION: dict[str, Any] = {
     "min_size": 1024,
     "level": 6,
     "types": list(DEFAULT_COMPRESSIBLE_TYPES),
+    # Bytes of compressed bodies a worker remembers (0 = none); see compression.BodyCache.
+    "cache_bytes": 16 * 1024 * 1024,
 }
 
 DEFAULTS: dict[str, Any] = {
@@ -133,6 +135,7 @@ def _check_compression(value: object) -> dict[str, Any]:
     if not isinstance(merged["enabled"], bool):
         raise ConfigError(f"compression.enabled: expected true or false, got {merged['enabled']!r}")
     _check_int("compression.min_size", merged["min_size"], 0)
+    _check_int("compression.cache_bytes", merged["cache_bytes"], 0)
     level = _check_int("compression.level", merged["level"], 1)
     if level > 9:
         raise ConfigError(f"compression.level: must be 1 to 9, got {level}")

@@ -83,7 +83,7 @@ class ServerState:
         self.limits = Limits.from_config(cfg)
         self.parser_name = resolve(cfg.http)
         self.policy = compression.Policy(cfg.compression)
-        self.body_cache = compression.BodyCache()
+        self.body_cache = compression.BodyCache(cfg.compression["cache_bytes"])
         self.head_cache: HeadCache = {}
         self.fields_cache: dict[tuple[Any, ...], tuple[str, Mapping[str, str], bool, bool]] = {}
         self.access = log.AccessLog(cfg.log_headers)

@@ -185,18 +185,19 @@ def finish(
         coding, text = _negotiate(state, req, status, lower, text, len(body))
         if coding is not None:
             size = len(body)
-            if size < compression.CACHE_MIN_BYTES:
-                body = compression.compress_body(coding, state.policy.level, body)
+            cache = state.body_cache
+            cached = None
+            if size >= compression.CACHE_MIN_BYTES and cache.max_bytes:
+                cached = cache.get(coding, body)
+            if cached is not None:
+                body = cached
+            elif size >= compression.OFFLOAD_MIN_BYTES:
+                return _Slow(content, status, headers, keep_alive)
             else:
-                cached = state.body_cache.get(coding, body)
-                if cached is not None:
-                    body = cached
-                elif size >= compression.OFFLOAD_MIN_BYTES:
-                    return _Slow(content, status, headers, keep_alive)
-                else:
-                    out = compression.compress_body(coding, state.policy.level, body)
-                    state.body_cache.put(coding, body, out)
-                    body = out
+                out = compression.compress_body(coding, state.policy.level, body)
+                if size >= compression.CACHE_MIN_BYTES:
+                    cache.put(coding, body, out)
+                body = out
         sent = _write_fixed(conn, req, status, text, has_server, body, keep_alive)
     except _BadHeader as exc:
         app_logger.error("%s %s: %s", req.method, req.path, exc)

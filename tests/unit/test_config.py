@@ -258,3 +258,10 @@ def test_toml_with_an_unknown_key_is_refused_by_name(tmp_path: Path) -> None:
     path.write_text("worker = 4\n")
     with pytest.raises(ConfigError, match=r"^worker: unknown config key$"):
         Config.build(load_toml(str(path)))
+
+
+def test_compression_cache_bytes_defaults_and_is_checked() -> None:
+    assert Config.build({}).compression["cache_bytes"] == 16 * 1024 * 1024
+    assert Config.build({"compression": {"cache_bytes": 0}}).compression["cache_bytes"] == 0
+    with pytest.raises(ConfigError, match=r"^compression\.cache_bytes: "):
+        Config.build({"compression": {"cache_bytes": -1}})
