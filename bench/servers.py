@@ -39,6 +39,7 @@ SERVERS: dict[str, tuple[str, bool, bool]] = {
     "prefork": ("prefork", False, False),
     "prefork-h11": ("prefork (h11)", False, False),
     "prefork-access": ("prefork (access log on)", False, False),
+    "prefork-nocache": ("prefork (compression cache off)", False, False),
     "ceiling": ("design ceiling", False, False),
     "uvicorn": ("uvicorn (httptools)", True, True),
     "uvicorn-h11": ("uvicorn (h11)", True, True),
@@ -112,7 +113,8 @@ def command(name: str, port: int, launch: Launch, workdir: Path) -> list[str]:
     tls = launch.tls
     if name.startswith("prefork"):
         argv = [sys.executable, "-m", "prefork", "run", "bench_app:handle"]
-        argv += ["-b", f"{HOST}:{port}", "-w", w, "-c", str(APPS / "prefork.toml")]
+        toml = "prefork-nocache.toml" if name == "prefork-nocache" else "prefork.toml"
+        argv += ["-b", f"{HOST}:{port}", "-w", w, "-c", str(APPS / toml)]
         argv += ["--log-level", "access" if name == "prefork-access" else "info"]
         argv += ["--http", "h11" if name == "prefork-h11" else "httptools"]
         if tls:
