@@ -55,7 +55,8 @@ class Scenario:
 SCENARIOS = {
     s.sid: s
     for s in (
-        Scenario("S1", "keep-alive `GET /hello`, 1 worker", "keep-alive", ALL, Load()),
+        Scenario("S1", "keep-alive `GET /hello`, 1 worker", "keep-alive",
+                 tuple(n for n in ALL if n != "prefork-nocache"), Load()),
         Scenario("S2", "keep-alive `GET /hello`, 2 workers, not pinned", "2 workers", MAIN,
                  Load(), workers=2, pinned=False),
         Scenario("S3", "`Connection: close` on every request", "close",
