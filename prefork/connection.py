@@ -85,6 +85,10 @@ class ServerState:
         self.policy = compression.Policy(cfg.compression)
         self.body_cache = compression.BodyCache(cfg.compression["cache_bytes"])
         self.head_cache: HeadCache = {}
+        # One head parser per worker, not per connection: a head is parsed
+        # whole and synchronously, so connections never interleave in it, and
+        # an llhttp parser costs ~700 bytes on every idle connection.
+        self.head_parser = make_parser(self.parser_name)
         self.fields_cache: dict[tuple[Any, ...], tuple[str, Mapping[str, str], bool, bool]] = {}
         self.access = log.AccessLog(cfg.log_headers)
         self.requests_per_connection = cfg.requests_per_connection
@@ -197,7 +201,7 @@ class Connection(asyncio.Protocol):
     def __init__(self, state: ServerState) -> None:
         self.state = state
         self.transport: asyncio.Transport | None = None
-        self.reader = RequestReader(make_parser(state.parser_name), state.limits, state.head_cache)
+        self.reader = RequestReader(state.head_parser, state.limits, state.head_cache)
         self.peername: tuple[str, int] | None = None
         self.server_name: str | None = None
         self.client_ip = "-"
