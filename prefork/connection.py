@@ -504,6 +504,10 @@ class Connection(asyncio.Protocol):
                 self._reading = False
                 self._clear_deadline()
                 return None
+            if self._closing:
+                # A response said "close" (perhaps from the inline path): what
+                # was pipelined behind it is never answered.
+                raise PeerGone("connection closing")
             if self._write_paused:
                 await self.drain()
             if reader.paused and not reader.requests:

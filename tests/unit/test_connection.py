@@ -321,3 +321,22 @@ async def test_declined_upgrade_parses_what_follows_as_http() -> None:
     assert await exchange(conn, conn.state, "127.0.0.1", 0, None) == "keep-alive"
     assert await exchange(conn, conn.state, "127.0.0.1", 1, None) == "keep-alive"
     assert transport.data() == HELLO_RESPONSE * 2
+
+
+async def test_request_pipelined_after_close_is_not_answered_by_the_woken_coroutine() -> None:
+    calls: list[str] = []
+
+    def record(method: str, query: str, args: Any, headers: Any, body: bytes, ctx: Any) -> Any:
+        calls.append(query)
+        return "x", 200, {}
+
+    conn, _ = make(record)
+    task = asyncio.get_running_loop().create_task(exchange(conn, conn.state, "127.0.0.1", 0, None))
+    await asyncio.sleep(0)  # parked: the inline path answers the first request
+    conn.data_received(
+        b"GET /close HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
+        b"GET /after HTTP/1.1\r\nHost: a\r\n\r\n"
+    )
+    with pytest.raises(prefork.errors.PeerGone):
+        await task
+    assert calls == ["/close"]
