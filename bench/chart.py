@@ -43,6 +43,7 @@ COLORS = {
     "nginx": "#bcbd22",
 }
 PYTHON_PEERS = ("uvicorn", "uvicorn-h11", "granian", "gunicorn")
+CAP = 4.0
 
 
 def _ok(row: dict) -> bool:
@@ -74,10 +75,15 @@ def draw(results: dict, out: Path) -> None:
             if row and _ok(row) and base:
                 xs.append(x - 0.4 + width * (i + 0.5))
                 ys.append(row["rps"] / base)
-        bars = ax.bar(xs, ys, width, label=LABELS[name], color=COLORS[name])
-        if name == "prefork":
-            ax.bar_label(bars, fmt="%.2f", fontsize=8, padding=2)
+        # A bar far above the rest (a cache hit on every request) is cut at CAP and labelled.
+        shown = [min(y, CAP) for y in ys]
+        bars = ax.bar(xs, shown, width, label=LABELS[name], color=COLORS[name])
+        labels = [
+            f"{y:.0f} (cut)" if y > CAP else f"{y:.2f}" if name == "prefork" else "" for y in ys
+        ]
+        ax.bar_label(bars, labels=labels, fontsize=8, padding=2)
     ax.axhline(1.0, color="black", linewidth=0.8, linestyle="--")
+    ax.set_ylim(0, CAP * 1.08)
     ax.set_xticks(range(len(wrk)), [f"{s}\n{v['short']}" for s, v in wrk.items()], fontsize=8)
     ax.set_ylabel("req/s relative to the best Python peer (1.0)")
     ax.set_title(f"prefork benchmark, {results['meta']['date']}")
