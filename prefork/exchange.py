@@ -284,7 +284,7 @@ async def respond_slow(
             coding, text = _negotiate(state, req, status, lower, text, len(body))
             if coding is not None:
                 out = await asyncio.get_running_loop().run_in_executor(
-                    None, compression.compress_body, coding, state.policy.level, body
+                    state.compressor(), compression.compress_body, coding, state.policy.level, body
                 )
                 state.body_cache.put(coding, body, out)
                 body = out
