@@ -391,6 +391,28 @@ class Connection(asyncio.Protocol):
         ):
             self.graceful_close()
 
+    def close_after_response(self, asked: bool) -> None:
+        """Close once the response is out; ``asked``: the client asked to close.
+
+        A client that asked to close sends nothing more, so with nothing
+        unread (and the response already handed to the kernel) a plain close
+        sends a FIN, not a reset, and skips the half-close, the linger and the
+        wait for the client's FIN.
+        """
+        transport = self.transport
+        if (
+            asked
+            and transport is not None
+            and not transport.get_write_buffer_size()
+            and not self.reader.buffered
+            and not self.reader.requests
+            and not self._pending
+        ):
+            self._close_transport()
+            self._wake()
+        else:
+            self.graceful_close()
+
     def graceful_close(self) -> None:
         """Half-close, keep reading for a moment, then close (no reset for a late request)."""
         if self._closing or self.transport is None:

@@ -209,7 +209,7 @@ def finish(
         )
     if keep_alive:
         return "keep-alive"
-    conn.graceful_close()
+    conn.close_after_response(asked=not req.keep_alive)
     return "close"
 
 
@@ -299,7 +299,7 @@ async def respond_slow(
         )
     if keep_alive:
         return "keep-alive"
-    conn.graceful_close()
+    conn.close_after_response(asked=not req.keep_alive)
     return "close"
 
 
