@@ -202,6 +202,19 @@ def finish(
     except _BadHeader as exc:
         app_logger.error("%s %s: %s", req.method, req.path, exc)
         return _send_500(conn, state, req, conn.client_ip, started)
+    return _done(conn, state, req, status, sent, started, keep_alive)
+
+
+def _done(
+    conn: Connection,
+    state: ServerState,
+    req: Request,
+    status: int,
+    sent: int,
+    started: float,
+    keep_alive: bool,
+) -> Action:
+    """Count and log a response that went out; close the connection if it said so."""
     state.requests_served += 1
     if state.access.enabled():
         state.access.log(
@@ -292,15 +305,7 @@ async def respond_slow(
     except _BadHeader as exc:
         app_logger.error("%s %s: %s", req.method, req.path, exc)
         return _send_500(conn, state, req, conn.client_ip, started)
-    state.requests_served += 1
-    if state.access.enabled():
-        state.access.log(
-            conn.client_ip, req.method, req.path, req.version, status, sent, started, req.headers
-        )
-    if keep_alive:
-        return "keep-alive"
-    conn.close_after_response(asked=not req.keep_alive)
-    return "close"
+    return _done(conn, state, req, status, sent, started, keep_alive)
 
 
 # The text of a response's header fields, by the handler's (name, value)
