@@ -335,7 +335,9 @@ def _fields(
     if hit is not None:
         return hit
     fields = _build_fields(headers, text_body)
-    if key is not None and len(cache) < FIELDS_CACHE_MAX_ENTRIES:
+    if key is not None:
+        if len(cache) >= FIELDS_CACHE_MAX_ENTRIES:
+            cache.clear()  # start over rather than keep stale sets forever
         cache[key] = fields
     return fields
 

@@ -99,7 +99,10 @@ class HeadParser(Protocol):
 # worker's fixed limits and parser), and clients repeat byte-identical heads
 # (load balancer probes, API clients, keep-alive loops): a worker remembers
 # the requests it built for up to this many distinct heads and reuses them.
+# Full, it starts over, so varied traffic cannot pin stale entries; heads
+# longer than HEAD_CACHE_MAX_HEAD_BYTES are not kept (at most 2 MiB in all).
 HEAD_CACHE_MAX_ENTRIES = 512
+HEAD_CACHE_MAX_HEAD_BYTES = 4096
 HeadCache = dict[bytes, "Request"]
 
 
@@ -658,7 +661,9 @@ class RequestReader:
             head = _HUGE_CONTENT_LENGTH.sub(rb"\g<1>" + _TOO_LARGE_CONTENT_LENGTH, head)
             method, target, version, raw = self._parser.parse(head)
         req = build_request(method, target, version, raw, self._limits, self._head_prescan)
-        if cache is not None and len(cache) < HEAD_CACHE_MAX_ENTRIES:
+        if cache is not None and len(head) <= HEAD_CACHE_MAX_HEAD_BYTES:
+            if len(cache) >= HEAD_CACHE_MAX_ENTRIES:
+                cache.clear()
             cache[head] = req.clone()
         self._begin(req)
 
