@@ -50,11 +50,6 @@ MAX_QUEUED_REQUESTS = 32
 # so that a client still sending does not get a reset instead of our response
 # (RFC 9112 §9.6).
 LINGER_S = 2.0
-# Responses with bodies at least this big are written in two calls (no copy).
-JOIN_BODY_MAX_BYTES = 64 * 1024
-# Header names the server owns: a handler's value is replaced or interpreted.
-_FRAMING = frozenset(("content-length", "transfer-encoding", "connection", "date"))
-_BAD_HEADER_CHARS = ("\r", "\n", "\0")
 
 
 class Deadline(enum.Enum):

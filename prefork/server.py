@@ -47,7 +47,6 @@ class Server:
         self.pidfile = pidfile
         self.exit_code = EXIT_OK
         self._master: Any = None
-        self._state: Any = None
 
     @property
     def port(self) -> int:
@@ -76,7 +75,6 @@ class Server:
             return None, str(exc)
         self.cfg = cfg
         self.overrides.update(config)
-        self._state = None
         log.set_level(cfg.log_level)
         return True, None
 
