@@ -91,6 +91,46 @@ class ServerProcess:
 StartServer = Callable[..., ServerProcess]
 
 
+def launch_server(
+    directory: Path,
+    *args: str,
+    target: str = "app:handle",
+    env: dict[str, str] | None = None,
+    wait: bool = True,
+) -> ServerProcess:
+    """``python -m prefork run TARGET -b 127.0.0.1:0 ARGS`` in ``directory``, in its own
+    process group; with ``wait``, returns once a worker answers (stopped on failure)."""
+    cmd = [sys.executable, "-m", "prefork", "run", target, "-b", "127.0.0.1:0", *args]
+    proc = subprocess.Popen(
+        cmd,
+        cwd=directory,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        process_group=0,
+        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+    )
+    server = ServerProcess(proc)
+    if wait:
+        try:
+            wait_ready(server)
+        except BaseException:
+            server.stop()
+            raise
+    return server
+
+
+def wait_ready(server: ServerProcess) -> None:
+    """Wait for the startup line, then until a worker answers."""
+    proc = server.proc
+    wait_until(lambda: server.port or proc.poll() is not None, timeout=20)
+    if not server.port:
+        raise AssertionError(f"server did not start:\n{server.log()}")
+    # The master logs the address once bound; wait until a worker answers.
+    wait_until(lambda: _accepts(server.port), timeout=20)
+
+
 @pytest.fixture
 def app_dir(tmp_path: Path) -> Path:
     return tmp_path
@@ -113,25 +153,10 @@ def start_server(tmp_path: Path) -> Iterator[StartServer]:
         env: dict[str, str] | None = None,
     ) -> ServerProcess:
         (tmp_path / "app.py").write_text(textwrap.dedent(app_source))
-        cmd = [sys.executable, "-m", "prefork", "run", target, "-b", "127.0.0.1:0", *args]
-        proc = subprocess.Popen(
-            cmd,
-            cwd=tmp_path,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-            process_group=0,
-            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
-        )
-        server = ServerProcess(proc)
+        server = launch_server(tmp_path, *args, target=target, env=env, wait=False)
         started.append(server)
         if wait:
-            wait_until(lambda: server.port or proc.poll() is not None, timeout=20)
-            if not server.port:
-                raise AssertionError(f"server did not start:\n{server.log()}")
-            # The master logs the address once bound; wait until a worker answers.
-            wait_until(lambda: _accepts(server.port), timeout=20)
+            wait_ready(server)
         return server
 
     yield start

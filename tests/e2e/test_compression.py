@@ -13,11 +13,8 @@ from __future__ import annotations
 
 import gzip
 import inspect
-import os
 import random
 import socket
-import subprocess
-import sys
 import textwrap
 import threading
 import time
@@ -31,8 +28,7 @@ from urllib.parse import urlencode
 
 import pytest
 
-from tests.conftest import wait_until
-from tests.e2e.conftest import ServerProcess
+from tests.e2e.conftest import ServerProcess, launch_server
 
 pytestmark = pytest.mark.e2e
 
@@ -414,33 +410,10 @@ def _accepts(port: int) -> bool:
 
 
 def launch(directory: Path, backend: str, target: str, config: str) -> ServerProcess:
-    """``python -m prefork run`` in its own process group, as tests/e2e/conftest.py does."""
+    """The compression test app with ``config`` in ``directory``, served by ``launch_server``."""
     (directory / "app.py").write_text(textwrap.dedent(APP))
     (directory / "cfg.toml").write_text(BASE_CONFIG + config)
-    cmd = [sys.executable, "-m", "prefork", "run", target, "-b", "127.0.0.1:0"]
-    cmd += ["-c", "cfg.toml", "-w", "1", "--http", backend]
-    proc = subprocess.Popen(
-        cmd,
-        cwd=directory,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        process_group=0,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    server = ServerProcess(proc)
-    try:
-        wait_until(lambda: server.port or proc.poll() is not None, timeout=20)
-        if not server.port:
-            raise AssertionError(f"server did not start:\n{server.log()}")
-        wait_until(lambda: _accepts(server.port), timeout=20)
-    except BaseException:
-        server.stop()
-        if proc.stderr is not None:
-            proc.stderr.close()
-        raise
-    return server
+    return launch_server(directory, "-c", "cfg.toml", "-w", "1", "--http", backend, target=target)
 
 
 class Pool:

@@ -12,12 +12,9 @@ from __future__ import annotations
 import email.utils
 import gzip
 import json
-import os
 import re
 import select
 import socket
-import subprocess
-import sys
 import textwrap
 import time
 import uuid
@@ -31,7 +28,7 @@ import psutil
 import pytest
 
 from tests.conftest import wait_until
-from tests.e2e.conftest import ServerProcess, StartServer
+from tests.e2e.conftest import ServerProcess, StartServer, launch_server
 
 pytestmark = pytest.mark.e2e
 
@@ -409,30 +406,10 @@ class Served:
 
 
 def launch(directory: Path, *args: str, target: str = "app:handle") -> ServerProcess:
-    """``python -m prefork run`` in its own process group, as tests/e2e/conftest.py does."""
+    """The engine's test app and config in ``directory``, served by ``launch_server``."""
     (directory / "app.py").write_text(textwrap.dedent(APP))
     (directory / "cfg.toml").write_text(CONFIG)
-    cmd = [sys.executable, "-m", "prefork", "run", target, "-b", "127.0.0.1:0", *args]
-    proc = subprocess.Popen(
-        cmd,
-        cwd=directory,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        process_group=0,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    server = ServerProcess(proc)
-    try:
-        wait_until(lambda: server.port or proc.poll() is not None, timeout=20)
-        if not server.port:
-            raise AssertionError(f"server did not start:\n{server.log()}")
-        wait_until(lambda: _accepts(server.port), timeout=20)
-    except BaseException:
-        server.stop()
-        raise
-    return server
+    return launch_server(directory, *args, target=target)
 
 
 def _accepts(port: int) -> bool:
