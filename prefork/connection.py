@@ -243,11 +243,15 @@ class Connection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
-        peer = transport.get_extra_info("peername")
+        if self.peername is None:  # not given by the accept loop
+            self.set_peer(transport.get_extra_info("peername"))
+        self.state.add(self)
+
+    def set_peer(self, peer: object) -> None:
+        """Record the peer's address (a tuple from accept() or getpeername())."""
         if isinstance(peer, tuple):
             self.peername = (str(peer[0]), int(peer[1]))
             self.client_ip = self.peername[0]
-        self.state.add(self)
 
     def data_received(self, data: bytes) -> None:
         if self._closing:
@@ -650,12 +654,13 @@ class Connection(asyncio.Protocol):
         self._close_transport()
 
 
-async def serve_connection(sock: socket.socket, state: ServerState) -> None:
-    """Serve one accepted socket until it closes; never raises."""
+async def serve_connection(sock: socket.socket, state: ServerState, peer: object) -> None:
+    """Serve one accepted socket (``peer``: accept()'s address) until it closes; never raises."""
     loop = asyncio.get_running_loop()
     # (uvloop sets TCP_NODELAY on the transports it makes: no syscall here.)
     ssl_context = state.ssl_context
     conn = Connection(state)
+    conn.set_peer(peer)
     try:
         if ssl_context is not None:
             await loop.connect_accepted_socket(

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
 import signal
+import socket
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -236,18 +238,16 @@ class FakeLoop:
         return object()
 
     def create_task(self, coro: Any) -> FakeTask:
-        coro.close()  # never run: the test only counts connections
+        with contextlib.suppress(StopIteration):  # fake_serve: closes the socket at once
+            coro.send(None)
         task = FakeTask()
         self.tasks.append(task)
         return task
 
 
-class FakeConn:
-    def setblocking(self, flag: bool) -> None:
-        assert flag is False
-
-
 class FakeListener:
+    family = socket.AF_INET
+
     def __init__(self, pending: int, error: int | None = None) -> None:
         self.pending = pending
         self.error = error
@@ -256,18 +256,21 @@ class FakeListener:
     def fileno(self) -> int:
         return 7
 
-    def accept(self) -> tuple[FakeConn, tuple[str, int]]:
+    def _accept(self) -> tuple[int, tuple[str, int]]:
         if self.error is not None:
             raise OSError(self.error, os.strerror(self.error))
         if not self.pending:
             raise BlockingIOError
         self.pending -= 1
         self.accepts += 1
-        return FakeConn(), ("127.0.0.1", 1234)
+        # A real fd (one end of a socketpair), as accept() gives; the worker wraps it.
+        ours, theirs = socket.socketpair()
+        theirs.close()
+        return ours.detach(), ("127.0.0.1", 1234)
 
 
-async def fake_serve(sock: Any, state: Any) -> None:
-    return None
+async def fake_serve(sock: Any, state: Any, peer: Any) -> None:
+    sock.close()  # the test only counts connections
 
 
 @pytest.fixture(autouse=True)
@@ -295,16 +298,22 @@ def make_worker(listener: FakeListener, limit: int) -> tuple[Worker, FakeLoop]:
     return worker, loop
 
 
+def readable(loop: FakeLoop) -> None:
+    """The listen fd became readable: run the callback the worker registered for it."""
+    callback, args = loop.readers[7]
+    callback(*args)
+
+
 def test_accept_stops_at_connection_limit_and_resumes_when_a_slot_frees() -> None:
     listener = FakeListener(pending=5)
     worker, loop = make_worker(listener, limit=2)
     assert 7 in loop.readers
-    worker._on_readable(listener)  # type: ignore[arg-type]
+    readable(loop)
     assert listener.accepts == 2  # a slot is taken before each accept
     assert 7 not in loop.readers  # the rest wait in the listen queue for a sibling
     loop.tasks[0].finish()
     assert 7 in loop.readers
-    worker._on_readable(listener)  # type: ignore[arg-type]
+    readable(loop)
     assert listener.accepts == 3
     assert 7 not in loop.readers
 
@@ -312,21 +321,21 @@ def test_accept_stops_at_connection_limit_and_resumes_when_a_slot_frees() -> Non
 def test_accept_emfile_backs_off_instead_of_spinning() -> None:
     listener = FakeListener(pending=1, error=errno.EMFILE)
     worker, loop = make_worker(listener, limit=10)
-    worker._on_readable(listener)  # type: ignore[arg-type]
+    readable(loop)
     assert 7 not in loop.readers
     assert [delay for delay, _ in loop.timers] == [ACCEPT_BACKOFF_S]
     _, retry = loop.timers[0]
     listener.error = None
     retry()
     assert 7 in loop.readers
-    worker._on_readable(listener)  # type: ignore[arg-type]
+    readable(loop)
     assert listener.accepts == 1
 
 
 def test_accept_skips_an_aborted_connection() -> None:
     listener = FakeListener(pending=0, error=errno.ECONNABORTED)
     worker, loop = make_worker(listener, limit=3)
-    worker._on_readable(listener)  # type: ignore[arg-type]
+    readable(loop)
     assert 7 in loop.readers
     assert loop.timers == []
 
