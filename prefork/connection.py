@@ -97,7 +97,7 @@ class ServerState:
         self.connections: set[Connection] = set()
         self.requests_served = 0
         self.draining = False
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None  # set by start()
         self._sweeper: asyncio.TimerHandle | None = None
         self._all_closed: asyncio.Event | None = None
         timeouts = (
@@ -129,13 +129,13 @@ class ServerState:
 
     def start(self) -> None:
         """Start the deadline sweeper; call once inside the running loop."""
-        self._loop = asyncio.get_running_loop()
+        self.loop = asyncio.get_running_loop()
         self._all_closed = asyncio.Event()
         DATE.refresh()
-        self._sweeper = self._loop.call_later(self.sweep_interval, self._sweep)
+        self._sweeper = self.loop.call_later(self.sweep_interval, self._sweep)
 
     def _sweep(self) -> None:
-        loop = self._loop
+        loop = self.loop
         assert loop is not None
         DATE.refresh()
         now = loop.time()
@@ -220,7 +220,8 @@ class Connection(asyncio.Protocol):
         self.deadline = 0.0
         self.deadline_kind = Deadline.NONE
         self.ctx: Context | None = None
-        self._loop = asyncio.get_running_loop()
+        # (asyncio.get_running_loop() costs a getpid() syscall on Python 3.11.)
+        self._loop = state.loop or asyncio.get_running_loop()
         self._reading = True
         self._pending = b""
         self._error: ProtocolError | None = None
@@ -464,9 +465,8 @@ class Connection(asyncio.Protocol):
             ctx.redis_module = redis_module
         return ctx
 
-    def take_handoff(self) -> tuple[Request, object, float]:
+    def take_handoff(self) -> tuple[Request, object, float] | None:
         handoff = self._handoff
-        assert handoff is not None
         self._handoff = None
         return handoff
 
@@ -529,8 +529,10 @@ class Connection(asyncio.Protocol):
             return False
         return True
 
-    async def receive_request(self, first: bool) -> Request | None:
-        """The next whole request, or None when one was handed over by the inline path.
+    async def receive_request(self, count: int) -> Request | None:
+        """The next whole request; None when the inline path handed one over
+        (``take_handoff``) or answered one and closed (``count``: requests
+        answered before this call).
 
         Raises ProtocolError or PeerGone.
         """
@@ -545,6 +547,8 @@ class Connection(asyncio.Protocol):
             if self._closing:
                 # A response said "close" (perhaps from the inline path): what
                 # was pipelined behind it is never answered.
+                if self.count > count:
+                    return None  # the usual end of a Connection: close request
                 raise PeerGone("connection closing")
             if self._write_paused:
                 await self.drain()
@@ -591,7 +595,7 @@ class Connection(asyncio.Protocol):
             if self.deadline_kind is Deadline.NONE:
                 if reader.in_body:
                     self._set_deadline(Deadline.BODY, self.state.request_body_timeout)
-                elif first or reader.head_started:
+                elif count == 0 or reader.head_started:
                     self._set_deadline(Deadline.HEADER, self.state.request_header_timeout)
                 else:
                     self._set_deadline(Deadline.IDLE, self.state.keepalive_idle_timeout)
@@ -656,7 +660,7 @@ class Connection(asyncio.Protocol):
 
 async def serve_connection(sock: socket.socket, state: ServerState, peer: object) -> None:
     """Serve one accepted socket (``peer``: accept()'s address) until it closes; never raises."""
-    loop = asyncio.get_running_loop()
+    loop = state.loop or asyncio.get_running_loop()
     # (uvloop sets TCP_NODELAY on the transports it makes: no syscall here.)
     ssl_context = state.ssl_context
     conn = Connection(state)
@@ -695,3 +699,6 @@ async def serve_connection(sock: socket.socket, state: ServerState, peer: object
     finally:
         if not conn._closing:
             conn.close()
+        # ctx.client is the connection: without this the pair (and the transport,
+        # reader and buffers hanging off it) would wait for the cyclic GC.
+        conn.ctx = None

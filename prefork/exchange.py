@@ -45,14 +45,17 @@ async def exchange(
 ) -> Action:
     """Read one request, call the handler, write the response; say what to do next."""
     try:
-        req = await conn.receive_request(count == 0)
+        req = await conn.receive_request(count)
     except ProtocolError as exc:
         _reject(conn, state, client_ip, exc)
         raise
     if req is None:
         # Served inline up to a response that needs this coroutine (a stream,
         # an async result, a big body to compress off the loop).
-        req, result, started = conn.take_handoff()
+        handoff = conn.take_handoff()
+        if handoff is None:
+            return "close"  # the inline path answered and closed
+        req, result, started = handoff
         count = conn.count  # the inline path answered some requests meanwhile
         if asyncio.iscoroutine(result):
             try:
@@ -71,7 +74,8 @@ async def exchange(
                 result = state.handler(
                     req.method, req.path, parse_args(req.query), req.headers, req.body, ctx
                 )
-                if asyncio.iscoroutine(result):
+                # (iscoroutine on a tuple goes through an ABC check: skip it.)
+                if type(result) is not tuple and asyncio.iscoroutine(result):
                     result = await result
         except Exception:
             return handler_failed(conn, state, req, client_ip, started)

@@ -37,6 +37,7 @@ import random
 import signal
 import socket
 import ssl
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -106,6 +107,28 @@ class _AcceptedV6(socket.socket):
 
 
 _ACCEPTED = {socket.AF_INET: _AcceptedV4, socket.AF_INET6: _AcceptedV6}
+_TCP_INFO = getattr(socket, "TCP_INFO", None)  # Linux
+_TCP_LISTEN = 10  # tcpi_state of a listening socket (TCP_LISTEN in the kernel)
+
+
+def accept_queue_length(listener: socket.socket) -> int | None:
+    """How many connections wait in a listening TCP socket's accept queue; None if unknown.
+
+    On Linux, ``TCP_INFO`` of a listening socket reports the queue length as
+    ``tcpi_unacked`` (bytes 24..28). Asking costs about 0.6 us here; an
+    ``accept()`` on an empty queue costs 4.6 us (the kernel allocates the new
+    socket and file before it looks at the queue), so the accept loop asks
+    instead of accepting until EAGAIN.
+    """
+    if _TCP_INFO is None:
+        return None
+    try:
+        info = listener.getsockopt(socket.IPPROTO_TCP, _TCP_INFO, 32)
+    except OSError:
+        return None
+    if len(info) < 28 or info[0] != _TCP_LISTEN:
+        return None
+    return int.from_bytes(info[24:28], sys.byteorder)
 
 
 class WorkerState(enum.Enum):
@@ -387,7 +410,10 @@ class Worker:
             return
         for sock in self.listeners:
             wrap = _ACCEPTED.get(sock.family, socket.socket)
-            self._loop.add_reader(sock.fileno(), self._on_readable, sock, wrap, int(sock.family))
+            known = accept_queue_length(sock) is not None
+            self._loop.add_reader(
+                sock.fileno(), self._on_readable, sock, wrap, int(sock.family), known
+            )
         self._accepting = True
 
     def _pause_accepting(self) -> None:
@@ -398,11 +424,18 @@ class Worker:
             self._loop.remove_reader(sock.fileno())
         self._accepting = False
 
-    def _on_readable(self, listener: socket.socket, wrap: type[socket.socket], family: int) -> None:
+    def _on_readable(
+        self, listener: socket.socket, wrap: type[socket.socket], family: int, known: bool
+    ) -> None:
         assert self._loop is not None
         assert self._state is not None
-        free = self.cfg.connection_limit - self._active
-        for _ in range(min(free, ACCEPT_BATCH_MAX)):
+        batch = min(self.cfg.connection_limit - self._active, ACCEPT_BATCH_MAX)
+        if known:
+            # Accept what is queued, not until EAGAIN. 0 means a sibling took it
+            # (or the count is off): one accept() then, so a readable listener
+            # is never left alone (level-triggered: it would spin).
+            batch = min(batch, accept_queue_length(listener) or 1)
+        for _ in range(batch):
             try:
                 # The fd and the peer address; socket.accept() would also build the
                 # socket through enum conversions (a measurable share of S3).

@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 import socket
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -38,6 +39,7 @@ from prefork.worker import (
     WORKER_EXIT_OK,
     Worker,
     WorkerState,
+    accept_queue_length,
     app_label,
     boot_timeout,
     describe_status,
@@ -248,15 +250,26 @@ class FakeLoop:
 class FakeListener:
     family = socket.AF_INET
 
-    def __init__(self, pending: int, error: int | None = None) -> None:
+    def __init__(self, pending: int, error: int | None = None, queued: int | None = None) -> None:
         self.pending = pending
         self.error = error
+        self.queued = queued  # what TCP_INFO reports as the accept queue; None: unsupported
         self.accepts = 0
+        self.attempts = 0
 
     def fileno(self) -> int:
         return 7
 
+    def getsockopt(self, level: int, option: int, size: int) -> bytes:
+        if self.queued is None:
+            raise OSError(errno.ENOPROTOOPT, "not TCP")
+        info = bytearray(size)
+        info[0] = 10  # TCP_LISTEN
+        info[24:28] = self.queued.to_bytes(4, sys.byteorder)
+        return bytes(info)
+
     def _accept(self) -> tuple[int, tuple[str, int]]:
+        self.attempts += 1
         if self.error is not None:
             raise OSError(self.error, os.strerror(self.error))
         if not self.pending:
@@ -306,7 +319,7 @@ def readable(loop: FakeLoop) -> None:
 
 def test_accept_stops_at_connection_limit_and_resumes_when_a_slot_frees() -> None:
     listener = FakeListener(pending=5)
-    worker, loop = make_worker(listener, limit=2)
+    _worker, loop = make_worker(listener, limit=2)
     assert 7 in loop.readers
     readable(loop)
     assert listener.accepts == 2  # a slot is taken before each accept
@@ -320,7 +333,7 @@ def test_accept_stops_at_connection_limit_and_resumes_when_a_slot_frees() -> Non
 
 def test_accept_emfile_backs_off_instead_of_spinning() -> None:
     listener = FakeListener(pending=1, error=errno.EMFILE)
-    worker, loop = make_worker(listener, limit=10)
+    _worker, loop = make_worker(listener, limit=10)
     readable(loop)
     assert 7 not in loop.readers
     assert [delay for delay, _ in loop.timers] == [ACCEPT_BACKOFF_S]
@@ -332,9 +345,53 @@ def test_accept_emfile_backs_off_instead_of_spinning() -> None:
     assert listener.accepts == 1
 
 
+def test_accept_takes_what_the_queue_holds_without_a_failing_accept() -> None:
+    listener = FakeListener(pending=5, queued=2)
+    _worker, loop = make_worker(listener, limit=10)
+    readable(loop)
+    assert (listener.accepts, listener.attempts) == (2, 2)  # no accept() to find EAGAIN
+    assert 7 in loop.readers  # the other 3: on the next (level-triggered) wake-up
+
+
+def test_accept_tries_once_when_the_queue_looks_empty() -> None:
+    # A sibling took the connection, or the count is off: one accept(), never none
+    # (a readable listen fd left alone would wake the loop again at once).
+    listener = FakeListener(pending=1, queued=0)
+    _worker, loop = make_worker(listener, limit=10)
+    readable(loop)
+    assert (listener.accepts, listener.attempts) == (1, 1)
+
+
+def test_accept_without_a_queue_length_accepts_until_eagain() -> None:
+    listener = FakeListener(pending=3)
+    _worker, loop = make_worker(listener, limit=10)
+    readable(loop)
+    assert (listener.accepts, listener.attempts) == (3, 4)
+
+
+def test_accept_queue_length_of_a_real_listening_socket() -> None:
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(16)
+        assert accept_queue_length(listener) == 0
+        clients = [socket.create_connection(listener.getsockname()) for _ in range(3)]
+        try:
+            deadline = time.monotonic() + 5
+            while accept_queue_length(listener) != 3 and time.monotonic() < deadline:
+                time.sleep(0.01)  # the handshakes complete in the kernel
+            assert accept_queue_length(listener) == 3
+            accepted, _ = listener.accept()
+            accepted.close()
+            assert accept_queue_length(listener) == 2
+            assert accept_queue_length(clients[0]) is None  # not a listening socket
+        finally:
+            for client in clients:
+                client.close()
+
+
 def test_accept_skips_an_aborted_connection() -> None:
     listener = FakeListener(pending=0, error=errno.ECONNABORTED)
-    worker, loop = make_worker(listener, limit=3)
+    _worker, loop = make_worker(listener, limit=3)
     readable(loop)
     assert 7 in loop.readers
     assert loop.timers == []
