@@ -11,10 +11,8 @@ live only here.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import enum
 import logging
-import os
 import socket
 import ssl
 import time
@@ -81,7 +79,8 @@ class ServerState:
         self.parser_name = resolve(cfg.http)
         self.policy = compression.Policy(cfg.compression)
         self.body_cache = compression.BodyCache(cfg.compression["cache_bytes"])
-        self._compressor: concurrent.futures.ThreadPoolExecutor | None = None
+        # One big body compressed at a time (compression.compress_in_slices).
+        self.compress_turn = asyncio.Lock()
         self.head_cache: HeadCache = {}
         # One head parser per worker, not per connection: a head is parsed
         # whole and synchronously, so connections never interleave in it, and
@@ -108,20 +107,6 @@ class ServerState:
         )
         # Deadlines are checked this often: fine enough for the shortest timeout.
         self.sweep_interval = max(0.05, min(1.0, min(timeouts) / 8))
-
-    def compressor(self) -> concurrent.futures.ThreadPoolExecutor:
-        """Threads for big bodies' compression: one per CPU this worker may run on.
-
-        zlib releases the GIL, so more threads than CPUs buy nothing (asyncio's
-        default pool would start up to 6 per worker, 12 MiB of stacks each).
-        """
-        if self._compressor is None:
-            cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
-            self._compressor = concurrent.futures.ThreadPoolExecutor(
-                max_workers=max(1, cpus or os.cpu_count() or 1),
-                thread_name_prefix="prefork-compress",
-            )
-        return self._compressor
 
     @property
     def open_connections(self) -> int:

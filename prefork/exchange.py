@@ -3,7 +3,7 @@
 ``exchange`` is the coroutine path (what ``Server.process_request`` runs);
 ``finish`` is the synchronous core that the connection's inline path shares
 with it, so both answer a request the same way. Streams and bodies big enough
-to compress in a thread are finished by ``respond_slow``.
+to compress slice by slice are finished by ``respond_slow``.
 """
 
 from __future__ import annotations
@@ -195,7 +195,7 @@ def finish(
                 cached = cache.get(coding, body)
             if cached is not None:
                 body = cached
-            elif size >= compression.OFFLOAD_MIN_BYTES:
+            elif size > compression.SLICE_BYTES:
                 return _Slow(content, status, headers, keep_alive)
             else:
                 out = compression.compress_body(coding, state.policy.level, body)
@@ -286,7 +286,7 @@ def _write_fixed(
 async def respond_slow(
     conn: Connection, state: ServerState, req: Request, slow: _Slow, started: float
 ) -> Action:
-    """Stream an iterable, or compress a big body in a thread, then write it."""
+    """Stream an iterable, or compress a big body slice by slice, then write it."""
     status = slow.status
     try:
         content = slow.content
@@ -300,8 +300,8 @@ async def respond_slow(
             body = content.encode("utf-8") if isinstance(content, str) else bytes(content)
             coding, text = _negotiate(state, req, status, lower, text, len(body))
             if coding is not None:
-                out = await asyncio.get_running_loop().run_in_executor(
-                    state.compressor(), compression.compress_body, coding, state.policy.level, body
+                out = await compression.compress_in_slices(
+                    coding, state.policy.level, body, state.compress_turn
                 )
                 state.body_cache.put(coding, body, out)
                 body = out

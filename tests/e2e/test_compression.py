@@ -36,7 +36,7 @@ pytestmark = pytest.mark.e2e
 GZIP_WBITS = 16 + zlib.MAX_WBITS
 ZLIB_WBITS = zlib.MAX_WBITS
 MIN_SIZE = 1024  # the default compression.min_size
-OFFLOAD_BYTES = 200_000  # above compression.OFFLOAD_MIN_BYTES: compressed in a thread
+OFFLOAD_BYTES = 200_000  # above compression.SLICE_BYTES: compressed slice by slice
 BIG_BYTES = 4 * 1024 * 1024
 PROBE_INTERVAL_S = 0.005
 
@@ -937,7 +937,7 @@ def test_requests_per_connection_counts_compressed_responses(
 # -- a big body is compressed off the event loop ------------------------------------
 
 
-def test_big_body_is_compressed_off_the_loop_while_others_are_served(pool: Pool) -> None:
+def test_big_body_is_compressed_in_slices_while_others_are_served(pool: Pool) -> None:
     """-w 1: the download and the small requests share one worker's event loop."""
     served = pool.get("max")
     assert served.get("/big?prepare=1").body == b"ready"
@@ -1001,7 +1001,7 @@ def test_client_gone_during_offloaded_compression_leaves_the_worker_serving(pool
     spawned = served.proc.log().count("spawned")
     with served.client() as c:
         c.send(request("/big", "Accept-Encoding: gzip"))
-    # The compression finishes in its thread and the write finds the peer gone.
+    # The compression finishes (slice by slice) and the write finds the peer gone.
     for _ in range(3):
         resp = served.get(text_path(3000), "Accept-Encoding: gzip")
         assert gzip.decompress(resp.body) == text_body(3000)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import gzip
+import random
 import zlib
 from typing import Any
 
@@ -11,11 +13,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from prefork.compression import (
-    OFFLOAD_MIN_BYTES,
+    SLICE_BYTES,
     Encoder,
     Policy,
     apply_headers,
     compress_body,
+    compress_in_slices,
     make_encoder,
     negotiate_encoding,
 )
@@ -544,9 +547,37 @@ def test_streamed_encoder_round_trips_any_chunks(coding: str, chunks: list[bytes
     _stream_round_trip(coding, chunks)
 
 
-def test_offload_threshold_is_a_positive_size() -> None:
-    assert isinstance(OFFLOAD_MIN_BYTES, int)
-    assert 4096 <= OFFLOAD_MIN_BYTES <= 16 * 1024 * 1024
+@pytest.mark.parametrize("coding", ["gzip", "deflate"])
+@pytest.mark.parametrize(
+    "size", [0, 1, SLICE_BYTES - 1, SLICE_BYTES, SLICE_BYTES + 1, 3 * SLICE_BYTES + 5]
+)
+async def test_compress_in_slices_round_trips(coding: str, size: int) -> None:
+    data = bytes(random.Random(size).choices(b"abcdefgh {}:,", k=size))
+    out = await compress_in_slices(coding, 6, data, asyncio.Lock())
+    assert zlib.decompress(out, 31 if coding == "gzip" else 15) == data
+
+
+async def test_compress_in_slices_yields_between_slices_one_body_at_a_time() -> None:
+    turn = asyncio.Lock()
+    data = b"x" * (3 * SLICE_BYTES)
+    events: list[str] = []
+
+    async def body(name: str) -> None:
+        events.append(f"{name} start")
+        await compress_in_slices("gzip", 1, data, turn)
+        events.append(f"{name} done")
+
+    async def other_work() -> None:
+        for _ in range(4):
+            events.append("tick")
+            await asyncio.sleep(0)
+
+    await asyncio.gather(body("a"), body("b"), other_work())
+    # Other work ran while "a" was being compressed (between its slices), and "b"
+    # waited for "a" to finish: never two bodies side by side.
+    assert events.index("a done") < events.index("b done")
+    ticks_during_a = events[events.index("a start") : events.index("a done")].count("tick")
+    assert ticks_during_a >= 2
 
 
 def test_body_cache_returns_what_was_put_and_drops_the_oldest() -> None:

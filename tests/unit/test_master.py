@@ -547,3 +547,11 @@ def test_hup_during_a_reload_is_queued(master: Master, master_log: list[str]) ->
     master.handle_hup()
     assert master._reload_again
     assert "SIGHUP: queued until generation 2 is ready" in master_log
+
+
+def test_keep_heap_top_sets_glibc_trim_threshold() -> None:
+    import platform
+
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("mallopt is glibc's")
+    assert worker_module.keep_heap_top() is True
