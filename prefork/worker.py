@@ -185,18 +185,28 @@ def app_label(app: Handler | str) -> str:
 # (with zeroing) to grow it back: 1.3 brk calls per response under S8 (strace).
 # Keeping up to this much free at the top costs nothing until it is used.
 HEAP_TRIM_THRESHOLD_BYTES = 32 * 1024 * 1024
-_M_TRIM_THRESHOLD = -1  # mallopt() parameter, <malloc.h>
+# Setting the trim threshold also freezes the mmap threshold, which glibc
+# otherwise raises as big blocks are freed. Left at 128 KiB, every buffer
+# above it (uvloop's 256 KiB TLS read buffer, for one) is an mmap() and a
+# munmap() with page faults in between: S5 (TLS keep-alive) fell from 48k to
+# 22k req/s. Blocks below this size come from the heap, as glibc's raised
+# threshold would have done.
+MMAP_THRESHOLD_BYTES = 4 * 1024 * 1024
+_M_TRIM_THRESHOLD = -1  # mallopt() parameters, <malloc.h>
+_M_MMAP_THRESHOLD = -3
 
 
-def keep_heap_top(threshold: int = HEAP_TRIM_THRESHOLD_BYTES) -> bool:
-    """Raise glibc's heap trim threshold; False where there is no mallopt (not glibc)."""
+def keep_heap_top() -> bool:
+    """Set glibc's trim and mmap thresholds; False where there is no mallopt (not glibc)."""
     try:
         mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):
         return False
     mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
     mallopt.restype = ctypes.c_int
-    return bool(mallopt(_M_TRIM_THRESHOLD, threshold))
+    trim = mallopt(_M_TRIM_THRESHOLD, HEAP_TRIM_THRESHOLD_BYTES)
+    mmap = mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
+    return bool(trim and mmap)
 
 
 def _make_redis(url: str) -> Any:
