@@ -34,6 +34,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
+import gc
 import itertools
 import logging
 import os
@@ -388,6 +389,10 @@ class Master:
         close_fds += [w.pipe_r for w in self._workers.values() if w.pipe_r >= 0]
         worker = Worker(cfg, self.app, self.listeners, tls, number, generation, write_fd, close_fds)
         _flush_std_streams()  # or the child would write the master's buffered output again
+        # What the master holds goes to the GC's permanent generation: a worker's
+        # collections then never write to those objects' headers, so the pages it
+        # shares with the master stay shared instead of being copied on write.
+        gc.freeze()
         try:
             pid = os.fork()
         except OSError as exc:  # EAGAIN, ENOMEM
