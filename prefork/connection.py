@@ -26,16 +26,8 @@ from .errors import PeerGone, PreforkError, ProtocolError
 from .exchange import body_length, exchange, finish, handler_failed
 from .handler import Context, is_async_handler
 from .parsers import make_parser, resolve
-from .protocol import (
-    CONTINUE_RESPONSE,
-    DATE,
-    HeadCache,
-    Limits,
-    Request,
-    RequestReader,
-    error_response,
-    parse_args,
-)
+from .protocol import CONTINUE_RESPONSE, DATE, HeadCache, RequestReader, error_response
+from .request import Limits, Request, parse_args
 
 logger = logging.getLogger(log.WORKER)
 app_logger = logging.getLogger(log.APP)

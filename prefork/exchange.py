@@ -18,15 +18,8 @@ from . import compression, log
 from ._types import Action
 from .errors import PeerGone, PreforkError, ProtocolError
 from .handler import HandlerResultError, check_result, is_stream
-from .protocol import (
-    DATE,
-    SERVER_HEADER,
-    Request,
-    bodyless_status,
-    error_response,
-    parse_args,
-    status_line,
-)
+from .protocol import DATE, SERVER_HEADER, bodyless_status, error_response, status_line
+from .request import Request, parse_args
 
 if TYPE_CHECKING:
     from .connection import Connection, ServerState

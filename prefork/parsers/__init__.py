@@ -7,7 +7,7 @@ Python) is the fallback and the oracle the fast path is checked against.
 from __future__ import annotations
 
 from ..errors import ConfigError
-from ..protocol import HeadParser
+from ..request import HeadParser
 
 
 def available(name: str) -> bool:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import h11
 
 from ..errors import ProtocolError
-from ..protocol import RawHeaders
+from ..request import RawHeaders
 
 # Fields h11 rewrites: it folds repeated or list-form Content-Length ("5, 5")
 # into one value and lower-cases Transfer-Encoding.

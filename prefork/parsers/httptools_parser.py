@@ -5,7 +5,7 @@ from __future__ import annotations
 import httptools
 
 from ..errors import ProtocolError
-from ..protocol import RawHeaders
+from ..request import RawHeaders
 
 
 class HttptoolsHeadParser:

@@ -20,7 +20,8 @@ from hypothesis import strategies as st
 
 from prefork.errors import ProtocolError
 from prefork.parsers import make_parser
-from prefork.protocol import FORBIDDEN_TRAILERS, Limits, RequestReader
+from prefork.protocol import FORBIDDEN_TRAILERS, RequestReader
+from prefork.request import Limits
 
 BACKENDS = ("httptools", "h11")
 METHODS = ("GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "QUERY")

@@ -1,4 +1,4 @@
-"""prefork.protocol: the sans-I/O reader, the strict checks and limits, response bytes.
+"""prefork.protocol (the sans-I/O reader, response bytes) and prefork.request (the checks, limits).
 
 Every row of the table runs against both parser backends and is fed whole, in
 two pieces split at every byte boundary, and one byte at a time: the answer
@@ -20,14 +20,12 @@ from prefork.protocol import (
     DATE,
     FORBIDDEN_TRAILERS,
     DateHeader,
-    Limits,
     RequestReader,
     bodyless_status,
-    build_request,
     error_response,
-    parse_args,
     status_line,
 )
+from prefork.request import Limits, build_request, parse_args
 
 BACKENDS = ["httptools", "h11"]
 

@@ -1,0 +1,369 @@
+"""One request head, checked: Request, the limits and the strict RFC 9112/9110 checks.
+
+A parser backend (``parsers/``, behind :class:`HeadParser`) turns one request
+head into ``(method, target, version, raw headers)``; :func:`build_request`
+applies the semantic checks to those parts once for both backends (version,
+method, field values, repeated fields, the target's form, Host, framing,
+413/431, Expect), joins repeated header fields and makes the keep-alive
+decision. :func:`_first_fault` finds the earliest fault in the raw bytes of a
+head or trailer line (bare CR/LF, 414/431, a bad request line) however they
+were split into reads. :func:`parse_args` parses a query string.
+:mod:`prefork.protocol` frames the byte stream and calls these.
+
+No asyncio, socket or ssl here.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any, Protocol
+from urllib.parse import parse_qsl
+
+from .errors import ProtocolError
+
+RawHeaders = list[tuple[bytes, bytes]]
+
+# The request methods llhttp knows; both backends accept exactly these so they
+# answer alike (h11 alone would take any token).
+_METHODS_TEXT = """
+    DELETE GET HEAD POST PUT OPTIONS TRACE COPY LOCK MKCOL MOVE PROPFIND PROPPATCH
+    SEARCH UNLOCK BIND REBIND UNBIND ACL REPORT MKACTIVITY CHECKOUT MERGE M-SEARCH
+    NOTIFY SUBSCRIBE UNSUBSCRIBE PATCH PURGE MKCALENDAR LINK UNLINK SOURCE QUERY
+"""
+KNOWN_METHODS = frozenset(_METHODS_TEXT.split())
+
+# The whole head may not exceed this many bytes, whatever the per-line limit
+# (a bound on memory per connection): 431.
+MIN_HEAD_LIMIT_BYTES = 64 * 1024
+
+# RFC 9110 §5.5: field-value = *field-content; VCHAR, obs-text, SP and HTAB only.
+_BAD_FIELD_BYTES = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+# RFC 3986 host: reg-name / IPv4 / IP-literal, then an optional port.
+_HOST_RE = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]+)(?::[0-9]*)?")
+# The request line of every request we serve ends in one of these.
+_HTTP_VERSIONS = (b" HTTP/1.1", b" HTTP/1.0")
+# A well-formed request line (RFC 9112 §3), to tell 505 from 400 when it does not.
+_REQUEST_LINE_RE = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+ [\x21-\x7e]+ HTTP/([0-9])\.([0-9])")
+# Line ends, proper or bare, in the order they come.
+_LINE_ENDS = re.compile(rb"\r\n|[\r\n]")
+
+
+class HeadParser(Protocol):
+    """A parser backend: one request head in, its parts out."""
+
+    # True when the backend itself rejects control characters and obs-fold in
+    # the head, so the shared pre-scan can be skipped for it.
+    strict_fields: bool
+
+    def parse(self, head: bytes) -> tuple[str, str, str, RawHeaders]:
+        """Parse a head ending in CRLF CRLF; raise ProtocolError on bad syntax."""
+        ...
+
+
+class Limits:
+    """The request limits of a config, read once per worker."""
+
+    __slots__ = ("head_limit", "line_limit", "max_body_size", "max_header_count")
+
+    def __init__(self, line_limit: int, max_header_count: int, max_body_size: int) -> None:
+        self.line_limit = line_limit
+        self.max_header_count = max_header_count
+        self.max_body_size = max_body_size
+        self.head_limit = max(MIN_HEAD_LIMIT_BYTES, 2 * line_limit)
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any]) -> Limits:
+        return cls(cfg["request_line_limit"], cfg["max_header_count"], cfg["max_body_size"])
+
+
+class Request:
+    """One parsed request."""
+
+    __slots__ = (
+        "body",
+        "chunked",
+        "content_length",
+        "expect_continue",
+        "headers",
+        "keep_alive",
+        "method",
+        "path",
+        "query",
+        "target",
+        "version",
+    )
+
+    def __init__(
+        self,
+        method: str,
+        target: str,
+        path: str,
+        query: str,
+        version: str,
+        headers: dict[str, str],
+        keep_alive: bool,
+    ) -> None:
+        self.method = method
+        self.target = target
+        self.path = path
+        self.query = query
+        self.version = version
+        self.headers = headers
+        self.keep_alive = keep_alive
+        self.body = b""
+        self.content_length = 0
+        self.chunked = False
+        self.expect_continue = False
+
+    def __repr__(self) -> str:
+        return f"<Request {self.method} {self.target} HTTP/{self.version}>"
+
+    def clone(self) -> Request:
+        """A copy with its own headers dict (a handler may change the one it gets)."""
+        other = Request.__new__(Request)
+        other.method = self.method
+        other.target = self.target
+        other.path = self.path
+        other.query = self.query
+        other.version = self.version
+        other.headers = self.headers.copy()
+        other.keep_alive = self.keep_alive
+        other.body = self.body
+        other.content_length = self.content_length
+        other.chunked = self.chunked
+        other.expect_continue = self.expect_continue
+        return other
+
+
+def parse_args(query: str) -> dict[str, Any]:
+    """The query string as ``{name: value}``; a repeated name maps to a list."""
+    args: dict[str, Any] = {}
+    if not query:
+        return args
+    for name, value in parse_qsl(query, keep_blank_values=True):
+        if name in args:
+            old = args[name]
+            if isinstance(old, list):
+                old.append(value)
+            else:
+                args[name] = [old, value]
+        else:
+            args[name] = value
+    return args
+
+
+def _split_target(method: str, target: str) -> tuple[str, str]:
+    """(path, query) of a request target, checking its form (RFC 9112 §3.2)."""
+    if "#" in target:
+        raise ProtocolError(400, "fragment in request target")
+    if target[:1] == "/":
+        path, sep, query = target.partition("?")
+        return path, query
+    if target == "*":
+        if method != "OPTIONS":
+            raise ProtocolError(400, "asterisk-form target is only for OPTIONS")
+        return "*", ""
+    scheme, sep, rest = target.partition("://")
+    if sep and scheme.lower() in ("http", "https"):
+        # absolute-form: the authority is the part up to the first "/" or "?".
+        cut = len(rest)
+        for ch in "/?":
+            i = rest.find(ch)
+            if i != -1 and i < cut:
+                cut = i
+        authority, rest = rest[:cut], rest[cut:]
+        if not authority or not _HOST_RE.fullmatch(authority):
+            raise ProtocolError(400, "bad authority in absolute-form target")
+        path, _, query = rest.partition("?")
+        return path or "/", query
+    raise ProtocolError(400, "bad request target")
+
+
+def _split_tokens(value: str) -> list[str]:
+    return [t.strip().lower() for t in value.split(",") if t.strip()]
+
+
+_NAME_CACHE: dict[bytes, str] = {}
+_HOST_CACHE: set[str] = set()
+_CACHE_MAX = 512
+# Fields that must not repeat: a second line is an attack or a bug.
+_SINGLE_FIELDS = {
+    "content-length": "more than one Content-Length",
+    "transfer-encoding": "more than one Transfer-Encoding",
+    "host": "more than one Host header",
+}
+
+
+def _field_name(raw: bytes) -> str:
+    name = _NAME_CACHE.get(raw)
+    if name is None:
+        name = raw.decode("latin-1").lower()
+        if len(_NAME_CACHE) < _CACHE_MAX:
+            _NAME_CACHE[raw] = name
+    return name
+
+
+def _valid_host(host: str) -> bool:
+    if host in _HOST_CACHE:
+        return True
+    if not _HOST_RE.fullmatch(host):
+        return False
+    if len(_HOST_CACHE) < _CACHE_MAX:
+        _HOST_CACHE.add(host)
+    return True
+
+
+def build_request(
+    method: str,
+    target: str,
+    version: str,
+    raw: RawHeaders,
+    limits: Limits,
+    check_fields: bool,
+) -> Request:
+    """Apply the semantic checks of RFC 9112/9110 to a parsed head."""
+    if version != "1.1" and version != "1.0":
+        raise ProtocolError(505, f"HTTP version {version} not supported")
+    if method not in KNOWN_METHODS:
+        raise ProtocolError(
+            400, "CONNECT is not supported" if method == "CONNECT" else "unknown method"
+        )
+    headers: dict[str, str] = {}
+    for bname, bvalue in raw:
+        if check_fields and _BAD_FIELD_BYTES.search(bvalue):
+            raise ProtocolError(400, "invalid character in header value")
+        name = _field_name(bname)
+        if name in headers:
+            if name in _SINGLE_FIELDS:
+                raise ProtocolError(400, _SINGLE_FIELDS[name])
+            sep = "; " if name == "cookie" else ", "
+            headers[name] = headers[name] + sep + bvalue.decode("latin-1")
+        else:
+            headers[name] = bvalue.decode("latin-1")
+
+    path, query = _split_target(method, target)
+
+    host = headers.get("host")
+    if host is None:
+        if version == "1.1":
+            raise ProtocolError(400, "missing Host header")
+    elif not _valid_host(host):
+        raise ProtocolError(400, "invalid Host header")
+
+    conn_header = headers.get("connection")
+    if version == "1.1":
+        keep_alive = conn_header is None or "close" not in _split_tokens(conn_header)
+    elif conn_header is None:
+        keep_alive = False
+    else:
+        tokens = _split_tokens(conn_header)
+        keep_alive = "keep-alive" in tokens and "close" not in tokens
+
+    req = Request(method, target, path, query, version, headers, keep_alive)
+
+    te = headers.get("transfer-encoding")
+    cl = headers.get("content-length")
+    if te is not None:
+        # RFC 9112 §6.1: a request with both is an attack or a bug; we refuse it.
+        if cl is not None:
+            raise ProtocolError(400, "both Content-Length and Transfer-Encoding")
+        if version == "1.0":
+            raise ProtocolError(400, "Transfer-Encoding on HTTP/1.0")
+        if te.strip().lower() != "chunked":
+            raise ProtocolError(400, "Transfer-Encoding other than chunked")
+        req.chunked = True
+    elif cl is not None:
+        cl = cl.strip()
+        if not cl.isdigit() or not cl.isascii():
+            raise ProtocolError(400, "invalid Content-Length")
+
+    # Only now the limits: a request that is both malformed and too large gets
+    # the same 400 from both backends, whichever of them finds the fault first.
+    if len(raw) > limits.max_header_count:
+        raise ProtocolError(431, "too many header fields")
+    if cl is not None and te is None:
+        if len(cl) > 19 or int(cl) > limits.max_body_size:
+            raise ProtocolError(413, "request body too large")
+        req.content_length = int(cl)
+
+    expect = headers.get("expect")
+    if expect is not None:
+        if expect.strip().lower() != "100-continue":
+            raise ProtocolError(417, "unsupported Expect")
+        req.expect_continue = version == "1.1" and (req.chunked or req.content_length > 0)
+    return req
+
+
+def _request_line_error(buf: bytes, start: int, end: int) -> ProtocolError:
+    """The error for a request line that does not end in HTTP/1.1 or HTTP/1.0."""
+    match = _REQUEST_LINE_RE.fullmatch(buf, start, end)
+    if match is None:
+        return ProtocolError(400, "malformed request line")
+    major, minor = match[1].decode(), match[2].decode()
+    return ProtocolError(505, f"HTTP version {major}.{minor} not supported")
+
+
+def _first_fault(
+    buf: bytes, pos: int, end: int, limits: Limits, head: bool, checked: int = 0
+) -> tuple[ProtocolError | None, int]:
+    """The first fault in ``buf[pos:end]``, by where in the stream it shows.
+
+    ``head``: the bytes are (the start of) a request head, else one trailer
+    line. A fault "shows" at the byte that proves it: a bare LF at itself, a
+    bare CR at the byte after it, a line too long at its first byte past the
+    limit that cannot be the CR of a CRLF, a bad request line at its LF.
+    Answering the earliest makes the status independent of how the bytes
+    were split into reads (a prefix shows the same faults at the same places).
+
+    ``checked``: how many bytes from ``pos`` are whole lines already found
+    without fault (by an earlier call on a shorter read), so a head that
+    trickles in is not scanned again from its start on every read. Returns
+    the fault or None, and the new ``checked``.
+    """
+    limit = limits.line_limit
+    start = pos + checked
+    fault: ProtocolError | None = None
+    at = end
+    crlf = buf.count(b"\r\n", start, end)
+    crs = buf.count(b"\r", start, end)
+    if buf.count(b"\n", start, end) != crlf or (
+        crs != crlf and not (crs == crlf + 1 and buf.endswith(b"\r", start, end))
+    ):
+        where = "request head" if head else "trailer"
+        for match in _LINE_ENDS.finditer(buf, start, end):
+            i = match.start()
+            if match.end() - i == 2:
+                continue
+            if buf[i] == 0x0A:
+                at, fault = i, ProtocolError(400, f"bare LF in {where}")
+                break
+            if i + 1 < end:
+                at, fault = i + 1, ProtocolError(400, f"bare CR in {where}")
+                break
+    if head and pos + limits.head_limit < at:
+        at, fault = pos + limits.head_limit, ProtocolError(431, "request head too large")
+    line = start
+    first = head and not checked
+    while line < at:
+        stop = buf.find(b"\r\n", line, end)
+        line_end = end if stop < 0 else stop
+        shows = line + limit
+        if shows < line_end:
+            if buf[shows] == 0x0D:  # this CR may yet begin the CRLF
+                shows += 1
+            if shows < end and shows <= at:
+                at = shows
+                if first:
+                    fault = ProtocolError(414, "request line too long")
+                elif head:
+                    fault = ProtocolError(431, "header line too long")
+                else:
+                    fault = ProtocolError(431, "trailer line too long")
+        if stop < 0:
+            break
+        if first and stop + 1 < at and not buf.endswith(_HTTP_VERSIONS, pos, stop):
+            at, fault = stop + 1, _request_line_error(buf, pos, stop)
+        line = stop + 2
+        first = False
+    return fault, line - pos
