@@ -29,7 +29,8 @@ from .protocol import (
 )
 
 if TYPE_CHECKING:
-    from .connection import Connection, ServerState
+    from .connection import Connection
+    from .state import ServerState
 
 logger = logging.getLogger(log.WORKER)
 app_logger = logging.getLogger(log.APP)
