@@ -30,8 +30,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from prefork import log
 from prefork.config import Config
-from prefork.connection import Connection, ServerState
+from prefork.connection import Connection
 from prefork.exchange import exchange
+from prefork.state import ServerState
 
 REQUEST = b"GET /hello HTTP/1.1\r\nHost: localhost:8080\r\nUser-Agent: wrk\r\nAccept: */*\r\n\r\n"
 

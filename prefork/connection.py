@@ -1,33 +1,29 @@
-"""One connection: the asyncio Protocol, the per-connection coroutine, one exchange.
+"""One connection: the asyncio Protocol and the per-connection coroutine.
 
 ``Connection`` is fed by the event loop (``data_received``) and parses as bytes
-arrive; the connection coroutine (``serve_connection``) is woken only when a
-whole request is there, calls the handler, and writes the response, usually in
-one ``transport.write``. Deadlines are absolute and checked by one sweeper per
-worker (``ServerState``), not a timer per request. Reads, writes and timeouts
-live only here.
+arrive. Sync handlers are answered inline from there while the connection
+coroutine (``serve_connection``) is parked; otherwise that coroutine is woken
+only when a whole request is there and runs one ``exchange`` per request.
+Reading, backpressure, closing (half-close, linger) and what happens when a
+deadline passes live here; the worker's sweeper that notices it is in ``state``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import enum
 import logging
 import socket
 import ssl
 import time
-from collections.abc import Mapping
 from typing import Any
 
-from . import compression, log
-from ._types import Handler
-from .config import Config
+from . import log
 from .errors import PeerGone, PreforkError, ProtocolError
 from .exchange import body_length, exchange, finish, handler_failed
-from .handler import Context, is_async_handler
-from .parsers import make_parser, resolve
-from .protocol import CONTINUE_RESPONSE, DATE, HeadCache, RequestReader, error_response
-from .request import Limits, Request, parse_args
+from .handler import Context
+from .protocol import CONTINUE_RESPONSE, RequestReader, error_response
+from .request import Request, parse_args
+from .state import Deadline, ServerState
 
 logger = logging.getLogger(log.WORKER)
 app_logger = logging.getLogger(log.APP)
@@ -40,115 +36,6 @@ MAX_QUEUED_REQUESTS = 32
 # so that a client still sending does not get a reset instead of our response
 # (RFC 9112 §9.6).
 LINGER_S = 2.0
-
-
-class Deadline(enum.Enum):
-    NONE = 0
-    IDLE = 1
-    HEADER = 2
-    BODY = 3
-    WRITE = 4
-    LINGER = 5
-
-
-class ServerState:
-    """Everything one worker's connections share: config, handler, limits, the sweeper."""
-
-    def __init__(
-        self,
-        cfg: Config,
-        handler: Handler,
-        *,
-        ssl_context: ssl.SSLContext | None = None,
-        redis_module: Any = None,
-    ) -> None:
-        self.cfg = cfg
-        self.handler = handler
-        self.is_async = is_async_handler(handler)
-        self.ssl_context = ssl_context
-        self.redis_module = redis_module
-        self.limits = Limits.from_config(cfg)
-        self.parser_name = resolve(cfg.http)
-        self.policy = compression.Policy(cfg.compression)
-        self.body_cache = compression.BodyCache(cfg.compression["cache_bytes"])
-        # One big body compressed at a time (compression.compress_in_slices).
-        self.compress_turn = asyncio.Lock()
-        self.head_cache: HeadCache = {}
-        # One head parser per worker, not per connection: a head is parsed
-        # whole and synchronously, so connections never interleave in it, and
-        # an llhttp parser costs ~700 bytes on every idle connection.
-        self.head_parser = make_parser(self.parser_name)
-        self.fields_cache: dict[tuple[Any, ...], tuple[str, Mapping[str, str], bool, bool]] = {}
-        self.access = log.AccessLog(cfg.log_headers)
-        self.requests_per_connection = cfg.requests_per_connection
-        self.keepalive_idle_timeout = cfg.keepalive_idle_timeout
-        self.request_header_timeout = cfg.request_header_timeout
-        self.request_body_timeout = cfg.request_body_timeout
-        self.response_write_timeout = cfg.response_write_timeout
-        self.connections: set[Connection] = set()
-        self.requests_served = 0
-        self.draining = False
-        self.loop: asyncio.AbstractEventLoop | None = None  # set by start()
-        self._sweeper: asyncio.TimerHandle | None = None
-        self._all_closed: asyncio.Event | None = None
-        timeouts = (
-            cfg.keepalive_idle_timeout,
-            cfg.request_header_timeout,
-            cfg.request_body_timeout,
-            cfg.response_write_timeout,
-        )
-        # Deadlines are checked this often: fine enough for the shortest timeout.
-        self.sweep_interval = max(0.05, min(1.0, min(timeouts) / 8))
-
-    @property
-    def open_connections(self) -> int:
-        return len(self.connections)
-
-    def start(self) -> None:
-        """Start the deadline sweeper; call once inside the running loop."""
-        self.loop = asyncio.get_running_loop()
-        self._all_closed = asyncio.Event()
-        DATE.refresh()
-        self._sweeper = self.loop.call_later(self.sweep_interval, self._sweep)
-
-    def _sweep(self) -> None:
-        loop = self.loop
-        assert loop is not None
-        DATE.refresh()
-        now = loop.time()
-        for conn in list(self.connections):
-            if conn.deadline and now >= conn.deadline:
-                conn.on_deadline()
-        self._sweeper = loop.call_later(self.sweep_interval, self._sweep)
-
-    def add(self, conn: Connection) -> None:
-        self.connections.add(conn)
-
-    def discard(self, conn: Connection) -> None:
-        self.connections.discard(conn)
-        if not self.connections and self.draining and self._all_closed is not None:
-            self._all_closed.set()
-
-    def begin_drain(self) -> None:
-        """Stop keep-alive: idle connections close now, busy ones after their response."""
-        self.draining = True
-        for conn in list(self.connections):
-            conn.begin_drain()
-        if not self.connections and self._all_closed is not None:
-            self._all_closed.set()
-
-    async def wait_closed(self, timeout: float) -> None:  # noqa: ASYNC109
-        """Wait until every connection is gone or ``timeout`` passed; then abort the rest."""
-        if self._all_closed is not None and self.connections:
-            try:
-                await asyncio.wait_for(self._all_closed.wait(), timeout)
-            except TimeoutError:
-                logger.warning("graceful timeout: aborting %d connection(s)", len(self.connections))
-        for conn in list(self.connections):
-            conn.abort()
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            self._sweeper = None
 
 
 class Connection(asyncio.Protocol):

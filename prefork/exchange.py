@@ -22,7 +22,8 @@ from .protocol import DATE, SERVER_HEADER, bodyless_status, error_response, stat
 from .request import Request, parse_args
 
 if TYPE_CHECKING:
-    from .connection import Connection, ServerState
+    from .connection import Connection
+    from .state import ServerState
 
 logger = logging.getLogger(log.WORKER)
 app_logger = logging.getLogger(log.APP)

@@ -49,9 +49,10 @@ import uvloop
 from . import log
 from ._types import Handler
 from .config import Config
-from .connection import ServerState, serve_connection
+from .connection import serve_connection
 from .errors import PreforkError
 from .handler import load_app
+from .state import ServerState
 
 logger = logging.getLogger(log.WORKER)
 

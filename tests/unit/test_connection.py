@@ -10,8 +10,9 @@ import pytest
 import prefork
 from prefork import protocol
 from prefork.config import Config
-from prefork.connection import Connection, ServerState
+from prefork.connection import Connection
 from prefork.exchange import exchange
+from prefork.state import ServerState
 
 DATE_LINE = "Date: Wed, 25 Nov 2026 08:00:00 GMT\r\n"
 GET = b"GET /hello HTTP/1.1\r\nHost: example.com\r\n\r\n"

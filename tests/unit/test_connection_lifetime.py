@@ -21,8 +21,9 @@ import pytest
 import uvloop
 
 from prefork.config import Config
-from prefork.connection import Connection, ServerState, serve_connection
+from prefork.connection import Connection, serve_connection
 from prefork.handler import Context
+from prefork.state import ServerState
 
 
 @pytest.fixture
