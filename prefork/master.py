@@ -1,10 +1,11 @@
 """The master process: binds, forks and supervises workers.
 
-Plain synchronous code, no asyncio. It binds the listen sockets and pre-parses
-TLS once, forks the workers, and supervises them from one ``selectors`` loop
-(one-second timeout) over a signal wakeup pipe and the workers' pipes (one byte
-per message: READY, HEARTBEAT, RECYCLE; see worker.py). It never imports a
-``"MODULE:ATTR"`` app and never opens Redis: the workers do, after the fork.
+Plain synchronous code, no asyncio. It binds the listen sockets (listeners.py)
+and pre-parses TLS once, forks the workers, and supervises them from one loop
+(one-second timeout) that waits on the signal queue's wakeup pipe and the
+workers' pipes (wakeups.py; one byte per message: READY, HEARTBEAT, RECYCLE;
+see worker.py). It never imports a ``"MODULE:ATTR"`` app and never opens Redis:
+the workers do, after the fork.
 
 Signals (handlers only enqueue; the loop does the work):
 
@@ -31,14 +32,12 @@ instead of a respawn loop.
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import dataclasses
 import gc
 import itertools
 import logging
 import os
-import selectors
 import signal
 import socket
 import ssl
@@ -53,7 +52,9 @@ from . import log
 from ._types import Handler
 from .config import Config, load_toml, merged
 from .errors import BindError, PreforkError
+from .listeners import bind_spec, format_host, listen_all
 from .tls import load_tls
+from .wakeups import Wakeups
 from .worker import (
     MASTER_SIGNALS,
     MSG_READY,
@@ -77,34 +78,6 @@ LOOP_TIMEOUT_S = 1.0  # the supervision loop wakes at least this often
 QUIT_TIMEOUT_S = 2.0  # after SIGQUIT, workers still alive are killed
 RESPAWN_BACKOFF_MIN_S = 1.0  # after a failed boot while others serve; doubles ...
 RESPAWN_BACKOFF_MAX_S = 30.0  # ... up to this
-
-
-def parse_address(text: str) -> tuple[str, int]:
-    """``"HOST:PORT"`` (``"[::1]:80"`` for IPv6) -> ``(host, port)``."""
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or int(port) > 65535:
-        raise BindError(f"bind {text!r}: expected HOST:PORT")
-    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-    return host or "0.0.0.0", int(port)
-
-
-def bind_spec(cfg: Config) -> tuple[tuple[tuple[str, int], ...], int]:
-    """What the listen sockets are made from: the requested addresses and the backlog."""
-    return ((cfg.ip, cfg.port), *(parse_address(b) for b in cfg.binds)), cfg.backlog
-
-
-def listen(host: str, port: int, backlog: int) -> socket.socket:
-    """A listening TCP socket (SO_REUSEADDR; IPv6 sockets are IPv6-only); raises BindError."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    try:
-        return socket.create_server((host, port), family=family, backlog=backlog)
-    except (OSError, OverflowError) as exc:
-        reason = getattr(exc, "strerror", None) or str(exc)
-        raise BindError(f"cannot bind {_format_host(host)}:{port}: {reason}") from None
-
-
-def _format_host(host: str) -> str:
-    return f"[{host}]" if ":" in host else host
 
 
 @dataclasses.dataclass(eq=False)
@@ -144,11 +117,7 @@ class Master:
         self._last_generation = 0
         self._target = cfg.workers
         self._workers: dict[int, Worker] = {}  # by pid
-        self._signals: collections.deque[int] = collections.deque()
-        self._selector = selectors.PollSelector()  # poll: no fd of its own to leak into workers
-        self._wakeup_r = self._wakeup_w = -1
-        self._old_handlers: dict[int, Any] = {}
-        self._old_wakeup_fd = -1
+        self._wakeups = Wakeups()  # the signal queue and the pipes the loop waits on
         self._reload: _Reload | None = None
         self._reload_again = False
         self._stopping: Stop | None = None
@@ -169,7 +138,7 @@ class Master:
         try:
             setproctitle.setproctitle(f"prefork: master [{app_label(self.app)}]")
             self._write_pidfile()
-            self._install_signals()
+            self._wakeups.install(MASTER_SIGNALS)
             self._generation = self._last_generation = 1
             logger.info("master (pid %d): generation 1, %d worker(s)", os.getpid(), self._target)
             for number in range(1, self._target + 1):
@@ -182,19 +151,11 @@ class Master:
 
     def _bind(self) -> None:
         addrs, backlog = self._bind_spec
-        try:
-            for i, (host, port) in enumerate(addrs):
-                if port == 0 or (host, port) not in addrs[:i]:  # the same address binds once
-                    self.listeners.append(listen(host, port, backlog))
-        except BindError:
-            for sock in self.listeners:
-                sock.close()
-            self.listeners.clear()
-            raise
+        self.listeners.extend(listen_all(addrs, backlog))
         scheme = "https" if self._tls is not None else "http"
         for sock in self.listeners:
             host, port = sock.getsockname()[:2]
-            logger.info("listening on %s://%s:%d", scheme, _format_host(host), port)
+            logger.info("listening on %s://%s:%d", scheme, format_host(host), port)
         self.port = self.listeners[0].getsockname()[1]
 
     def _write_pidfile(self) -> None:
@@ -207,31 +168,11 @@ class Master:
             raise BindError(f"pid file {self.pidfile}: {exc.strerror}") from None
         self._pid_written = True
 
-    def _install_signals(self) -> None:
-        self._wakeup_r, self._wakeup_w = os.pipe()
-        os.set_blocking(self._wakeup_r, False)
-        os.set_blocking(self._wakeup_w, False)
-        self._selector.register(self._wakeup_r, selectors.EVENT_READ, None)
-        for signum in MASTER_SIGNALS:
-            self._old_handlers[signum] = signal.signal(signum, self._on_signal)
-        self._old_wakeup_fd = signal.set_wakeup_fd(self._wakeup_w)
-
-    def _on_signal(self, signum: int, frame: object) -> None:
-        self._signals.append(signum)  # only enqueue: no logging, no forking here
-
     def _cleanup(self) -> None:
-        if self._old_handlers:
-            signal.set_wakeup_fd(self._old_wakeup_fd)
-            for signum, handler in self._old_handlers.items():
-                signal.signal(signum, handler)
-            self._old_handlers.clear()
+        self._wakeups.restore_signals()
         for worker in self._workers.values():
-            self._close_pipe(worker)
-        self._selector.close()
-        for fd in (self._wakeup_r, self._wakeup_w):
-            if fd >= 0:
-                os.close(fd)
-        self._wakeup_r = self._wakeup_w = -1
+            self._wakeups.close_pipe(worker)
+        self._wakeups.close()
         for sock in self.listeners:
             sock.close()
         self.listeners.clear()
@@ -250,13 +191,8 @@ class Master:
             timeout = LOOP_TIMEOUT_S
             if self._respawn_at > time.monotonic():
                 timeout = min(timeout, self._respawn_at - time.monotonic())
-            for key, _events in self._selector.select(timeout):
-                if key.data is None:
-                    with contextlib.suppress(BlockingIOError):
-                        while os.read(self._wakeup_r, 4096):
-                            pass
-                else:
-                    self._read_pipe(key.data)
+            for worker in self._wakeups.wait(timeout):
+                self._read_pipe(worker)
             self._handle_signals()
             self._reap()
             if self._stopping is not None:
@@ -275,7 +211,7 @@ class Master:
         except OSError:
             data = b""
         if not data:  # EOF: the worker is exiting; reaping closes the fd
-            self._unregister(worker)
+            self._wakeups.unwatch(worker)
             return
         worker.last_seen = time.monotonic()  # every message, MSG_HEARTBEAT included
         if MSG_READY in data:
@@ -284,8 +220,8 @@ class Master:
             worker.recycle = True
 
     def _handle_signals(self) -> None:
-        while self._signals:
-            signum = self._signals.popleft()
+        while self._wakeups.signals:
+            signum = self._wakeups.signals.popleft()
             if signum == signal.SIGCHLD:
                 continue  # the loop reaps after every wakeup
             if signum in (signal.SIGTERM, signal.SIGINT):
@@ -385,7 +321,7 @@ class Master:
             self._spawn_failed(exc)
             return None
         # The child keeps its own pipe's write end only: no sibling's pipe, no wakeup pipe.
-        close_fds = [read_fd, self._wakeup_r, self._wakeup_w]
+        close_fds = [read_fd, self._wakeups.wakeup_r, self._wakeups.wakeup_w]
         close_fds += [w.pipe_r for w in self._workers.values() if w.pipe_r >= 0]
         worker = Worker(cfg, self.app, self.listeners, tls, number, generation, write_fd, close_fds)
         _flush_std_streams()  # or the child would write the master's buffered output again
@@ -414,7 +350,7 @@ class Master:
         if replaces is not None:
             worker.replaces, replaces.replaced_by = replaces, worker
         self._workers[pid] = worker
-        self._selector.register(read_fd, selectors.EVENT_READ, worker)
+        self._wakeups.watch(worker)
         logger.info("%s spawned", worker.label())
         return worker
 
@@ -507,7 +443,7 @@ class Master:
             if worker is None:  # e.g. re-parented to us as PID 1: reaped, nothing more
                 logger.debug("reaped pid %d (not a worker): %s", pid, describe_status(status))
                 continue
-            self._close_pipe(worker)
+            self._wakeups.close_pipe(worker)
             self._on_exit(worker, status)
 
     def _on_exit(self, worker: Worker, status: int) -> None:
@@ -544,17 +480,6 @@ class Master:
 
     def _bump_backoff(self) -> None:
         self._respawn_delay = min(self._respawn_delay * 2, RESPAWN_BACKOFF_MAX_S)
-
-    def _unregister(self, worker: Worker) -> None:
-        if worker.pipe_r >= 0:
-            with contextlib.suppress(KeyError, ValueError):
-                self._selector.unregister(worker.pipe_r)
-
-    def _close_pipe(self, worker: Worker) -> None:
-        if worker.pipe_r >= 0:
-            self._unregister(worker)
-            os.close(worker.pipe_r)
-            worker.pipe_r = -1
 
     def _check_timeouts(self) -> None:
         now = time.monotonic()

@@ -19,14 +19,11 @@ import pytest
 from prefork import log
 from prefork import worker as worker_module
 from prefork.config import Config
-from prefork.errors import BindError
 from prefork.master import (
     MASTER_BOOT_FAILED,
     RESPAWN_BACKOFF_MIN_S,
     Master,
     _Reload,
-    bind_spec,
-    parse_address,
 )
 from prefork.worker import (
     ACCEPT_BACKOFF_S,
@@ -66,36 +63,6 @@ def handle(method: str, query: str, args: Any, headers: Any, body: bytes, ctx: A
 )
 def test_describe_status(status: int, expected: str) -> None:
     assert describe_status(status) == expected
-
-
-@pytest.mark.parametrize(
-    ("text", "expected"),
-    [
-        ("127.0.0.1:8080", ("127.0.0.1", 8080)),
-        ("0.0.0.0:0", ("0.0.0.0", 0)),
-        ("[::1]:443", ("::1", 443)),
-        ("localhost:80", ("localhost", 80)),
-        (":9000", ("0.0.0.0", 9000)),
-    ],
-    ids=["ipv4", "port-0", "ipv6", "name", "no-host"],
-)
-def test_parse_address(text: str, expected: tuple[str, int]) -> None:
-    assert parse_address(text) == expected
-
-
-@pytest.mark.parametrize("text", ["8080", "host:", "host:http", "host:70000"])
-def test_parse_address_rejects(text: str) -> None:
-    with pytest.raises(BindError, match="expected HOST:PORT"):
-        parse_address(text)
-
-
-def test_bind_spec_sees_every_address_and_the_backlog() -> None:
-    base = Config.build({"port": 0})
-    assert bind_spec(base) == ((("127.0.0.1", 0),), 256)
-    assert bind_spec(Config.build({"port": 0, "workers": 4})) == bind_spec(base)
-    assert bind_spec(Config.build({"port": 1})) != bind_spec(base)
-    assert bind_spec(Config.build({"port": 0, "binds": ["[::1]:0"]})) != bind_spec(base)
-    assert bind_spec(Config.build({"port": 0, "backlog": 10})) != bind_spec(base)
 
 
 def test_timeouts() -> None:

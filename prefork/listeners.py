@@ -1,0 +1,57 @@
+"""The listen sockets: ``HOST:PORT`` addresses, what a config asks for, binding.
+
+The master binds them once, before the first fork; every worker inherits the
+same sockets and accepts from their shared listen queues. A reload keeps them,
+so a config whose ``bind_spec`` differs needs a restart. Failures are
+``BindError``.
+"""
+
+from __future__ import annotations
+
+import socket
+
+from .config import Config
+from .errors import BindError
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    """``"HOST:PORT"`` (``"[::1]:80"`` for IPv6) -> ``(host, port)``."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or int(port) > 65535:
+        raise BindError(f"bind {text!r}: expected HOST:PORT")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    return host or "0.0.0.0", int(port)
+
+
+def bind_spec(cfg: Config) -> tuple[tuple[tuple[str, int], ...], int]:
+    """What the listen sockets are made from: the requested addresses and the backlog."""
+    return ((cfg.ip, cfg.port), *(parse_address(b) for b in cfg.binds)), cfg.backlog
+
+
+def listen(host: str, port: int, backlog: int) -> socket.socket:
+    """A listening TCP socket (SO_REUSEADDR; IPv6 sockets are IPv6-only); raises BindError."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        return socket.create_server((host, port), family=family, backlog=backlog)
+    except (OSError, OverflowError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise BindError(f"cannot bind {format_host(host)}:{port}: {reason}") from None
+
+
+def listen_all(addrs: tuple[tuple[str, int], ...], backlog: int) -> list[socket.socket]:
+    """One socket per address (a repeated one binds once); all closed if one fails."""
+    listeners: list[socket.socket] = []
+    try:
+        for i, (host, port) in enumerate(addrs):
+            if port == 0 or (host, port) not in addrs[:i]:  # the same address binds once
+                listeners.append(listen(host, port, backlog))
+    except BindError:
+        for sock in listeners:
+            sock.close()
+        raise
+    return listeners
+
+
+def format_host(host: str) -> str:
+    """``host`` as it goes before ``:PORT``: an IPv6 address in brackets."""
+    return f"[{host}]" if ":" in host else host
