@@ -178,6 +178,7 @@ class Master:
         self.listeners.clear()
         if self._pid_written and self.pidfile is not None:
             self._pid_written = False
+            mine = False  # gone already, or unreadable: leave it alone
             with contextlib.suppress(OSError), open(self.pidfile) as fh:
                 mine = fh.read().strip() == str(os.getpid())
             if mine:

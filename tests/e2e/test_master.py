@@ -579,6 +579,16 @@ def test_pid_file_holds_the_master_pid(servers: StartServer, tmp_path: Path) -> 
     assert not pidfile.exists()
 
 
+def test_pid_file_removed_by_someone_else_still_exits_0(
+    servers: StartServer, tmp_path: Path
+) -> None:
+    pidfile = tmp_path / "prefork.pid"
+    server = start(servers, tmp_path, "--pid", str(pidfile), workers=1)
+    pidfile.unlink()
+    assert server.stop() == 0
+    assert not pidfile.exists()
+
+
 # -- Redis ---------------------------------------------------------------------
 
 
