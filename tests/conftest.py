@@ -1,10 +1,17 @@
-"""Shared test helpers: wait_until, free ports."""
+"""Shared test helpers: wait_until, free ports; the hypothesis profile."""
 
 from __future__ import annotations
 
 import socket
 import time
 from collections.abc import Callable
+
+from hypothesis import HealthCheck, settings
+
+# Property tests check answers, not speed: no per-example deadline, which a busy
+# machine (CI, a parallel suite) would miss and report as a failure.
+settings.register_profile("prefork", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("prefork")
 
 
 def wait_until(
