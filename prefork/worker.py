@@ -269,6 +269,8 @@ class Worker:
         self._tasks: set[asyncio.Task[None]] = set()
         self._accepting = False
         self._backoff: asyncio.TimerHandle | None = None
+        # Per listener fd: does TCP_INFO give its queue length (asked once, at first arming)?
+        self._queue_known: dict[int, bool] = {}
         self._recycle_at = 0
         self._recycle_sent = False
 
@@ -446,11 +448,12 @@ class Worker:
         if self._active >= self.cfg.connection_limit or self._backoff is not None:
             return
         for sock in self.listeners:
+            fd = sock.fileno()
             wrap = _ACCEPTED.get(sock.family, socket.socket)
-            known = accept_queue_length(sock) is not None
-            self._loop.add_reader(
-                sock.fileno(), self._on_readable, sock, wrap, int(sock.family), known
-            )
+            known = self._queue_known.get(fd)
+            if known is None:
+                known = self._queue_known[fd] = accept_queue_length(sock) is not None
+            self._loop.add_reader(fd, self._on_readable, sock, wrap, int(sock.family), known)
         self._accepting = True
 
     def _pause_accepting(self) -> None:
