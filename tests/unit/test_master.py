@@ -1,23 +1,24 @@
-"""Master and worker logic that needs no process and no socket."""
+"""prefork.master: the master's decisions, with no process and no socket.
+
+Before any fork: SIGTTIN/SIGTTOU, re-reading the config on SIGHUP and keeping
+the running generation when that fails. Supervision, on records of imaginary
+workers (``Master._kill`` replaced): boot failures, crashes, replacing and
+recycling workers, reloads that fail or time out, a SIGHUP during a reload.
+The worker side (its accept loop, its watchdog verdict) is in test_worker.py.
+"""
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import logging
-import os
 import signal
-import socket
-import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from prefork import log
-from prefork import worker as worker_module
 from prefork.config import Config
 from prefork.master import (
     MASTER_BOOT_FAILED,
@@ -25,63 +26,12 @@ from prefork.master import (
     Master,
     _Reload,
 )
-from prefork.worker import (
-    ACCEPT_BACKOFF_S,
-    BOOT_TIMEOUT_MIN_S,
-    MSG_HEARTBEAT,
-    MSG_READY,
-    MSG_RECYCLE,
-    WORKER_BOOT_ERROR,
-    WORKER_CRASHED,
-    WORKER_EXIT_OK,
-    Worker,
-    WorkerState,
-    accept_queue_length,
-    app_label,
-    boot_timeout,
-    describe_status,
-    heartbeat_interval,
-)
+from prefork.worker import Worker, WorkerState
+from tests.unit.conftest import record
 
 
 def handle(method: str, query: str, args: Any, headers: Any, body: bytes, ctx: Any) -> Any:
     return "ok", 200, None
-
-
-# -- small functions -----------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("status", "expected"),
-    [
-        (0, "exit code 0"),
-        (3 << 8, "exit code 3"),
-        (signal.SIGKILL, "signal SIGKILL"),
-        (signal.SIGTERM, "signal SIGTERM"),
-    ],
-    ids=["exit-0", "exit-3", "sigkill", "sigterm"],
-)
-def test_describe_status(status: int, expected: str) -> None:
-    assert describe_status(status) == expected
-
-
-def test_timeouts() -> None:
-    assert boot_timeout(2) == BOOT_TIMEOUT_MIN_S
-    assert boot_timeout(120) == 120
-    assert heartbeat_interval(30) == 1.0
-    assert heartbeat_interval(2) == 0.5
-
-
-def test_constants_are_distinct() -> None:
-    assert len({MSG_READY, MSG_HEARTBEAT, MSG_RECYCLE}) == 3
-    assert all(len(msg) == 1 for msg in (MSG_READY, MSG_HEARTBEAT, MSG_RECYCLE))
-    assert len({WORKER_EXIT_OK, WORKER_CRASHED, WORKER_BOOT_ERROR}) == 3
-    assert WORKER_BOOT_ERROR == 3
-
-
-def test_app_label() -> None:
-    assert app_label("app:handle") == "app:handle"
-    assert app_label(handle) == f"{__name__}:handle"
 
 
 # -- the master's decisions, before any fork -----------------------------------
@@ -169,210 +119,7 @@ def test_broken_reload_keeps_the_generation(
     assert "generation 1 keeps serving" in failed[0]
 
 
-# -- the worker's accept loop, with a fake loop --------------------------------
-
-
-class FakeTask:
-    def __init__(self) -> None:
-        self.callbacks: list[Callable[[FakeTask], None]] = []
-
-    def add_done_callback(self, cb: Callable[[FakeTask], None]) -> None:
-        self.callbacks.append(cb)
-
-    def cancelled(self) -> bool:
-        return False
-
-    def exception(self) -> BaseException | None:
-        return None
-
-    def finish(self) -> None:
-        for cb in self.callbacks:
-            cb(self)
-
-
-class FakeLoop:
-    def __init__(self) -> None:
-        self.readers: dict[int, Any] = {}
-        self.timers: list[tuple[float, Callable[[], None]]] = []
-        self.tasks: list[FakeTask] = []
-
-    def add_reader(self, fd: int, cb: Callable[..., None], *args: Any) -> None:
-        self.readers[fd] = (cb, args)
-
-    def remove_reader(self, fd: int) -> bool:
-        return self.readers.pop(fd, None) is not None
-
-    def call_later(self, delay: float, cb: Callable[[], None]) -> Any:
-        self.timers.append((delay, cb))
-        return object()
-
-    def create_task(self, coro: Any) -> FakeTask:
-        with contextlib.suppress(StopIteration):  # fake_serve: closes the socket at once
-            coro.send(None)
-        task = FakeTask()
-        self.tasks.append(task)
-        return task
-
-
-class FakeListener:
-    family = socket.AF_INET
-
-    def __init__(self, pending: int, error: int | None = None, queued: int | None = None) -> None:
-        self.pending = pending
-        self.error = error
-        self.queued = queued  # what TCP_INFO reports as the accept queue; None: unsupported
-        self.accepts = 0
-        self.attempts = 0
-
-    def fileno(self) -> int:
-        return 7
-
-    def getsockopt(self, level: int, option: int, size: int) -> bytes:
-        if self.queued is None:
-            raise OSError(errno.ENOPROTOOPT, "not TCP")
-        info = bytearray(size)
-        info[0] = 10  # TCP_LISTEN
-        info[24:28] = self.queued.to_bytes(4, sys.byteorder)
-        return bytes(info)
-
-    def _accept(self) -> tuple[int, tuple[str, int]]:
-        self.attempts += 1
-        if self.error is not None:
-            raise OSError(self.error, os.strerror(self.error))
-        if not self.pending:
-            raise BlockingIOError
-        self.pending -= 1
-        self.accepts += 1
-        # A real fd (one end of a socketpair), as accept() gives; the worker wraps it.
-        ours, theirs = socket.socketpair()
-        theirs.close()
-        return ours.detach(), ("127.0.0.1", 1234)
-
-
-async def fake_serve(sock: Any, state: Any, peer: Any) -> None:
-    sock.close()  # the test only counts connections
-
-
-@pytest.fixture(autouse=True)
-def no_real_connections(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(worker_module, "serve_connection", fake_serve)
-
-
-def make_worker(listener: FakeListener, limit: int) -> tuple[Worker, FakeLoop]:
-    cfg = Config.build({"port": 0, "connection_limit": limit})
-    worker = Worker(
-        cfg=cfg,
-        app="app:handle",
-        listeners=[listener],  # type: ignore[list-item]
-        ssl_context=None,
-        number=1,
-        generation=1,
-        pipe_fd=-1,
-        close_fds=[],
-    )
-    loop = FakeLoop()
-    worker._loop = loop  # type: ignore[assignment]
-    worker._phase = WorkerState.SERVING
-    worker._state = object()  # type: ignore[assignment]
-    worker._resume_accepting()
-    return worker, loop
-
-
-def readable(loop: FakeLoop) -> None:
-    """The listen fd became readable: run the callback the worker registered for it."""
-    callback, args = loop.readers[7]
-    callback(*args)
-
-
-def test_accept_stops_at_connection_limit_and_resumes_when_a_slot_frees() -> None:
-    listener = FakeListener(pending=5)
-    _worker, loop = make_worker(listener, limit=2)
-    assert 7 in loop.readers
-    readable(loop)
-    assert listener.accepts == 2  # a slot is taken before each accept
-    assert 7 not in loop.readers  # the rest wait in the listen queue for a sibling
-    loop.tasks[0].finish()
-    assert 7 in loop.readers
-    readable(loop)
-    assert listener.accepts == 3
-    assert 7 not in loop.readers
-
-
-def test_accept_emfile_backs_off_instead_of_spinning() -> None:
-    listener = FakeListener(pending=1, error=errno.EMFILE)
-    _worker, loop = make_worker(listener, limit=10)
-    readable(loop)
-    assert 7 not in loop.readers
-    assert [delay for delay, _ in loop.timers] == [ACCEPT_BACKOFF_S]
-    _, retry = loop.timers[0]
-    listener.error = None
-    retry()
-    assert 7 in loop.readers
-    readable(loop)
-    assert listener.accepts == 1
-
-
-def test_accept_takes_what_the_queue_holds_without_a_failing_accept() -> None:
-    listener = FakeListener(pending=5, queued=2)
-    _worker, loop = make_worker(listener, limit=10)
-    readable(loop)
-    assert (listener.accepts, listener.attempts) == (2, 2)  # no accept() to find EAGAIN
-    assert 7 in loop.readers  # the other 3: on the next (level-triggered) wake-up
-
-
-def test_accept_tries_once_when_the_queue_looks_empty() -> None:
-    # A sibling took the connection, or the count is off: one accept(), never none
-    # (a readable listen fd left alone would wake the loop again at once).
-    listener = FakeListener(pending=1, queued=0)
-    _worker, loop = make_worker(listener, limit=10)
-    readable(loop)
-    assert (listener.accepts, listener.attempts) == (1, 1)
-
-
-def test_accept_without_a_queue_length_accepts_until_eagain() -> None:
-    listener = FakeListener(pending=3)
-    _worker, loop = make_worker(listener, limit=10)
-    readable(loop)
-    assert (listener.accepts, listener.attempts) == (3, 4)
-
-
-def test_accept_queue_length_of_a_real_listening_socket() -> None:
-    with socket.socket() as listener:
-        listener.bind(("127.0.0.1", 0))
-        listener.listen(16)
-        assert accept_queue_length(listener) == 0
-        clients = [socket.create_connection(listener.getsockname()) for _ in range(3)]
-        try:
-            deadline = time.monotonic() + 5
-            while accept_queue_length(listener) != 3 and time.monotonic() < deadline:
-                time.sleep(0.01)  # the handshakes complete in the kernel
-            assert accept_queue_length(listener) == 3
-            accepted, _ = listener.accept()
-            accepted.close()
-            assert accept_queue_length(listener) == 2
-            assert accept_queue_length(clients[0]) is None  # not a listening socket
-        finally:
-            for client in clients:
-                client.close()
-
-
-def test_accept_skips_an_aborted_connection() -> None:
-    listener = FakeListener(pending=0, error=errno.ECONNABORTED)
-    _worker, loop = make_worker(listener, limit=3)
-    readable(loop)
-    assert 7 in loop.readers
-    assert loop.timers == []
-
-
 # -- supervision decisions, on records of imaginary workers --------------------
-
-
-def record(number: int, state: WorkerState = WorkerState.BOOTING, **cfg: Any) -> Worker:
-    worker = Worker(Config.build({"port": 0, **cfg}), "app:handle", [], None, number, 1, -1, [])
-    worker.pid = 10_000 + number  # never signalled: the tests replace Master._kill
-    worker.state = state
-    worker.ever_ready = state is not WorkerState.BOOTING
-    return worker
 
 
 @pytest.fixture
@@ -473,31 +220,6 @@ def test_reload_whose_worker_fails_to_boot_is_abandoned(master: Master) -> None:
     assert serving.state is WorkerState.SERVING
 
 
-@pytest.mark.parametrize(
-    ("state", "field", "age", "verdict"),
-    [
-        (WorkerState.BOOTING, "started", 29.0, None),
-        (WorkerState.BOOTING, "started", 31.0, "sent no READY within 30s"),
-        (WorkerState.SERVING, "last_seen", 1.5, None),
-        (WorkerState.SERVING, "last_seen", 2.5, "sent no heartbeat for 2.5s (timeout)"),
-        (WorkerState.DRAINING, "stopping_since", 3.0, None),
-        (WorkerState.DRAINING, "stopping_since", 9.0, "is still draining after 9s"),
-    ],
-    ids=["booting", "boot-timeout", "alive", "stuck", "draining", "drain-overdue"],
-)
-def test_watchdog_verdict(state: WorkerState, field: str, age: float, verdict: str | None) -> None:
-    worker = record(1, state, worker_timeout=2, graceful_timeout=5)
-    now = 1000.0
-    worker.started = worker.last_seen = worker.stopping_since = now
-    setattr(worker, field, now - age)
-    result = worker.overdue(now)
-    if verdict is None:
-        assert result is None
-    else:
-        assert result is not None
-        assert result.startswith(verdict)
-
-
 def test_reload_not_ready_in_time_is_abandoned(master: Master, master_log: list[str]) -> None:
     booting = record(1)
     booting.generation = 2
@@ -514,11 +236,3 @@ def test_hup_during_a_reload_is_queued(master: Master, master_log: list[str]) ->
     master.handle_hup()
     assert master._reload_again
     assert "SIGHUP: queued until generation 2 is ready" in master_log
-
-
-def test_keep_heap_top_sets_glibc_trim_threshold() -> None:
-    import platform
-
-    if platform.libc_ver()[0] != "glibc":
-        pytest.skip("mallopt is glibc's")
-    assert worker_module.keep_heap_top() is True

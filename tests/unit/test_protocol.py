@@ -1,8 +1,11 @@
-"""prefork.protocol (the sans-I/O reader, response bytes) and prefork.request (the checks, limits).
+"""prefork.protocol: the sans-I/O RequestReader, Expect: 100-continue, response bytes.
 
-Every row of the table runs against both parser backends and is fed whole, in
-two pieces split at every byte boundary, and one byte at a time: the answer
-(the parsed requests, then the error status or none) is the same every time.
+The table covers what the reader answers to bytes, including the strict checks
+and limits of prefork.request that it applies (test_request.py calls
+build_request and parse_args directly). Every row runs against both parser
+backends and is fed whole, in two pieces split at every byte boundary, and one
+byte at a time: the answer (the parsed requests, then the error status or none)
+is the same every time.
 """
 
 from __future__ import annotations
@@ -13,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from prefork.errors import ConfigError, ProtocolError
-from prefork.parsers import make_parser, resolve
+from prefork.errors import ProtocolError
+from prefork.parsers import make_parser
 from prefork.protocol import (
     CONTINUE_RESPONSE,
     DATE,
@@ -25,7 +28,7 @@ from prefork.protocol import (
     error_response,
     status_line,
 )
-from prefork.request import Limits, build_request, parse_args
+from prefork.request import Limits
 
 BACKENDS = ["httptools", "h11"]
 
@@ -705,53 +708,11 @@ def test_default_max_header_count(backend: str) -> None:
     assert run(backend, [get(*fields, b"X-99: v")], limits=default_limits()) == ([], 431)
 
 
-# -- build_request directly ---------------------------------------------------------
-
-
-def test_build_request_joins_and_decides_keep_alive() -> None:
-    raw = [(b"Host", b"a"), (b"Cookie", b"a=1"), (b"cookie", b"b=2"), (b"Accept", b"x")]
-    raw += [(b"ACCEPT", b"y")]
-    r = build_request("GET", "/p?q=1", "1.1", raw, small_limits(), check_fields=True)
-    assert r.headers == {"host": "a", "cookie": "a=1; b=2", "accept": "x, y"}
-    assert (r.path, r.query, r.keep_alive, r.body, r.chunked) == ("/p", "q=1", True, b"", False)
+# -- trailers -----------------------------------------------------------------------
 
 
 def test_forbidden_trailers_cover_the_framing_fields() -> None:
     assert {b"content-length", b"transfer-encoding", b"host", b"trailer"} <= FORBIDDEN_TRAILERS
-
-
-# -- query strings ------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("query", "expected"),
-    [
-        ("", {}),
-        ("a=1", {"a": "1"}),
-        ("a", {"a": ""}),
-        ("a=", {"a": ""}),
-        ("a=1&a=2&a=3", {"a": ["1", "2", "3"]}),
-        ("a=1&b=2&a=3", {"a": ["1", "3"], "b": "2"}),
-        ("x=a+b%20c", {"x": "a b c"}),
-        ("%C3%A9=%E2%82%AC", {"é": "€"}),
-        ("a=1&&b=2", {"a": "1", "b": "2"}),
-        ("a=x=y", {"a": "x=y"}),
-    ],
-    ids=[
-        "empty",
-        "one",
-        "bare-name",
-        "empty-value",
-        "repeated-to-list",
-        "repeated-interleaved",
-        "plus-and-percent-space",
-        "utf8-percent",
-        "empty-pair-skipped",
-        "equals-in-value",
-    ],
-)
-def test_parse_args(query: str, expected: dict[str, Any]) -> None:
-    assert parse_args(query) == expected
 
 
 # -- responses ----------------------------------------------------------------------
@@ -804,29 +765,7 @@ def test_module_date_header_is_current() -> None:
     assert DATE.line.endswith(" GMT\r\n")
 
 
-# -- backend selection --------------------------------------------------------------
-
-
-def test_resolve_auto_prefers_httptools() -> None:
-    assert resolve("auto") == "httptools"
-    assert resolve("h11") == "h11"
-    assert resolve("httptools") == "httptools"
-
-
-def test_resolve_names_a_missing_backend(monkeypatch: pytest.MonkeyPatch) -> None:
-    import prefork.parsers as parsers
-
-    monkeypatch.setattr(parsers, "available", lambda name: name == "h11")
-    assert parsers.resolve("auto") == "h11"
-    with pytest.raises(ConfigError, match="http: the httptools parser is not installed"):
-        parsers.resolve("httptools")
-
-
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_make_parser_gives_a_head_parser(backend: str) -> None:
-    parser = make_parser(backend)
-    assert parser.strict_fields is (backend == "httptools")
-    assert parser.parse(get()) == ("GET", "/", "1.1", [(b"Host", b"a")])
+# -- upgrades and the head cache ----------------------------------------------------
 
 
 @pytest.mark.parametrize("backend", ["httptools", "h11"])

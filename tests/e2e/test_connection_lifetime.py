@@ -7,6 +7,9 @@ every connection's objects on the GC's lists, and under `Connection: close`
 load the collector took about 5 % of a worker's CPU (measured with perf).
 Each case runs with the cyclic GC off and counts the live objects of those
 types (gc.get_objects) once the connection's coroutine returned.
+
+The connection is a real one (a listening socket and a client on 127.0.0.1,
+served by serve_connection on a uvloop loop in this process), hence tests/e2e.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ from prefork.config import Config
 from prefork.connection import Connection, serve_connection
 from prefork.handler import Context
 from prefork.state import ServerState
+
+pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture

@@ -1,12 +1,15 @@
-"""Both parser backends give the same answers to the same bytes (a property test).
+"""prefork.parsers: choosing a backend, and both backends giving the same answers.
 
-Valid requests (methods, targets with query strings, legal field names and
-values, Content-Length or chunked bodies with extensions and trailers,
-HTTP/1.0 and 1.1, pipelined) and mutations of them (bytes replaced, inserted
-or deleted, CR/LF/SP/HTAB/control bytes/":" among them, truncation and end
-of stream) go to a RequestReader of each backend, whole and split into random
-pieces. Every run must yield the same requests and then the same error status
-(or none, and the same "a request is still incomplete").
+Backend selection: resolve() ("auto" prefers httptools; a missing backend is
+named by the ``http`` key) and make_parser().
+
+The property test: valid requests (methods, targets with query strings, legal
+field names and values, Content-Length or chunked bodies with extensions and
+trailers, HTTP/1.0 and 1.1, pipelined) and mutations of them (bytes replaced,
+inserted or deleted, CR/LF/SP/HTAB/control bytes/":" among them, truncation
+and end of stream) go to a RequestReader of each backend, whole and split into
+random pieces. Every run must yield the same requests and then the same error
+status (or none, and the same "a request is still incomplete").
 """
 
 from __future__ import annotations
@@ -15,11 +18,12 @@ import itertools
 import string
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from prefork.errors import ProtocolError
-from prefork.parsers import make_parser
+from prefork.errors import ConfigError, ProtocolError
+from prefork.parsers import make_parser, resolve
 from prefork.protocol import FORBIDDEN_TRAILERS, RequestReader
 from prefork.request import Limits
 
@@ -302,3 +306,29 @@ def test_mutated_requests_get_the_same_answer_from_both_backends(
 ) -> None:
     data, eof = case
     assert_backends_agree(data, eof, cuts)
+
+
+# -- backend selection --------------------------------------------------------------
+
+
+def test_resolve_auto_prefers_httptools() -> None:
+    assert resolve("auto") == "httptools"
+    assert resolve("h11") == "h11"
+    assert resolve("httptools") == "httptools"
+
+
+def test_resolve_names_a_missing_backend(monkeypatch: pytest.MonkeyPatch) -> None:
+    import prefork.parsers as parsers
+
+    monkeypatch.setattr(parsers, "available", lambda name: name == "h11")
+    assert parsers.resolve("auto") == "h11"
+    with pytest.raises(ConfigError, match="http: the httptools parser is not installed"):
+        parsers.resolve("httptools")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_make_parser_gives_a_head_parser(backend: str) -> None:
+    parser = make_parser(backend)
+    assert parser.strict_fields is (backend == "httptools")
+    head = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"
+    assert parser.parse(head) == ("GET", "/", "1.1", [(b"Host", b"a")])

@@ -1,0 +1,63 @@
+"""prefork.request, called directly: build_request (joined fields, keep-alive) and parse_args.
+
+The strict checks and limits that build_request applies run through the reader,
+on both parser backends, in test_protocol.py's table.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from prefork.request import Limits, build_request, parse_args
+
+
+def small_limits() -> Limits:
+    """test_protocol.py's small limits; build_request reads only the field count and body size."""
+    return Limits(line_limit=100, max_header_count=8, max_body_size=32)
+
+
+# -- build_request directly ---------------------------------------------------------
+
+
+def test_build_request_joins_and_decides_keep_alive() -> None:
+    raw = [(b"Host", b"a"), (b"Cookie", b"a=1"), (b"cookie", b"b=2"), (b"Accept", b"x")]
+    raw += [(b"ACCEPT", b"y")]
+    r = build_request("GET", "/p?q=1", "1.1", raw, small_limits(), check_fields=True)
+    assert r.headers == {"host": "a", "cookie": "a=1; b=2", "accept": "x, y"}
+    assert (r.path, r.query, r.keep_alive, r.body, r.chunked) == ("/p", "q=1", True, b"", False)
+
+
+# -- query strings ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [
+        ("", {}),
+        ("a=1", {"a": "1"}),
+        ("a", {"a": ""}),
+        ("a=", {"a": ""}),
+        ("a=1&a=2&a=3", {"a": ["1", "2", "3"]}),
+        ("a=1&b=2&a=3", {"a": ["1", "3"], "b": "2"}),
+        ("x=a+b%20c", {"x": "a b c"}),
+        ("%C3%A9=%E2%82%AC", {"é": "€"}),
+        ("a=1&&b=2", {"a": "1", "b": "2"}),
+        ("a=x=y", {"a": "x=y"}),
+    ],
+    ids=[
+        "empty",
+        "one",
+        "bare-name",
+        "empty-value",
+        "repeated-to-list",
+        "repeated-interleaved",
+        "plus-and-percent-space",
+        "utf8-percent",
+        "empty-pair-skipped",
+        "equals-in-value",
+    ],
+)
+def test_parse_args(query: str, expected: dict[str, Any]) -> None:
+    assert parse_args(query) == expected
