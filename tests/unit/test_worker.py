@@ -202,7 +202,7 @@ def make_worker(listener: FakeListener, limit: int) -> tuple[Worker, FakeLoop]:
     )
     loop = FakeLoop()
     worker._loop = loop  # type: ignore[assignment]
-    worker._phase = WorkerState.SERVING
+    worker.state = WorkerState.SERVING
     worker._state = object()  # type: ignore[assignment]
     worker._resume_accepting()
     return worker, loop
