@@ -41,6 +41,9 @@ _ESCAPES = {i: f"\\x{i:02x}" for i in (*range(0x20), *range(0x7F, 0xA0))}
 _ESCAPES[ord("\\")] = "\\\\"
 _ESCAPES[ord('"')] = '\\"'
 
+_MILLIS = tuple(f"{ms:03d}" for ms in range(1000))  # the ",mmm" of a time stamp
+_REQUEST_TEXTS_MAX = 512
+
 
 def escape(value: str) -> str:
     """``value`` with control characters, quotes and backslashes escaped."""
@@ -88,15 +91,28 @@ class AccessLog:
     request. The level is still the ``prefork.access`` logger's.
     """
 
-    __slots__ = ("_header_names", "_logger", "_pending", "_pid", "_second", "_stamp", "_stream")
+    __slots__ = (
+        "_header_names",
+        "_logger",
+        "_pending",
+        "_requests",
+        "_second",
+        "_stamp",
+        "_stream",
+        "_tag",
+    )
 
     def __init__(self, header_names: Iterable[str]) -> None:
         self._logger = logging.getLogger(ACCESS_LOGGER)
         self._header_names = tuple(header_names)
         self._pending: list[str] = []
-        self._pid = os.getpid()
+        # What is the same on every line of this process: after the milliseconds.
+        self._tag = f" [{os.getpid()}] [ACCESS] {ACCESS_LOGGER}: "
         self._second = -1
-        self._stamp = ""
+        self._stamp = ""  # "YYYY-mm-dd HH:MM:SS," for the current second
+        # The quoted, escaped request text by (method, path, version): most
+        # traffic repeats a few (probes, API calls); emptied when full.
+        self._requests: dict[tuple[str, str, str], str] = {}
         self._stream = sys.stderr
 
     def enabled(self) -> bool:
@@ -118,10 +134,15 @@ class AccessLog:
         second = int(now)
         if second != self._second:
             self._second = second
-            self._stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
+            self._stamp = time.strftime("%Y-%m-%d %H:%M:%S,", time.localtime(second))
+        key = (method, path, version)
+        text = self._requests.get(key)
+        if text is None:
+            if len(self._requests) >= _REQUEST_TEXTS_MAX:
+                self._requests.clear()
+            text = self._requests[key] = f'"{escape(method)} {escape(path)} HTTP/{version}"'
         line = (
-            f"{self._stamp},{int((now - second) * 1000):03d} [{self._pid}] [ACCESS] "
-            f'{ACCESS_LOGGER}: {client_ip} "{escape(method)} {escape(path)} HTTP/{version}" '
+            f"{self._stamp}{_MILLIS[int((now - second) * 1000)]}{self._tag}{client_ip} {text} "
             f"{status} {size} {duration_ms:.2f}ms"
         )
         if self._header_names:

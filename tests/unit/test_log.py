@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import re
 import time
 from collections.abc import Iterator
 
@@ -110,6 +112,36 @@ def test_access_line(capsys: pytest.CaptureFixture[str]) -> None:
     assert "[ACCESS] prefork.access: " in err
     assert '10.0.0.7 "GET /a b\\x0a HTTP/1.1" 200 512 ' in err
     assert 'user-agent="curl \\"8\\"" x-request-id="-"' in err
+
+
+def test_access_line_layout_is_the_other_log_lines_layout(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    access = log.AccessLog(())
+    access.log("10.0.0.7", "GET", "/x", "1.0", 404, 0, time.monotonic(), {})
+    line = capsys.readouterr().err.rstrip("\n")
+    stamp = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}"
+    assert re.fullmatch(
+        rf"{stamp} \[{os.getpid()}\] \[ACCESS\] prefork\.access: "
+        r'10\.0\.0\.7 "GET /x HTTP/1\.0" 404 0 \d+\.\d\dms',
+        line,
+    ), line
+
+
+async def test_access_request_texts_are_remembered_within_a_bound(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    access = log.AccessLog(())
+    count = log._REQUEST_TEXTS_MAX + 10
+    for round_ in range(2):  # the second round repeats every request
+        for i in range(count):
+            access.log("10.0.0.1", "GET", f"/{i}\t", "1.1", 200, 0, time.monotonic(), {})
+        await asyncio.sleep(0)
+        lines = capsys.readouterr().err.splitlines()
+        assert [line.split('"')[1] for line in lines] == [
+            f"GET /{i}\\x09 HTTP/1.1" for i in range(count)
+        ], round_
+        assert len(access._requests) <= log._REQUEST_TEXTS_MAX
 
 
 async def test_access_lines_of_one_loop_iteration_are_written_together(
