@@ -1,4 +1,8 @@
-"""Unit-test helpers shared by test_master.py and test_worker.py: record(), a worker record."""
+"""Unit-test helpers shared by several files.
+
+record(): a worker record (test_master.py, test_worker.py); snapshot(): a request's
+fields as a dict (test_protocol.py, test_parsers.py).
+"""
 
 from __future__ import annotations
 
@@ -15,3 +19,17 @@ def record(number: int, state: WorkerState = WorkerState.BOOTING, **cfg: Any) ->
     worker.state = state
     worker.ever_ready = state is not WorkerState.BOOTING
     return worker
+
+
+def snapshot(r: Any) -> dict[str, Any]:
+    """A request's fields as a dict, to compare requests from two readers or backends."""
+    return {
+        "method": r.method,
+        "target": r.target,
+        "path": r.path,
+        "query": r.query,
+        "version": r.version,
+        "headers": r.headers,
+        "body": r.body,
+        "keep_alive": r.keep_alive,
+    }

@@ -26,6 +26,7 @@ from prefork.errors import ConfigError, ProtocolError
 from prefork.parsers import make_parser, resolve
 from prefork.protocol import FORBIDDEN_TRAILERS, RequestReader
 from prefork.request import Limits
+from tests.unit.conftest import snapshot
 
 BACKENDS = ("httptools", "h11")
 METHODS = ("GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "QUERY")
@@ -39,6 +40,7 @@ FIELD_VCHAR = "".join(map(chr, [*range(0x21, 0x7F), *range(0x80, 0x100)]))
 SPECIAL_NAMES = frozenset(
     ("host", "content-length", "transfer-encoding", "connection", "expect", "te", "trailer")
 )
+
 # Bytes a mutation likes to insert or write over others.
 INTERESTING = [
     b"\r",
@@ -234,19 +236,6 @@ def mutated(draw: st.DrawFn) -> tuple[bytes, bool]:
 
 
 # -- running both backends -----------------------------------------------------------
-
-
-def snapshot(r: Any) -> dict[str, Any]:
-    return {
-        "method": r.method,
-        "target": r.target,
-        "path": r.path,
-        "query": r.query,
-        "version": r.version,
-        "headers": r.headers,
-        "body": r.body,
-        "keep_alive": r.keep_alive,
-    }
 
 
 def outcome(backend: str, pieces: list[bytes], eof: bool) -> tuple[list[dict[str, Any]], Any]:

@@ -29,6 +29,7 @@ from prefork.protocol import (
     status_line,
 )
 from prefork.request import Limits
+from tests.unit.conftest import snapshot
 
 BACKENDS = ["httptools", "h11"]
 
@@ -69,19 +70,6 @@ def req(
         "headers": {"host": "a"} if headers is None else headers,
         "body": body,
         "keep_alive": (version == "1.1") if keep_alive is None else keep_alive,
-    }
-
-
-def snapshot(r: Any) -> dict[str, Any]:
-    return {
-        "method": r.method,
-        "target": r.target,
-        "path": r.path,
-        "query": r.query,
-        "version": r.version,
-        "headers": r.headers,
-        "body": r.body,
-        "keep_alive": r.keep_alive,
     }
 
 
