@@ -42,7 +42,10 @@ _ESCAPES[ord("\\")] = "\\\\"
 _ESCAPES[ord('"')] = '\\"'
 
 _MILLIS = tuple(f"{ms:03d}" for ms in range(1000))  # the ",mmm" of a time stamp
+# The request texts remembered per worker, and the longest path remembered: at most
+# 512 x ~1 KiB (a path's escaped form can be 4x its length), whatever the traffic.
 _REQUEST_TEXTS_MAX = 512
+_REQUEST_TEXT_MAX_PATH = 256
 
 
 def escape(value: str) -> str:
@@ -138,9 +141,11 @@ class AccessLog:
         key = (method, path, version)
         text = self._requests.get(key)
         if text is None:
-            if len(self._requests) >= _REQUEST_TEXTS_MAX:
-                self._requests.clear()
-            text = self._requests[key] = f'"{escape(method)} {escape(path)} HTTP/{version}"'
+            text = f'"{escape(method)} {escape(path)} HTTP/{version}"'
+            if len(path) <= _REQUEST_TEXT_MAX_PATH:
+                if len(self._requests) >= _REQUEST_TEXTS_MAX:
+                    self._requests.clear()
+                self._requests[key] = text
         line = (
             f"{self._stamp}{_MILLIS[int((now - second) * 1000)]}{self._tag}{client_ip} {text} "
             f"{status} {size} {duration_ms:.2f}ms"

@@ -144,6 +144,16 @@ async def test_access_request_texts_are_remembered_within_a_bound(
         assert len(access._requests) <= log._REQUEST_TEXTS_MAX
 
 
+def test_access_request_texts_of_long_paths_are_not_remembered(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    access = log.AccessLog(())
+    long_path = "/" + "\x01" * log._REQUEST_TEXT_MAX_PATH  # escapes to 4x its length
+    access.log("10.0.0.1", "GET", long_path, "1.1", 200, 0, time.monotonic(), {})
+    assert capsys.readouterr().err.split('"')[1] == "GET /" + "\\x01" * 256 + " HTTP/1.1"
+    assert access._requests == {}
+
+
 async def test_access_lines_of_one_loop_iteration_are_written_together(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
