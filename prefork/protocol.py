@@ -23,14 +23,14 @@ from http import HTTPStatus
 
 from .errors import ProtocolError
 from .request import (
-    _BAD_FIELD_BYTES,
-    _HTTP_VERSIONS,
+    BAD_FIELD_BYTES,
+    HTTP_VERSIONS,
     HeadParser,
     Limits,
     Request,
-    _first_fault,
-    _request_line_error,
     build_request,
+    first_fault,
+    request_line_error,
 )
 
 # Chunk sizes longer than this many hex digits overflow 64 bits: 400.
@@ -248,13 +248,13 @@ class RequestReader:
             elif state is ReaderState.TRAILERS:
                 stop = buf.find(b"\r\n", pos)
                 if stop < 0:
-                    fault = _first_fault(buf, pos, end, self._limits, head=False)[0]
+                    fault = first_fault(buf, pos, end, self._limits, head=False)[0]
                     if fault is not None:
                         raise fault
                     break
                 if stop - pos > self._limits.line_limit:
                     # Too long; but a bare CR or LF before the limit came first.
-                    fault = _first_fault(buf, pos, stop + 2, self._limits, head=False)[0]
+                    fault = first_fault(buf, pos, stop + 2, self._limits, head=False)[0]
                     raise fault or ProtocolError(431, "trailer line too long")
                 line = buf[pos:stop]
                 pos = stop + 2
@@ -273,7 +273,7 @@ class RequestReader:
 
         A bare LF or CR would never end the head: it is refused now, as llhttp does.
         """
-        fault, self._head_checked = _first_fault(
+        fault, self._head_checked = first_fault(
             buf, pos, len(buf), self._limits, True, self._head_checked
         )
         if fault is not None:
@@ -286,20 +286,20 @@ class RequestReader:
         # gone already, so one here is bare.)
         checked, self._head_checked = self._head_checked, 0
         if size > self._limits.line_limit or head[0] < 0x21:
-            fault = _first_fault(head, 0, size, self._limits, True, checked)[0]
+            fault = first_fault(head, 0, size, self._limits, True, checked)[0]
             if fault is not None:
                 raise fault
         first = head.find(b"\r\n")
         # The version before anything else in the head: llhttp takes HTTP/2.0,
         # RTSP/1.0 and ICE/1.0 and h11 any digit.digit; both then go on to
         # look at the fields, which would give 400 where the other says 505.
-        if not head.endswith(_HTTP_VERSIONS, 0, first):
-            raise _request_line_error(head, 0, first)
+        if not head.endswith(HTTP_VERSIONS, 0, first):
+            raise request_line_error(head, 0, first)
         if self._head_prescan:
             # llhttp rejects these itself; h11 would accept them.
             crlf = head.count(b"\r\n")
             if head.count(b"\n") != crlf or head.count(b"\r") != crlf:
-                fault = _first_fault(head, 0, size, self._limits, True, checked)[0]
+                fault = first_fault(head, 0, size, self._limits, True, checked)[0]
                 raise fault or ProtocolError(400, "bare CR or LF in request head")
             if b"\n " in head or b"\n\t" in head:
                 raise ProtocolError(400, "obsolete line folding in request head")
@@ -400,7 +400,7 @@ class RequestReader:
         name, colon, value = line.partition(b":")
         if not colon or not _TOKEN_RE.fullmatch(name):
             raise ProtocolError(400, "invalid trailer field")
-        if _BAD_FIELD_BYTES.search(value.strip(b" \t")):
+        if BAD_FIELD_BYTES.search(value.strip(b" \t")):
             raise ProtocolError(400, "invalid character in trailer value")
         if name.lower() in FORBIDDEN_TRAILERS:
             raise ProtocolError(400, "forbidden trailer field")

@@ -5,7 +5,7 @@ head into ``(method, target, version, raw headers)``; :func:`build_request`
 applies the semantic checks to those parts once for both backends (version,
 method, field values, repeated fields, the target's form, Host, framing,
 413/431, Expect), joins repeated header fields and makes the keep-alive
-decision. :func:`_first_fault` finds the earliest fault in the raw bytes of a
+decision. :func:`first_fault` finds the earliest fault in the raw bytes of a
 head or trailer line (bare CR/LF, 414/431, a bad request line) however they
 were split into reads. :func:`parse_args` parses a query string.
 :mod:`prefork.protocol` frames the byte stream and calls these.
@@ -38,11 +38,11 @@ KNOWN_METHODS = frozenset(_METHODS_TEXT.split())
 MIN_HEAD_LIMIT_BYTES = 64 * 1024
 
 # RFC 9110 §5.5: field-value = *field-content; VCHAR, obs-text, SP and HTAB only.
-_BAD_FIELD_BYTES = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+BAD_FIELD_BYTES = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 # RFC 3986 host: reg-name / IPv4 / IP-literal, then an optional port.
 _HOST_RE = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]+)(?::[0-9]*)?")
 # The request line of every request we serve ends in one of these.
-_HTTP_VERSIONS = (b" HTTP/1.1", b" HTTP/1.0")
+HTTP_VERSIONS = (b" HTTP/1.1", b" HTTP/1.0")
 # A well-formed request line (RFC 9112 §3), to tell 505 from 400 when it does not.
 _REQUEST_LINE_RE = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+ [\x21-\x7e]+ HTTP/([0-9])\.([0-9])")
 # Line ends, proper or bare, in the order they come.
@@ -231,7 +231,7 @@ def build_request(
         )
     headers: dict[str, str] = {}
     for bname, bvalue in raw:
-        if check_fields and _BAD_FIELD_BYTES.search(bvalue):
+        if check_fields and BAD_FIELD_BYTES.search(bvalue):
             raise ProtocolError(400, "invalid character in header value")
         name = _field_name(bname)
         if name in headers:
@@ -295,7 +295,7 @@ def build_request(
     return req
 
 
-def _request_line_error(buf: bytes, start: int, end: int) -> ProtocolError:
+def request_line_error(buf: bytes, start: int, end: int) -> ProtocolError:
     """The error for a request line that does not end in HTTP/1.1 or HTTP/1.0."""
     match = _REQUEST_LINE_RE.fullmatch(buf, start, end)
     if match is None:
@@ -304,7 +304,7 @@ def _request_line_error(buf: bytes, start: int, end: int) -> ProtocolError:
     return ProtocolError(505, f"HTTP version {major}.{minor} not supported")
 
 
-def _first_fault(
+def first_fault(
     buf: bytes, pos: int, end: int, limits: Limits, head: bool, checked: int = 0
 ) -> tuple[ProtocolError | None, int]:
     """The first fault in ``buf[pos:end]``, by where in the stream it shows.
@@ -362,8 +362,8 @@ def _first_fault(
                     fault = ProtocolError(431, "trailer line too long")
         if stop < 0:
             break
-        if first and stop + 1 < at and not buf.endswith(_HTTP_VERSIONS, pos, stop):
-            at, fault = stop + 1, _request_line_error(buf, pos, stop)
+        if first and stop + 1 < at and not buf.endswith(HTTP_VERSIONS, pos, stop):
+            at, fault = stop + 1, request_line_error(buf, pos, stop)
         line = stop + 2
         first = False
     return fault, line - pos
