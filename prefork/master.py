@@ -544,6 +544,11 @@ class Master:
             else:
                 worker.state = WorkerState.DRAINING
                 self._kill(worker, signal.SIGQUIT)
+        # No worker is forked from now on. Closing the master's copies of the listen
+        # sockets (the draining workers close theirs) makes new clients refused at
+        # once instead of queued until the last worker exits, then reset.
+        for sock in self.listeners:
+            sock.close()
 
     def _halt(self, message: str) -> None:
         """Workers cannot boot: stop everything and exit with MASTER_BOOT_FAILED."""

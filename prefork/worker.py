@@ -389,6 +389,10 @@ class Worker:
         self._pause_accepting()
         if self._backoff is not None:
             self._backoff.cancel()
+        # This process accepts no more: its copies of the listen sockets go, so once
+        # the master (stopping) and every worker closed theirs, clients are refused.
+        for sock in self.listeners:
+            sock.close()
         logger.info(
             "worker %d (pid %d) stopping: %d open connection(s)",
             self.number,

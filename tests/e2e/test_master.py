@@ -491,6 +491,26 @@ def test_graceful_stop_finishes_the_in_flight_request(
     assert server.proc.wait(timeout=10) == 0
 
 
+def test_graceful_stop_refuses_new_connections_at_once(
+    servers: StartServer, tmp_path: Path
+) -> None:
+    # Like nginx: a stopping server closes its listen sockets, so a new client is
+    # refused at once instead of waiting in the listen queue for the in-flight
+    # requests to finish (up to graceful_timeout) and then being reset.
+    server = start(servers, tmp_path, workers=2)
+    slow = Background(server.port, "/slow")
+    slow_in_flight(server)
+    os.kill(server.pid, signal.SIGTERM)
+    server.wait_log(r"graceful stop")
+    wait_until(lambda: len(re.findall(r"\) stopping: \d+ open connection", server.log())) == 2)
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", server.port), timeout=1).close()
+    result = slow.join()
+    assert not isinstance(result, BaseException), result
+    assert result[0] == 200
+    assert server.proc.wait(timeout=10) == 0
+
+
 def test_quit_stops_at_once(servers: StartServer, tmp_path: Path) -> None:
     server = start(servers, tmp_path, workers=2)
     workers = worker_pids(server)
