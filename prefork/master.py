@@ -522,6 +522,10 @@ class Master:
         elif missing < 0:
             for worker in sorted(current, key=lambda w: w.number)[missing:]:
                 self._stop_worker(worker, "fewer workers wanted")
+                if worker.replaces is not None:
+                    # A max_requests replacement still booting: the worker it was to
+                    # replace holds the same slot; left serving, it would ask again.
+                    self._stop_worker(worker.replaces, "fewer workers wanted")
 
     # -- stopping -----------------------------------------------------------
 

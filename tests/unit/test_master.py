@@ -236,3 +236,37 @@ def test_hup_during_a_reload_is_queued(master: Master, master_log: list[str]) ->
     master.handle_hup()
     assert master._reload_again
     assert "SIGHUP: queued until generation 2 is ready" in master_log
+
+
+def test_ttou_while_a_recycling_replacement_boots_does_not_respawn_it(
+    master: Master, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Worker 2 reached max_requests; its replacement is booting when TTOU arrives.
+    # The replacement is the one stopped; its old worker must not then ask for
+    # another replacement (fork, TERM, fork... as long as it lives).
+    spawned: list[Worker] = []
+
+    def fake_spawn(number: int, generation: int, *args: Any, **kwargs: Any) -> Worker:
+        worker = record(number)
+        worker.pid += 1000 + len(spawned)
+        spawned.append(worker)
+        master._workers[worker.pid] = worker
+        return worker
+
+    monkeypatch.setattr(master, "_spawn", fake_spawn)
+    master._ever_ready = True
+    first, old = record(1, WorkerState.SERVING), record(2, WorkerState.SERVING)
+    new = record(2)
+    new.pid += 100
+    old.recycle = True
+    new.replaces, old.replaced_by = old, new
+    master._workers.update({first.pid: first, old.pid: old, new.pid: new})
+    master.handle_ttou()
+    master._manage_workers()
+    assert new.state is WorkerState.DRAINING
+    for _ in range(3):  # the stopped workers exit, one supervision pass after another
+        for pid in [p for p, w in master._workers.items() if w.state is WorkerState.DRAINING]:
+            master._on_exit(master._workers.pop(pid), signal.SIGTERM)
+        master._manage_workers()
+    assert spawned == []
+    assert list(master._workers.values()) == [first]
