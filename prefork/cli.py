@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import Any, NoReturn
 
 from . import __version__
-from .config import Config, load_toml, merged
+from .config import Config, load_toml, merged_flags
 from .errors import PreforkError
 
 EXIT_OK = 0
@@ -116,14 +116,6 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
-def _merge_ssl(file_cfg: dict[str, Any], flags: dict[str, Any]) -> dict[str, Any]:
-    # --certfile/--keyfile set ssl.default and keep the file's hosts and options.
-    ssl_flag = flags.get("ssl")
-    if ssl_flag is not None and isinstance(file_cfg.get("ssl"), dict):
-        flags = {**flags, "ssl": {**file_cfg["ssl"], **ssl_flag}}
-    return flags
-
-
 def check_app(spec: str) -> None:
     """Fail fast on a malformed MODULE:ATTR or a module that does not exist.
 
@@ -167,8 +159,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         flags = overrides_from_args(args)
         file_cfg = load_toml(args.config) if args.config else {}
-        flags = _merge_ssl(file_cfg, flags)
-        cfg = Config.build(merged(file_cfg, flags))
+        cfg = Config.build(merged_flags(file_cfg, flags))
         _load_tls(cfg)
         check_app(args.app)
     except PreforkError as exc:

@@ -234,6 +234,18 @@ def merged(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, A
     return out
 
 
+def merged_flags(file_cfg: Mapping[str, Any], flags: Mapping[str, Any]) -> dict[str, Any]:
+    """The config file's keys with the command line's on top, at start-up and on SIGHUP.
+
+    ``--certfile``/``--keyfile`` set ``ssl.default`` only: the file's other
+    ``ssl`` keys (hosts, options) are kept, as the file has them now.
+    """
+    ssl_flag = flags.get("ssl")
+    if isinstance(ssl_flag, Mapping) and isinstance(file_cfg.get("ssl"), Mapping):
+        flags = {**flags, "ssl": {**file_cfg["ssl"], **ssl_flag}}
+    return merged(file_cfg, flags)
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class Config(Mapping[str, Any]):
     """A validated, read-only config; readable as ``cfg.port`` and ``cfg["port"]``."""

@@ -50,7 +50,7 @@ import setproctitle
 
 from . import log
 from ._types import Handler
-from .config import Config, load_toml, merged
+from .config import Config, load_toml, merged_flags
 from .errors import BindError, PreforkError
 from .listeners import bind_spec, format_host, listen_all
 from .tls import load_tls
@@ -303,7 +303,7 @@ class Master:
     def _reread_config(self) -> Config:
         if self.config_file is None:
             return self.cfg
-        return Config.build(merged(load_toml(self.config_file), self.overrides))
+        return Config.build(merged_flags(load_toml(self.config_file), self.overrides))
 
     # -- workers ------------------------------------------------------------
 

@@ -268,3 +268,43 @@ def test_parse_bind(value: str, expected: tuple[str, int]) -> None:
 def test_parse_bind_refuses(value: str) -> None:
     with pytest.raises(PreforkError, match=r"^-b/--bind "):
         cli.parse_bind(value)
+
+
+def test_reload_rereads_the_files_ssl_hosts_under_certfile(
+    app_dir: Path, served: list[server.Server]
+) -> None:
+    # --certfile/--keyfile set ssl.default only: the file's ssl.hosts, as edited
+    # before a SIGHUP, still apply (the reload re-reads the file).
+    import trustme
+
+    from prefork.master import Master
+
+    ca = trustme.CA()
+    paths: dict[str, tuple[str, str]] = {}
+    for stem in ("default", "a", "b"):
+        leaf = ca.issue_cert(f"{stem}.test")
+        cert, key = app_dir / f"{stem}.crt", app_dir / f"{stem}.key"
+        cert.write_bytes(b"".join(blob.bytes() for blob in leaf.cert_chain_pems))
+        key.write_bytes(leaf.private_key_pem.bytes())
+        paths[stem] = (str(cert), str(key))
+
+    def hosts_file(*stems: str) -> str:
+        lines = []
+        for stem in stems:
+            cert, key = paths[stem]
+            lines += [f'[ssl.hosts."{stem}.test"]', f'cert = "{cert}"', f'key = "{key}"']
+        return write(app_dir, "prefork.toml", "\n".join(lines) + "\n")
+
+    conf = hosts_file("a")
+    cert, key = paths["default"]
+    argv = ["run", "pf_cli_app:handle", "-c", conf, "--certfile", cert, "--keyfile", key]
+    assert cli.main(argv) == cli.EXIT_OK
+    (srv,) = served
+    assert srv.cfg.ssl is not None
+    assert set(srv.cfg.ssl["hosts"]) == {"a.test"}
+    hosts_file("b")
+    master = Master(srv.cfg, srv.app, config_file=srv.config_file, overrides=srv.overrides)
+    cfg = master._reread_config()
+    assert cfg.ssl is not None
+    assert cfg.ssl["default"]["cert"] == cert  # the flag still wins
+    assert set(cfg.ssl["hosts"]) == {"b.test"}  # the file as it is now
