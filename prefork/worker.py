@@ -400,7 +400,14 @@ class Worker:
             self._active,
         )
         state.begin_drain()
-        await state.wait_closed(self.cfg.graceful_timeout)
+        # Every accepted connection has a task, also one whose TLS handshake is still
+        # running and so is not among state's connections yet: wait for the tasks
+        # first, then let wait_closed abort what is left at graceful_timeout.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.cfg.graceful_timeout
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=self.cfg.graceful_timeout)
+        await state.wait_closed(max(0.0, deadline - loop.time()))
         if self._tasks:
             # wait_closed aborted the stragglers; give their tasks one turn to finish.
             await asyncio.wait(set(self._tasks), timeout=1.0)

@@ -404,6 +404,53 @@ def test_reload_lets_an_in_flight_request_finish(servers: StartServer, tmp_path:
     assert get(server.port)[0] == 200
 
 
+def test_reload_answers_a_tls_client_whose_handshake_was_pending(
+    servers: StartServer, tmp_path: Path
+) -> None:
+    # The old worker accepted the connection, but the client's handshake is still
+    # to come when the reload stops that worker: the drain must wait for it
+    # (up to graceful_timeout), not cut it about a second later.
+    import ssl
+
+    import trustme
+
+    ca = trustme.CA()
+    leaf = ca.issue_cert("localhost")
+    cert, key = tmp_path / "server.crt", tmp_path / "server.key"
+    cert.write_bytes(b"".join(blob.bytes() for blob in leaf.cert_chain_pems))
+    key.write_bytes(leaf.private_key_pem.bytes())
+    conf = tmp_path / "prefork.toml"
+    write_config(conf, workers=1)
+    with conf.open("a") as fh:
+        fh.write(f'[ssl.default]\ncert = "{cert}"\nkey = "{key}"\n')
+    server = servers(APP, "-c", str(conf))
+    wait_until(lambda: len(serving_pids(server)) == 1, timeout=10)
+    (old,) = serving_pids(server)
+    client = ssl.create_default_context()
+    ca.configure_trust(client)
+    raw = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    try:
+        time.sleep(0.3)  # the old worker accepts it and waits for the ClientHello
+        os.kill(server.pid, signal.SIGHUP)
+        server.wait_log(rf"worker 1 \(pid {old}\) stopping: \d+ open connection")
+        with client.wrap_socket(raw, server_hostname="localhost") as tls:
+            tls.sendall(b"GET /slow HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            chunks = []
+            for _ in range(100):
+                try:
+                    chunk = tls.recv(65536)
+                except (ssl.SSLError, OSError):
+                    break
+                if not chunk:
+                    break
+                chunks.append(chunk)
+    finally:
+        raw.close()
+    answer = b"".join(chunks)
+    assert answer.startswith(b"HTTP/1.1 200 "), answer
+    assert answer.endswith(f"slow {old}".encode()), answer
+
+
 @pytest.mark.parametrize(
     ("broken", "reason"),
     [
