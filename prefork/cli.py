@@ -17,6 +17,7 @@ from typing import Any, NoReturn
 from . import __version__
 from .config import Config, load_toml, merged_flags
 from .errors import PreforkError
+from .listeners import format_host
 
 EXIT_OK = 0
 EXIT_FAILURE = 1  # the server could not start or stopped on an error
@@ -102,9 +103,10 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
     if args.bind:
         host, port = parse_bind(args.bind[0])
         out["ip"], out["port"] = host, port
-        for extra in args.bind[1:]:
-            parse_bind(extra)
-        out["binds"] = list(args.bind[1:])
+        # Each extra -b as parse_bind reads it (":PORT" and "PORT" are 127.0.0.1, as
+        # in the first), spelled out so the master's parse_address sees its host.
+        extras = (parse_bind(extra) for extra in args.bind[1:])
+        out["binds"] = [f"{format_host(h)}:{p}" for h, p in extras]
     if args.log_level is not None:
         out["log_level"] = args.log_level
     if args.http is not None:

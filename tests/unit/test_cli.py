@@ -235,7 +235,7 @@ def test_repeated_bind(app_dir: Path, served: list[server.Server]) -> None:
     assert cli.main(argv) == cli.EXIT_OK
     (srv,) = served
     assert (srv.cfg.ip, srv.cfg.port) == ("127.0.0.1", 0)
-    assert srv.cfg.binds == ("[::1]:8081", ":8082")
+    assert srv.cfg.binds == ("[::1]:8081", "127.0.0.1:8082")
 
 
 def test_serve_error_exits_non_zero_with_one_line(
@@ -308,3 +308,15 @@ def test_reload_rereads_the_files_ssl_hosts_under_certfile(
     assert cfg.ssl is not None
     assert cfg.ssl["default"]["cert"] == cert  # the flag still wins
     assert set(cfg.ssl["hosts"]) == {"b.test"}  # the file as it is now
+
+
+def test_every_bind_flag_means_the_same_address(app_dir: Path, served: list[server.Server]) -> None:
+    # ":PORT" and "PORT" are 127.0.0.1 in every -b, not only in the first one
+    # (a later ":PORT" listened on 0.0.0.0; a later "PORT" failed at bind time).
+    from prefork.listeners import bind_spec
+
+    argv = ["run", "pf_cli_app:handle", "-b", ":0", "-b", ":8082", "-b", "8083", "-b", "[::1]:0"]
+    assert cli.main(argv) == cli.EXIT_OK
+    (srv,) = served
+    addrs, _ = bind_spec(srv.cfg)
+    assert addrs == (("127.0.0.1", 0), ("127.0.0.1", 8082), ("127.0.0.1", 8083), ("::1", 0))
