@@ -380,6 +380,10 @@ class Connection(asyncio.Protocol):
             else:
                 self._set_deadline(Deadline.IDLE, self.state.keepalive_idle_timeout)
             return True
+        # The coroutine takes over: until it runs, bytes that arrive (libuv
+        # may deliver two reads in one loop turn) wait in ``_pending``, so no
+        # later request is answered, nor a 100 Continue sent, before this one.
+        self._reading = False
         self._wake()
         return False
 
