@@ -353,6 +353,8 @@ class Connection(asyncio.Protocol):
                     req.method, req.path, parse_args(req.query), req.headers, req.body, ctx
                 )
             except Exception:
+                # Answered (500, close): the woken coroutine returns "close".
+                self.count += 1
                 handler_failed(self, state, req, self.client_ip, started)
                 break
             if type(result) is not tuple and asyncio.iscoroutine(result):

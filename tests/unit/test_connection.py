@@ -391,3 +391,19 @@ async def test_continue_waits_for_a_handed_off_response() -> None:
     conn.connection_lost(None)
     with pytest.raises(prefork.errors.PeerGone):
         await asyncio.wait_for(task, 1.0)
+
+
+async def test_sync_handler_that_raises_inline_is_a_close_like_the_coroutine_path() -> None:
+    def boom(*args: Any) -> Any:
+        raise RuntimeError("boom")
+
+    server, _ = prefork.new({"log_level": "error"}, boom)
+    assert server is not None
+    conn, transport = make(boom)
+    task = asyncio.get_running_loop().create_task(
+        server.process_request(conn, "127.0.0.1", 0, None)
+    )
+    await asyncio.sleep(0)  # parked: the inline path calls the handler
+    conn.data_received(GET)
+    assert await asyncio.wait_for(task, 1.0) == ("close", None)
+    assert transport.data().startswith(b"HTTP/1.1 500 Internal Server Error\r\n")
