@@ -407,3 +407,18 @@ async def test_sync_handler_that_raises_inline_is_a_close_like_the_coroutine_pat
     conn.data_received(GET)
     assert await asyncio.wait_for(task, 1.0) == ("close", None)
     assert transport.data().startswith(b"HTTP/1.1 500 Internal Server Error\r\n")
+
+
+async def test_500_to_head_has_length_but_no_body() -> None:
+    def boom(*args: Any) -> Any:
+        raise RuntimeError("boom")
+
+    conn, transport = make(boom)
+    conn.data_received(b"HEAD / HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert await exchange(conn, conn.state, "127.0.0.1", 0, None) == "close"
+    assert transport.data() == (
+        b"HTTP/1.1 500 Internal Server Error\r\nServer: prefork\r\n"
+        + DATE_LINE.encode()
+        + b"Content-Type: text/plain; charset=utf-8\r\nContent-Length: 22\r\n"
+        b"Connection: close\r\n\r\n"
+    )
