@@ -353,6 +353,8 @@ class Connection(asyncio.Protocol):
                     req.method, req.path, parse_args(req.query), req.headers, req.body, ctx
                 )
             except Exception:
+                # Answered (500, close): the woken coroutine returns "close".
+                self.count += 1
                 handler_failed(self, state, req, self.client_ip, started)
                 break
             if type(result) is not tuple and asyncio.iscoroutine(result):
@@ -380,6 +382,10 @@ class Connection(asyncio.Protocol):
             else:
                 self._set_deadline(Deadline.IDLE, self.state.keepalive_idle_timeout)
             return True
+        # The coroutine takes over: until it runs, bytes that arrive (libuv
+        # may deliver two reads in one loop turn) wait in ``_pending``, so no
+        # later request is answered, nor a 100 Continue sent, before this one.
+        self._reading = False
         self._wake()
         return False
 

@@ -102,6 +102,8 @@ def _send_500(
     conn: Connection, state: ServerState, req: Request, client_ip: str, started: float
 ) -> Action:
     data = error_response(500, "Internal Server Error")
+    if req.method == "HEAD":  # RFC 9110 §9.3.2: no content, whatever the status
+        data = data[: data.index(b"\r\n\r\n") + 4]
     conn._send(data)
     state.requests_served += 1
     if state.access.enabled():

@@ -340,3 +340,85 @@ async def test_request_pipelined_after_close_is_not_answered_by_the_woken_corout
     )
     assert await task == "close"  # the inline path answered /close and closed
     assert calls == ["/close"]
+
+
+def _stream_then_text(
+    method: str, query: str, args: Any, headers: Any, body: bytes, ctx: Any
+) -> Any:
+    if query == "/stream":
+        return iter([b"first"]), 200, {}
+    return "second", 200, {}
+
+
+async def _exchange_once(conn: Connection, feed: list[bytes]) -> str:
+    """Park an exchange, feed ``feed`` without yielding in between, await it (bounded)."""
+    task = asyncio.get_running_loop().create_task(
+        exchange(conn, conn.state, "127.0.0.1", conn.count, None)
+    )
+    await asyncio.sleep(0)
+    for data in feed:
+        conn.data_received(data)
+    return await asyncio.wait_for(task, 1.0)
+
+
+async def test_request_read_before_a_handed_off_response_waits_for_it() -> None:
+    # libuv hands a busy socket's reads over up to 32 at a time in one loop
+    # turn: the second arrives before the woken coroutine streams the first.
+    conn, transport = make(_stream_then_text)
+    first = b"GET /stream HTTP/1.1\r\nHost: a\r\n\r\nGET / HT"
+    assert await _exchange_once(conn, [first, b"TP/1.1\r\nHost: a\r\n\r\n"]) == "keep-alive"
+    assert transport.data().endswith(b"Transfer-Encoding: chunked\r\n\r\n5\r\nfirst\r\n0\r\n\r\n")
+    assert await _exchange_once(conn, []) == "keep-alive"
+    assert transport.written[-1].endswith(b"Content-Length: 6\r\n\r\nsecond")
+
+
+async def test_continue_waits_for_a_handed_off_response() -> None:
+    conn, transport = make(_stream_then_text)
+    post = b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\nExpect: 100-continue\r\n\r\n"
+    assert (
+        await _exchange_once(conn, [b"GET /stream HTTP/1.1\r\nHost: a\r\n\r\n", post])
+        == "keep-alive"
+    )
+    assert transport.data().startswith(b"HTTP/1.1 200 OK\r\n")
+    assert transport.data().endswith(b"5\r\nfirst\r\n0\r\n\r\n")
+    task = asyncio.get_running_loop().create_task(
+        exchange(conn, conn.state, "127.0.0.1", conn.count, None)
+    )
+    await asyncio.sleep(0)  # parked: now the 100, after the stream
+    assert transport.written[-1] == b"HTTP/1.1 100 Continue\r\n\r\n"
+    conn.data_received(b"ok")  # answered inline
+    assert transport.written[-1].endswith(b"Content-Length: 6\r\n\r\nsecond")
+    conn.connection_lost(None)
+    with pytest.raises(prefork.errors.PeerGone):
+        await asyncio.wait_for(task, 1.0)
+
+
+async def test_sync_handler_that_raises_inline_is_a_close_like_the_coroutine_path() -> None:
+    def boom(*args: Any) -> Any:
+        raise RuntimeError("boom")
+
+    server, _ = prefork.new({"log_level": "error"}, boom)
+    assert server is not None
+    conn, transport = make(boom)
+    task = asyncio.get_running_loop().create_task(
+        server.process_request(conn, "127.0.0.1", 0, None)
+    )
+    await asyncio.sleep(0)  # parked: the inline path calls the handler
+    conn.data_received(GET)
+    assert await asyncio.wait_for(task, 1.0) == ("close", None)
+    assert transport.data().startswith(b"HTTP/1.1 500 Internal Server Error\r\n")
+
+
+async def test_500_to_head_has_length_but_no_body() -> None:
+    def boom(*args: Any) -> Any:
+        raise RuntimeError("boom")
+
+    conn, transport = make(boom)
+    conn.data_received(b"HEAD / HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert await exchange(conn, conn.state, "127.0.0.1", 0, None) == "close"
+    assert transport.data() == (
+        b"HTTP/1.1 500 Internal Server Error\r\nServer: prefork\r\n"
+        + DATE_LINE.encode()
+        + b"Content-Type: text/plain; charset=utf-8\r\nContent-Length: 22\r\n"
+        b"Connection: close\r\n\r\n"
+    )
