@@ -244,10 +244,43 @@ def _negotiate(
         req.method, status, req.headers.get("accept-encoding"), lower, body_len
     )
     if coding is not None or vary:
-        changed = dict(lower)  # ``lower`` may be shared through the fields cache
-        compression.apply_headers(changed, coding, vary)
-        text = "".join([f"{name}: {value}\r\n" for name, value in changed.items()])
+        key = (text, coding, vary)
+        new = _NEGOTIATED.get(key)
+        if new is None:
+            changed = dict(lower)  # ``lower`` may be shared through the fields cache
+            compression.apply_headers(changed, coding, vary)
+            new = _replace_fields(text, lower, changed)
+            if len(text) <= _NEGOTIATED_MAX_TEXT:
+                if len(_NEGOTIATED) >= _NEGOTIATED_MAX_ENTRIES:
+                    _NEGOTIATED.clear()
+                _NEGOTIATED[key] = new
+        text = new
     return coding, text
+
+
+# The header text after compression's changes by (text, coding, vary): a pure
+# function of those (``lower`` is derived from ``text``), and a handler sends few
+# distinct header sets. Per process, so per worker; at most 256 x 2 KiB.
+_NEGOTIATED: dict[tuple[str, str | None, bool], str] = {}
+_NEGOTIATED_MAX_ENTRIES = 256
+_NEGOTIATED_MAX_TEXT = 2048
+
+
+def _replace_fields(text: str, before: Mapping[str, str], after: Mapping[str, str]) -> str:
+    """``text`` with the fields that differ between ``before`` and ``after`` replaced.
+
+    Every other line stays as the handler wrote it, in its case and repeated if it
+    was (two ``Set-Cookie`` keys differing in case are two lines). ``text`` holds
+    one CRLF per line and no other CR or LF (``_build_fields`` checked).
+    """
+    touched = {name for name in before.keys() | after.keys() if before.get(name) != after.get(name)}
+    lines = [
+        line + "\r\n"
+        for line in text.split("\r\n")[:-1]
+        if line.partition(":")[0].lower() not in touched
+    ]
+    lines += [f"{name}: {value}\r\n" for name, value in after.items() if name in touched]
+    return "".join(lines)
 
 
 def _write_fixed(

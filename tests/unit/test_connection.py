@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
 from typing import Any
 
 import pytest
@@ -422,3 +423,37 @@ async def test_500_to_head_has_length_but_no_body() -> None:
         + b"Content-Type: text/plain; charset=utf-8\r\nContent-Length: 22\r\n"
         b"Connection: close\r\n\r\n"
     )
+
+
+async def test_compressed_response_keeps_repeated_and_cased_header_lines() -> None:
+    # Two keys differing in case send two Set-Cookie lines; compressing the body
+    # must not fold them into one or lower-case the handler's names.
+    body = "x" * 2048
+
+    def page(method: str, query: str, args: Any, headers: Any, b: bytes, ctx: Any) -> Any:
+        return (
+            body,
+            200,
+            {
+                "Content-Type": "text/html",
+                "Set-Cookie": "a=1",
+                "set-cookie": "b=2",
+                "ETag": '"v1"',
+                "X-Trace": "t",
+            },
+        )
+
+    conn, transport = make(page)
+    conn.data_received(b"GET / HTTP/1.1\r\nHost: h\r\nAccept-Encoding: gzip\r\n\r\n")
+    assert await exchange(conn, conn.state, "127.0.0.1", 0, None) == "keep-alive"
+    head, _, payload = transport.data().partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")[1:]
+    assert "Set-Cookie: a=1" in lines
+    assert "set-cookie: b=2" in lines
+    assert "Content-Type: text/html" in lines
+    assert "X-Trace: t" in lines
+    assert "content-encoding: gzip" in lines
+    assert "vary: Accept-Encoding" in lines
+    assert 'etag: W/"v1"' in lines
+    assert not any(line.lower().startswith("etag:") and "W/" not in line for line in lines)
+    assert gzip.decompress(payload) == body.encode()
