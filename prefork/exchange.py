@@ -245,25 +245,25 @@ def _negotiate(
     )
     if coding is not None or vary:
         key = (text, coding, vary)
-        new = _NEGOTIATED.get(key)
+        cache = state.negotiated_cache
+        new = cache.get(key)
         if new is None:
             changed = dict(lower)  # ``lower`` may be shared through the fields cache
             compression.apply_headers(changed, coding, vary)
             new = _replace_fields(text, lower, changed)
-            if len(text) <= _NEGOTIATED_MAX_TEXT:
-                if len(_NEGOTIATED) >= _NEGOTIATED_MAX_ENTRIES:
-                    _NEGOTIATED.clear()
-                _NEGOTIATED[key] = new
+            if len(text) <= NEGOTIATED_MAX_TEXT:
+                if len(cache) >= NEGOTIATED_MAX_ENTRIES:
+                    cache.clear()
+                cache[key] = new
         text = new
     return coding, text
 
 
-# The header text after compression's changes by (text, coding, vary): a pure
-# function of those (``lower`` is derived from ``text``), and a handler sends few
-# distinct header sets. Per process, so per worker; at most 256 x 2 KiB.
-_NEGOTIATED: dict[tuple[str, str | None, bool], str] = {}
-_NEGOTIATED_MAX_ENTRIES = 256
-_NEGOTIATED_MAX_TEXT = 2048
+# state.negotiated_cache: the header text after compression's changes by (text,
+# coding, vary), a pure function of those (``lower`` is derived from ``text``);
+# a handler sends few distinct header sets. At most 256 x 2 KiB per worker.
+NEGOTIATED_MAX_ENTRIES = 256
+NEGOTIATED_MAX_TEXT = 2048
 
 
 def _replace_fields(text: str, before: Mapping[str, str], after: Mapping[str, str]) -> str:

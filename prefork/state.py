@@ -72,6 +72,8 @@ class ServerState:
         # an llhttp parser costs ~700 bytes on every idle connection.
         self.head_parser = make_parser(self.parser_name)
         self.fields_cache: dict[tuple[Any, ...], tuple[str, Mapping[str, str], bool, bool]] = {}
+        # Header text after compression's changes, by (text, coding, vary); see exchange.
+        self.negotiated_cache: dict[tuple[str, str | None, bool], str] = {}
         self.access = log.AccessLog(cfg.log_headers)
         self.requests_per_connection = cfg.requests_per_connection
         self.keepalive_idle_timeout = cfg.keepalive_idle_timeout
