@@ -14,6 +14,7 @@ import asyncio
 import logging
 import socket
 import ssl
+import sys
 import time
 from typing import Any
 
@@ -115,7 +116,9 @@ class Connection(asyncio.Protocol):
     def set_peer(self, peer: object) -> None:
         """Record the peer's address (a tuple from accept() or getpeername())."""
         if isinstance(peer, tuple):
-            self.peername = (str(peer[0]), int(peer[1]))
+            # Interned: the connections from one address share one string, so a
+            # request does not touch a string of its own (see ServerState.counts).
+            self.peername = (sys.intern(str(peer[0])), int(peer[1]))
             self.client_ip = self.peername[0]
 
     def data_received(self, data: bytes) -> None:
@@ -343,7 +346,14 @@ class Connection(asyncio.Protocol):
         reader = self.reader
         state = self.state
         handler = state.handler
-        ctx = self.context(self.client_ip, state.redis_module)
+        counts = state.counts
+        ctx = self.ctx
+        if (
+            ctx is None
+            or ctx.client_ip is not self.client_ip
+            or ctx.redis_module is not state.redis_module
+        ):
+            ctx = self.context(self.client_ip, state.redis_module)
         self._busy = True
         while reader.requests and not self._closing:
             req = reader.requests.pop(0)
@@ -361,7 +371,8 @@ class Connection(asyncio.Protocol):
                 self._handoff = (req, result, started)
                 break
             count = self.count
-            self.count = count + 1
+            nxt = count + 1
+            self.count = counts[nxt] if nxt < len(counts) else nxt
             outcome = finish(self, state, req, result, count, started)
             if not isinstance(outcome, str):
                 self.count = count
@@ -380,7 +391,11 @@ class Connection(asyncio.Protocol):
             elif reader.head_started:
                 self._set_deadline(Deadline.HEADER, self.state.request_header_timeout)
             else:
-                self._set_deadline(Deadline.IDLE, self.state.keepalive_idle_timeout)
+                now = self._loop.time()
+                if now >= state.idle_deadline_until:
+                    state.refresh_idle_deadline(now)
+                self.deadline_kind = Deadline.IDLE
+                self.deadline = state.idle_deadline
             return True
         # The coroutine takes over: until it runs, bytes that arrive (libuv
         # may deliver two reads in one loop turn) wait in ``_pending``, so no

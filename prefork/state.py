@@ -34,6 +34,11 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(log.WORKER)
 
+# Request counts up to this are shared int objects (ServerState.counts).
+COUNTS_SHARED = 4096
+# Connections going idle within this many seconds share one deadline float.
+DEADLINE_GRAIN = 0.01
+
 
 class Deadline(enum.Enum):
     NONE = 0
@@ -80,6 +85,16 @@ class ServerState:
         self.request_header_timeout = cfg.request_header_timeout
         self.request_body_timeout = cfg.request_body_timeout
         self.response_write_timeout = cfg.response_write_timeout
+        # With many connections, what a request touches of its own is read from
+        # memory, not from the CPU's cache; a connection's per-request values
+        # are therefore shared objects where they can be. Request counts come
+        # from this table, so that counting a request frees no int object of
+        # the connection's own (ints above 256 are not cached by Python) ...
+        self.counts = tuple(range(min(cfg.requests_per_connection, COUNTS_SHARED) + 1))
+        # ... and a connection that goes idle takes this deadline, one float
+        # for every connection going idle within DEADLINE_GRAIN seconds.
+        self.idle_deadline = 0.0
+        self.idle_deadline_until = 0.0
         self.connections: set[Connection] = set()
         self.requests_served = 0
         self.draining = False
@@ -94,6 +109,11 @@ class ServerState:
         )
         # Deadlines are checked this often: fine enough for the shortest timeout.
         self.sweep_interval = max(0.05, min(1.0, min(timeouts) / 8))
+
+    def refresh_idle_deadline(self, now: float) -> None:
+        """A new shared keep-alive deadline: never early, at most DEADLINE_GRAIN late."""
+        self.idle_deadline_until = now + DEADLINE_GRAIN
+        self.idle_deadline = now + DEADLINE_GRAIN + self.keepalive_idle_timeout
 
     @property
     def open_connections(self) -> int:

@@ -13,7 +13,7 @@ from prefork import protocol
 from prefork.config import Config
 from prefork.connection import Connection
 from prefork.exchange import exchange
-from prefork.state import ServerState
+from prefork.state import COUNTS_SHARED, DEADLINE_GRAIN, Deadline, ServerState
 
 DATE_LINE = "Date: Wed, 25 Nov 2026 08:00:00 GMT\r\n"
 GET = b"GET /hello HTTP/1.1\r\nHost: example.com\r\n\r\n"
@@ -457,3 +457,52 @@ async def test_compressed_response_keeps_repeated_and_cased_header_lines() -> No
     assert 'etag: W/"v1"' in lines
     assert not any(line.lower().startswith("etag:") and "W/" not in line for line in lines)
     assert gzip.decompress(payload) == body.encode()
+
+
+# -- per-connection values shared between connections ----------------------
+# (with many connections, what a request touches of its own is a cache miss)
+
+
+async def test_inline_counts_run_past_the_shared_table_and_close_at_the_limit() -> None:
+    limit = COUNTS_SHARED + 2
+    conn, transport = make(hello, requests_per_connection=limit)
+    task = asyncio.get_running_loop().create_task(exchange(conn, conn.state, "127.0.0.1", 0, None))
+    await asyncio.sleep(0)
+    conn.data_received(GET * 300)
+    assert conn.count == 300
+    assert conn.count is conn.state.counts[300]  # shared, not an int of its own
+    conn.data_received(GET * (limit - 300 + 5))  # 5 more than allowed
+    assert await task == "close"
+    assert conn.count == limit
+    assert len(transport.written) == limit
+    assert b"Connection: close" not in transport.written[-2]
+    assert transport.written[-1].endswith(b"Connection: close\r\n\r\nHello, World!")
+
+
+async def test_connections_going_idle_together_share_a_deadline_never_early() -> None:
+    loop = asyncio.get_running_loop()
+    conns = [make(hello, keepalive_idle_timeout=7)[0] for _ in range(2)]
+    state = conns[1].state = conns[0].state
+    tasks = [loop.create_task(exchange(c, state, "127.0.0.1", 0, None)) for c in conns]
+    await asyncio.sleep(0)
+    before = loop.time()
+    for conn in conns:
+        conn.data_received(GET)
+    after = loop.time()
+    for conn in conns:
+        assert conn.deadline_kind is Deadline.IDLE
+        assert before + 7 <= conn.deadline <= after + 7 + DEADLINE_GRAIN
+    assert conns[0].deadline is conns[1].deadline
+    for conn, task in zip(conns, tasks, strict=True):
+        conn.connection_lost(None)
+        with pytest.raises(prefork.errors.PeerGone):
+            await task
+
+
+async def test_connections_from_one_address_share_its_string() -> None:
+    first, _ = make(hello)
+    second, _ = make(hello)
+    first.set_peer(("".join(["10.0.0.", "7"]), 1000))
+    second.set_peer(("".join(["10.0.", "0.7"]), 1001))
+    assert first.client_ip == "10.0.0.7"
+    assert first.client_ip is second.client_ip
