@@ -330,13 +330,20 @@ class Master:
         # collections then never write to those objects' headers, so the pages it
         # shares with the master stay shared instead of being copied on write.
         gc.freeze()
+        # Signals wait until the child has put its own dispositions in place
+        # (Worker.run unblocks them); until then the master's handlers would run
+        # in the child and the signal would be lost.
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, MASTER_SIGNALS)
         try:
             pid = os.fork()
         except OSError as exc:  # EAGAIN, ENOMEM
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             os.close(read_fd)
             os.close(write_fd)
             self._spawn_failed(exc)
             return None
+        if pid != 0:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         if pid == 0:  # the child never returns into the master's code
             code = WORKER_CRASHED
             try:

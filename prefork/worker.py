@@ -323,6 +323,9 @@ class Worker:
             signal.signal(signum, signal.SIG_IGN)
         with contextlib.suppress(ValueError):
             signal.set_wakeup_fd(-1)
+        # Blocked by the master across the fork; what arrived meanwhile is
+        # delivered now, to the worker's dispositions.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, MASTER_SIGNALS)
         for fd in self.close_fds:
             with contextlib.suppress(OSError):
                 os.close(fd)

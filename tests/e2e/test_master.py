@@ -217,6 +217,46 @@ def test_ttin_and_ttou_change_the_worker_count(servers: StartServer, tmp_path: P
     assert get(server.port)[0] == 200
 
 
+# Loaded into the master through PYTHONPATH: the second fork's child sends itself
+# SIGTERM before os.fork() even returns in it, i.e. before the worker's own
+# signal dispositions are in place.
+TERM_IN_FORK_WINDOW = """
+import os
+import signal
+
+_forks = [0]
+
+
+def _count():
+    _forks[0] += 1
+
+
+def _term_second_child():
+    if _forks[0] == 2:
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+os.register_at_fork(before=_count, after_in_child=_term_second_child)
+"""
+
+
+def test_signal_right_after_the_fork_reaches_the_worker(
+    servers: StartServer, tmp_path: Path
+) -> None:
+    # Until the worker has reset the master's handlers, a signal for it must
+    # wait (blocked), not run the master's handler in the child and be lost.
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(TERM_IN_FORK_WINDOW)
+    conf = write_config(tmp_path / "prefork.toml", workers=1)
+    server = servers(APP, "-c", conf, env={"PYTHONPATH": str(hook)})
+    wait_until(lambda: len(serving_pids(server)) == 1, timeout=10)
+    os.kill(server.pid, signal.SIGTTIN)  # the second fork
+    server.wait_log(r"worker 2 \(pid \d+, gen 1\) failed to boot \(signal SIGTERM\)")
+    wait_until(lambda: len(serving_pids(server)) == 2, timeout=20)  # retried, without the hook
+    assert get(server.port)[0] == 200
+
+
 def test_every_bind_is_listened_on(servers: StartServer, tmp_path: Path) -> None:
     server = start(servers, tmp_path, "-b", "127.0.0.1:0", workers=2)
     ports = [
