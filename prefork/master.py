@@ -246,6 +246,11 @@ class Master:
         if self._stopping is None:
             logger.info("%s: graceful stop", signal.Signals(signum).name)
             self._begin_stop(Stop.GRACEFUL)
+        elif signum == signal.SIGINT and self._stopping is Stop.GRACEFUL:
+            # A second Ctrl-C does not wait for the drain (as with uvicorn);
+            # TERM again (a supervisor repeating itself) changes nothing.
+            logger.info("SIGINT again: immediate stop")
+            self._begin_stop(Stop.IMMEDIATE)
 
     def handle_quit(self) -> None:
         if self._stopping is not Stop.IMMEDIATE:

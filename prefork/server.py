@@ -7,6 +7,7 @@ returns of API.md.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Mapping
 from typing import Any
 
@@ -86,6 +87,11 @@ class Server:
         """
         from .master import Master
 
+        if threading.current_thread() is not threading.main_thread():
+            # The master lives on signals (worker exits, reload, stop), and
+            # Python delivers them to the main thread only.
+            self.exit_code = EXIT_FAILURE
+            return None, "serve() must be called from the main thread (it handles signals)"
         log.setup(self.cfg.log_level)
         try:
             self._master = Master(

@@ -611,6 +611,40 @@ def test_quit_stops_at_once(servers: StartServer, tmp_path: Path) -> None:
     wait_until(lambda: all(exited(pid) for pid in workers), timeout=5)
 
 
+def test_second_ctrl_c_during_a_graceful_stop_stops_at_once(
+    servers: StartServer, tmp_path: Path
+) -> None:
+    # As with uvicorn: the first INT drains, a second one does not wait for it.
+    server = start(servers, tmp_path, workers=2)
+    workers = worker_pids(server)
+    slow = Background(server.port, "/slow")
+    slow_in_flight(server)
+    t0 = time.monotonic()
+    os.kill(server.pid, signal.SIGINT)
+    server.wait_log("SIGINT: graceful stop")
+    os.kill(server.pid, signal.SIGINT)
+    assert server.proc.wait(timeout=5) == 0
+    assert time.monotonic() - t0 < 1.4  # before the slow request could have finished
+    server.wait_log("SIGINT again: immediate stop")
+    assert isinstance(slow.join(), BaseException)  # cut, not answered
+    wait_until(lambda: all(exited(pid) for pid in workers), timeout=5)
+
+
+def test_second_term_during_a_graceful_stop_changes_nothing(
+    servers: StartServer, tmp_path: Path
+) -> None:
+    server = start(servers, tmp_path, workers=1)
+    slow = Background(server.port, "/slow")
+    slow_in_flight(server)
+    os.kill(server.pid, signal.SIGTERM)
+    server.wait_log("SIGTERM: graceful stop")
+    os.kill(server.pid, signal.SIGTERM)
+    result = slow.join()
+    assert not isinstance(result, BaseException), result
+    assert result[0] == 200
+    assert server.proc.wait(timeout=10) == 0
+
+
 def test_app_that_fails_to_import_stops_the_master(servers: StartServer, tmp_path: Path) -> None:
     conf = write_config(tmp_path / "prefork.toml", workers=2)
     server = servers("import os\nraise RuntimeError('the app is broken')\n", "-c", conf, wait=False)

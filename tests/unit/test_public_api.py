@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -178,3 +179,16 @@ def test_configure_with_a_non_mapping_returns_err() -> None:
     ok, err = server.configure(None)  # type: ignore[arg-type]
     assert ok is None
     assert err is not None
+
+
+# -- Server.serve -------------------------------------------------------------------
+
+
+def test_serve_from_another_thread_returns_err_without_binding() -> None:
+    server = make_server({"port": 0})
+    results: list[tuple[None, str | None]] = []
+    thread = threading.Thread(target=lambda: results.append(server.serve()))
+    thread.start()
+    thread.join(timeout=10)
+    assert not thread.is_alive()
+    assert results == [(None, "serve() must be called from the main thread (it handles signals)")]
