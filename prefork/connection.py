@@ -212,6 +212,8 @@ class Connection(asyncio.Protocol):
         self.deadline = 0.0
 
     def _send(self, data: bytes) -> None:
+        if self.state.deferred:
+            self.state.flush_writes()
         if self.transport is not None and not self._lost:
             self.transport.write(data)
 
@@ -284,6 +286,8 @@ class Connection(asyncio.Protocol):
         """Half-close, keep reading for a moment, then close (no reset for a late request)."""
         if self._closing or self.transport is None:
             return
+        if self.state.deferred:
+            self.state.flush_writes()
         self._closing = True
         self._resume_reading()
         transport = self.transport
@@ -304,12 +308,16 @@ class Connection(asyncio.Protocol):
         self._wake()
 
     def _close_transport(self) -> None:
+        if self.state.deferred:
+            self.state.flush_writes()
         self._closing = True
         self._clear_deadline()
         if self.transport is not None and not self.transport.is_closing():
             self.transport.close()
 
     def abort(self) -> None:
+        if self.state.deferred:
+            self.state.flush_writes()
         self._closing = True
         self._clear_deadline()
         if self.transport is not None:
@@ -535,6 +543,8 @@ class Connection(asyncio.Protocol):
         """Send bytes, waiting while the peer is slow (backpressure)."""
         if self._lost or self.transport is None:
             raise ConnectionResetError("connection lost")
+        if self.state.deferred:
+            self.state.flush_writes()
         self.transport.write(data)
         await self.drain()
 

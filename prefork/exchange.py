@@ -304,9 +304,17 @@ def _write_fixed(
     transport = conn.transport
     if transport is None or conn._lost:
         raise PeerGone("connection lost before the response")
+    state = conn.state
     if len(body) < JOIN_BODY_MAX_BYTES:
+        if keep_alive and conn._parked:  # the inline path (see ServerState.defer_write)
+            state.defer_write(transport, head + body)
+            return len(body)
+        if state.deferred:
+            state.flush_writes()
         transport.write(head + body)
     else:
+        if state.deferred:
+            state.flush_writes()
         transport.write(head)
         transport.write(body)
     return len(body)

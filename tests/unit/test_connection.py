@@ -13,7 +13,7 @@ from prefork import protocol
 from prefork.config import Config
 from prefork.connection import Connection
 from prefork.exchange import exchange
-from prefork.state import COUNTS_SHARED, DEADLINE_GRAIN, Deadline, ServerState
+from prefork.state import COUNTS_SHARED, DEADLINE_GRAIN, WRITE_BATCH, Deadline, ServerState
 
 DATE_LINE = "Date: Wed, 25 Nov 2026 08:00:00 GMT\r\n"
 GET = b"GET /hello HTTP/1.1\r\nHost: example.com\r\n\r\n"
@@ -277,6 +277,7 @@ async def test_inline_path_serves_while_the_coroutine_is_parked() -> None:
     task = asyncio.get_running_loop().create_task(exchange(conn, conn.state, "127.0.0.1", 0, None))
     await asyncio.sleep(0)
     conn.data_received(GET + GET)  # answered from the protocol callback
+    await asyncio.sleep(0)  # its writes go out at the end of the loop turn
     assert transport.data() == HELLO_RESPONSE * 2
     assert conn.count == 2
     conn.connection_lost(None)
@@ -293,6 +294,7 @@ async def test_continue_for_a_pipelined_request_follows_the_earlier_response() -
     )
     assert transport.written == [HELLO_RESPONSE, b"HTTP/1.1 100 Continue\r\n\r\n"]
     conn.data_received(b"ok")
+    await asyncio.sleep(0)
     assert len(transport.written) == 3
     conn.connection_lost(None)
     with pytest.raises(prefork.errors.PeerGone):
@@ -388,6 +390,7 @@ async def test_continue_waits_for_a_handed_off_response() -> None:
     await asyncio.sleep(0)  # parked: now the 100, after the stream
     assert transport.written[-1] == b"HTTP/1.1 100 Continue\r\n\r\n"
     conn.data_received(b"ok")  # answered inline
+    await asyncio.sleep(0)
     assert transport.written[-1].endswith(b"Content-Length: 6\r\n\r\nsecond")
     conn.connection_lost(None)
     with pytest.raises(prefork.errors.PeerGone):
@@ -506,3 +509,67 @@ async def test_connections_from_one_address_share_its_string() -> None:
     second.set_peer(("".join(["10.0.", "0.7"]), 1001))
     assert first.client_ip == "10.0.0.7"
     assert first.client_ip is second.client_ip
+
+
+# -- the inline path's writes go out together (ServerState.defer_write) ------
+
+
+async def test_inline_responses_go_out_together_at_the_end_of_the_loop_turn() -> None:
+    loop = asyncio.get_running_loop()
+    conns = [make(hello)[0] for _ in range(2)]
+    state = conns[1].state = conns[0].state
+    transports = [conn.transport for conn in conns]
+    tasks = [loop.create_task(exchange(c, state, "127.0.0.1", 0, None)) for c in conns]
+    await asyncio.sleep(0)
+    conns[0].data_received(GET + GET)
+    conns[1].data_received(GET)
+    assert [t.written for t in transports] == [[], []]  # type: ignore[union-attr]
+    await asyncio.sleep(0)
+    assert [t.written for t in transports] == [  # type: ignore[union-attr]
+        [HELLO_RESPONSE, HELLO_RESPONSE],
+        [HELLO_RESPONSE],
+    ]
+    for conn, task in zip(conns, tasks, strict=True):
+        conn.connection_lost(None)
+        with pytest.raises(prefork.errors.PeerGone):
+            await task
+
+
+async def test_a_full_batch_goes_out_without_waiting_for_the_loop_turn() -> None:
+    conn, transport = make(hello)
+    task = asyncio.get_running_loop().create_task(exchange(conn, conn.state, "127.0.0.1", 0, None))
+    await asyncio.sleep(0)
+    conn.data_received(GET * (WRITE_BATCH + 1))
+    assert transport.written == [HELLO_RESPONSE] * WRITE_BATCH
+    await asyncio.sleep(0)
+    assert transport.written == [HELLO_RESPONSE] * (WRITE_BATCH + 1)
+    conn.connection_lost(None)
+    with pytest.raises(prefork.errors.PeerGone):
+        await task
+
+
+@pytest.mark.parametrize("end", ["abort", "close", "graceful_close"])
+async def test_a_deferred_response_goes_out_before_the_connection_ends(end: str) -> None:
+    conn, transport = make(hello)
+    task = asyncio.get_running_loop().create_task(exchange(conn, conn.state, "127.0.0.1", 0, None))
+    await asyncio.sleep(0)
+    conn.data_received(GET)
+    assert transport.written == []
+    getattr(conn, end)()
+    assert transport.written == [HELLO_RESPONSE]
+    assert transport.closed or transport.eof_written
+    conn.connection_lost(None)
+    await asyncio.wait_for(asyncio.gather(task, return_exceptions=True), 1.0)
+
+
+async def test_a_deferred_response_to_a_closed_transport_is_dropped() -> None:
+    conn, transport = make(hello)
+    task = asyncio.get_running_loop().create_task(exchange(conn, conn.state, "127.0.0.1", 0, None))
+    await asyncio.sleep(0)
+    conn.data_received(GET)
+    transport.closed = True  # the peer reset it meanwhile
+    conn.connection_lost(ConnectionResetError())
+    await asyncio.sleep(0)
+    assert transport.written == []
+    with pytest.raises(prefork.errors.PeerGone):
+        await task
