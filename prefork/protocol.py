@@ -305,6 +305,10 @@ class RequestReader:
                 raise ProtocolError(400, "obsolete line folding in request head")
         elif head.count(b" ", 0, first) != 2:
             raise ProtocolError(400, "malformed request line")
+        elif head.find(b"\n", 0, first) >= 0:
+            # llhttp ends the request line at a bare LF, then finds no version
+            # (505); h11's prescan above says 400, as does a split read.
+            raise ProtocolError(400, "bare LF in request head")
 
     def _start_request(self, head: bytes) -> None:
         cache = self._head_cache

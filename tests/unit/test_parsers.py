@@ -19,7 +19,7 @@ import string
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from prefork.errors import ConfigError, ProtocolError
@@ -290,6 +290,9 @@ def test_valid_requests_parse_alike_and_as_sent(
 
 @settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(case=mutated(), cuts=cut_lists)
+# Found by this test: a bare LF inside a request line that ends in HTTP/1.0
+# was 505 from httptools (llhttp ends the line there) and 400 from h11.
+@example(case=(b"OPTIONS http://\n27.0.0.1:8080/ HTTP/1.0\r\n\r\n", False), cuts=[])
 def test_mutated_requests_get_the_same_answer_from_both_backends(
     case: tuple[bytes, bool], cuts: list[int]
 ) -> None:
