@@ -31,6 +31,8 @@ app_logger = logging.getLogger(log.APP)
 
 # Unparsed input kept while a handler runs before reading is paused.
 MAX_PENDING_BYTES = 256 * 1024
+# A sync handler that returns within this many seconds has its response batched.
+QUICK_HANDLER_S = 0.0002
 # Pipelined requests parsed ahead of the one being answered before reading is paused.
 MAX_QUEUED_REQUESTS = 32
 # How long a closing connection keeps reading (and discarding) after it half-closed,
@@ -378,6 +380,9 @@ class Connection(asyncio.Protocol):
             if type(result) is not tuple and asyncio.iscoroutine(result):
                 self._handoff = (req, result, started)
                 break
+            # Only a quick handler's response joins the write batch: after a
+            # slow one, the batch would hold its neighbours' responses back.
+            state.batch_writes = time.monotonic() - started < QUICK_HANDLER_S
             count = self.count
             nxt = count + 1
             self.count = counts[nxt] if nxt < len(counts) else nxt

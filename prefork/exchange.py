@@ -306,7 +306,7 @@ def _write_fixed(
         raise PeerGone("connection lost before the response")
     state = conn.state
     if len(body) < JOIN_BODY_MAX_BYTES:
-        if keep_alive and conn._parked:  # the inline path (see ServerState.defer_write)
+        if keep_alive and conn._parked and state.batch_writes:  # see ServerState.defer_write
             state.defer_write(transport, head + body)
             return len(body)
         if state.deferred:

@@ -100,6 +100,7 @@ class ServerState:
         self.idle_deadline_until = 0.0
         # Deferred writes, in order: transport, data, transport, data, ...
         self.deferred: list[Any] = []
+        self.batch_writes = False  # set per response by the inline path
         self._flush_scheduled = False
         self.connections: set[Connection] = set()
         self.requests_served = 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import time
 from typing import Any
 
 import pytest
@@ -11,7 +12,7 @@ import pytest
 import prefork
 from prefork import protocol
 from prefork.config import Config
-from prefork.connection import Connection
+from prefork.connection import QUICK_HANDLER_S, Connection
 from prefork.exchange import exchange
 from prefork.state import COUNTS_SHARED, DEADLINE_GRAIN, WRITE_BATCH, Deadline, ServerState
 
@@ -571,5 +572,23 @@ async def test_a_deferred_response_to_a_closed_transport_is_dropped() -> None:
     conn.connection_lost(ConnectionResetError())
     await asyncio.sleep(0)
     assert transport.written == []
+    with pytest.raises(prefork.errors.PeerGone):
+        await task
+
+
+async def test_a_slow_handler_response_goes_out_at_once_with_the_batch_before_it() -> None:
+    def handler(method: str, query: str, args: Any, headers: Any, body: bytes, ctx: Any) -> Any:
+        if query == "/slow":
+            time.sleep(QUICK_HANDLER_S * 5)
+        return "Hello, World!", 200, {"content-type": "text/plain"}
+
+    conn, transport = make(handler)
+    task = asyncio.get_running_loop().create_task(exchange(conn, conn.state, "127.0.0.1", 0, None))
+    await asyncio.sleep(0)
+    conn.data_received(GET)  # quick: batched
+    assert transport.written == []
+    conn.data_received(b"GET /slow HTTP/1.1\r\nHost: example.com\r\n\r\n")
+    assert transport.written == [HELLO_RESPONSE, HELLO_RESPONSE]  # the batch, then its own
+    conn.connection_lost(None)
     with pytest.raises(prefork.errors.PeerGone):
         await task
