@@ -25,6 +25,8 @@ from prefork import worker as worker_module
 from prefork.config import Config
 from prefork.worker import (
     ACCEPT_BACKOFF_S,
+    ACCEPT_BATCH_MAX,
+    ACCEPT_BATCH_MIN,
     BOOT_TIMEOUT_MIN_S,
     MSG_HEARTBEAT,
     MSG_READY,
@@ -188,8 +190,8 @@ def no_real_connections(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(worker_module, "_ACCEPTED", {socket.AF_INET: FakeAccepted})
 
 
-def make_worker(listener: FakeListener, limit: int) -> tuple[Worker, FakeLoop]:
-    cfg = Config.build({"port": 0, "connection_limit": limit})
+def make_worker(listener: FakeListener, limit: int, workers: int = 1) -> tuple[Worker, FakeLoop]:
+    cfg = Config.build({"port": 0, "connection_limit": limit, "workers": workers})
     worker = Worker(
         cfg=cfg,
         app="app:handle",
@@ -300,3 +302,27 @@ def test_watchdog_verdict(state: WorkerState, field: str, age: float, verdict: s
     else:
         assert result is not None
         assert result.startswith(verdict)
+
+
+@pytest.mark.parametrize(
+    ("queued", "workers", "expected"),
+    [
+        (10, 2, 10),  # what is queued
+        (20, 2, ACCEPT_BATCH_MIN),  # a share below the minimum: the minimum
+        (100, 2, 50),  # a long queue: this worker's share
+        (100, 1, 100),  # alone: all of it
+        (1000, 1, ACCEPT_BATCH_MAX),  # a reconnect storm: at most the maximum a turn
+    ],
+)
+def test_accept_takes_its_share_of_a_long_queue(queued: int, workers: int, expected: int) -> None:
+    listener = FakeListener(pending=queued, queued=queued)
+    _worker, loop = make_worker(listener, limit=2048, workers=workers)
+    readable(loop)
+    assert (listener.accepts, listener.attempts) == (expected, expected)
+
+
+def test_accept_takes_the_minimum_when_the_queue_length_is_unknown() -> None:
+    listener = FakeListener(pending=100, queued=None)
+    _worker, loop = make_worker(listener, limit=2048, workers=1)
+    readable(loop)
+    assert listener.accepts == ACCEPT_BATCH_MIN
