@@ -366,7 +366,7 @@ class Connection(asyncio.Protocol):
             ctx = self.context(self.client_ip, state.redis_module)
         self._busy = True
         while reader.requests and not self._closing:
-            req = reader.requests.pop(0)
+            req = reader.take()
             started = time.monotonic()
             try:
                 result = handler(
@@ -453,7 +453,7 @@ class Connection(asyncio.Protocol):
             if reader.paused and not reader.requests:
                 self._resume_parsing()
             if reader.requests:
-                req = reader.requests.pop(0)
+                req = reader.take()
                 self._reading = False
                 self._busy = True
                 self._clear_deadline()

@@ -653,6 +653,21 @@ def test_reader_reuses_its_parser_across_many_requests(backend: str) -> None:
     assert [r.method for r in reader.requests] == ["GET", "POST", "POST"] * 20
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_take_hands_out_requests_in_order_and_keeps_working_after_the_last(
+    backend: str,
+) -> None:
+    reader = RequestReader(make_parser(backend), small_limits())
+    reader.feed(get(target=b"/a") + get(target=b"/b"))
+    assert reader.take().path == "/a"
+    assert reader.take().path == "/b"
+    assert not reader.requests
+    reader.feed(get(target=b"/c"))  # the list left behind by the last take() is used
+    assert [r.path for r in reader.requests] == ["/c"]
+    assert reader.take().path == "/c"
+    assert not reader.requests
+
+
 # -- the default limits (API.md's 8192-byte lines, the 64 KiB head) -------------------
 
 
