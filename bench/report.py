@@ -176,7 +176,9 @@ def _one_line(text: str) -> str:
 METHOD = """\
 Method: every scenario starts a fresh server, checks one answer, runs an
 unmeasured warm-up of {warmup} s, then {runs} runs of `wrk -t1 -c64 -d{duration}s
---latency` (S9: `-c1000`). The server's whole process tree runs under
+--latency` (S9: `-c1000`). Scenarios run in the order S1, S9, S2, S3,
+S4, S5, S6, S8 (S9's goal is a ratio to S1, so the two are measured close
+together in time). The server's whole process tree runs under
 `taskset -c 0` and wrk under `taskset -c 1`, except S2 where the server (2
 workers) is not pinned. Reported: the median req/s of the runs and their
 min-max; the median p50 and p99; socket errors and non-2xx summed over the
