@@ -213,11 +213,26 @@ class Connection(asyncio.Protocol):
         self.deadline_kind = Deadline.NONE
         self.deadline = 0.0
 
+    def _flush_batch(self) -> None:
+        """Write the responses the inline path batched (ServerState.defer_write).
+
+        Every other write, close or abort on any connection calls this first,
+        so bytes and closes happen in the order they were asked for.
+        """
+        state = self.state
+        if state.deferred:
+            state.flush_writes()
+
+    def write_now(self, data: bytes) -> None:
+        """Write ``data`` after the batched responses (the transport must be open)."""
+        self._flush_batch()
+        transport = self.transport
+        assert transport is not None
+        transport.write(data)
+
     def _send(self, data: bytes) -> None:
-        if self.state.deferred:
-            self.state.flush_writes()
         if self.transport is not None and not self._lost:
-            self.transport.write(data)
+            self.write_now(data)
 
     def on_deadline(self) -> None:
         """Called by the sweeper when ``deadline`` has passed."""
@@ -288,8 +303,7 @@ class Connection(asyncio.Protocol):
         """Half-close, keep reading for a moment, then close (no reset for a late request)."""
         if self._closing or self.transport is None:
             return
-        if self.state.deferred:
-            self.state.flush_writes()
+        self._flush_batch()
         self._closing = True
         self._resume_reading()
         transport = self.transport
@@ -310,16 +324,14 @@ class Connection(asyncio.Protocol):
         self._wake()
 
     def _close_transport(self) -> None:
-        if self.state.deferred:
-            self.state.flush_writes()
+        self._flush_batch()
         self._closing = True
         self._clear_deadline()
         if self.transport is not None and not self.transport.is_closing():
             self.transport.close()
 
     def abort(self) -> None:
-        if self.state.deferred:
-            self.state.flush_writes()
+        self._flush_batch()
         self._closing = True
         self._clear_deadline()
         if self.transport is not None:
@@ -548,9 +560,7 @@ class Connection(asyncio.Protocol):
         """Send bytes, waiting while the peer is slow (backpressure)."""
         if self._lost or self.transport is None:
             raise ConnectionResetError("connection lost")
-        if self.state.deferred:
-            self.state.flush_writes()
-        self.transport.write(data)
+        self.write_now(data)
         await self.drain()
 
     def close(self) -> None:

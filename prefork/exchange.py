@@ -309,13 +309,9 @@ def _write_fixed(
         if keep_alive and conn._parked and state.batch_writes:  # see ServerState.defer_write
             state.defer_write(transport, head + body)
             return len(body)
-        if state.deferred:
-            state.flush_writes()
-        transport.write(head + body)
+        conn.write_now(head + body)
     else:
-        if state.deferred:
-            state.flush_writes()
-        transport.write(head)
+        conn.write_now(head)
         transport.write(body)
     return len(body)
 

@@ -123,7 +123,8 @@ class ServerState:
         A peer on the same host (a proxy in front, a load generator) is woken
         once for a batch of responses rather than once per response; waking it
         costs the writer's CPU more than the write. Order holds because every
-        other write, close or abort flushes the batch first (``flush_writes``).
+        other write, close or abort goes through ``Connection._flush_batch``
+        first.
         """
         out = self.deferred
         out.append(transport)
