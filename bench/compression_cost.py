@@ -3,7 +3,7 @@
 Compresses a realistic JSON API response (~100 KiB) and a 1 MiB one with
 prefork.compression.compress_body and prints a markdown table, the ratio at each
 level, and the body size that takes about 1 ms at the default level: the basis of
-OFFLOAD_MIN_BYTES.
+SLICE_BYTES (how much of a big body is compressed per event-loop turn).
 
     python bench/compression_cost.py [--repeat 5]
 """
@@ -17,7 +17,7 @@ import time
 import uuid
 from typing import Any
 
-from prefork.compression import OFFLOAD_MIN_BYTES, compress_body
+from prefork.compression import SLICE_BYTES, compress_body
 
 MIB = 1024 * 1024
 DEFAULT_LEVEL = 6
@@ -137,8 +137,8 @@ def main() -> None:
     one_ms = int(MIB * TARGET_MS / cost6)
     print(
         f"\nAt level {DEFAULT_LEVEL}, gzip takes {TARGET_MS:g} ms for about {one_ms // 1024} KiB "
-        f"({one_ms} bytes); OFFLOAD_MIN_BYTES is {OFFLOAD_MIN_BYTES} "
-        f"(~{OFFLOAD_MIN_BYTES * cost6 / MIB:.2f} ms at level {DEFAULT_LEVEL})."
+        f"({one_ms} bytes); SLICE_BYTES is {SLICE_BYTES} "
+        f"(~{SLICE_BYTES * cost6 / MIB:.2f} ms at level {DEFAULT_LEVEL})."
     )
 
 
