@@ -13,10 +13,11 @@ at the end).
 from __future__ import annotations
 
 import asyncio
-import zlib
 from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any, Final
+
+from zlib_ng import zlib_ng
 
 __all__ = [
     "SLICE_BYTES",
@@ -29,20 +30,25 @@ __all__ = [
     "negotiate_encoding",
 ]
 
-# What deflate costs, measured with bench/compression_cost.py on a JSON API response
-# (zlib 1.2.13, CPython 3.11, one core of a 2-vCPU VM), ms of CPU per MiB, best of 7:
+# Deflate is zlib-ng's (the zlib_ng package: zlib's API and formats, a faster
+# implementation). What it costs, measured with bench/compression_cost.py on a
+# JSON API response (zlib-ng 2.x via zlib_ng 1.1, CPython 3.11, one core of a
+# 2-vCPU VM), ms of CPU per MiB, best of 7, with the C zlib (1.2.13) that
+# CPython's zlib module (and nginx) use for comparison:
 #
 #     level               1     2     3     4     5     6     7     8     9
-#     gzip,    100 KiB  5.9   6.5   8.2  10.6  13.4  17.3  20.9  34.2  34.6
-#     deflate, 100 KiB  5.8   6.5   8.2  10.5  13.2  17.3  20.8  34.2  34.7
-#     gzip,    1 MiB    6.5   7.0   8.9  11.1  14.1  18.6  22.3  38.4  39.0
-#     ratio             .28   .26   .25   .24   .23   .23   .22   .22   .22
+#     gzip,    100 KiB  1.6   3.0   5.1   6.9   7.9   9.9  14.1  20.3  18.1
+#     gzip,    1 MiB    2.5   4.1   5.5   7.5   8.5  10.9  15.2  22.8  19.0
+#     ratio             .34   .25   .24   .23   .23   .22   .22   .22   .23
+#     zlib, 100 KiB     5.9   6.5   8.2  10.5  13.2  17.2  20.8  34.4  34.6
+#     zlib's ratio      .28   .26   .25   .24   .23   .23   .22   .22   .22
 #
-# (deflate and gzip cost the same: one deflate stream, different wrappers.) At the
-# default level 6, 1 ms of loop time buys ~59 KiB, so a body is compressed at
-# most 64 KiB (~1.1 ms) per loop turn: a bigger one goes slice by slice, and the
-# worker's other connections are served between slices. The figure is for level
-# 6: at level 9 a 64 KiB slice costs ~2.2 ms, at level 1 ~0.4 ms.
+# At the default level 6 that is 1.75x zlib's speed for a slightly smaller
+# body; level 1 trades ratio for speed more than zlib's does. (deflate and gzip
+# cost the same: one deflate stream, different wrappers.) A body is compressed
+# at most 64 KiB (~0.6 ms at level 6) per loop turn: a bigger one goes slice by
+# slice, and the worker's other connections are served between slices. At
+# level 8 a 64 KiB slice costs ~1.4 ms, at level 1 ~0.1 ms.
 #
 # Slices rather than a thread: on a busy worker the thread hand-offs and the
 # interleaving cost 6 % of the compression itself (bench S8 with the cache off:
@@ -56,7 +62,7 @@ _MIN_USEFUL_BYTES: Final = 1
 # zlib window bits: 15 = the zlib format, which HTTP calls "deflate" (RFC 9110
 # §8.4.1.2; raw deflate without the zlib wrapper is a common mistake); 16 + 15 =
 # the gzip format (RFC 9110 §8.4.1.3, RFC 1952).
-_WBITS: Final = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
+_WBITS: Final = {"gzip": 16 + zlib_ng.MAX_WBITS, "deflate": zlib_ng.MAX_WBITS}
 
 # Caches are bounded: cleared when full, so hostile variety costs a re-parse,
 # never memory. Browsers send a handful of distinct Accept-Encoding values.
@@ -310,7 +316,7 @@ class Encoder:
     __slots__ = ("_compressor",)
 
     def __init__(self, coding: str, level: int) -> None:
-        self._compressor = zlib.compressobj(level, zlib.DEFLATED, _wbits(coding))
+        self._compressor = zlib_ng.compressobj(level, zlib_ng.DEFLATED, _wbits(coding))
 
     def compress(self, data: bytes) -> bytes:
         """Feed ``data``; returns what is ready, possibly ``b""`` (buffered)."""
@@ -318,11 +324,11 @@ class Encoder:
 
     def flush(self) -> bytes:
         """Everything fed so far, decodable by the client now (``Z_SYNC_FLUSH``)."""
-        return self._compressor.flush(zlib.Z_SYNC_FLUSH)
+        return self._compressor.flush(zlib_ng.Z_SYNC_FLUSH)
 
     def finish(self) -> bytes:
         """The rest and the trailer; the encoder is done."""
-        return self._compressor.flush(zlib.Z_FINISH)
+        return self._compressor.flush(zlib_ng.Z_FINISH)
 
 
 def _wbits(coding: str) -> int:
@@ -339,7 +345,7 @@ def make_encoder(coding: str, level: int) -> Encoder:
 
 def compress_body(coding: str, level: int, data: bytes) -> bytes:
     """``data`` compressed in one go; safe to call from a worker thread."""
-    return zlib.compress(data, level, _wbits(coding))
+    return zlib_ng.compress(data, level, _wbits(coding))
 
 
 async def compress_in_slices(coding: str, level: int, data: bytes, turn: asyncio.Lock) -> bytes:
@@ -350,7 +356,7 @@ async def compress_in_slices(coding: str, level: int, data: bytes, turn: asyncio
     state from the CPU caches (measured: 377 req/s against 426 in turn).
     """
     async with turn:
-        encoder = zlib.compressobj(level, zlib.DEFLATED, _wbits(coding))
+        encoder = zlib_ng.compressobj(level, zlib_ng.DEFLATED, _wbits(coding))
         view = memoryview(data)
         parts = [encoder.compress(view[:SLICE_BYTES])]
         for start in range(SLICE_BYTES, len(data), SLICE_BYTES):
