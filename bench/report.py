@@ -97,7 +97,7 @@ def goals(results: dict) -> list[tuple[str, str, str]]:
     else:
         out.append((text, "not measured", NA))
     out.append(_ratio_goal(results, "S8", "prefork", "nginx", 1.0, "S8 >= 1.0x nginx"))
-    text = "S8 >= 1.0x nginx, prefork's compressed-body cache off (the same work)"
+    text = "S8 >= 1.0x nginx, prefork's compressed-body cache off (deflate on every response)"
     out.append(_ratio_goal(results, "S8", "prefork-nocache", "nginx", 1.0, text))
     out.append(_p99_goal(results, "S8", "S8 p99 <= granian's"))
     s1, s9 = rps(results, "S1", "prefork"), _row(results, "S9", "prefork")
