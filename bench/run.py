@@ -168,7 +168,7 @@ def collect_meta(selected: list[str], settings: dict) -> dict:
         )
         version = out.stdout.strip() or "?"
         versions["prefork"] = f"{version} ({commit}{', modified' if dirty else ''})"
-    for dist in ("uvloop", "httptools", "h11"):
+    for dist in ("uvloop", "httptools", "h11", "zlib-ng"):
         with contextlib.suppress(importlib.metadata.PackageNotFoundError):
             versions[f"{dist} (prefork's)"] = importlib.metadata.version(dist)
     if VENV_PYTHON.exists() and any(SERVERS[n][1] for n in selected):
