@@ -17,7 +17,7 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psutil
@@ -598,17 +598,22 @@ def test_graceful_stop_refuses_new_connections_at_once(
     assert server.proc.wait(timeout=10) == 0
 
 
-def test_quit_stops_at_once(servers: StartServer, tmp_path: Path) -> None:
-    server = start(servers, tmp_path, workers=2)
+def assert_stops_at_once(server: ServerProcess, stop: Callable[[], None]) -> None:
+    """``stop()`` ends a 2-worker server with a slow request in flight without waiting for it."""
     workers = worker_pids(server)
     slow = Background(server.port, "/slow")
     slow_in_flight(server)
     t0 = time.monotonic()
-    os.kill(server.pid, signal.SIGQUIT)
+    stop()
     assert server.proc.wait(timeout=5) == 0
     assert time.monotonic() - t0 < 1.4  # before the slow request could have finished
     assert isinstance(slow.join(), BaseException)  # cut, not answered
     wait_until(lambda: all(exited(pid) for pid in workers), timeout=5)
+
+
+def test_quit_stops_at_once(servers: StartServer, tmp_path: Path) -> None:
+    server = start(servers, tmp_path, workers=2)
+    assert_stops_at_once(server, lambda: os.kill(server.pid, signal.SIGQUIT))
 
 
 def test_second_ctrl_c_during_a_graceful_stop_stops_at_once(
@@ -616,18 +621,14 @@ def test_second_ctrl_c_during_a_graceful_stop_stops_at_once(
 ) -> None:
     # As with uvicorn: the first INT drains, a second one does not wait for it.
     server = start(servers, tmp_path, workers=2)
-    workers = worker_pids(server)
-    slow = Background(server.port, "/slow")
-    slow_in_flight(server)
-    t0 = time.monotonic()
-    os.kill(server.pid, signal.SIGINT)
-    server.wait_log("SIGINT: graceful stop")
-    os.kill(server.pid, signal.SIGINT)
-    assert server.proc.wait(timeout=5) == 0
-    assert time.monotonic() - t0 < 1.4  # before the slow request could have finished
+
+    def twice() -> None:
+        os.kill(server.pid, signal.SIGINT)
+        server.wait_log("SIGINT: graceful stop")
+        os.kill(server.pid, signal.SIGINT)
+
+    assert_stops_at_once(server, twice)
     server.wait_log("SIGINT again: immediate stop")
-    assert isinstance(slow.join(), BaseException)  # cut, not answered
-    wait_until(lambda: all(exited(pid) for pid in workers), timeout=5)
 
 
 def test_second_term_during_a_graceful_stop_changes_nothing(

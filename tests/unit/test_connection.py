@@ -77,6 +77,20 @@ def make(handler: Any, backend: str = "httptools", **cfg: Any) -> tuple[Connecti
     return conn, transport
 
 
+async def parked(conn: Connection) -> asyncio.Task[Any]:
+    """The connection's coroutine, started and parked waiting for a request."""
+    task = asyncio.get_running_loop().create_task(exchange(conn, conn.state, "127.0.0.1", 0, None))
+    await asyncio.sleep(0)
+    return task
+
+
+async def lose(conn: Connection, task: asyncio.Task[Any]) -> None:
+    """The peer goes away: the parked coroutine ends with PeerGone."""
+    conn.connection_lost(None)
+    with pytest.raises(prefork.errors.PeerGone):
+        await task
+
+
 def hello(method: str, query: str, args: Any, headers: Any, body: bytes, ctx: Any) -> Any:
     return "Hello, World!", 200, {"content-type": "text/plain"}
 
@@ -275,21 +289,17 @@ async def test_http10_keep_alive_is_confirmed() -> None:
 
 async def test_inline_path_serves_while_the_coroutine_is_parked() -> None:
     conn, transport = make(hello)
-    task = asyncio.get_running_loop().create_task(exchange(conn, conn.state, "127.0.0.1", 0, None))
-    await asyncio.sleep(0)
+    task = await parked(conn)
     conn.data_received(GET + GET)  # answered from the protocol callback
     await asyncio.sleep(0)  # its writes go out at the end of the loop turn
     assert transport.data() == HELLO_RESPONSE * 2
     assert conn.count == 2
-    conn.connection_lost(None)
-    with pytest.raises(prefork.errors.PeerGone):
-        await task
+    await lose(conn, task)
 
 
 async def test_continue_for_a_pipelined_request_follows_the_earlier_response() -> None:
     conn, transport = make(hello)
-    task = asyncio.get_running_loop().create_task(exchange(conn, conn.state, "127.0.0.1", 0, None))
-    await asyncio.sleep(0)
+    task = await parked(conn)
     conn.data_received(
         GET + b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\nExpect: 100-continue\r\n\r\n"
     )
@@ -297,9 +307,7 @@ async def test_continue_for_a_pipelined_request_follows_the_earlier_response() -
     conn.data_received(b"ok")
     await asyncio.sleep(0)
     assert len(transport.written) == 3
-    conn.connection_lost(None)
-    with pytest.raises(prefork.errors.PeerGone):
-        await task
+    await lose(conn, task)
 
 
 async def test_bytes_after_an_upgrade_request_reach_the_handler_unparsed() -> None:
@@ -470,8 +478,7 @@ async def test_compressed_response_keeps_repeated_and_cased_header_lines() -> No
 async def test_inline_counts_run_past_the_shared_table_and_close_at_the_limit() -> None:
     limit = COUNTS_SHARED + 2
     conn, transport = make(hello, requests_per_connection=limit)
-    task = asyncio.get_running_loop().create_task(exchange(conn, conn.state, "127.0.0.1", 0, None))
-    await asyncio.sleep(0)
+    task = await parked(conn)
     conn.data_received(GET * 300)
     assert conn.count == 300
     assert conn.count is conn.state.counts[300]  # shared, not an int of its own
@@ -498,9 +505,7 @@ async def test_connections_going_idle_together_share_a_deadline_never_early() ->
         assert before + 7 <= conn.deadline <= after + 7 + DEADLINE_GRAIN
     assert conns[0].deadline is conns[1].deadline
     for conn, task in zip(conns, tasks, strict=True):
-        conn.connection_lost(None)
-        with pytest.raises(prefork.errors.PeerGone):
-            await task
+        await lose(conn, task)
 
 
 async def test_connections_from_one_address_share_its_string() -> None:
@@ -531,29 +536,23 @@ async def test_inline_responses_go_out_together_at_the_end_of_the_loop_turn() ->
         [HELLO_RESPONSE],
     ]
     for conn, task in zip(conns, tasks, strict=True):
-        conn.connection_lost(None)
-        with pytest.raises(prefork.errors.PeerGone):
-            await task
+        await lose(conn, task)
 
 
 async def test_a_full_batch_goes_out_without_waiting_for_the_loop_turn() -> None:
     conn, transport = make(hello)
-    task = asyncio.get_running_loop().create_task(exchange(conn, conn.state, "127.0.0.1", 0, None))
-    await asyncio.sleep(0)
+    task = await parked(conn)
     conn.data_received(GET * (WRITE_BATCH + 1))
     assert transport.written == [HELLO_RESPONSE] * WRITE_BATCH
     await asyncio.sleep(0)
     assert transport.written == [HELLO_RESPONSE] * (WRITE_BATCH + 1)
-    conn.connection_lost(None)
-    with pytest.raises(prefork.errors.PeerGone):
-        await task
+    await lose(conn, task)
 
 
 @pytest.mark.parametrize("end", ["abort", "close", "graceful_close"])
 async def test_a_deferred_response_goes_out_before_the_connection_ends(end: str) -> None:
     conn, transport = make(hello)
-    task = asyncio.get_running_loop().create_task(exchange(conn, conn.state, "127.0.0.1", 0, None))
-    await asyncio.sleep(0)
+    task = await parked(conn)
     conn.data_received(GET)
     assert transport.written == []
     getattr(conn, end)()
@@ -565,8 +564,7 @@ async def test_a_deferred_response_goes_out_before_the_connection_ends(end: str)
 
 async def test_a_deferred_response_to_a_closed_transport_is_dropped() -> None:
     conn, transport = make(hello)
-    task = asyncio.get_running_loop().create_task(exchange(conn, conn.state, "127.0.0.1", 0, None))
-    await asyncio.sleep(0)
+    task = await parked(conn)
     conn.data_received(GET)
     transport.closed = True  # the peer reset it meanwhile
     conn.connection_lost(ConnectionResetError())
@@ -583,12 +581,9 @@ async def test_a_slow_handler_response_goes_out_at_once_with_the_batch_before_it
         return "Hello, World!", 200, {"content-type": "text/plain"}
 
     conn, transport = make(handler)
-    task = asyncio.get_running_loop().create_task(exchange(conn, conn.state, "127.0.0.1", 0, None))
-    await asyncio.sleep(0)
+    task = await parked(conn)
     conn.data_received(GET)  # quick: batched
     assert transport.written == []
     conn.data_received(b"GET /slow HTTP/1.1\r\nHost: example.com\r\n\r\n")
     assert transport.written == [HELLO_RESPONSE, HELLO_RESPONSE]  # the batch, then its own
-    conn.connection_lost(None)
-    with pytest.raises(prefork.errors.PeerGone):
-        await task
+    await lose(conn, task)
