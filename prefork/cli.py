@@ -89,6 +89,17 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PARSER",
         help="request parser: auto (default), httptools or h11",
     )
+    run.add_argument(
+        "--interface",
+        metavar="KIND",
+        help="the app's interface: auto (default: decided from ATTR), native, asgi or wsgi",
+    )
+    run.add_argument(
+        "--factory",
+        action="store_true",
+        default=None,
+        help="ATTR is a factory: call it with no arguments and serve what it returns",
+    )
     run.add_argument("--pid", metavar="FILE", help="write the master's pid to FILE")
     # `prefork --help` documents every flag too, not only the command list.
     parser.epilog = f"{run.format_help()}\n{_EPILOG}"
@@ -111,6 +122,10 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
         out["log_level"] = args.log_level
     if args.http is not None:
         out["http"] = args.http
+    if args.interface is not None:
+        out["interface"] = args.interface
+    if args.factory:
+        out["factory"] = True
     if (args.certfile is None) != (args.keyfile is None):
         raise PreforkError("--certfile and --keyfile go together")
     if args.certfile is not None:

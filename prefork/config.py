@@ -17,6 +17,9 @@ from .errors import ConfigError
 
 LOG_LEVELS = ("debug", "access", "info", "warn", "error")
 HTTP_BACKENDS = ("auto", "httptools", "h11")
+INTERFACES = ("auto", "native", "asgi", "wsgi")
+LIFESPAN_MODES = ("auto", "on", "off")
+ACCESS_LOG_FORMATS = ("text", "json")
 
 # Content types compressed by default: text and the structured text formats.
 # Images, archives, fonts that are already compressed and text/event-stream
@@ -74,6 +77,21 @@ DEFAULTS: dict[str, Any] = {
     "max_requests_jitter": 0,
     # Extra binds beyond ip:port, as "HOST:PORT" strings (the CLI's repeated -b).
     "binds": [],
+    # App interfaces (docs/reference.md, "App interfaces").
+    "interface": "auto",
+    "factory": False,
+    "lifespan": "auto",
+    "root_path": "",
+    "wsgi_threads": 16,
+    "ws_max_message_size": 16 * 1024 * 1024,
+    "ws_ping_interval": 20.0,
+    "ws_ping_timeout": 20.0,
+    "ws_per_message_deflate": True,
+    # Behind proxies; observability.
+    "forwarded_allow_ips": ["127.0.0.1", "::1"],
+    "proxy_protocol": False,
+    "metrics_bind": None,
+    "access_log_format": "text",
 }
 
 _POSITIVE_INTS = (
@@ -84,6 +102,8 @@ _POSITIVE_INTS = (
     "max_body_size",
     "request_line_limit",
     "max_header_count",
+    "wsgi_threads",
+    "ws_max_message_size",
 )
 _NON_NEGATIVE_INTS = ("max_requests", "max_requests_jitter")
 _TIMEOUTS = (
@@ -96,6 +116,15 @@ _TIMEOUTS = (
     "worker_timeout",
 )
 _COMPRESSION_KEYS = frozenset(DEFAULT_COMPRESSION)
+# Seconds where 0 means "off".
+_OPTIONAL_INTERVALS = ("ws_ping_interval", "ws_ping_timeout")
+_BOOLS = ("factory", "ws_per_message_deflate", "proxy_protocol")
+_CHOICES = {
+    "http": HTTP_BACKENDS,
+    "interface": INTERFACES,
+    "lifespan": LIFESPAN_MODES,
+    "access_log_format": ACCESS_LOG_FORMATS,
+}
 
 
 def _is_int(value: object) -> bool:
@@ -123,6 +152,21 @@ def _check_timeout(key: str, value: object) -> float:
     if not math.isfinite(value) or value <= 0:
         raise ConfigError(f"{key}: must be > 0 seconds (a finite number), got {value}")
     return float(value)
+
+
+def _check_interval(key: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(f"{key}: expected a number of seconds, got {value!r}")
+    if not math.isfinite(value) or value < 0:
+        raise ConfigError(f"{key}: must be >= 0 seconds (0 = off), got {value}")
+    return float(value)
+
+
+def _check_choice(key: str, value: object, choices: tuple[str, ...]) -> str:
+    text = _check_str(key, value).lower()
+    if text not in choices:
+        raise ConfigError(f"{key}: must be one of {', '.join(choices)}; got {value!r}")
+    return text
 
 
 def _check_compression(value: object) -> dict[str, Any]:
@@ -186,10 +230,29 @@ def validate(raw: Mapping[str, Any]) -> dict[str, Any]:
                 raise ConfigError(
                     f"log_level: must be one of {', '.join(LOG_LEVELS)}; got {value!r}"
                 )
-        elif key == "http":
-            value = _check_str(key, value).lower()
-            if value not in HTTP_BACKENDS:
-                raise ConfigError(f"http: must be one of {', '.join(HTTP_BACKENDS)}; got {value!r}")
+        elif key in _CHOICES:
+            value = _check_choice(key, value, _CHOICES[key])
+        elif key in _OPTIONAL_INTERVALS:
+            value = _check_interval(key, value)
+        elif key in _BOOLS:
+            if not isinstance(value, bool):
+                raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        elif key == "root_path":
+            value = _check_str(key, value).rstrip("/")
+            if value and not value.startswith("/"):
+                raise ConfigError(f"root_path: must start with '/', got {value!r}")
+        elif key == "forwarded_allow_ips":
+            if isinstance(value, str):
+                value = [v.strip() for v in value.split(",") if v.strip()]
+            if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+                raise ConfigError(f"{key}: expected a list of addresses or CIDRs, got {value!r}")
+            value = _check_networks(key, value)
+        elif key == "metrics_bind":
+            if value is not None:
+                value = _check_str(key, value)
+                _host, sep, port = value.rpartition(":")
+                if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+                    raise ConfigError(f"metrics_bind: expected HOST:PORT, got {value!r}")
         elif key in ("log_headers", "binds"):
             if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
                 raise ConfigError(f"{key}: expected a list of strings, got {value!r}")
@@ -202,6 +265,22 @@ def validate(raw: Mapping[str, Any]) -> dict[str, Any]:
         elif key == "ssl":
             value = _check_ssl(value)
         out[key] = value
+    return out
+
+
+def _check_networks(key: str, values: list[str] | tuple[str, ...]) -> list[str]:
+    """Addresses and CIDR ranges (or ``*``), each checked by ``ipaddress``."""
+    import ipaddress
+
+    out = []
+    for item in values:
+        item = item.strip()
+        if item != "*":
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ConfigError(f"{key}: {item!r} is not an address or CIDR range") from None
+        out.append(item)
     return out
 
 
@@ -275,6 +354,19 @@ class Config(Mapping[str, Any]):
     max_requests: int
     max_requests_jitter: int
     binds: tuple[str, ...]
+    interface: str
+    factory: bool
+    lifespan: str
+    root_path: str
+    wsgi_threads: int
+    ws_max_message_size: int
+    ws_ping_interval: float
+    ws_ping_timeout: float
+    ws_per_message_deflate: bool
+    forwarded_allow_ips: tuple[str, ...]
+    proxy_protocol: bool
+    metrics_bind: str | None
+    access_log_format: str
 
     @classmethod
     def build(cls, raw: Mapping[str, Any] | None = None) -> Config:
@@ -282,6 +374,7 @@ class Config(Mapping[str, Any]):
         values = validate(raw or {})
         values["log_headers"] = tuple(values["log_headers"])
         values["binds"] = tuple(values["binds"])
+        values["forwarded_allow_ips"] = tuple(values["forwarded_allow_ips"])
         values["compression"] = _freeze(values["compression"])
         values["ssl"] = _freeze(values["ssl"]) if values["ssl"] is not None else None
         return cls(**values)

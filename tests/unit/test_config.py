@@ -37,6 +37,17 @@ API_DEFAULTS = {
     "http": "auto",
     "max_requests": 0,
     "max_requests_jitter": 0,
+    "interface": "auto",
+    "lifespan": "auto",
+    "root_path": "",
+    "ws_max_message_size": 16777216,
+    "ws_ping_interval": 20,
+    "ws_ping_timeout": 20,
+    "ws_per_message_deflate": True,
+    "forwarded_allow_ips": ["127.0.0.1", "::1"],
+    "proxy_protocol": False,
+    "metrics_bind": None,
+    "access_log_format": "text",
 }
 
 
@@ -56,8 +67,9 @@ def test_compression_is_on_by_default() -> None:
 
 
 def test_every_key_is_an_api_key() -> None:
-    # "binds" carries the CLI's extra -b addresses; everything else is API.md's.
-    assert set(DEFAULTS) == {*API_DEFAULTS, "compression", "binds"}
+    # "binds" carries the CLI's extra -b addresses, "factory" the --factory flag;
+    # "wsgi_threads" is API.md's with a default chosen by measurement.
+    assert set(DEFAULTS) == {*API_DEFAULTS, "compression", "binds", "factory", "wsgi_threads"}
 
 
 BAD_VALUES = [
@@ -265,3 +277,34 @@ def test_compression_cache_bytes_defaults_and_is_checked() -> None:
     assert Config.build({"compression": {"cache_bytes": 0}}).compression["cache_bytes"] == 0
     with pytest.raises(ConfigError, match=r"^compression\.cache_bytes: "):
         Config.build({"compression": {"cache_bytes": -1}})
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("interface", "cgi", "interface: must be one of auto, native, asgi, wsgi"),
+        ("lifespan", "maybe", "lifespan: must be one of auto, on, off"),
+        ("access_log_format", "xml", "access_log_format: must be one of text, json"),
+        ("ws_ping_interval", -1, "ws_ping_interval: must be >= 0"),
+        ("ws_per_message_deflate", "yes", "ws_per_message_deflate: expected true or false"),
+        ("proxy_protocol", 1, "proxy_protocol: expected true or false"),
+        ("forwarded_allow_ips", ["10.0.0.0/33"], "forwarded_allow_ips: '10.0.0.0/33' is not"),
+        ("metrics_bind", "localhost", "metrics_bind: expected HOST:PORT"),
+        ("root_path", "api", "root_path: must start with '/'"),
+        ("wsgi_threads", 0, "wsgi_threads: must be >= 1"),
+    ],
+)
+def test_new_keys_are_checked(key: str, value: Any, message: str) -> None:
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace("[", r"\[")):
+        validate({key: value})
+
+
+def test_forwarded_allow_ips_accepts_cidrs_star_and_a_comma_list() -> None:
+    assert validate({"forwarded_allow_ips": ["10.0.0.0/8", "*"]})["forwarded_allow_ips"] == [
+        "10.0.0.0/8",
+        "*",
+    ]
+    assert validate({"forwarded_allow_ips": "127.0.0.1, ::1"})["forwarded_allow_ips"] == [
+        "127.0.0.1",
+        "::1",
+    ]
