@@ -1,7 +1,7 @@
 """Compression cost: milliseconds of CPU per MiB for gzip and deflate at levels 1-9.
 
 Compresses a realistic JSON API response (~100 KiB) and a 1 MiB one with
-prefork.compression.compress_body and prints a markdown table, the ratio at each
+prefork.http.compression.compress_body and prints a markdown table, the ratio at each
 level, and the body size that takes about 1 ms at the default level: the basis of
 SLICE_BYTES (how much of a big body is compressed per event-loop turn).
 
@@ -17,7 +17,7 @@ import time
 import uuid
 from typing import Any
 
-from prefork.compression import SLICE_BYTES, compress_body
+from prefork.http.compression import SLICE_BYTES, compress_body
 
 MIB = 1024 * 1024
 DEFAULT_LEVEL = 6

@@ -29,10 +29,10 @@ import uvloop
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from prefork import log
+from prefork.apps.native import exchange
 from prefork.config import Config
-from prefork.connection import Connection
-from prefork.exchange import exchange
-from prefork.state import ServerState
+from prefork.engine.connection import Connection
+from prefork.engine.state import ServerState
 
 REQUEST = b"GET /hello HTTP/1.1\r\nHost: localhost:8080\r\nUser-Agent: wrk\r\nAccept: */*\r\n\r\n"
 

@@ -6,7 +6,7 @@ server.serve()
 
 from __future__ import annotations
 
-from .server import Server, new
+from prefork.server import Server, new
 
 __version__ = "0.1.0"
 

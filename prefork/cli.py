@@ -14,10 +14,10 @@ import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
-from . import __version__
-from .config import Config, load_toml, merged_flags
-from .errors import PreforkError
-from .listeners import format_host
+from prefork import __version__
+from prefork.config import Config, load_toml, merged_flags
+from prefork.errors import PreforkError
+from prefork.master.listeners import format_host
 
 EXIT_OK = 0
 EXIT_FAILURE = 1  # the server could not start or stopped on an error
@@ -171,7 +171,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command != "run":
         parser.print_help(sys.stderr)
         return EXIT_USAGE
-    from .server import Server, _load_tls
+    from prefork.server import Server, _load_tls
 
     try:
         flags = overrides_from_args(args)

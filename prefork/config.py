@@ -13,7 +13,7 @@ import tomllib
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from .errors import ConfigError
+from prefork.errors import ConfigError
 
 LOG_LEVELS = ("debug", "access", "info", "warn", "error")
 HTTP_BACKENDS = ("auto", "httptools", "h11")

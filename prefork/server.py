@@ -11,10 +11,10 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
-from . import log
-from ._types import Action, Handler
-from .config import Config, merged
-from .errors import ConfigError, PreforkError
+from prefork import log
+from prefork._types import Action, Handler
+from prefork.config import Config, merged
+from prefork.errors import ConfigError, PreforkError
 
 logger = logging.getLogger(log.MASTER)
 
@@ -24,7 +24,7 @@ EXIT_FAILURE = 1
 
 def _load_tls(cfg: Config) -> None:
     if cfg.ssl is not None:
-        from .tls import load_tls
+        from prefork.tls import load_tls
 
         load_tls(cfg.ssl)
 
@@ -85,7 +85,7 @@ class Server:
         Blocks. Returns ``(None, None)`` after a clean shutdown, or ``(None, err)``
         when the server cannot start (bind failure, a worker that cannot boot).
         """
-        from .master import Master
+        from prefork.master.arbiter import Master
 
         if threading.current_thread() is not threading.main_thread():
             # The master lives on signals (worker exits, reload, stop), and
@@ -126,7 +126,7 @@ class Server:
             ``("keep-alive", None)``, ``("close", None)``, or ``(None, err)`` on a
             fatal read/write error or malformed input (after the error response).
         """
-        from .exchange import exchange
+        from prefork.apps.native import exchange
 
         state = client.state
         try:

@@ -22,7 +22,7 @@ import stat
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from .errors import TLSError
+from prefork.errors import TLSError
 
 MIN_VERSIONS: Mapping[str, ssl.TLSVersion] = {
     "TLSv1.2": ssl.TLSVersion.TLSv1_2,

@@ -46,13 +46,13 @@ from typing import Any
 import setproctitle
 import uvloop
 
-from . import log
-from ._types import Handler
-from .config import Config
-from .connection import serve_connection
-from .errors import PreforkError
-from .handler import load_app
-from .state import ServerState
+from prefork import log
+from prefork._types import Handler
+from prefork.apps.handler import load_app
+from prefork.config import Config
+from prefork.engine.connection import serve_connection
+from prefork.engine.state import ServerState
+from prefork.errors import PreforkError
 
 logger = logging.getLogger(log.WORKER)
 

@@ -23,10 +23,10 @@ from typing import Any
 import pytest
 import uvloop
 
+from prefork.apps.handler import Context
 from prefork.config import Config
-from prefork.connection import Connection, serve_connection
-from prefork.handler import Context
-from prefork.state import ServerState
+from prefork.engine.connection import Connection, serve_connection
+from prefork.engine.state import ServerState
 
 pytestmark = pytest.mark.e2e
 

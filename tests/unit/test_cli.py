@@ -277,7 +277,7 @@ def test_reload_rereads_the_files_ssl_hosts_under_certfile(
     # before a SIGHUP, still apply (the reload re-reads the file).
     import trustme
 
-    from prefork.master import Master
+    from prefork.master.arbiter import Master
 
     ca = trustme.CA()
     paths: dict[str, tuple[str, str]] = {}
@@ -313,7 +313,7 @@ def test_reload_rereads_the_files_ssl_hosts_under_certfile(
 def test_every_bind_flag_means_the_same_address(app_dir: Path, served: list[server.Server]) -> None:
     # ":PORT" and "PORT" are 127.0.0.1 in every -b, not only in the first one
     # (a later ":PORT" listened on 0.0.0.0; a later "PORT" failed at bind time).
-    from prefork.listeners import bind_spec
+    from prefork.master.listeners import bind_spec
 
     argv = ["run", "pf_cli_app:handle", "-b", ":0", "-b", ":8082", "-b", "8083", "-b", "[::1]:0"]
     assert cli.main(argv) == cli.EXIT_OK

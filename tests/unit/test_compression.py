@@ -1,4 +1,4 @@
-"""prefork.compression: Accept-Encoding negotiation, the policy, headers, encoders."""
+"""prefork.http.compression: Accept-Encoding negotiation, the policy, headers, encoders."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from prefork.compression import (
+from prefork.config import DEFAULT_COMPRESSION, Config
+from prefork.http.compression import (
     SLICE_BYTES,
     Encoder,
     Policy,
@@ -22,7 +23,6 @@ from prefork.compression import (
     make_encoder,
     negotiate_encoding,
 )
-from prefork.config import DEFAULT_COMPRESSION, Config
 
 # --- negotiate_encoding --------------------------------------------------------
 
@@ -581,7 +581,7 @@ async def test_compress_in_slices_yields_between_slices_one_body_at_a_time() -> 
 
 
 def test_body_cache_returns_what_was_put_and_drops_the_oldest() -> None:
-    from prefork.compression import BodyCache
+    from prefork.http.compression import BodyCache
 
     cache = BodyCache(max_bytes=100)
     cache.put("gzip", b"a" * 40, b"x")

@@ -10,11 +10,11 @@ from typing import Any
 import pytest
 
 import prefork
-from prefork import protocol
+from prefork.apps.native import exchange
 from prefork.config import Config
-from prefork.connection import QUICK_HANDLER_S, Connection
-from prefork.exchange import exchange
-from prefork.state import COUNTS_SHARED, DEADLINE_GRAIN, WRITE_BATCH, Deadline, ServerState
+from prefork.engine.connection import QUICK_HANDLER_S, Connection
+from prefork.engine.state import COUNTS_SHARED, DEADLINE_GRAIN, WRITE_BATCH, Deadline, ServerState
+from prefork.http import protocol
 
 DATE_LINE = "Date: Wed, 25 Nov 2026 08:00:00 GMT\r\n"
 GET = b"GET /hello HTTP/1.1\r\nHost: example.com\r\n\r\n"

@@ -1,4 +1,4 @@
-"""prefork.handler: loading MODULE:ATTR, async detection, the ctx object, checking results."""
+"""prefork.apps.handler: loading MODULE:ATTR, async detection, the ctx object, checking results."""
 
 from __future__ import annotations
 
@@ -12,8 +12,7 @@ from typing import Any
 
 import pytest
 
-from prefork.errors import ConfigError
-from prefork.handler import (
+from prefork.apps.handler import (
     Context,
     HandlerResultError,
     check_result,
@@ -21,6 +20,7 @@ from prefork.handler import (
     is_stream,
     load_app,
 )
+from prefork.errors import ConfigError
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ import pytest
 
 from prefork.config import Config
 from prefork.errors import BindError
-from prefork.listeners import bind_spec, parse_address
+from prefork.master.listeners import bind_spec, parse_address
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""prefork.master: the master's decisions, with no process and no socket.
+"""prefork.master.arbiter: the master's decisions, with no process and no socket.
 
 Before any fork: SIGTTIN/SIGTTOU, re-reading the config on SIGHUP and keeping
 the running generation when that fails. Supervision, on records of imaginary
@@ -20,7 +20,7 @@ import pytest
 
 from prefork import log
 from prefork.config import Config
-from prefork.master import (
+from prefork.master.arbiter import (
     MASTER_BOOT_FAILED,
     RESPAWN_BACKOFF_MIN_S,
     Master,
@@ -39,7 +39,7 @@ def handle(method: str, query: str, args: Any, headers: Any, body: bytes, ctx: A
 
 @pytest.fixture
 def master_log() -> Iterator[list[str]]:
-    """Messages logged on prefork.master (which does not propagate once log.setup ran)."""
+    """Messages logged on prefork.master.arbiter (which does not propagate once log.setup ran)."""
     messages: list[str] = []
 
     class Collect(logging.Handler):

@@ -1,4 +1,4 @@
-"""prefork.parsers: choosing a backend, and both backends giving the same answers.
+"""prefork.http.parsers: choosing a backend, and both backends giving the same answers.
 
 Backend selection: resolve() ("auto" prefers httptools; a missing backend is
 named by the ``http`` key) and make_parser().
@@ -23,9 +23,9 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from prefork.errors import ConfigError, ProtocolError
-from prefork.parsers import make_parser, resolve
-from prefork.protocol import FORBIDDEN_TRAILERS, RequestReader
-from prefork.request import Limits
+from prefork.http.parsers import make_parser, resolve
+from prefork.http.protocol import FORBIDDEN_TRAILERS, RequestReader
+from prefork.http.request import Limits
 from tests.unit.conftest import snapshot
 
 BACKENDS = ("httptools", "h11")
@@ -310,7 +310,7 @@ def test_resolve_auto_prefers_httptools() -> None:
 
 
 def test_resolve_names_a_missing_backend(monkeypatch: pytest.MonkeyPatch) -> None:
-    import prefork.parsers as parsers
+    import prefork.http.parsers as parsers
 
     monkeypatch.setattr(parsers, "available", lambda name: name == "h11")
     assert parsers.resolve("auto") == "h11"

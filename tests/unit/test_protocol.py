@@ -1,7 +1,7 @@
-"""prefork.protocol: the sans-I/O RequestReader, Expect: 100-continue, response bytes.
+"""prefork.http.protocol: the sans-I/O RequestReader, Expect: 100-continue, response bytes.
 
 The table covers what the reader answers to bytes, including the strict checks
-and limits of prefork.request that it applies (test_request.py calls
+and limits of prefork.http.request that it applies (test_request.py calls
 build_request and parse_args directly). Every row runs against both parser
 backends and is fed whole, in two pieces split at every byte boundary, and one
 byte at a time: the answer (the parsed requests, then the error status or none)
@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 
 from prefork.errors import ProtocolError
-from prefork.parsers import make_parser
-from prefork.protocol import (
+from prefork.http.parsers import make_parser
+from prefork.http.protocol import (
     CONTINUE_RESPONSE,
     DATE,
     FORBIDDEN_TRAILERS,
@@ -28,7 +28,7 @@ from prefork.protocol import (
     error_response,
     status_line,
 )
-from prefork.request import Limits
+from prefork.http.request import Limits
 from tests.unit.conftest import snapshot
 
 BACKENDS = ["httptools", "h11"]

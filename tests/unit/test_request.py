@@ -1,4 +1,4 @@
-"""prefork.request, called directly: build_request (joined fields, keep-alive) and parse_args.
+"""prefork.http.request, called directly: build_request (joined fields, keep-alive) and parse_args.
 
 The strict checks and limits that build_request applies run through the reader,
 on both parser backends, in test_protocol.py's table.
@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from prefork.request import Limits, build_request, parse_args
+from prefork.http.request import Limits, build_request, parse_args
 
 
 def small_limits() -> Limits:

@@ -6,8 +6,8 @@ Python) is the fallback and the oracle the fast path is checked against.
 
 from __future__ import annotations
 
-from ..errors import ConfigError
-from ..request import HeadParser
+from prefork.errors import ConfigError
+from prefork.http.request import HeadParser
 
 
 def available(name: str) -> bool:
@@ -33,9 +33,9 @@ def resolve(name: str) -> str:
 def make_parser(name: str) -> HeadParser:
     """A new head parser of backend ``name`` (as returned by ``resolve``)."""
     if name == "httptools":
-        from .httptools_parser import HttptoolsHeadParser
+        from prefork.http.parsers.httptools_parser import HttptoolsHeadParser
 
         return HttptoolsHeadParser()
-    from .h11_parser import H11HeadParser
+    from prefork.http.parsers.h11_parser import H11HeadParser
 
     return H11HeadParser()

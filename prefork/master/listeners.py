@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import socket
 
-from .config import Config
-from .errors import BindError
+from prefork.config import Config
+from prefork.errors import BindError
 
 
 def parse_address(text: str) -> tuple[str, int]:

@@ -17,7 +17,7 @@ import signal
 from collections.abc import Iterable
 from typing import Any
 
-from .worker import Worker
+from prefork.worker import Worker
 
 
 class Wakeups:

@@ -48,14 +48,14 @@ from typing import Any
 
 import setproctitle
 
-from . import log
-from ._types import Handler
-from .config import Config, load_toml, merged_flags
-from .errors import BindError, PreforkError
-from .listeners import bind_spec, format_host, listen_all
-from .tls import load_tls
-from .wakeups import Wakeups
-from .worker import (
+from prefork import log
+from prefork._types import Handler
+from prefork.config import Config, load_toml, merged_flags
+from prefork.errors import BindError, PreforkError
+from prefork.master.listeners import bind_spec, format_host, listen_all
+from prefork.master.wakeups import Wakeups
+from prefork.tls import load_tls
+from prefork.worker import (
     MASTER_SIGNALS,
     MSG_READY,
     MSG_RECYCLE,

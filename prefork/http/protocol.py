@@ -3,10 +3,10 @@
 Bytes go in through :meth:`RequestReader.feed`; complete :class:`Request`
 objects come out. The reader finds where each head ends, runs the shared
 checks on its raw bytes, hands it to a parser backend and then to
-:func:`~prefork.request.build_request`, and frames the body (Content-Length
+:func:`~prefork.http.request.build_request`, and frames the body (Content-Length
 and our strict chunked decoder, with its trailers); it remembers the requests
 built for repeated heads. What a request is, the limits and the checks on a
-head live in :mod:`prefork.request`. Response serialisation lives here too
+head live in :mod:`prefork.http.request`. Response serialisation lives here too
 (status lines, ``Server``, the once-a-second ``Date``, error responses), so
 both backends answer the same bytes the same way.
 
@@ -21,8 +21,8 @@ import time
 from email.utils import formatdate
 from http import HTTPStatus
 
-from .errors import ProtocolError
-from .request import (
+from prefork.errors import ProtocolError
+from prefork.http.request import (
     BAD_FIELD_BYTES,
     HTTP_VERSIONS,
     HeadParser,

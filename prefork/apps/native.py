@@ -14,16 +14,17 @@ import time
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
-from . import compression, log
-from ._types import Action
-from .errors import PeerGone, PreforkError, ProtocolError
-from .handler import HandlerResultError, check_result, is_stream
-from .protocol import DATE, SERVER_HEADER, bodyless_status, error_response, status_line
-from .request import Request, parse_args
+from prefork import log
+from prefork._types import Action
+from prefork.apps.handler import HandlerResultError, check_result, is_stream
+from prefork.errors import PeerGone, PreforkError, ProtocolError
+from prefork.http import compression
+from prefork.http.protocol import DATE, SERVER_HEADER, bodyless_status, error_response, status_line
+from prefork.http.request import Request, parse_args
 
 if TYPE_CHECKING:
-    from .connection import Connection
-    from .state import ServerState
+    from prefork.engine.connection import Connection
+    from prefork.engine.state import ServerState
 
 logger = logging.getLogger(log.WORKER)
 app_logger = logging.getLogger(log.APP)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import h11
 
-from ..errors import ProtocolError
-from ..request import RawHeaders
+from prefork.errors import ProtocolError
+from prefork.http.request import RawHeaders
 
 # Fields h11 rewrites: it folds repeated or list-form Content-Length ("5, 5")
 # into one value and lower-cases Transfer-Encoding.

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import httptools
 
-from ..errors import ProtocolError
-from ..request import RawHeaders
+from prefork.errors import ProtocolError
+from prefork.http.request import RawHeaders
 
 
 class HttptoolsHeadParser:

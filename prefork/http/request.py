@@ -8,7 +8,7 @@ method, field values, repeated fields, the target's form, Host, framing,
 decision. :func:`first_fault` finds the earliest fault in the raw bytes of a
 head or trailer line (bare CR/LF, 414/431, a bad request line) however they
 were split into reads. :func:`parse_args` parses a query string.
-:mod:`prefork.protocol` frames the byte stream and calls these.
+:mod:`prefork.http.protocol` frames the byte stream and calls these.
 
 No asyncio, socket or ssl here.
 """
@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from typing import Any, Protocol
 from urllib.parse import parse_qsl
 
-from .errors import ProtocolError
+from prefork.errors import ProtocolError
 
 RawHeaders = list[tuple[bytes, bytes]]
 

@@ -10,8 +10,8 @@ import sys
 from collections.abc import AsyncIterable, Iterable, Mapping
 from typing import Any
 
-from ._types import ConnectionLike, Handler
-from .errors import ConfigError
+from prefork._types import ConnectionLike, Handler
+from prefork.errors import ConfigError
 
 
 def load_app(spec: str) -> Handler:

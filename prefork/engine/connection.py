@@ -18,13 +18,13 @@ import sys
 import time
 from typing import Any
 
-from . import log
-from .errors import PeerGone, PreforkError, ProtocolError
-from .exchange import body_length, exchange, finish, handler_failed
-from .handler import Context
-from .protocol import CONTINUE_RESPONSE, RequestReader, error_response
-from .request import Request, parse_args
-from .state import Deadline, ServerState
+from prefork import log
+from prefork.apps.handler import Context
+from prefork.apps.native import body_length, exchange, finish, handler_failed
+from prefork.engine.state import Deadline, ServerState
+from prefork.errors import PeerGone, PreforkError, ProtocolError
+from prefork.http.protocol import CONTINUE_RESPONSE, RequestReader, error_response
+from prefork.http.request import Request, parse_args
 
 logger = logging.getLogger(log.WORKER)
 app_logger = logging.getLogger(log.APP)
@@ -590,7 +590,7 @@ async def serve_connection(sock: socket.socket, state: ServerState, peer: object
         sock.close()
         return
     if ssl_context is not None and conn.transport is not None:
-        from .tls import server_name_of
+        from prefork.tls import server_name_of
 
         conn.server_name = server_name_of(conn.transport.get_extra_info("ssl_object"))
     client_ip = conn.client_ip

@@ -21,16 +21,17 @@ import ssl
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from . import compression, log
-from ._types import Handler
-from .config import Config
-from .handler import is_async_handler
-from .parsers import make_parser, resolve
-from .protocol import DATE, HeadCache
-from .request import Limits
+from prefork import log
+from prefork._types import Handler
+from prefork.apps.handler import is_async_handler
+from prefork.config import Config
+from prefork.http import compression
+from prefork.http.parsers import make_parser, resolve
+from prefork.http.protocol import DATE, HeadCache
+from prefork.http.request import Limits
 
 if TYPE_CHECKING:
-    from .connection import Connection
+    from prefork.engine.connection import Connection
 
 logger = logging.getLogger(log.WORKER)
 
