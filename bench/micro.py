@@ -29,10 +29,10 @@ import uvloop
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from prefork import log
-from prefork.apps.native import exchange
+from prefork.apps.native import NativeApp, exchange
 from prefork.config import Config
 from prefork.engine.connection import Connection
-from prefork.engine.state import ServerState
+from prefork.engine.shared import Shared
 
 REQUEST = b"GET /hello HTTP/1.1\r\nHost: localhost:8080\r\nUser-Agent: wrk\r\nAccept: */*\r\n\r\n"
 
@@ -73,12 +73,12 @@ class NullTransport:
         pass
 
 
-def _state(backend: str, level: str) -> ServerState:
+def _state(backend: str, level: str) -> Shared:
     cfg = Config.build({"http": backend, "log_level": level, "requests_per_connection": 10**9})
-    return ServerState(cfg, handle)
+    return Shared(cfg, NativeApp(handle))
 
 
-async def _connection(state: ServerState) -> Connection:
+async def _connection(state: Shared) -> Connection:
     conn = Connection(state)
     conn.connection_made(NullTransport())  # type: ignore[arg-type]
 

@@ -48,10 +48,11 @@ import uvloop
 
 from prefork import log
 from prefork._types import Handler
-from prefork.apps.handler import load_app
+from prefork.apps import build_app
 from prefork.config import Config
+from prefork.engine.app import AppInterface
 from prefork.engine.connection import serve_connection
-from prefork.engine.state import ServerState
+from prefork.engine.shared import Shared
 from prefork.errors import PreforkError
 
 logger = logging.getLogger(log.WORKER)
@@ -270,7 +271,7 @@ class Worker:
         self.recycle_retry_at = 0.0
         # Set in the child only.
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._state: ServerState | None = None
+        self._state: Shared | None = None
         self._redis: Any = None
         self._stop: asyncio.Future[Stop] | None = None
         self._active = 0
@@ -351,12 +352,10 @@ class Worker:
 
     async def _main(self) -> int:
         loop = asyncio.get_running_loop()
-        handler = self._boot()
-        if handler is None:
+        app = self._boot()
+        if app is None:
             return WORKER_BOOT_ERROR
-        state = ServerState(
-            self.cfg, handler, ssl_context=self.ssl_context, redis_module=self._redis
-        )
+        state = Shared(self.cfg, app, ssl_context=self.ssl_context, redis_module=self._redis)
         state.start()
         self._state = state
         # The app's modules and the worker's set-up live as long as the worker:
@@ -380,10 +379,10 @@ class Worker:
         await self._drain(state)
         return WORKER_EXIT_OK
 
-    def _boot(self) -> Handler | None:
+    def _boot(self) -> AppInterface | None:
         """Import the app and make the Redis client; None (logged in one line) if either fails."""
         try:
-            handler = load_app(self.app) if isinstance(self.app, str) else self.app
+            app = build_app(self.app, self.cfg)
             if self.cfg.redis_url is not None:
                 self._redis = _make_redis(self.cfg.redis_url)
         except Exception as exc:  # the app's own import may raise anything
@@ -392,9 +391,9 @@ class Worker:
                 message = f"app {self.app!r}: {type(exc).__name__}: {message}"
             logger.error("worker %d (pid %d) cannot boot: %s", self.number, os.getpid(), message)
             return None
-        return handler
+        return app
 
-    async def _drain(self, state: ServerState) -> None:
+    async def _drain(self, state: Shared) -> None:
         """Graceful stop: no new connections, in-flight ones finish, then close Redis."""
         self.state = WorkerState.DRAINING
         self._pause_accepting()
