@@ -358,6 +358,18 @@ class Worker:
         state = Shared(self.cfg, app, ssl_context=self.ssl_context, redis_module=self._redis)
         state.start()
         self._state = state
+        # Before READY, so that a reload waits for it (ASGI lifespan startup).
+        try:
+            await app.startup()
+        except Exception as exc:
+            message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            logger.error(
+                "worker %d (pid %d) cannot boot: app startup failed: %s",
+                self.number,
+                os.getpid(),
+                message,
+            )
+            return WORKER_BOOT_ERROR
         # The app's modules and the worker's set-up live as long as the worker:
         # out of the GC's way, so a full collection walks only what requests made.
         gc.freeze()
@@ -377,6 +389,10 @@ class Worker:
         if how is Stop.IMMEDIATE:
             return WORKER_EXIT_OK
         await self._drain(state)
+        try:
+            await app.shutdown()
+        except Exception:
+            logger.exception("worker %d (pid %d): app shutdown failed", self.number, os.getpid())
         return WORKER_EXIT_OK
 
     def _boot(self) -> AppInterface | None:
