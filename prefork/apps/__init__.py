@@ -90,4 +90,8 @@ def build_app(app: Any, cfg: Config) -> AppInterface:
         from prefork.apps.native import NativeApp
 
         return NativeApp(obj)
+    if kind == "asgi":
+        from prefork.apps.asgi import AsgiApp
+
+        return AsgiApp(obj, name, cfg)
     raise ConfigError(f"app {name!r}: the {kind} interface is not available yet")

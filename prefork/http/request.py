@@ -23,6 +23,7 @@ from urllib.parse import parse_qsl
 from prefork.errors import ProtocolError
 
 RawHeaders = list[tuple[bytes, bytes]]
+_NO_RAW_HEADERS: RawHeaders = []
 
 # The request methods llhttp knows; both backends accept exactly these so they
 # answer alike (h11 alone would take any token).
@@ -90,6 +91,7 @@ class Request:
         "method",
         "path",
         "query",
+        "raw_headers",
         "target",
         "version",
     )
@@ -115,6 +117,9 @@ class Request:
         self.content_length = 0
         self.chunked = False
         self.expect_continue = False
+        # The fields as the parser gave them (names as sent, repeats apart):
+        # ASGI's scope["headers"]. The parser's own list, kept, not copied.
+        self.raw_headers: RawHeaders = _NO_RAW_HEADERS
 
     def __repr__(self) -> str:
         return f"<Request {self.method} {self.target} HTTP/{self.version}>"
@@ -133,6 +138,7 @@ class Request:
         other.content_length = self.content_length
         other.chunked = self.chunked
         other.expect_continue = self.expect_continue
+        other.raw_headers = self.raw_headers  # never changed: shared
         return other
 
 
@@ -261,6 +267,7 @@ def build_request(
         keep_alive = "keep-alive" in tokens and "close" not in tokens
 
     req = Request(method, target, path, query, version, headers, keep_alive)
+    req.raw_headers = raw
 
     te = headers.get("transfer-encoding")
     cl = headers.get("content-length")
