@@ -35,7 +35,7 @@ from prefork.engine.shared import Shared
 from prefork.engine.slices import compress_in_slices
 from prefork.errors import PeerGone, ProtocolError
 from prefork.http import compression
-from prefork.http.protocol import bodyless_status, error_response
+from prefork.http.protocol import CONTINUE_RESPONSE, bodyless_status, error_response, streams_body
 from prefork.http.request import Request
 from prefork.http.response import LAST_CHUNK, chunk, encode_head, negotiate
 
@@ -45,6 +45,10 @@ app_logger = logging.getLogger(log.APP)
 Message = MutableMapping[str, Any]
 AsgiCallable = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
 
+# Request bodies up to this size reach the app whole, in one http.request
+# event; larger and chunked ones (and those behind Expect: 100-continue) are
+# streamed as they arrive (Connection.receive_body).
+STREAM_BODIES_OVER = 64 * 1024
 # A file sent with http.response.pathsend is read and written this much at a time.
 PATHSEND_BLOCK = 256 * 1024
 
@@ -74,7 +78,16 @@ class AsgiMessageError(RuntimeError):
 class AsgiApp:
     """The engine's view of an ASGI 3 app (``engine.app.AppInterface``)."""
 
-    __slots__ = ("app", "asgi", "inline", "lifespan", "name", "root_path", "ssl_cfg")
+    __slots__ = (
+        "app",
+        "asgi",
+        "inline",
+        "lifespan",
+        "name",
+        "root_path",
+        "ssl_cfg",
+        "stream_bodies_over",
+    )
 
     def __init__(self, app: AsgiCallable, name: str, cfg: Config) -> None:
         self.app = app
@@ -82,6 +95,8 @@ class AsgiApp:
         # The app is awaited in the connection's coroutine, never from the
         # protocol callback.
         self.inline = False
+        # Read by the connection's RequestReader (RequestReader.stream_over).
+        self.stream_bodies_over = STREAM_BODIES_OVER
         self.root_path: str = cfg.root_path
         self.ssl_cfg = cfg.ssl
         self.asgi = {"version": ASGI_VERSION, "spec_version": SPEC_VERSION}
@@ -115,7 +130,7 @@ class AsgiApp:
         if req.headers.get("upgrade", "").lower() == "websocket":
             return websocket_unavailable(conn, req, started)
         scope = http_scope(req, info, self.root_path, self.lifespan.state, self.asgi)
-        ex = Exchange(self.name, conn, req, count, started)
+        ex = Exchange(self.name, conn, req, count, started, streams_body(req, STREAM_BODIES_OVER))
         try:
             await self.app(scope, ex.receive, ex.send)
         except Exception as exc:
@@ -222,9 +237,12 @@ class Exchange:
         "body_read",
         "chunked",
         "conn",
+        "continued",
+        "cut",
         "count",
         "done_waiter",
         "encoder",
+        "given",
         "has_server",
         "head_only",
         "keep_alive",
@@ -236,12 +254,19 @@ class Exchange:
         "sent",
         "started",
         "status",
+        "streamed",
         "text",
         "wants_close",
     )
 
     def __init__(
-        self, name: str, conn: Connection, req: Request, count: int, started: float
+        self,
+        name: str,
+        conn: Connection,
+        req: Request,
+        count: int,
+        started: float,
+        streamed: bool,
     ) -> None:
         self.name = name
         self.conn = conn
@@ -249,7 +274,13 @@ class Exchange:
         self.count = count
         self.started = started
         self.phase = IDLE
-        self.body_read = False
+        # streamed: the body comes piece by piece (Connection.receive_body);
+        # body_read: all of it has reached the app (a whole body has, at once).
+        self.streamed = streamed
+        self.body_read = not streamed
+        self.given = False
+        self.continued = False
+        self.cut = False
         self.status = 0
         self.sent = 0
         self.action: Action = "close"
@@ -258,9 +289,12 @@ class Exchange:
     # -- receive ----------------------------------------------------------
 
     async def receive(self) -> dict[str, Any]:
-        if not self.body_read:
-            self.body_read = True
-            return {"type": "http.request", "body": self.req.body, "more_body": False}
+        if not self.given:
+            self.given = True
+            if not self.streamed:
+                return {"type": "http.request", "body": self.req.body, "more_body": False}
+        if not self.body_read and self.phase != DONE:
+            return await self._receive_piece()
         conn = self.conn
         if self.phase != DONE and not conn.lost:
             # Nothing more to read: the next event is the client leaving (or
@@ -274,11 +308,49 @@ class Exchange:
                 self.done_waiter = None
         return dict(_DISCONNECT)
 
+    async def _receive_piece(self) -> dict[str, Any]:
+        """The next piece of a streamed body."""
+        conn = self.conn
+        if not self.continued:
+            self.continued = True
+            if self.req.expect_continue and self.phase != STREAMING:
+                # The app reads the body: now the client may send it (and
+                # never if the app answers without reading).
+                conn.send(CONTINUE_RESPONSE)
+        try:
+            data, more = await conn.receive_body()
+        except ProtocolError as exc:
+            self._refuse(exc)
+            return dict(_DISCONNECT)
+        except PeerGone:
+            return dict(_DISCONNECT)
+        if not more:
+            self.body_read = True
+        return {"type": "http.request", "body": data, "more_body": more}
+
+    def _refuse(self, exc: ProtocolError) -> None:
+        """The body broke a rule (too large, malformed, too slow): end the exchange."""
+        conn = self.conn
+        req = self.req
+        logger.debug("refusing the body of %s %s: %d %s", req.method, req.path, exc.status, exc)
+        if self.phase == STREAMING:
+            conn.abort()
+        elif self.phase != DONE:
+            sent = conn.reply_error_and_close(exc)
+            self.status = exc.status
+            _count(conn.shared, conn, req, exc.status, sent, self.started)
+        self.phase = DONE
+        self.cut = True
+        self.action = "close"
+        waiter = self.done_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
     # -- send -------------------------------------------------------------
 
     async def send(self, message: Message) -> None:
         conn = self.conn
-        if conn.lost:
+        if conn.lost or self.cut:
             raise ClientDisconnected("the client has gone")
         try:
             kind = message["type"]
@@ -343,6 +415,8 @@ class Exchange:
         self.keep_alive = keep_alive = (
             self.req.keep_alive
             and not self.wants_close
+            # A body the app did not read to its end: the rest is not read either.
+            and self.body_read
             and self.count + 1 < shared.requests_per_connection
             and not shared.draining
             and not conn.closing
@@ -547,7 +621,8 @@ class Exchange:
         """The app raised ``exc``."""
         req = self.req
         conn = self.conn
-        if isinstance(exc, ClientDisconnected) or (isinstance(exc, OSError) and conn.lost):
+        if conn.lost or self.cut:
+            # (Whatever the app made of ClientDisconnected: Starlette raises its own.)
             logger.debug("client %s left during %s %s", conn.client_ip, req.method, req.path)
             conn.abort()
             return "close"
