@@ -515,6 +515,12 @@ class Exchange:
     async def _write(self, head: bytes, data: bytes, more: bool) -> None:
         """Frame, compress and write one body event (after ``head``); wait if the client is slow."""
         conn = self.conn
+        transport = conn.transport
+        if transport is None or transport.is_closing():
+            # A failed write closes the transport at once, and the connection
+            # hears of it a loop turn later: an app that streams without ever
+            # waiting must learn now that its client has gone.
+            raise ClientDisconnected("the client has gone")
         if self.head_only:
             out = head
         else:
