@@ -56,7 +56,9 @@ PATHSEND_BLOCK = 256 * 1024
 _CONTENT_LENGTH = b"content-length"
 _SERVER_OWNED = frozenset((b"content-length", b"transfer-encoding", b"connection", b"date"))
 # Checked and lower-cased response header names (a token: RFC 9110 §5.1).
-_TOKEN_BYTES = frozenset(b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+_TOKEN_BYTES = frozenset(
+    b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+)
 _NAMES: dict[bytes, bytes] = {}
 _NAMES_MAX = 512
 
@@ -216,7 +218,9 @@ def response_fields(
             lines.append(b"%s: %s\r\n" % (name, value))
             key = lname.decode("latin-1")
             old = lower.get(key)
-            lower[key] = value.decode("latin-1") if old is None else f"{old}, {value.decode('latin-1')}"
+            lower[key] = (
+                value.decode("latin-1") if old is None else f"{old}, {value.decode('latin-1')}"
+            )
     except (TypeError, ValueError) as exc:
         if isinstance(exc, AsgiMessageError):
             raise
@@ -238,8 +242,8 @@ class Exchange:
         "chunked",
         "conn",
         "continued",
-        "cut",
         "count",
+        "cut",
         "done_waiter",
         "encoder",
         "given",
@@ -441,9 +445,7 @@ class Exchange:
             body = b""
         else:
             if length is not None and length != len(body):
-                raise AsgiMessageError(
-                    f"Content-Length {length} but a body of {len(body)} bytes"
-                )
+                raise AsgiMessageError(f"Content-Length {length} but a body of {len(body)} bytes")
             if shared.policy.enabled:
                 coding, text = negotiate(
                     shared.policy,
@@ -564,7 +566,7 @@ class Exchange:
         if not isinstance(path, str):
             raise AsgiMessageError(f"http.response.pathsend: path {path!r} is not a str")
         try:
-            f = open(path, "rb")  # noqa: SIM115 - closed below, across awaits
+            f = open(path, "rb")  # noqa: ASYNC230, SIM115 - a local file, read in blocks; closed below
         except OSError as exc:
             raise AsgiMessageError(f"http.response.pathsend: cannot open {path!r}: {exc}") from None
         try:
@@ -619,7 +621,11 @@ class Exchange:
             return "close"
         what = "a response" if phase == IDLE else "the response body"
         app_logger.error(
-            "ASGI app %s returned without sending %s to %s %s", self.name, what, req.method, req.path
+            "ASGI app %s returned without sending %s to %s %s",
+            self.name,
+            what,
+            req.method,
+            req.path,
         )
         return self._send_500()
 

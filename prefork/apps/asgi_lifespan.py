@@ -90,11 +90,15 @@ class Lifespan:
             task.cancel()
             return
         except Exception as exc:
-            logger.error("app %s: lifespan shutdown raised %s: %s", self.name, type(exc).__name__, exc)
+            logger.error(
+                "app %s: lifespan shutdown raised %s: %s", self.name, type(exc).__name__, exc
+            )
             return
         if answer["type"] == "lifespan.shutdown.failed":
             logger.error(
-                "app %s: lifespan shutdown failed: %s", self.name, answer.get("message") or "no message"
+                "app %s: lifespan shutdown failed: %s",
+                self.name,
+                answer.get("message") or "no message",
             )
 
     async def _run(self, scope: MutableMapping[str, Any]) -> None:

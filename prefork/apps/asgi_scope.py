@@ -53,9 +53,7 @@ _RDN_NAMES: Mapping[str, str] = {
     "domainComponent": "DC",
     "userId": "UID",
 }
-_PEM_CERT_RE = re.compile(
-    r"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----\n?", re.DOTALL
-)
+_PEM_CERT_RE = re.compile(r"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----\n?", re.DOTALL)
 
 # Lower-cased header names by the names clients send ("Content-Type" ->
 # b"content-type"): a few dozen distinct ones per worker.

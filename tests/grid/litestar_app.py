@@ -24,7 +24,9 @@ async def hello() -> str:
 
 @head("/hello", media_type="text/plain")
 async def hello_head() -> Response[None]:
-    return Response(None, media_type="text/plain", headers={"content-length": str(len(common.HELLO))})
+    return Response(
+        None, media_type="text/plain", headers={"content-length": str(len(common.HELLO))}
+    )
 
 
 @get("/json")
@@ -79,9 +81,7 @@ async def boom() -> None:
 
 @get("/cookies", media_type="text/plain")
 async def cookies() -> Response[str]:
-    return Response(
-        "cookies set", cookies=[Cookie(key="a", value="1"), Cookie(key="b", value="2")]
-    )
+    return Response("cookies set", cookies=[Cookie(key="a", value="1"), Cookie(key="b", value="2")])
 
 
 @get("/cookies/echo")

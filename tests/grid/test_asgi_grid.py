@@ -111,7 +111,9 @@ def test_headers_repeated_both_ways(client: httpx.Client) -> None:
 
 @pytest.mark.parametrize("code", [201, 204, 304, 404, 500])
 def test_status_codes(server: tuple[str, ServerProcess], code: int) -> None:
-    reply = _raw(server[1], f"GET /status/{code} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+    reply = _raw(
+        server[1], f"GET /status/{code} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode()
+    )
     head, _, body = reply.partition(b"\r\n\r\n")
     assert head.startswith(f"HTTP/1.1 {code} ".encode())
     assert body == b""
@@ -211,4 +213,3 @@ def _dechunk(body: bytes) -> bytes:
             return b"".join(out)
         out.append(body[:size])
         body = body[size + 2 :]
-

@@ -100,7 +100,7 @@ def dechunk(body: bytes) -> tuple[bytes, bool]:
 
 
 def test_scope(server: ServerProcess) -> None:
-    head, body = exchange(
+    _head, body = exchange(
         server,
         b"POST /scope/caf%C3%A9%20x?a=1&b=%20 HTTP/1.1\r\nHost: example.com\r\n"
         b"X-Rep: one\r\nX-Rep: two\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabc",
@@ -192,16 +192,15 @@ def test_small_body_is_one_event_large_and_chunked_are_streamed(client: httpx.Cl
 
 
 def test_expect_continue_only_when_the_app_reads(server: ServerProcess) -> None:
-    head = (
-        "POST {} HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n"
-    )
+    head = "POST {} HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n"
     with server.connect() as s:
         s.sendall(head.format("/echo").encode())
         first = s.recv(100)
         assert first == b"HTTP/1.1 100 Continue\r\n\r\n"
         s.sendall(b"hello")
         reply = s.recv(65536)
-        assert reply.startswith(b"HTTP/1.1 200 ") and reply.endswith(b"hello")
+        assert reply.startswith(b"HTTP/1.1 200 ")
+        assert reply.endswith(b"hello")
     with server.connect() as s:
         s.sendall(head.format("/no-read").encode())
         reply = read_all(s)
@@ -211,9 +210,7 @@ def test_expect_continue_only_when_the_app_reads(server: ServerProcess) -> None:
 
 
 def test_content_length_over_the_limit_is_refused_before_the_app(server: ServerProcess) -> None:
-    head, _ = exchange(
-        server, b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 2000000\r\n\r\n"
-    )
+    head, _ = exchange(server, b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 2000000\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 413 ")
 
 
@@ -349,7 +346,9 @@ def test_disconnect_reaches_receive(server: ServerProcess, client: httpx.Client)
     wait_until(lambda: client.get("/record").json().get("disconnect") == "http.disconnect")
 
 
-def test_send_after_the_client_left_raises_oserror(server: ServerProcess, client: httpx.Client) -> None:
+def test_send_after_the_client_left_raises_oserror(
+    server: ServerProcess, client: httpx.Client
+) -> None:
     with server.connect() as s:
         s.sendall(get("/send-after-leaving"))
         got = 0
@@ -358,7 +357,9 @@ def test_send_after_the_client_left_raises_oserror(server: ServerProcess, client
             assert data
             got += len(data)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
-    wait_until(lambda: client.get("/record").json().get("send_error") == ["ClientDisconnected", True])
+    wait_until(
+        lambda: client.get("/record").json().get("send_error") == ["ClientDisconnected", True]
+    )
 
 
 def test_worker_survived_all_of_it(server: ServerProcess, client: httpx.Client) -> None:
@@ -392,4 +393,5 @@ def test_lifespan_auto_without_support(tmp_path: Path) -> None:
         head, rest = exchange(proc, get("/"))
     finally:
         proc.stop()
-    assert head.startswith(b"HTTP/1.1 200 ") and rest == b"ok"
+    assert head.startswith(b"HTTP/1.1 200 ")
+    assert rest == b"ok"
