@@ -22,7 +22,7 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Coroutine, MutableMapping
 from typing import Any, Final
 
 from prefork import log
@@ -35,7 +35,7 @@ from prefork.engine.shared import Shared
 from prefork.engine.slices import compress_in_slices
 from prefork.errors import PeerGone, ProtocolError
 from prefork.http import compression
-from prefork.http.protocol import CONTINUE_RESPONSE, bodyless_status, error_response, streams_body
+from prefork.http.protocol import CONTINUE_RESPONSE, bodyless_status, error_response
 from prefork.http.request import Request
 from prefork.http.response import LAST_CHUNK, chunk, encode_head, negotiate
 
@@ -61,6 +61,11 @@ _TOKEN_BYTES = frozenset(
 )
 _NAMES: dict[bytes, bytes] = {}
 _NAMES_MAX = 512
+# response_fields by the app's headers: apps send the same few header lists
+# again and again (a framework's defaults, one Content-Length per body size),
+# so the checks and the text are worked out once per distinct list.
+_FIELDS_CACHE: dict[tuple[Any, ...], Fields] = {}
+_FIELDS_CACHE_MAX = 256
 
 _DISCONNECT: Final = {"type": "http.disconnect"}
 
@@ -123,16 +128,19 @@ class AsgiApp:
         if req is None:
             return "close"  # (no inline path: nothing is ever handed off)
         started = time.monotonic()
-        conn.count = count + 1
+        nxt = count + 1
+        counts = conn.shared.counts  # shared ints: see Shared.counts
+        conn.count = counts[nxt] if nxt < len(counts) else nxt
         info: ConnScope | None = conn.ctx
         if info is None:
             info = conn.ctx = conn_scope(
                 conn.transport, conn.peername, conn.server_name, self.ssl_cfg
             )
-        if req.headers.get("upgrade", "").lower() == "websocket":
+        upgrade = req.headers.get("upgrade")
+        if upgrade is not None and upgrade.lower() == "websocket":
             return websocket_unavailable(conn, req, started)
         scope = http_scope(req, info, self.root_path, self.lifespan.state, self.asgi)
-        ex = Exchange(self.name, conn, req, count, started, streams_body(req, STREAM_BODIES_OVER))
+        ex = Exchange(self.name, conn, req, count, started)
         try:
             await self.app(scope, ex.receive, ex.send)
         except Exception as exc:
@@ -177,9 +185,26 @@ def _count(
         )
 
 
-def response_fields(
-    headers: Any,
-) -> tuple[str, dict[str, str], bool, bool, int | None]:
+# (header text, lower-case name -> value, has a Server field, asks to close, Content-Length)
+Fields = tuple[str, dict[str, str], bool, bool, int | None]
+
+
+def cached_fields(headers: Any) -> Fields:
+    """``response_fields(headers)``, remembered for hashable header lists."""
+    try:
+        key = tuple(headers)
+        hit = _FIELDS_CACHE.get(key)
+    except TypeError:  # not iterable, or lists inside: worked out each time
+        return response_fields(headers)
+    if hit is None:
+        hit = response_fields(headers)
+        if len(_FIELDS_CACHE) >= _FIELDS_CACHE_MAX:
+            _FIELDS_CACHE.clear()  # start over rather than keep stale lists forever
+        _FIELDS_CACHE[key] = hit
+    return hit
+
+
+def response_fields(headers: Any) -> Fields:
     """An app's response headers -> (header text, lower-case map, has Server,
     asks to close, its Content-Length).
 
@@ -270,7 +295,6 @@ class Exchange:
         req: Request,
         count: int,
         started: float,
-        streamed: bool,
     ) -> None:
         self.name = name
         self.conn = conn
@@ -280,7 +304,9 @@ class Exchange:
         self.phase = IDLE
         # streamed: the body comes piece by piece (Connection.receive_body);
         # body_read: all of it has reached the app (a whole body has, at once).
-        self.streamed = streamed
+        self.streamed = streamed = (
+            req.chunked or req.content_length > STREAM_BODIES_OVER or req.expect_continue
+        )  # (protocol.streams_body, inline: this runs on every request)
         self.body_read = not streamed
         self.given = False
         self.continued = False
@@ -374,7 +400,9 @@ class Exchange:
                 if more:
                     await self._stream(body)
                 else:
-                    await self._whole(body)
+                    slow = self._whole(body)
+                    if slow is not None:
+                        await slow
             elif phase == STREAMING:
                 await self._piece(body, more)
             elif phase == IDLE:
@@ -404,7 +432,7 @@ class Exchange:
             raise AsgiMessageError(f"http.response.start: {status} is not a final status")
         if message.get("trailers"):
             raise AsgiMessageError("http.response.start: trailers are not supported by this server")
-        text, lower, has_server, close, length = response_fields(message.get("headers", ()))
+        text, lower, has_server, close, length = cached_fields(message.get("headers", ()))
         self.status = status
         self.text = text
         self.lower = lower
@@ -427,15 +455,19 @@ class Exchange:
         )
         return keep_alive
 
-    async def _whole(self, body: bytes) -> None:
-        """The response in one write: a Content-Length, compressed if negotiated."""
+    def _whole(self, body: bytes) -> Coroutine[Any, Any, None] | None:
+        """The response in one write: a Content-Length, compressed if negotiated.
+
+        Synchronous (most responses need no wait); a body to compress slice
+        by slice comes back as a coroutine to await (``_whole_compressed``).
+        """
         req = self.req
         status = self.status
         conn = self.conn
         shared = conn.shared
         text = self.text
         length = self.app_length
-        if bodyless_status(status):
+        if status < 200 or status == 204 or status == 304:  # (bodyless_status, inline)
             framing = ""
             body = b""
         elif req.method == "HEAD":
@@ -446,9 +478,10 @@ class Exchange:
         else:
             if length is not None and length != len(body):
                 raise AsgiMessageError(f"Content-Length {length} but a body of {len(body)} bytes")
-            if shared.policy.enabled:
+            policy = shared.policy
+            if policy.enabled and len(body) >= policy.min_size:
                 coding, text = negotiate(
-                    shared.policy,
+                    policy,
                     shared.negotiated_cache,
                     req.method,
                     req.headers.get("accept-encoding"),
@@ -458,12 +491,30 @@ class Exchange:
                     len(body),
                 )
                 if coding is not None:
-                    body = await _compress(shared, coding, body)
+                    compressed = _compress_now(shared, coding, body)
+                    if compressed is None:
+                        return self._whole_compressed(body, coding, text)
+                    body = compressed
             framing = f"Content-Length: {len(body)}\r\n"
         keep_alive = self._decide_keep_alive()
         head = encode_head(status, text, self.has_server, framing, keep_alive, req.version == "1.0")
         conn.write_response(head, body, keep_alive, False)
         self.sent = len(body)
+        self._complete()
+        return None
+
+    async def _whole_compressed(self, body: bytes, coding: str, text: str) -> None:
+        """A whole body too big to compress at once: slice by slice, then written."""
+        shared = self.conn.shared
+        out = await compress_in_slices(coding, shared.policy.level, body, shared.compress_turn)
+        shared.body_cache.put(coding, body, out)
+        keep_alive = self._decide_keep_alive()
+        req = self.req
+        framing = f"Content-Length: {len(out)}\r\n"
+        http10 = req.version == "1.0"
+        head = encode_head(self.status, text, self.has_server, framing, keep_alive, http10)
+        self.conn.write_response(head, out, keep_alive, False)
+        self.sent = len(out)
         self._complete()
 
     async def _stream(self, first: bytes) -> None:
@@ -573,7 +624,9 @@ class Exchange:
             size = os.fstat(f.fileno()).st_size
             self.app_length = size  # the file's size, whatever the app said
             if size <= PATHSEND_BLOCK:
-                await self._whole(f.read())
+                slow = self._whole(f.read())
+                if slow is not None:
+                    await slow
                 return
             await self._stream(f.read(PATHSEND_BLOCK))
             left = size - PATHSEND_BLOCK
@@ -592,7 +645,19 @@ class Exchange:
         self.phase = DONE
         conn = self.conn
         req = self.req
-        _count(conn.shared, conn, req, self.status, self.sent, self.started)
+        shared = conn.shared
+        shared.requests_served += 1
+        if shared.access.enabled():
+            shared.access.log(
+                conn.client_ip,
+                req.method,
+                req.path,
+                req.version,
+                self.status,
+                self.sent,
+                self.started,
+                req.headers,
+            )
         if self.keep_alive:
             self.action = "keep-alive"
         else:
@@ -669,8 +734,9 @@ class Exchange:
         return "close"
 
 
-async def _compress(shared: Shared, coding: str, body: bytes) -> bytes:
-    """``body`` compressed as a native response's would be (cache, slices for big ones)."""
+def _compress_now(shared: Shared, coding: str, body: bytes) -> bytes | None:
+    """``body`` compressed as a native response's would be (from the cache, or at
+    once); None when it is big enough to be compressed slice by slice."""
     size = len(body)
     cache = shared.body_cache
     if size >= compression.CACHE_MIN_BYTES and cache.max_bytes:
@@ -678,9 +744,8 @@ async def _compress(shared: Shared, coding: str, body: bytes) -> bytes:
         if cached is not None:
             return cached
     if size > compression.SLICE_BYTES:
-        out = await compress_in_slices(coding, shared.policy.level, body, shared.compress_turn)
-    else:
-        out = compression.compress_body(coding, shared.policy.level, body)
+        return None
+    out = compression.compress_body(coding, shared.policy.level, body)
     if size >= compression.CACHE_MIN_BYTES:
         cache.put(coding, body, out)
     return out

@@ -59,6 +59,9 @@ _PEM_CERT_RE = re.compile(r"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE--
 # b"content-type"): a few dozen distinct ones per worker.
 _LOWER_NAMES: dict[bytes, bytes] = {}
 _LOWER_NAMES_MAX = 512
+# Lower-cased header lists by the identity of the raw list they came from.
+_LOWERED: dict[int, tuple[list[tuple[bytes, bytes]], tuple[tuple[bytes, bytes], ...]]] = {}
+_LOWERED_MAX = 512
 # The server certificates' PEM text by file path, read once per worker.
 _CERT_PEMS: dict[str, str | None] = {}
 
@@ -172,7 +175,15 @@ def server_cert(server_name: str | None, ssl_cfg: Mapping[str, Any] | None) -> s
 
 
 def lower_headers(raw: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
-    """The request's fields with lower-case names, in order and with repeats (a new list)."""
+    """The request's fields with lower-case names, in order and with repeats (a new list).
+
+    Requests built from the reader's head cache share their template's raw
+    list: its lower-cased form is remembered by the list's identity (the
+    entry holds the list, so that identity cannot be reused meanwhile).
+    """
+    hit = _LOWERED.get(id(raw))
+    if hit is not None and hit[0] is raw:
+        return list(hit[1])
     names = _LOWER_NAMES
     out = []
     for name, value in raw:
@@ -182,6 +193,9 @@ def lower_headers(raw: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
             if len(names) < _LOWER_NAMES_MAX:
                 names[name] = lower
         out.append((lower, value))
+    if len(_LOWERED) >= _LOWERED_MAX:
+        _LOWERED.clear()
+    _LOWERED[id(raw)] = (raw, tuple(out))
     return out
 
 
