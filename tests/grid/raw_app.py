@@ -46,6 +46,10 @@ async def lifespan(receive: Any, send: Any, state: dict[str, Any]) -> None:
             state["started"] = "yes"
             await send({"type": "lifespan.startup.complete"})
         elif message["type"] == "lifespan.shutdown":
+            marker = os.environ.get("RAW_APP_SHUTDOWN_FILE")
+            if marker:
+                with open(marker, "a") as f:
+                    f.write("shutdown\n")
             await send({"type": "lifespan.shutdown.complete"})
             return
 

@@ -379,6 +379,16 @@ def test_lifespan_on_failed_startup_stops_the_boot(tmp_path: Path) -> None:
     assert "lifespan startup failed: no database today" in done.stderr
 
 
+def test_lifespan_shutdown_after_a_graceful_stop(tmp_path: Path) -> None:
+    marker = tmp_path / "shutdown"
+    proc = launch_server(
+        REPO, "-w", "2", target=TARGET, env=_env(RAW_APP_SHUTDOWN_FILE=str(marker))
+    )
+    exchange(proc, get("/echo"))
+    assert proc.stop() == 0
+    assert marker.read_text() == "shutdown\n" * 2  # once per worker
+
+
 def test_lifespan_auto_without_support(tmp_path: Path) -> None:
     (tmp_path / "nolifespan.py").write_text(
         "async def app(scope, receive, send):\n"
