@@ -698,10 +698,11 @@ class Exchange:
         """The app raised ``exc``."""
         req = self.req
         conn = self.conn
-        if conn.lost or self.cut:
+        if self.cut:
+            return "close"  # the request was refused (413, 408...): that answer stands
+        if conn.lost:
             # (Whatever the app made of ClientDisconnected: Starlette raises its own.)
             logger.debug("client %s left during %s %s", conn.client_ip, req.method, req.path)
-            conn.abort()
             return "close"
         if isinstance(exc, AsgiMessageError):
             app_logger.error("ASGI app %s on %s %s: %s", self.name, req.method, req.path, exc)
