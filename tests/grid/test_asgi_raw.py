@@ -384,6 +384,8 @@ def test_lifespan_shutdown_after_a_graceful_stop(tmp_path: Path) -> None:
     proc = launch_server(
         REPO, "-w", "2", target=TARGET, env=_env(RAW_APP_SHUTDOWN_FILE=str(marker))
     )
+    proc.wait_log(r"worker 1 .* ready")
+    proc.wait_log(r"worker 2 .* ready")
     exchange(proc, get("/echo"))
     assert proc.stop() == 0
     assert marker.read_text() == "shutdown\n" * 2  # once per worker
