@@ -59,9 +59,16 @@ _PEM_CERT_RE = re.compile(r"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE--
 # b"content-type"): a few dozen distinct ones per worker.
 _LOWER_NAMES: dict[bytes, bytes] = {}
 _LOWER_NAMES_MAX = 512
-# Lower-cased header lists by the identity of the raw list they came from.
-_LOWERED: dict[int, tuple[list[tuple[bytes, bytes]], tuple[tuple[bytes, bytes], ...]]] = {}
-_LOWERED_MAX = 512
+# What a request head decides in its scope: (raw list, root_path, lowered
+# headers, path, raw_path, query_string).
+_HeadParts = tuple[
+    list[tuple[bytes, bytes]], str, tuple[tuple[bytes, bytes], ...], str, bytes, bytes
+]
+
+
+# head_parts by the identity of the raw header list they came from.
+_HEADS: dict[int, _HeadParts] = {}
+_HEADS_MAX = 512
 # The server certificates' PEM text by file path, read once per worker.
 _CERT_PEMS: dict[str, str | None] = {}
 
@@ -175,15 +182,7 @@ def server_cert(server_name: str | None, ssl_cfg: Mapping[str, Any] | None) -> s
 
 
 def lower_headers(raw: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
-    """The request's fields with lower-case names, in order and with repeats (a new list).
-
-    Requests built from the reader's head cache share their template's raw
-    list: its lower-cased form is remembered by the list's identity (the
-    entry holds the list, so that identity cannot be reused meanwhile).
-    """
-    hit = _LOWERED.get(id(raw))
-    if hit is not None and hit[0] is raw:
-        return list(hit[1])
+    """The request's fields with lower-case names, in order and with repeats."""
     names = _LOWER_NAMES
     out = []
     for name, value in raw:
@@ -193,15 +192,38 @@ def lower_headers(raw: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
             if len(names) < _LOWER_NAMES_MAX:
                 names[name] = lower
         out.append((lower, value))
-    if len(_LOWERED) >= _LOWERED_MAX:
-        _LOWERED.clear()
-    _LOWERED[id(raw)] = (raw, tuple(out))
     return out
 
 
 def decode_path(path: str) -> str:
     """The target's path with %XX sequences decoded as UTF-8 (invalid bytes become U+FFFD)."""
     return unquote(path) if "%" in path else path
+
+
+def head_parts(req: Request, root_path: str) -> _HeadParts:
+    """The parts of the scope that are a function of the request head.
+
+    Requests built from the reader's head cache share their template's raw
+    header list, so they are remembered by that list's identity (the entry
+    holds the list, so the identity cannot be reused meanwhile).
+    """
+    raw = req.raw_headers
+    hit = _HEADS.get(id(raw))
+    if hit is not None and hit[0] is raw and hit[1] is root_path:
+        return hit
+    path = req.path
+    parts: _HeadParts = (
+        raw,
+        root_path,
+        tuple(lower_headers(raw)),
+        root_path + decode_path(path) if root_path else decode_path(path),
+        (root_path + path).encode() if root_path else path.encode("ascii"),
+        req.query.encode("ascii"),
+    )
+    if len(_HEADS) >= _HEADS_MAX:
+        _HEADS.clear()  # start over: varied heads cannot pin stale entries
+    _HEADS[id(raw)] = parts
+    return parts
 
 
 def http_scope(
@@ -214,21 +236,22 @@ def http_scope(
     """The ``http`` scope of ``req``.
 
     ``path`` and ``raw_path`` include ``root_path`` (the spec's wording, and
-    what Starlette, uvicorn and Django expect); ``state`` is a shallow copy of
-    the lifespan state, so one request's changes do not leak into the next.
+    what Starlette, uvicorn and Django expect); ``headers`` is a new list and
+    ``state`` a shallow copy of the lifespan state, so one request's changes
+    do not leak into the next.
     """
-    path = req.path
+    _, _, headers, path, raw_path, query = head_parts(req, root_path)
     return {
         "type": "http",
         "asgi": asgi,
         "http_version": req.version,
         "method": req.method,
         "scheme": conn.scheme,
-        "path": root_path + decode_path(path) if root_path else decode_path(path),
-        "raw_path": (root_path + path).encode() if root_path else path.encode("ascii"),
-        "query_string": req.query.encode("ascii"),
+        "path": path,
+        "raw_path": raw_path,
+        "query_string": query,
         "root_path": root_path,
-        "headers": lower_headers(req.raw_headers),
+        "headers": list(headers),
         "client": conn.client,
         "server": conn.server,
         "state": state.copy(),
