@@ -24,9 +24,11 @@ import sys
 from typing import Any
 
 from prefork import log
+from prefork.engine.proxy_header import read_proxy_header
 from prefork.engine.shared import Deadline, Shared
 from prefork.errors import PeerGone, PreforkError, ProtocolError
 from prefork.http.protocol import CONTINUE_RESPONSE, RequestReader, error_response
+from prefork.http.proxy_protocol import ProxyHeaderError
 from prefork.http.request import Request
 from prefork.http.response import body_length
 
@@ -70,6 +72,7 @@ class Connection(asyncio.Protocol):
         "_waiter",
         "_write_paused",
         "app",
+        "behind_proxy",
         "client_ip",
         "count",
         "ctx",
@@ -90,6 +93,9 @@ class Connection(asyncio.Protocol):
         self.peername: tuple[str, int] | None = None
         self.server_name: str | None = None
         self.client_ip = "-"
+        # The peer is a trusted proxy (forwarded_allow_ips): the app interfaces
+        # take the client, scheme and host from its fields (http.forwarded).
+        self.behind_proxy = False
         self.deadline = 0.0
         self.deadline_kind = Deadline.NONE
         # The app interface's per-connection object (the native handler's ``ctx``).
@@ -130,6 +136,7 @@ class Connection(asyncio.Protocol):
             # request does not touch a string of its own (see Shared.counts).
             self.peername = (sys.intern(str(peer[0])), int(peer[1]))
             self.client_ip = self.peername[0]
+            self.behind_proxy = self.shared.trust.trusts(self.client_ip)
 
     def data_received(self, data: bytes) -> None:
         if self._closing:
@@ -600,12 +607,32 @@ class Connection(asyncio.Protocol):
         self._close_transport()
 
 
+async def _proxied_peer(sock: socket.socket, shared: Shared, peer: object) -> object:
+    """The client's address from the PROXY protocol header; None (socket closed) if invalid."""
+    try:
+        source = await read_proxy_header(sock, shared.cfg.tls_handshake_timeout)
+    except (ProxyHeaderError, TimeoutError, OSError) as exc:
+        what = "no PROXY protocol header in time" if isinstance(exc, TimeoutError) else exc
+        logger.info("closing a connection from %s: %s", _address(peer), what)
+        sock.close()
+        return None
+    return source if source is not None else peer
+
+
+def _address(peer: object) -> str:
+    return str(peer[0]) if isinstance(peer, tuple) and peer else "-"
+
+
 async def serve_connection(sock: socket.socket, shared: Shared, peer: object) -> None:
     """Serve one accepted socket (``peer``: accept()'s address) until it closes; never raises."""
     loop = shared.loop or asyncio.get_running_loop()
     # (uvloop sets TCP_NODELAY on the transports it makes: no syscall here.)
     ssl_context = shared.ssl_context
     conn = Connection(shared)
+    if shared.cfg.proxy_protocol:
+        peer = await _proxied_peer(sock, shared, peer)
+        if peer is None:
+            return
     conn.set_peer(peer)
     try:
         if ssl_context is not None:

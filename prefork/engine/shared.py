@@ -24,6 +24,7 @@ from prefork import log
 from prefork.config import Config
 from prefork.engine.batch import WriteBatch
 from prefork.http import compression
+from prefork.http.forwarded import Trust
 from prefork.http.parsers import make_parser, resolve
 from prefork.http.protocol import DATE, HeadCache
 from prefork.http.request import Limits
@@ -64,6 +65,9 @@ class Shared:
         self.cfg = cfg
         self.app = app
         self.ssl_context = ssl_context
+        self.scheme = "https" if ssl_context is not None else "http"
+        # Peers whose X-Forwarded-*/Forwarded fields are believed (http.forwarded).
+        self.trust = Trust(cfg.forwarded_allow_ips)
         self.redis_module = redis_module
         self.limits = Limits.from_config(cfg)
         self.parser_name = resolve(cfg.http)
