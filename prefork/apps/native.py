@@ -31,8 +31,7 @@ from prefork.engine.shared import Shared
 from prefork.engine.slices import compress_in_slices
 from prefork.errors import PeerGone, PreforkError, ProtocolError
 from prefork.http import compression
-from prefork.http.forwarded import Trust
-from prefork.http.forwarded import resolve as resolve_forwarded
+from prefork.http.forwarded import forwarded_view
 from prefork.http.protocol import bodyless_status, error_response
 from prefork.http.request import Request, parse_args
 from prefork.http.response import (
@@ -75,6 +74,82 @@ class NativeApp:
         pass
 
     async def exchange(self, conn: Connection) -> Action:
+        shared = conn.shared
+        return await exchange(conn, shared, conn.client_ip, conn.count, shared.redis_module)
+
+    def respond_inline(self, conn: Connection, req: Request) -> bool:
+        """Call the (sync) handler from the protocol callback and answer if it can be done now."""
+        shared = conn.shared
+        ctx = conn.ctx
+        if conn.behind_proxy:
+            ctx = context(conn, conn.client_ip, shared.redis_module, req)
+        elif (
+            ctx is None
+            or ctx.client_ip is not conn.client_ip
+            or ctx.redis_module is not shared.redis_module
+        ):
+            ctx = context(conn, conn.client_ip, shared.redis_module)
+        started = time.monotonic()
+        try:
+            result = self.handler(
+                req.method, req.path, parse_args(req.query), req.headers, req.body, ctx
+            )
+        except Exception:
+            # Answered (500, close): the woken coroutine returns "close".
+            conn.count += 1
+            handler_failed(conn, shared, req, _client(conn), started)
+            return False
+        if type(result) is not tuple and asyncio.iscoroutine(result):
+            conn.hand_off((req, result, started))
+            return False
+        batchable = time.monotonic() - started < self.quick_s
+        count = conn.count
+        nxt = count + 1
+        counts = shared.counts
+        conn.count = counts[nxt] if nxt < len(counts) else nxt
+        outcome = finish(conn, shared, req, result, count, started, batchable)
+        if not isinstance(outcome, str):
+            conn.count = count
+            conn.hand_off((req, result, started))
+            return False
+        return outcome == "keep-alive"
+
+
+def context(
+    conn: Connection, client_ip: str, redis_module: Any, req: Request | None = None
+) -> Context:
+    """The handler's ``ctx`` for this connection (one object, reused).
+
+    ``req``: from a trusted proxy, whose forwarded fields set the client
+    address, the scheme and the ``host`` header the handler sees.
+    """
+    shared = conn.shared
+    scheme = shared.scheme
+    if req is not None:
+        client, forwarded_scheme, host = forwarded_view(req.headers, shared.trust)
+        if client is not None:
+            client_ip = client
+        if forwarded_scheme is not None:
+            scheme = forwarded_scheme
+        if host is not None:
+            req.headers["host"] = host
+    ctx: Context | None = conn.ctx
+    if ctx is None:
+        ctx = conn.ctx = Context(app_logger, conn, client_ip, shared.cfg, redis_module, scheme)
+    else:
+        ctx.client_ip = client_ip
+        ctx.scheme = scheme
+        ctx.redis_module = redis_module
+    return ctx
+
+
+def _client(conn: Connection) -> str:
+    """The client's address as the handler saw it (a trusted proxy's word, or the peer)."""
+    ctx = conn.ctx
+    return conn.client_ip if ctx is None else str(ctx.client_ip)
+
+
+async def exchange(self, conn: Connection) -> Action:
         shared = conn.shared
         return await exchange(conn, shared, conn.client_ip, conn.count, shared.redis_module)
 

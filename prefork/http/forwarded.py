@@ -157,3 +157,17 @@ def resolve(headers: Mapping[str, str], trust: Trust) -> tuple[str | None, str |
         logger.debug("ignoring a forwarded host %r", host)
         host = None
     return client, scheme, host
+
+
+def forwarded_view(
+    headers: Mapping[str, str], trust: Trust
+) -> tuple[str | None, str | None, str | None]:
+    """``resolve`` when a forwarding field is present (a few dict lookups otherwise)."""
+    if (
+        "x-forwarded-for" in headers
+        or "forwarded" in headers
+        or "x-forwarded-proto" in headers
+        or "x-forwarded-host" in headers
+    ):
+        return resolve(headers, trust)
+    return None, None, None
