@@ -225,20 +225,6 @@ def _client(conn: Connection) -> str:
     return conn.client_ip if ctx is None else str(ctx.client_ip)
 
 
-def forwarded_view(
-    headers: Mapping[str, str], trust: Trust
-) -> tuple[str | None, str | None, str | None]:
-    """What a trusted proxy's fields say (client, scheme, host); all None without them."""
-    if (
-        "x-forwarded-for" in headers
-        or "forwarded" in headers
-        or "x-forwarded-proto" in headers
-        or "x-forwarded-host" in headers
-    ):
-        return resolve_forwarded(headers, trust)
-    return None, None, None
-
-
 async def exchange(
     conn: Connection, state: Shared, client_ip: str, count: int, redis_module: Any
 ) -> Action:
