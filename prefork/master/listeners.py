@@ -1,9 +1,9 @@
 """The listen sockets: ``HOST:PORT`` addresses, what a config asks for, binding.
 
-The master binds them once, before the first fork; every worker inherits the
-same sockets and accepts from their shared listen queues. A reload keeps them,
-so a config whose ``bind_spec`` differs needs a restart. Failures are
-``BindError``.
+The master binds them once, before the first fork, or takes the ones systemd
+passed it (socket activation, systemd.py); every worker inherits the same
+sockets and accepts from their shared listen queues. A reload keeps them, so a
+config whose ``bind_spec`` differs needs a restart. Failures are ``BindError``.
 """
 
 from __future__ import annotations
@@ -55,3 +55,21 @@ def listen_all(addrs: tuple[tuple[str, int], ...], backlog: int) -> list[socket.
 def format_host(host: str) -> str:
     """``host`` as it goes before ``:PORT``: an IPv6 address in brackets."""
     return f"[{host}]" if ":" in host else host
+
+
+def describe(sock: socket.socket, scheme: str) -> str:
+    """Where ``sock`` listens, for the log: ``http://127.0.0.1:8080`` or ``unix:/x.sock (http)``."""
+    if sock.family in (socket.AF_INET, socket.AF_INET6):
+        host, port = sock.getsockname()[:2]
+        return f"{scheme}://{format_host(host)}:{port}"
+    name = sock.getsockname()
+    if isinstance(name, bytes):  # an abstract unix socket: a leading NUL
+        name = "@" + name[1:].decode(errors="replace")
+    return f"unix:{name} ({scheme})"
+
+
+def port_of(sock: socket.socket) -> int:
+    """The TCP port ``sock`` listens on; 0 for a unix socket."""
+    if sock.family in (socket.AF_INET, socket.AF_INET6):
+        return int(sock.getsockname()[1])
+    return 0
