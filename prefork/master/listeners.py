@@ -58,14 +58,14 @@ def format_host(host: str) -> str:
 
 
 def describe(sock: socket.socket, scheme: str) -> str:
-    """Where ``sock`` listens, for the log: ``http://127.0.0.1:8080`` or ``unix:/x.sock (http)``."""
+    """Where ``sock`` listens, for the log: ``http://127.0.0.1:8080`` or ``http+unix:/x.sock``."""
     if sock.family in (socket.AF_INET, socket.AF_INET6):
         host, port = sock.getsockname()[:2]
         return f"{scheme}://{format_host(host)}:{port}"
     name = sock.getsockname()
     if isinstance(name, bytes):  # an abstract unix socket: a leading NUL
         name = "@" + name[1:].decode(errors="replace")
-    return f"unix:{name} ({scheme})"
+    return f"{scheme}+unix:{name}"
 
 
 def port_of(sock: socket.socket) -> int:
