@@ -111,7 +111,8 @@ def test_flags_beat_environment_beat_file_beat_defaults() -> None:
 def test_certificate_flags_keep_the_environments_other_ssl_keys() -> None:
     env_cfg, _ = from_environ(
         {
-            "PREFORK_SSL": '{ default = { cert = "/e.pem", key = "/e.key" }, min_version = "TLSv1.3" }'
+            "PREFORK_SSL": '{ default = { cert = "/e.pem", key = "/e.key" }, '
+            'min_version = "TLSv1.3" }'
         }
     )
     flags = {"ssl": {"default": {"cert": "/f.pem", "key": "/f.key"}}}
