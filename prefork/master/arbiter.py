@@ -59,7 +59,7 @@ from prefork._types import Handler
 from prefork.config import Config, from_environ, layered, load_toml
 from prefork.errors import BindError, PreforkError
 from prefork.master import systemd
-from prefork.master.listeners import bind_spec, describe, listen_all, port_of
+from prefork.master.listeners import bind_spec, open_listeners, port_of
 from prefork.master.wakeups import Wakeups
 from prefork.tls import load_tls
 from prefork.worker import (
@@ -161,21 +161,9 @@ class Master:
             self._cleanup()
 
     def _bind(self) -> None:
+        # Sockets from systemd are never re-bound, not on HUP either.
         scheme = "https" if self._tls is not None else "http"
-        inherited = systemd.listen_fds()
-        if inherited:
-            # Socket activation: systemd owns the addresses (ip, port, binds and
-            # backlog are the .socket unit's); these are never re-bound, not on HUP either.
-            self._activated = True
-            for sock, name in inherited:
-                self.listeners.append(sock)
-                origin = f"fd {sock.fileno()}" + (f", {name}" if name else "")
-                logger.info("listening on %s (from systemd, %s)", describe(sock, scheme), origin)
-        else:
-            addrs, backlog = self._bind_spec
-            self.listeners.extend(listen_all(addrs, backlog))
-            for sock in self.listeners:
-                logger.info("listening on %s", describe(sock, scheme))
+        self.listeners, self._activated = open_listeners(self._bind_spec, scheme)
         self.port = port_of(self.listeners[0])
 
     def _write_pidfile(self) -> None:
@@ -332,11 +320,8 @@ class Master:
             reload.pending.add(worker.pid)
 
     def _reread_config(self) -> Config:
-        """The config file again, under the environment's PREFORK_ keys and the flags.
-
-        Without a file, nothing can have changed: the master's environment is
-        fixed at its start, and the config it was built with already holds it.
-        """
+        """The file again, under the PREFORK_ variables and the flags (without a file,
+        nothing can have changed: the environment is fixed at the master's start)."""
         if self.config_file is None:
             return self.cfg
         env_cfg, _ = from_environ(os.environ)

@@ -8,10 +8,15 @@ config whose ``bind_spec`` differs needs a restart. Failures are ``BindError``.
 
 from __future__ import annotations
 
+import logging
 import socket
 
+from prefork import log
 from prefork.config import Config
 from prefork.errors import BindError
+from prefork.master import systemd
+
+logger = logging.getLogger(log.MASTER)
 
 
 def parse_address(text: str) -> tuple[str, int]:
@@ -50,6 +55,26 @@ def listen_all(addrs: tuple[tuple[str, int], ...], backlog: int) -> list[socket.
             sock.close()
         raise
     return listeners
+
+
+def open_listeners(
+    spec: tuple[tuple[tuple[str, int], ...], int], scheme: str
+) -> tuple[list[socket.socket], bool]:
+    """The sockets systemd passed (socket activation), else ``spec`` bound; each logged.
+
+    Returns the sockets and whether they came from systemd: then the
+    addresses and backlog are the .socket unit's, and ``spec`` is not used.
+    """
+    inherited = systemd.listen_fds()
+    for sock, name in inherited:
+        origin = f"fd {sock.fileno()}" + (f", {name}" if name else "")
+        logger.info("listening on %s (from systemd, %s)", describe(sock, scheme), origin)
+    if inherited:
+        return [sock for sock, _ in inherited], True
+    listeners = listen_all(*spec)
+    for sock in listeners:
+        logger.info("listening on %s", describe(sock, scheme))
+    return listeners, False
 
 
 def format_host(host: str) -> str:

@@ -247,12 +247,14 @@ def test_socket_activation_serves_and_keeps_the_socket_across_reloads(
     tmp_path: Path, servers: list[ServerProcess]
 ) -> None:
     (tmp_path / "app.py").write_text(APP)
+    (tmp_path / "prefork.toml").write_text("backlog = 100\n")
     port = free_port()
     # The flag names an address no one here can bind (TEST-NET-1): the master
     # must serve on the socket it was given instead.
-    server = activated(tmp_path, f"127.0.0.1:{port}", "-w", "2", "-b", "192.0.2.1:80")
+    args = ["-w", "2", "-b", "192.0.2.1:80", "-c", "prefork.toml"]
+    server = activated(tmp_path, f"127.0.0.1:{port}", *args)
     servers.append(server)
-    time.sleep(0.3)  # the tool binds before it waits
+    server.wait_log(rf"Listening on 127\.0\.0\.1:{port} as 3")  # the tool's own line
     first = answer(port)  # this connection makes the tool exec prefork
     assert set(first["env"].values()) == {None}  # LISTEN_* and NOTIFY_SOCKET: all cleared
     server.wait_log(rf"listening on http://127\.0\.0\.1:{port} \(from systemd, fd 3, web\)")
@@ -260,6 +262,9 @@ def test_socket_activation_serves_and_keeps_the_socket_across_reloads(
     inode = socket_inode(server.pid, 3)
     assert inode.startswith("socket:")
 
+    # A changed backlog would need a restart with sockets of our own; with
+    # systemd's, the .socket unit has the say and the reload just goes on.
+    (tmp_path / "prefork.toml").write_text("backlog = 200\n")
     os.kill(server.pid, signal.SIGHUP)
     server.wait_log(r"generation 2 ready", timeout=30)
     gen2 = generation_pids(server, 2)
