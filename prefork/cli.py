@@ -20,7 +20,7 @@ from typing import Any, NoReturn
 
 from prefork import __version__, log
 from prefork.config import Config, from_environ, layered, load_toml
-from prefork.errors import ConfigError, PreforkError
+from prefork.errors import PreforkError
 from prefork.master.listeners import bind_spec, format_host
 
 EXIT_OK = 0
@@ -261,25 +261,12 @@ def run_check(args: argparse.Namespace) -> int:
 def resolve_app(spec: str, cfg: Config) -> str:
     """Import ``spec`` as a worker would; return the interface it would be served with.
 
-    This is where ``check`` decides the interface: the one call site for the
-    interface detection of prefork/apps/ (today: the configured one, and
-    ``native`` for ``auto``). Raises ConfigError naming the app.
+    Raises ConfigError naming the app.
     """
-    from prefork.apps.handler import load_app
+    from prefork.apps import detect_interface, resolve_target
 
-    app: Any = load_app(spec)
-    if cfg.factory:
-        try:
-            app = app()
-        except Exception as exc:
-            raise ConfigError(
-                f"app {spec!r}: the factory raised {type(exc).__name__}: {exc}"
-            ) from None
-        if not callable(app):
-            raise ConfigError(
-                f"app {spec!r}: the factory returned {type(app).__name__}, not an app"
-            )
-    return cfg.interface if cfg.interface != "auto" else "native"
+    app = resolve_target(spec, cfg)
+    return cfg.interface if cfg.interface != "auto" else detect_interface(app, spec)
 
 
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
