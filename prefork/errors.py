@@ -30,11 +30,17 @@ class BindError(PreforkError):
 
 
 class ProtocolError(PreforkError):
-    """A request that must be refused; ``status`` is the response code to send."""
+    """A request that must be refused; ``status`` is the response code to send.
 
-    def __init__(self, status: int, message: str) -> None:
+    ``method`` is the refused request's method when its request line was read
+    (the reader fills it in), else None: the answer to a HEAD request carries
+    no body, whatever its status (RFC 9110 §9.3.2).
+    """
+
+    def __init__(self, status: int, message: str, method: str | None = None) -> None:
         super().__init__(message)
         self.status = status
+        self.method = method
 
 
 class PeerGone(PreforkError):

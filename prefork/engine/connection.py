@@ -339,7 +339,7 @@ class Connection(asyncio.Protocol):
 
     def _reply_error_and_close(self, exc: ProtocolError) -> int:
         """Send the error response and close; returns the body bytes sent."""
-        data = error_response(exc.status, str(exc))
+        data = error_response(exc.status, str(exc), exc.method)
         self._send(data)
         self.graceful_close()
         return body_length(data)
