@@ -66,7 +66,7 @@ def test_parse_args(query: str, expected: dict[str, Any]) -> None:
 
 def test_build_request_refuses_a_repeated_singleton_field() -> None:
     raw = [(b"Host", b"a"), (b"Authorization", b"Basic x"), (b"authorization", b"Basic y")]
-    with pytest.raises(ProtocolError, match="^more than one Authorization header$") as info:
+    with pytest.raises(ProtocolError, match=r"^more than one Authorization header$") as info:
         build_request("GET", "/", "1.1", raw, small_limits(), check_fields=True)
     assert info.value.status == 400
 
