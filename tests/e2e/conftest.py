@@ -7,6 +7,7 @@ import os
 import re
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import textwrap
@@ -127,8 +128,9 @@ def wait_ready(server: ServerProcess) -> None:
     wait_until(lambda: server.port or proc.poll() is not None, timeout=20)
     if not server.port:
         raise AssertionError(f"server did not start:\n{server.log()}")
-    # The master logs the address once bound; wait until a worker answers.
-    wait_until(lambda: _accepts(server.port), timeout=20)
+    # The master logs the address once bound, before any worker runs: the
+    # kernel queues connections then, so only an answer means a worker is up.
+    wait_until(lambda: worker_answers(server), timeout=20)
 
 
 @pytest.fixture
@@ -164,10 +166,30 @@ def start_server(tmp_path: Path) -> Iterator[StartServer]:
         server.stop()
 
 
-def _accepts(port: int) -> bool:
+# A request a worker refuses before any handler runs (no Host): it leaves no
+# trace in a test app's records, only a 400.
+PROBE = b"GET / HTTP/1.1\r\n\r\n"
+
+
+def worker_answers(server: ServerProcess, timeout: float = 1.0) -> bool:
+    """True when a worker answers a request on the server's port within ``timeout``.
+
+    Over TLS, a handshake (even one the server refuses: a client certificate
+    required) is the answer: only a worker speaks TLS.
+    """
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1):
-            return True
+        with socket.create_connection(("127.0.0.1", server.port), timeout=timeout) as raw:
+            if server.scheme != "https":
+                raw.sendall(PROBE)
+                return raw.recv(16).startswith(b"HTTP/1.")
+            context = ssl.create_default_context()
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+            try:
+                with context.wrap_socket(raw):
+                    return True  # the handshake finished: a worker holds the connection
+            except ssl.SSLError:
+                return True
     except OSError:
         return False
 
