@@ -12,6 +12,11 @@ Only ``server.py`` turns these into the public ``(value, err)`` returns.
 
 from __future__ import annotations
 
+# The exit codes of ``prefork run`` (and of Server.exit_code), in one place.
+EXIT_OK = 0
+EXIT_FAILURE = 1  # the server could not start or stopped on an error
+EXIT_USAGE = 2  # a bad flag, config value or MODULE:ATTR
+
 
 class PreforkError(Exception):
     """Base of every error prefork raises on purpose."""

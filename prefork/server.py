@@ -14,12 +14,9 @@ from typing import Any
 from prefork import log
 from prefork._types import Action, Handler
 from prefork.config import Config, merged
-from prefork.errors import ConfigError, PreforkError
+from prefork.errors import EXIT_FAILURE, EXIT_OK, ConfigError, PreforkError
 
 logger = logging.getLogger(log.MASTER)
-
-EXIT_OK = 0
-EXIT_FAILURE = 1
 
 
 def _load_tls(cfg: Config) -> None:
