@@ -1,4 +1,4 @@
-"""Configuration: the defaults of API.md, validation, TOML loading and merging.
+"""Configuration: the defaults (docs/reference.md), validation, TOML loading and merging.
 
 A :class:`Config` is immutable once built; handlers see it as ``ctx.cfg``,
 readable both as attributes and as a mapping. Every error names the key.
