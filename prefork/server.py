@@ -1,7 +1,7 @@
 """The public calls: ``new``, ``Server.configure``, ``Server.serve``, ``Server.process_request``.
 
 This is the one place where prefork's exceptions become the ``(value, err)``
-returns of API.md.
+returns (docs/reference.md, "From Python").
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ class Server:
         """Merge ``config`` into the current config, validate it and pre-parse TLS.
 
         Args:
-            config: config keys to change (API.md's table).
+            config: config keys to change (docs/reference.md, "Configuration").
 
         Returns:
             ``(True, None)``, or ``(None, err)`` naming the bad key or file; on
@@ -137,7 +137,7 @@ def new(config: Mapping[str, Any] | None, handle: Handler) -> tuple[Server | Non
     """Build a server for ``handle`` from a config mapping.
 
     Args:
-        config: API.md's config keys; missing keys take their defaults.
+        config: config keys (docs/reference.md); missing keys take their defaults.
         handle: the handler, ``def handle(method, query, args, headers, body, ctx)``
             or ``async def``; or a ``"MODULE:ATTR"`` string imported by each worker.
 

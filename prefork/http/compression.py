@@ -346,7 +346,7 @@ def make_encoder(coding: str, level: int) -> Encoder:
 
 
 def compress_body(coding: str, level: int, data: bytes) -> bytes:
-    """``data`` compressed in one go; safe to call from a worker thread."""
+    """``data`` compressed in one go (bodies up to ``SLICE_BYTES``; bigger ones by slices)."""
     return zlib_ng.compress(data, level, _wbits(coding))
 
 

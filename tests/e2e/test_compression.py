@@ -5,7 +5,7 @@ What goes over the wire is decoded with the standard library only (``gzip``,
 module-scoped and started on first use, one per configuration: the default
 policy behind a sync handler (the inline path) and an async one on httptools
 and on h11, compression disabled, level 1 with ``min_size = 0``, level 9 for
-the off-the-loop test, and ``requests_per_connection = 3``. Every loop is
+the sliced-compression test, and ``requests_per_connection = 3``. Every loop is
 bounded in count and time; traffic goes to 127.0.0.1 only.
 """
 
@@ -35,7 +35,7 @@ pytestmark = pytest.mark.e2e
 GZIP_WBITS = 16 + zlib.MAX_WBITS
 ZLIB_WBITS = zlib.MAX_WBITS
 MIN_SIZE = 1024  # the default compression.min_size
-OFFLOAD_BYTES = 200_000  # above compression.SLICE_BYTES: compressed slice by slice
+SLICED_BYTES = 200_000  # above compression.SLICE_BYTES: compressed slice by slice
 BIG_BYTES = 4 * 1024 * 1024
 PROBE_INTERVAL_S = 0.005
 
@@ -211,7 +211,7 @@ SERVERS: dict[str, tuple[str, str, str]] = {
     "h11": ("h11", "app:handle_async", ""),
     "disabled": ("httptools", "app:handle", "compression = {enabled = false}\n"),
     "fast": ("httptools", "app:handle", "compression = {level = 1, min_size = 0}\n"),
-    # The off-the-loop test sends small requests back to back on one connection.
+    # The sliced-compression test sends small requests back to back on one connection.
     "max": (
         "httptools",
         "app:handle",
@@ -280,7 +280,7 @@ def both_parsers(request: pytest.FixtureRequest, pool: Pool) -> Served:
 # -- gzip and deflate --------------------------------------------------------------
 
 
-@pytest.mark.parametrize("n", [20_000, OFFLOAD_BYTES], ids=["on-loop", "offloaded"])
+@pytest.mark.parametrize("n", [20_000, SLICED_BYTES], ids=["on-loop", "sliced"])
 @pytest.mark.parametrize("coding", ["gzip", "deflate"])
 def test_compressed_body_decodes_to_the_handler_body(server: Served, coding: str, n: int) -> None:
     resp = server.get(text_path(n), f"Accept-Encoding: {coding}")
@@ -652,10 +652,10 @@ def test_handler_headers_are_not_modified_between_responses(default: Served) -> 
 def test_keep_alive_after_compressed_responses(server: Served) -> None:
     steps: list[tuple[str, str | None, bytes]] = [
         (text_path(20_000), "gzip", text_body(20_000)),
-        (text_path(OFFLOAD_BYTES), "deflate", text_body(OFFLOAD_BYTES)),
+        (text_path(SLICED_BYTES), "deflate", text_body(SLICED_BYTES)),
         ("/pieces?count=2", "gzip", text_body(1500) + text_body(1501)),
         (text_path(500), "gzip", text_body(500)),
-        (text_path(OFFLOAD_BYTES), "gzip", text_body(OFFLOAD_BYTES)),
+        (text_path(SLICED_BYTES), "gzip", text_body(SLICED_BYTES)),
         (text_path(7000), None, text_body(7000)),
         (text_path(7000), "deflate", text_body(7000)),
     ]
@@ -671,7 +671,7 @@ def test_keep_alive_after_compressed_responses(server: Served) -> None:
 
 
 def test_pipelined_compressed_responses_come_back_in_order(server: Served) -> None:
-    sizes = [OFFLOAD_BYTES, 3000, 100_000, 2000]
+    sizes = [SLICED_BYTES, 3000, 100_000, 2000]
     with server.wire() as c:
         c.send(b"".join(request(text_path(n), "Accept-Encoding: gzip") for n in sizes))
         for n in sizes:
@@ -680,7 +680,7 @@ def test_pipelined_compressed_responses_come_back_in_order(server: Served) -> No
             assert gzip.decompress(resp.body) == text_body(n)
 
 
-@pytest.mark.parametrize("n", [20_000, OFFLOAD_BYTES], ids=["on-loop", "offloaded"])
+@pytest.mark.parametrize("n", [20_000, SLICED_BYTES], ids=["on-loop", "sliced"])
 def test_http10_client_gets_compressed_fixed_bodies(both_parsers: Served, n: int) -> None:
     with both_parsers.wire() as c:
         c.send(request(text_path(n), "Accept-Encoding: gzip", version="1.0"))
@@ -693,7 +693,7 @@ def test_http10_client_gets_compressed_fixed_bodies(both_parsers: Served, n: int
 
 def test_http10_keep_alive_after_a_compressed_body(default: Served) -> None:
     with default.wire() as c:
-        for n in (20_000, OFFLOAD_BYTES, 3000):
+        for n in (20_000, SLICED_BYTES, 3000):
             c.send(
                 request(
                     text_path(n),
@@ -708,12 +708,12 @@ def test_http10_keep_alive_after_a_compressed_body(default: Served) -> None:
 
 
 LIMIT_CASES = [
-    pytest.param(text_path(OFFLOAD_BYTES, type="image/png"), None, id="identity-big"),
+    pytest.param(text_path(SLICED_BYTES, type="image/png"), None, id="identity-big"),
     pytest.param(text_path(20_000), "gzip", id="compressed-on-loop"),
     pytest.param(
-        text_path(OFFLOAD_BYTES),
+        text_path(SLICED_BYTES),
         "gzip",
-        id="compressed-offloaded",
+        id="compressed-sliced",
     ),
     pytest.param(
         "/pieces?count=2",
@@ -801,7 +801,7 @@ def test_big_body_is_compressed_in_slices_while_others_are_served(pool: Pool) ->
     )
 
 
-def test_client_gone_during_offloaded_compression_leaves_the_worker_serving(pool: Pool) -> None:
+def test_client_gone_during_sliced_compression_leaves_the_worker_serving(pool: Pool) -> None:
     served = pool.get("max")
     assert served.get("/big?prepare=1").body == b"ready"
     spawned = served.proc.log().count("spawned")

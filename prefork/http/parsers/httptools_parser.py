@@ -9,7 +9,7 @@ from prefork.http.request import MALFORMED_HEAD, RawHeaders
 
 
 class HttptoolsHeadParser:
-    """Parses request heads with one reusable llhttp parser per connection."""
+    """Parses request heads with one reusable llhttp parser (one per worker: see ServerState)."""
 
     __slots__ = ("_complete", "_headers", "_parser", "_reused", "_url")
 
