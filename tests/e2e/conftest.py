@@ -1,4 +1,9 @@
-"""End-to-end fixtures: start real ``prefork run`` processes in their own process group."""
+"""End-to-end fixtures: start real ``prefork run`` processes in their own process group.
+
+A started server is ready when a worker has answered a request (the master
+binds, and logs its address, before any worker runs). The raw HTTP client and
+the module-scoped server pool are in ``helpers.py``.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +17,6 @@ import subprocess
 import sys
 import textwrap
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -142,7 +146,7 @@ def app_dir(tmp_path: Path) -> Path:
 def start_server(tmp_path: Path) -> Iterator[StartServer]:
     """Start ``prefork run MODULE:ATTR`` with ``app_source`` written to ``app.py`` in tmp_path.
 
-    Waits for the startup line and returns a ServerProcess; every started
+    Waits until a worker answers and returns a ServerProcess; every started
     process group is stopped (TERM, then KILL) on teardown.
     """
     started: list[ServerProcess] = []
@@ -192,20 +196,3 @@ def worker_answers(server: ServerProcess, timeout: float = 1.0) -> bool:
                 return True
     except OSError:
         return False
-
-
-def http_exchange(port: int, data: bytes, timeout: float = 10.0) -> bytes:
-    """Send ``data`` on a fresh connection and read until the server closes it."""
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
-        s.sendall(data)
-        chunks = []
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                chunk = s.recv(65536)
-            except ConnectionResetError:
-                break
-            if not chunk:
-                break
-            chunks.append(chunk)
-        return b"".join(chunks)

@@ -214,6 +214,13 @@ def request(path: str, *headers: str, method: str = "GET", version: str = "1.1")
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
 
+def http_exchange(port: int, data: bytes, timeout: float = 10.0) -> bytes:
+    """Send ``data`` on a fresh connection; everything until the server closes it."""
+    with Wire(port, timeout) as w:
+        w.send(data)
+        return w.read_until_close()
+
+
 @dataclass
 class Served:
     """A running server, its directory and the handler calls it recorded."""
