@@ -102,7 +102,9 @@ def make_head(n: int, gen: Iterator[int], host: str = HOST_MARK.decode()) -> byt
     return ("\r\n".join(lines) + "\r\n\r\n").encode("ascii")
 
 
-def generate(count: int = DEFAULT_COUNT, host: str = HOST_MARK.decode(), seed: int = 14) -> list[bytes]:
+def generate(
+    count: int = DEFAULT_COUNT, host: str = HOST_MARK.decode(), seed: int = 14
+) -> list[bytes]:
     """``count`` distinct heads, the same ones for the same arguments."""
     gen = _numbers(seed)
     return [make_head(n, gen, host) for n in range(count)]

@@ -219,7 +219,8 @@ def collect_meta(selected: list[str], settings: dict) -> dict:
         )
         with contextlib.suppress(ValueError):
             peers = json.loads(out.stdout)
-            versions |= {f"{d} (peers')" if d in ("httptools", "uvloop", "h11", "fastapi", "flask") else d: v
+            shared = ("httptools", "uvloop", "h11", "fastapi", "flask")  # prefork's too
+            versions |= {f"{d} (peers')" if d in shared else d: v
                          for d, v in peers.items()}  # fmt: skip
     if "nginx" in selected:
         versions["nginx"] = _first_line(["nginx", "-v"]).removeprefix("nginx version: nginx/")
@@ -278,9 +279,7 @@ def run_scenario(sc: Scenario, name: str, args: argparse.Namespace, tmp: Path) -
             mem = memory_profile(server, connections=args.connections_held)
             return asdict(mem)
         load = sc.load
-        if sc.check == "echo":
-            load = Load(**{**asdict(load), "script": sc.extra["lua"]})
-        elif sc.varied:
+        if sc.check == "echo" or sc.varied:  # a Lua script: the POST body, or the heads
             load = Load(**{**asdict(load), "script": sc.extra["lua"]})
         if args.warmup:
             run_wrk(server, load, args.warmup)
@@ -352,7 +351,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--heads",
         type=int,
         default=heads.DEFAULT_COUNT,
-        help=f"distinct request heads in the varied-heads scenarios (default {heads.DEFAULT_COUNT})",
+        help=f"distinct heads in the varied-heads scenarios (default {heads.DEFAULT_COUNT})",
     )
     p.add_argument("--output", type=Path, help="the markdown report (default: see above)")
     p.add_argument("--json", type=Path, help="also save the raw results here")

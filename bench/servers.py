@@ -159,7 +159,10 @@ def command(name: str, port: int, launch: Launch, workdir: Path, app: str = "ben
         raise ValueError(f"{name} cannot serve the {app!r} app")
     if name.startswith("prefork"):
         argv = [sys.executable, "-m", "prefork", "run", app_target(name, app)]
-        toml = {"prefork-nocache": "prefork-nocache.toml", "prefork-metrics": "prefork-metrics.toml"}
+        toml = {
+            "prefork-nocache": "prefork-nocache.toml",
+            "prefork-metrics": "prefork-metrics.toml",
+        }
         argv += ["-b", f"{HOST}:{port}", "-w", w, "-c", str(APPS / toml.get(name, "prefork.toml"))]
         argv += ["--log-level", "access" if name == "prefork-access" else "info"]
         argv += ["--http", "h11" if name == "prefork-h11" else "httptools"]
