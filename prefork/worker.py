@@ -51,7 +51,7 @@ from prefork._types import Handler
 from prefork.apps import build_app
 from prefork.config import Config
 from prefork.engine.app import AppInterface
-from prefork.engine.connection import serve_connection
+from prefork.engine.serve import serve_connection
 from prefork.engine.shared import Shared
 from prefork.errors import PreforkError
 
@@ -395,7 +395,7 @@ class Worker:
             logger.exception("worker %d (pid %d): app shutdown failed", self.number, os.getpid())
         return WORKER_EXIT_OK
 
-    def _boot(self) -> AppInterface | None:
+    def _boot(self) -> AppInterface[Any] | None:
         """Import the app and make the Redis client; None (logged in one line) if either fails."""
         try:
             app = build_app(self.app, self.cfg)

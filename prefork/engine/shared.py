@@ -18,12 +18,13 @@ import asyncio
 import enum
 import logging
 import ssl
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from prefork import log
 from prefork.config import Config
 from prefork.engine.batch import WriteBatch
 from prefork.http import compression
+from prefork.http.forwarded import Trust
 from prefork.http.parsers import make_parser, resolve
 from prefork.http.protocol import DATE, HeadCache
 from prefork.http.request import Limits
@@ -31,7 +32,6 @@ from prefork.http.response import FieldsCache, NegotiatedCache
 
 if TYPE_CHECKING:
     from prefork.engine.app import AppInterface
-    from prefork.engine.connection import Connection
 
 logger = logging.getLogger(log.WORKER)
 
@@ -50,13 +50,25 @@ class Deadline(enum.Enum):
     LINGER = 5
 
 
+class Served(Protocol):
+    """What the sweeper and the drain use of a connection (``engine.connection``)."""
+
+    deadline: float
+
+    def on_deadline(self) -> None: ...
+
+    def begin_drain(self) -> None: ...
+
+    def abort(self) -> None: ...
+
+
 class Shared:
     """Everything one worker's connections share: config, app, limits, the sweeper."""
 
     def __init__(
         self,
         cfg: Config,
-        app: AppInterface,
+        app: AppInterface[Any],
         *,
         ssl_context: ssl.SSLContext | None = None,
         redis_module: Any = None,
@@ -64,6 +76,9 @@ class Shared:
         self.cfg = cfg
         self.app = app
         self.ssl_context = ssl_context
+        self.scheme = "https" if ssl_context is not None else "http"
+        # Peers whose X-Forwarded-*/Forwarded fields are believed (http.forwarded).
+        self.trust = Trust(cfg.forwarded_allow_ips)
         self.redis_module = redis_module
         self.limits = Limits.from_config(cfg)
         self.parser_name = resolve(cfg.http)
@@ -96,7 +111,7 @@ class Shared:
         self.idle_deadline = 0.0
         self.idle_deadline_until = 0.0
         self.batch = WriteBatch()
-        self.connections: set[Connection] = set()
+        self.connections: set[Served] = set()
         self.requests_served = 0
         self.draining = False
         self.loop: asyncio.AbstractEventLoop | None = None  # set by start()
@@ -137,10 +152,10 @@ class Shared:
                 conn.on_deadline()
         self._sweeper = loop.call_later(self.sweep_interval, self._sweep)
 
-    def add(self, conn: Connection) -> None:
+    def add(self, conn: Served) -> None:
         self.connections.add(conn)
 
-    def discard(self, conn: Connection) -> None:
+    def discard(self, conn: Served) -> None:
         self.connections.discard(conn)
         if not self.connections and self.draining and self._all_closed is not None:
             self._all_closed.set()
