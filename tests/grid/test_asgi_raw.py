@@ -129,6 +129,17 @@ def test_scope(server: ServerProcess) -> None:
     assert scope["body_len"] == 3
 
 
+def test_trusted_proxy_sets_client_and_scheme(server: ServerProcess) -> None:
+    # 127.0.0.1 is a trusted proxy by default (forwarded_allow_ips).
+    _, body = exchange(
+        server, get("/scope", "X-Forwarded-For: 203.0.113.7\r\nX-Forwarded-Proto: https\r\n")
+    )
+    scope = json.loads(body)
+    assert scope["client"] == ["203.0.113.7", 0]
+    assert scope["scheme"] == "https"
+    server.wait_log(r"203\.0\.113\.7 \"GET /scope")  # the access log names the client too
+
+
 def test_lifespan_state_is_copied_into_each_scope(client: httpx.Client) -> None:
     # The first request writes into its copy; the next one does not see it.
     assert client.get("/scope").json()["state"] == {"started": "yes"}

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from prefork.apps import detect_interface
-from prefork.apps.asgi import AsgiMessageError, response_fields
 from prefork.apps.asgi_lifespan import Lifespan, LifespanFailed
+from prefork.apps.asgi_messages import AsgiMessageError, response_fields
 from prefork.apps.asgi_scope import ConnScope, decode_path, http_scope, lower_headers
 from prefork.errors import ProtocolError
 from prefork.http.parsers import make_parser
