@@ -29,6 +29,15 @@ SHUTDOWN_TIMEOUT_S = 30.0
 
 AsgiCallable = Callable[..., Awaitable[None]]
 
+_MESSAGES = frozenset(
+    (
+        "lifespan.startup.complete",
+        "lifespan.startup.failed",
+        "lifespan.shutdown.complete",
+        "lifespan.shutdown.failed",
+    )
+)
+
 
 class LifespanFailed(PreforkError):
     """The app's lifespan startup failed: the worker must not serve."""
@@ -131,8 +140,14 @@ class Lifespan:
             if not self._running
             else ("lifespan.shutdown.complete", "lifespan.shutdown.failed")
         )
-        if kind not in expected or answer is None or answer.done():
+        if kind not in _MESSAGES:
             raise RuntimeError(f"unexpected ASGI lifespan message {kind!r}")
+        if kind not in expected or answer is None or answer.done():
+            # A valid message at the wrong time (Starlette reports its own
+            # cancellation at a worker's quick stop as shutdown.failed): nothing
+            # waits for it.
+            logger.debug("app %s: lifespan message %r ignored", self.name, kind)
+            return
         answer.set_result(dict(message))
 
 

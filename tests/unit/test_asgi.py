@@ -260,3 +260,27 @@ def test_detect_asgi_shapes() -> None:
 
     assert detect_interface(func, "f") == "asgi"
     assert detect_interface(Instance(), "i") == "asgi"
+
+
+def test_lifespan_message_out_of_turn_is_ignored_unknown_one_refused() -> None:
+    seen: list[str] = []
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await receive()
+        await send({"type": "lifespan.startup.complete"})
+        await send({"type": "lifespan.shutdown.failed", "message": "cancelled"})  # not asked
+        try:
+            await send({"type": "lifespan.bogus"})
+        except RuntimeError as exc:
+            seen.append(str(exc))
+        await receive()
+        await send({"type": "lifespan.shutdown.complete"})
+
+    async def main() -> None:
+        lifespan = Lifespan(app, "t:app", "on", ASGI)
+        await lifespan.startup()
+        await asyncio.sleep(0)
+        await lifespan.shutdown()
+
+    asyncio.run(main())
+    assert seen == ["unexpected ASGI lifespan message 'lifespan.bogus'"]
