@@ -14,6 +14,8 @@ from typing import Any
 
 # What the app saw on the paths that watch the client: read back by /record.
 SEEN: dict[str, Any] = {}
+# /slow-reader waits on this after its first piece; GET /release sets it.
+RELEASE: list[asyncio.Event] = []
 PIECE = b"y" * 16384
 
 
@@ -151,6 +153,25 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         except OSError as exc:
             SEEN["send_error"] = [type(exc).__name__, isinstance(exc, OSError)]
             raise
+    elif path == "/slow-reader":
+        first = await receive()
+        size = len(first["body"])
+        if not RELEASE:
+            RELEASE.append(asyncio.Event())
+        await RELEASE[0].wait()
+        more = first.get("more_body", False)
+        while more:
+            message = await receive()
+            size += len(message["body"])
+            more = message.get("more_body", False)
+        await start(send, 200, text)
+        await body(send, str(size).encode())
+    elif path == "/release":
+        if not RELEASE:
+            RELEASE.append(asyncio.Event())
+        RELEASE[0].set()
+        await start(send, 200, text)
+        await body(send, b"released")
     elif path == "/record":
         await start(send, 200, [(b"content-type", b"application/json")])
         await body(send, json.dumps(SEEN).encode())

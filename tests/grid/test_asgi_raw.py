@@ -202,6 +202,53 @@ def test_small_body_is_one_event_large_and_chunked_are_streamed(client: httpx.Cl
     assert size == 500_000
 
 
+def test_a_client_cannot_send_faster_than_the_app_reads(tmp_path: Path) -> None:
+    """Flow control: while the app does not read, the server stops reading the socket."""
+    total = 64 * 1024 * 1024
+    config = _config(tmp_path, f"max_body_size = {total}\n")
+    proc = launch_server(REPO, "-c", config, target=TARGET, env=_env())
+    try:
+        with proc.connect() as s:
+            s.sendall(
+                b"POST /slow-reader HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % total
+            )
+            s.setblocking(False)
+            piece = b"f" * 65536
+            accepted = 0
+            stalled_since = time.monotonic()
+            while time.monotonic() - stalled_since < 0.5 and accepted < total:
+                try:
+                    accepted += s.send(piece[: total - accepted])
+                    stalled_since = time.monotonic()
+                except BlockingIOError:
+                    time.sleep(0.01)
+            # Server-side buffering is bounded (256 KiB) plus the kernel's socket
+            # buffers: far from the whole body.
+            assert accepted < total // 4
+            with httpx.Client(base_url=f"http://127.0.0.1:{proc.port}", timeout=20) as c:
+                assert c.get("/release").text == "released"
+            s.setblocking(True)
+            s.settimeout(30)
+            while accepted < total:
+                accepted += s.send(piece[: total - accepted])
+            reply = read_until(s, str(total).encode())
+    finally:
+        proc.stop()
+    assert reply.startswith(b"HTTP/1.1 200 ")
+    assert reply.endswith(str(total).encode())
+
+
+def read_until(s: socket.socket, end: bytes) -> bytes:
+    data = b""
+    deadline = time.monotonic() + 30
+    while not data.endswith(end) and time.monotonic() < deadline:
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
 def test_expect_continue_only_when_the_app_reads(server: ServerProcess) -> None:
     head = "POST {} HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n"
     with server.connect() as s:
