@@ -1,0 +1,312 @@
+"""The WSGI grid: one endpoint set served by a bare PEP 3333 app (under
+``wsgiref.validate``), Flask and Django, each by a real ``prefork run`` over
+real sockets; then the thread pool's promises (a slow app stalls no other
+connection's I/O, never a 503, throughput scales with ``wsgi_threads``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import json
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import wait_until
+from tests.e2e.conftest import ServerProcess, StartServer, launch_server, start_server
+
+__all__ = ["start_server"]  # the fixture, for the tests below
+
+pytestmark = pytest.mark.e2e
+
+ROOT = Path(__file__).resolve().parents[2]
+APPS = {
+    "raw": "tests.grid.wsgi_raw_app:app",
+    "flask": "tests.grid.flask_app:app",
+    "django": "tests.grid.django_wsgi_app:app",
+}
+BIG = 10 * 1024 * 1024
+
+
+@pytest.fixture(scope="module", params=sorted(APPS))
+def grid(request: pytest.FixtureRequest) -> Iterator[tuple[str, ServerProcess]]:
+    name = request.param
+    server = launch_server(ROOT, "-w", "1", "--interface", "wsgi", target=APPS[name])
+    try:
+        yield name, server
+    finally:
+        server.stop()
+        log = server.log()
+        # The validator's findings are AssertionErrors (its warnings are made errors).
+        assert "AssertionError" not in log, log
+        assert "WSGIWarning" not in log, log
+
+
+def _conn(server: ServerProcess) -> http.client.HTTPConnection:
+    return http.client.HTTPConnection("127.0.0.1", server.port, timeout=20)
+
+
+def _get(
+    server: ServerProcess, path: str, method: str = "GET", **kw: object
+) -> tuple[http.client.HTTPResponse, bytes]:
+    conn = _conn(server)
+    try:
+        conn.request(method, path, **kw)  # type: ignore[arg-type]
+        resp = conn.getresponse()
+        return resp, resp.read()
+    finally:
+        conn.close()
+
+
+def test_hello_keep_alive_and_head(grid: tuple[str, ServerProcess]) -> None:
+    _, server = grid
+    conn = _conn(server)
+    for _ in range(3):  # one connection, kept alive
+        conn.request("GET", "/hello")
+        resp = conn.getresponse()
+        assert (resp.status, resp.read()) == (200, b"Hello, World!")
+        assert resp.getheader("Content-Length") == "13"
+        assert resp.getheader("Connection") is None
+    conn.request("HEAD", "/hello")
+    resp = conn.getresponse()
+    assert resp.status == 200
+    assert resp.getheader("Content-Length") == "13"
+    assert resp.read() == b""
+    conn.request("GET", "/hello")  # the HEAD left nothing behind on the connection
+    assert conn.getresponse().read() == b"Hello, World!"
+    conn.close()
+
+
+def test_json_with_query_args(grid: tuple[str, ServerProcess]) -> None:
+    _, server = grid
+    resp, body = _get(server, "/json?name=caf%C3%A9&n=3")
+    assert resp.status == 200
+    assert resp.getheader("Content-Type").startswith("application/json")
+    assert json.loads(body) == {"name": "café", "n": 3}
+
+
+def test_echo(grid: tuple[str, ServerProcess]) -> None:
+    _, server = grid
+    data = bytes(range(256)) * 40
+    resp, body = _get(
+        server, "/echo", "POST", body=data, headers={"Content-Type": "application/x-grid"}
+    )
+    assert resp.status == 200
+    assert resp.getheader("Content-Type") == "application/x-grid"
+    assert body == data
+
+
+def test_upload_5_mib_checksum(grid: tuple[str, ServerProcess]) -> None:
+    _, server = grid
+    data = os.urandom(5 * 1024 * 1024)
+    resp, body = _get(
+        server, "/upload", "POST", body=data, headers={"Content-Type": "application/octet-stream"}
+    )
+    assert resp.status == 200
+    assert json.loads(body) == {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+
+
+def test_chunked_upload_reaches_the_app_whole(grid: tuple[str, ServerProcess]) -> None:
+    _, server = grid
+    data = os.urandom(100_000)
+    resp, body = _get(
+        server,
+        "/upload",
+        "POST",
+        body=iter([data[:30_000], data[30_000:]]),
+        headers={"Content-Type": "application/octet-stream"},
+        encode_chunked=True,
+    )
+    assert resp.status == 200
+    assert json.loads(body)["sha256"] == hashlib.sha256(data).hexdigest()
+
+
+def test_streamed_response_is_chunked(grid: tuple[str, ServerProcess]) -> None:
+    _, server = grid
+    resp, body = _get(server, "/stream?n=50")
+    assert resp.status == 200
+    assert resp.getheader("Transfer-Encoding") == "chunked"
+    assert body == b"".join(f"chunk {i}\n".encode() for i in range(50))
+
+
+def test_streamed_response_on_http_10_is_close_delimited(
+    grid: tuple[str, ServerProcess],
+) -> None:
+    _, server = grid
+    with server.connect() as s:
+        s.sendall(b"GET /stream?n=3 HTTP/1.0\r\n\r\n")
+        data = _read_all(s)
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200")
+    assert b"transfer-encoding" not in head.lower()
+    assert b"connection: close" in head.lower()
+    assert body == b"chunk 0\nchunk 1\nchunk 2\n"
+
+
+def test_repeated_headers_both_ways(grid: tuple[str, ServerProcess]) -> None:
+    _, server = grid
+    conn = _conn(server)
+    conn.putrequest("GET", "/headers")
+    conn.putheader("X-Test", "1")
+    conn.putheader("X-Test", "2")
+    conn.putheader("X_Test", "smuggled")  # an underscore twin: never reaches the app
+    conn.endheaders()
+    resp = conn.getresponse()
+    assert json.loads(resp.read()) == {"x_test": "1, 2"}
+    assert ", ".join(resp.headers.get_all("X-Multi")) == "a, b"
+    conn.close()
+
+
+@pytest.mark.parametrize("code", [200, 201, 204, 304, 500])
+def test_status_codes(grid: tuple[str, ServerProcess], code: int) -> None:
+    _, server = grid
+    conn = _conn(server)
+    conn.request("GET", f"/status/{code}")
+    resp = conn.getresponse()
+    body = resp.read()
+    assert resp.status == code
+    if code in (204, 304):
+        assert body == b""
+        assert resp.getheader("Transfer-Encoding") is None
+    else:
+        assert body == f"status {code}".encode()
+    conn.request("GET", "/hello")  # the connection is still in step
+    assert conn.getresponse().read() == b"Hello, World!"
+    conn.close()
+
+
+def test_raising_route_is_a_500_and_logged(grid: tuple[str, ServerProcess]) -> None:
+    name, server = grid
+    resp, _ = _get(server, "/raise")
+    assert resp.status == 500
+    if name == "raw":  # Flask and Django answer their own 500
+        server.wait_log(r"app tests\.grid\.wsgi_raw_app:app raised on GET /raise")
+    assert _get(server, "/hello")[1] == b"Hello, World!"
+
+
+def test_cookies(grid: tuple[str, ServerProcess]) -> None:
+    _, server = grid
+    resp, body = _get(server, "/cookies", headers={"Cookie": "x=1; y=two"})
+    assert json.loads(body) == {"x": "1", "y": "two"}
+    cookies = resp.headers.get_all("Set-Cookie")
+    assert sorted(c.split(";")[0] for c in cookies) == ["a=1", "b=2"]
+
+
+def test_10_mib_response(grid: tuple[str, ServerProcess]) -> None:
+    _, server = grid
+    resp, body = _get(server, "/big")
+    assert resp.status == 200
+    assert resp.getheader("Content-Length") == str(BIG)
+    assert body == b"x" * BIG
+
+
+def test_gzip_when_asked(grid: tuple[str, ServerProcess]) -> None:
+    _, server = grid
+    import gzip
+
+    resp, body = _get(server, "/big", headers={"Accept-Encoding": "gzip"})
+    assert resp.getheader("Content-Encoding") == "gzip"
+    assert "Accept-Encoding" in resp.getheader("Vary", "")
+    assert gzip.decompress(body) == b"x" * BIG
+
+
+def test_client_leaving_mid_stream_closes_the_iterable(grid: tuple[str, ServerProcess]) -> None:
+    _, server = grid
+    before = json.loads(_get(server, "/closed")[1])["closed"]
+    with server.connect() as s:
+        s.sendall(b"GET /endless HTTP/1.1\r\nHost: x\r\n\r\n")
+        got = 0
+        while got < 1024 * 1024:
+            data = s.recv(65536)
+            assert data
+            got += len(data)
+    wait_until(lambda: json.loads(_get(server, "/closed")[1])["closed"] > before, timeout=20)
+    assert _get(server, "/hello")[1] == b"Hello, World!"
+
+
+def _read_all(s: socket.socket) -> bytes:
+    out = []
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        data = s.recv(65536)
+        if not data:
+            break
+        out.append(data)
+    return b"".join(out)
+
+
+# -- the thread pool ---------------------------------------------------------
+
+SLEEPY_APP = """
+import time
+
+def app(environ, start_response):
+    if environ["PATH_INFO"] == "/slow":
+        time.sleep(float(environ["QUERY_STRING"] or "0.05"))
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "2")])
+    return [b"ok"]
+"""
+
+
+def _start_sleepy(start_server: StartServer, tmp_path: Path, threads: int) -> ServerProcess:
+    config = tmp_path / f"threads{threads}.toml"
+    config.write_text(f"wsgi_threads = {threads}\n")
+    return start_server(SLEEPY_APP, "-w", "1", "-c", str(config), target="app:app")
+
+
+def test_busy_threads_stall_no_io_and_no_503(start_server: StartServer, tmp_path: Path) -> None:
+    server = _start_sleepy(start_server, tmp_path, threads=2)
+    events: list[str] = []
+    lock = threading.Lock()
+
+    def slow(n: int) -> None:
+        resp, body = _get(server, "/slow?1.5")
+        with lock:
+            events.append(f"slow {resp.status}")
+
+    workers = [threading.Thread(target=slow, args=(n,)) for n in range(2)]
+    for t in workers:
+        t.start()
+    time.sleep(0.3)  # both threads are in the app now
+    # A third connection: the loop still reads, parses and answers what needs no thread ...
+    with server.connect() as s:
+        s.sendall(b"GET / HTTP/1.1\r\n\r\n")  # no Host: 400 from the loop
+        answer = _read_all(s)
+    with lock:
+        events.append("bad request " + answer.split(b" ", 2)[1].decode())
+    # ... and a request that needs a thread waits for one: no 503.
+    resp, body = _get(server, "/fast")
+    with lock:
+        events.append(f"fast {resp.status}")
+    for t in workers:
+        t.join(timeout=20)
+    assert events[0] == "bad request 400", events
+    assert sorted(events[1:]) == ["fast 200", "slow 200", "slow 200"], events
+
+
+def test_throughput_scales_with_threads(start_server: StartServer, tmp_path: Path) -> None:
+    def elapsed(server: ServerProcess) -> float:
+        def one() -> None:
+            for _ in range(2):
+                resp, _ = _get(server, "/slow?0.05")
+                assert resp.status == 200
+
+        clients = [threading.Thread(target=one) for _ in range(8)]
+        started = time.monotonic()
+        for t in clients:
+            t.start()
+        for t in clients:
+            t.join(timeout=30)
+        return time.monotonic() - started
+
+    one_thread = elapsed(_start_sleepy(start_server, tmp_path, threads=1))
+    eight_threads = elapsed(_start_sleepy(start_server, tmp_path, threads=8))
+    # 16 calls of 50 ms: >= 0.8 s one at a time, ~0.1 s eight at a time.
+    assert one_thread >= 0.8
+    assert eight_threads < one_thread / 3, (one_thread, eight_threads)
