@@ -75,9 +75,7 @@ class WsgiApp:
         self.fields_cache: dict[Any, Any] = {}
         self.tls = False  # set from the first connection (the worker's listeners all agree)
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
-        self._done: collections.deque[tuple[asyncio.Future[Outcome], Outcome]] = (
-            collections.deque()
-        )
+        self._done: collections.deque[tuple[asyncio.Future[Outcome], Outcome]] = collections.deque()
         self._scheduled = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._workers: list[threading.Thread] = []
@@ -177,7 +175,14 @@ class WsgiApp:
         shared.requests_served += 1
         if shared.access.enabled():
             shared.access.log(
-                conn.client_ip, req.method, req.path, req.version, status, sent, started, req.headers
+                conn.client_ip,
+                req.method,
+                req.path,
+                req.version,
+                status,
+                sent,
+                started,
+                req.headers,
             )
 
     def _send_500(self, conn: Connection, req: Request, started: float) -> Action:

@@ -168,13 +168,10 @@ def check_headers(cache: dict[Any, Head], headers: object) -> Head:
 
 def encode_head(status: str, text: str, has_server: bool, framing: str, keep_alive: bool) -> bytes:
     """The response head with the app's own status line (its reason phrase as given)."""
-    if keep_alive:
-        connection = ""
-    else:
-        connection = "Connection: close\r\n"
+    connection = "" if keep_alive else "Connection: close\r\n"
     server = "" if has_server else SERVER_HEADER
-    return (
-        f"HTTP/1.1 {status}\r\n{server}{DATE.line}{text}{framing}{connection}\r\n".encode("latin-1")
+    return f"HTTP/1.1 {status}\r\n{server}{DATE.line}{text}{framing}{connection}\r\n".encode(
+        "latin-1"
     )
 
 
@@ -361,7 +358,8 @@ class Call:
 
     def _start_stream(self, sendfile_length: int | None = None, first: bytes = b"") -> Stream:
         """Send the head of a response whose body follows block by block."""
-        assert self.status is not None and self.head is not None
+        assert self.status is not None
+        assert self.head is not None
         text, lower, has_server, length = self.head
         if sendfile_length is not None:
             length = sendfile_length

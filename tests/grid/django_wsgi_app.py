@@ -57,7 +57,9 @@ def upload(request: HttpRequest) -> HttpResponse:
 
 def stream(request: HttpRequest) -> HttpResponse:
     n = int(request.GET.get("n", "5"))
-    return StreamingHttpResponse((f"chunk {i}\n".encode() for i in range(n)), content_type="text/plain")
+    return StreamingHttpResponse(
+        (f"chunk {i}\n".encode() for i in range(n)), content_type="text/plain"
+    )
 
 
 def headers(request: HttpRequest) -> HttpResponse:

@@ -266,7 +266,7 @@ def test_busy_threads_stall_no_io_and_no_503(start_server: StartServer, tmp_path
     lock = threading.Lock()
 
     def slow(n: int) -> None:
-        resp, body = _get(server, "/slow?1.5")
+        resp, _body = _get(server, "/slow?1.5")
         with lock:
             events.append(f"slow {resp.status}")
 
@@ -281,7 +281,7 @@ def test_busy_threads_stall_no_io_and_no_503(start_server: StartServer, tmp_path
     with lock:
         events.append("bad request " + answer.split(b" ", 2)[1].decode())
     # ... and a request that needs a thread waits for one: no 503.
-    resp, body = _get(server, "/fast")
+    resp, _body = _get(server, "/fast")
     with lock:
         events.append(f"fast {resp.status}")
     for t in workers:
@@ -310,3 +310,152 @@ def test_throughput_scales_with_threads(start_server: StartServer, tmp_path: Pat
     # 16 calls of 50 ms: >= 0.8 s one at a time, ~0.1 s eight at a time.
     assert one_thread >= 0.8
     assert eight_threads < one_thread / 3, (one_thread, eight_threads)
+
+
+# -- PEP 3333's rules, served ------------------------------------------------
+
+RULES_APP = """
+import json, os, sys, tempfile
+
+FILE = os.path.join(tempfile.gettempdir(), "prefork-wsgi-grid-%d.bin" % os.getpid())
+with open(FILE, "wb") as f:
+    f.write(bytes(range(256)) * 4096)  # 1 MiB
+
+def app(environ, start_response):
+    path = environ["PATH_INFO"]
+    text = [("Content-Type", "text/plain")]
+    if path.startswith("/env"):
+        keys = ("SCRIPT_NAME", "PATH_INFO", "QUERY_STRING", "SERVER_PROTOCOL")
+        body = json.dumps({k: environ[k] for k in keys}).encode()
+        start_response("200 OK", text)
+        return [body]
+    if path == "/bad-status":
+        start_response("200", text)
+        return [b"never"]
+    if path == "/twice":
+        start_response("200 OK", text)
+        start_response("200 OK", text)
+        return [b"never"]
+    if path == "/hop":
+        start_response("200 OK", [*text, ("Connection", "close")])
+        return [b"never"]
+    if path == "/non-str":
+        start_response("200 OK", [*text, ("X-Count", 3)])
+        return [b"never"]
+    if path == "/no-start":
+        return [b"never"]
+    if path == "/exc-before":
+        start_response("200 OK", text)
+        try:
+            raise ValueError("late")
+        except ValueError:
+            start_response("503 Busy", text, sys.exc_info())
+        return [b"replaced"]
+    if path == "/exc-after":
+        write = start_response("200 OK", text)
+        write(b"partial")
+        try:
+            raise ValueError("after the head")
+        except ValueError:
+            start_response("500 Oops", text, sys.exc_info())
+        return [b"never"]
+    if path == "/raise-mid-stream":
+        start_response("200 OK", text)
+        def gen():
+            yield b"first block"
+            raise RuntimeError("mid-stream")
+        return gen()
+    if path == "/short":
+        start_response("200 OK", [*text, ("Content-Length", "10")])
+        def gen():
+            yield b"12345"
+        return gen()
+    if path == "/write":
+        write = start_response("200 OK", text)
+        write(b"hello ")
+        return [b"world"]
+    if path == "/reason":
+        start_response("299 Custom Reason", text)
+        return [b"ok"]
+    if path == "/file":
+        start_response("200 OK", [("Content-Type", "application/octet-stream")])
+        return environ["wsgi.file_wrapper"](open(FILE, "rb"), 8192)
+    start_response("404 Not Found", text)
+    return [b"not found"]
+"""
+
+
+@pytest.fixture
+def rules(start_server: StartServer, tmp_path: Path) -> ServerProcess:
+    config = tmp_path / "rules.toml"
+    config.write_text('root_path = "/api"\n')
+    return start_server(RULES_APP, "-w", "1", "-c", str(config), target="app:app")
+
+
+def test_environ_script_name_and_path_info(rules: ServerProcess) -> None:
+    _, body = _get(rules, "/api/env/caf%C3%A9%2Fx?q=%20")
+    assert json.loads(body) == {
+        "SCRIPT_NAME": "/api",
+        "PATH_INFO": "/env/caf\xc3\xa9/x",  # percent-decoded bytes as latin-1 (PEP 3333)
+        "QUERY_STRING": "q=%20",
+        "SERVER_PROTOCOL": "HTTP/1.1",
+    }
+    # Outside root_path: SCRIPT_NAME still says where the app is mounted.
+    _resp, body = _get(rules, "/env")
+    assert json.loads(body)["PATH_INFO"] == "/env"
+
+
+@pytest.mark.parametrize(
+    ("path", "reason"),
+    [
+        ("/bad-status", "bad status '200'"),
+        ("/twice", "start_response called a second time without exc_info"),
+        ("/hop", "hop-by-hop header 'Connection'"),
+        ("/non-str", "name and value must be str"),
+        ("/no-start", "returned without calling start_response"),
+    ],
+)
+def test_bad_start_response_use_is_a_500_naming_the_app(
+    rules: ServerProcess, path: str, reason: str
+) -> None:
+    resp, _ = _get(rules, f"/api{path}")
+    assert resp.status == 500
+    rules.wait_log(r"app app:app raised .*on GET /api" + path)
+    rules.wait_log(reason.replace("(", r"\(").replace(")", r"\)"))
+
+
+def test_exc_info_before_the_head_replaces_the_response(rules: ServerProcess) -> None:
+    resp, body = _get(rules, "/api/exc-before")
+    assert (resp.status, resp.reason, body) == (503, "Busy", b"replaced")
+
+
+@pytest.mark.parametrize("path", ["/exc-after", "/raise-mid-stream", "/short"])
+def test_failure_after_the_head_cuts_the_connection(rules: ServerProcess, path: str) -> None:
+    conn = _conn(rules)
+    conn.request("GET", f"/api{path}")
+    resp = conn.getresponse()
+    assert resp.status == 200
+    with pytest.raises(http.client.IncompleteRead):
+        resp.read()
+    conn.close()
+    assert _get(rules, "/api/write")[1] == b"hello world"  # the worker serves on
+
+
+def test_write_callable_and_the_apps_reason_phrase(rules: ServerProcess) -> None:
+    resp, body = _get(rules, "/api/write")
+    assert (resp.status, resp.getheader("Transfer-Encoding"), body) == (
+        200,
+        "chunked",
+        b"hello world",
+    )
+    resp, _ = _get(rules, "/api/reason")
+    assert (resp.status, resp.reason) == (299, "Custom Reason")
+
+
+def test_file_wrapper(rules: ServerProcess) -> None:
+    expected = bytes(range(256)) * 4096
+    resp, body = _get(rules, "/api/file")
+    assert resp.getheader("Content-Length") == str(len(expected))
+    assert body == expected
+    resp, body = _get(rules, "/api/file", "HEAD")
+    assert (resp.getheader("Content-Length"), body) == (str(len(expected)), b"")
