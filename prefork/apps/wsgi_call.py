@@ -166,9 +166,15 @@ def check_headers(cache: dict[Any, Head], headers: object) -> Head:
     return out
 
 
-def encode_head(status: str, text: str, has_server: bool, framing: str, keep_alive: bool) -> bytes:
+def encode_head(
+    status: str, text: str, has_server: bool, framing: str, keep_alive: bool, http10: bool
+) -> bytes:
     """The response head with the app's own status line (its reason phrase as given)."""
-    connection = "" if keep_alive else "Connection: close\r\n"
+    if keep_alive:
+        # An HTTP/1.0 client that asked to keep the connection must be told it is kept.
+        connection = "Connection: keep-alive\r\n" if http10 else ""
+    else:
+        connection = "Connection: close\r\n"
     server = "" if has_server else SERVER_HEADER
     return f"HTTP/1.1 {status}\r\n{server}{DATE.line}{text}{framing}{connection}\r\n".encode(
         "latin-1"
@@ -327,13 +333,18 @@ class Call:
         code = self.code
         keep_alive = self.keep_alive
         if bodyless_status(code):
-            head = encode_head(self.status, text, has_server, "", keep_alive)
+            head = encode_head(self.status, text, has_server, "", keep_alive, self.http10)
             return Outcome(Outcome.BUFFERED, code, head, b"", 0, keep_alive)
         app = self.app
         if req.method == "HEAD":
             size = len(body) if length is None else length
             head = encode_head(
-                self.status, text, has_server, f"Content-Length: {size}\r\n", keep_alive
+                self.status,
+                text,
+                has_server,
+                f"Content-Length: {size}\r\n",
+                keep_alive,
+                self.http10,
             )
             return Outcome(Outcome.BUFFERED, code, head, b"", 0, keep_alive)
         if length is not None and length != len(body):
@@ -352,7 +363,12 @@ class Call:
             if coding is not None:
                 body = compression.compress_body(coding, app.policy.level, body)
         head = encode_head(
-            self.status, text, has_server, f"Content-Length: {len(body)}\r\n", keep_alive
+            self.status,
+            text,
+            has_server,
+            f"Content-Length: {len(body)}\r\n",
+            keep_alive,
+            self.http10,
         )
         return Outcome(Outcome.BUFFERED, code, head, body, len(body), keep_alive)
 
@@ -399,7 +415,7 @@ class Call:
             else:
                 framing = "Transfer-Encoding: chunked\r\n"
                 chunked = True
-        head = encode_head(self.status, text, has_server, framing, keep_alive)
+        head = encode_head(self.status, text, has_server, framing, keep_alive, self.http10)
         stream = self.stream = Stream(
             self.app, self.conn, None if discard else length, chunked, encoder, discard
         )
