@@ -94,6 +94,33 @@ class Input:
         self._buf.close()
 
 
+class _EmptyInput(Input):
+    """``wsgi.input`` of a request without a body: nothing to read, no state, one for all."""
+
+    __slots__ = ()
+
+    def __init__(self) -> None:
+        pass
+
+    def read(self, size: int | None = -1) -> bytes:
+        return b""
+
+    def readline(self, size: int | None = -1) -> bytes:
+        return b""
+
+    def readlines(self, hint: int | None = -1) -> list[bytes]:
+        return []
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(())
+
+    def close(self) -> None:
+        pass
+
+
+EMPTY_INPUT = _EmptyInput()
+
+
 class Errors:
     """``wsgi.errors``: text written here goes to the app log (``prefork.app``), line by line."""
 
@@ -200,7 +227,7 @@ def request_environ(conn_env: ConnectionEnviron, req: Request) -> Environ:
     environ["QUERY_STRING"] = req.query
     environ["SERVER_PROTOCOL"] = "HTTP/1.0" if req.version == "1.0" else "HTTP/1.1"
     body = req.body
-    environ["wsgi.input"] = Input(body)
+    environ["wsgi.input"] = Input(body) if body else EMPTY_INPUT
     headers = req.headers
     for name, value in headers.items():
         key = _KEYS.get(name, "")

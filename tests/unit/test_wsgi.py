@@ -236,3 +236,15 @@ def test_start_response_returns_write_and_write_wants_bytes() -> None:
     write = call.start_response("200 OK", [])
     with pytest.raises(WsgiError, match="bytes"):
         write("text")  # type: ignore[arg-type]
+
+
+def test_a_request_without_a_body_reads_nothing() -> None:
+    environ = _environ(_request("/"))
+    stream = environ["wsgi.input"]
+    assert (stream.read(), stream.read(5), stream.readline(), stream.readlines()) == (
+        b"",
+        b"",
+        b"",
+        [],
+    )
+    assert list(stream) == []
