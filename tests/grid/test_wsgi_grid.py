@@ -486,6 +486,47 @@ def test_write_callable_and_the_apps_reason_phrase(rules: ServerProcess) -> None
     assert (resp.status, resp.reason) == (299, "Custom Reason")
 
 
+def test_file_wrapper_over_tls_is_read_not_sendfile(
+    start_server: StartServer, tmp_path: Path
+) -> None:
+    import ssl
+
+    import trustme
+
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    cert.private_key_and_cert_chain_pem.write_to_path(str(tmp_path / "server.pem"))
+    pem = str(tmp_path / "server.pem")
+    server = start_server(
+        RULES_APP, "-w", "1", "--certfile", pem, "--keyfile", pem, target="app:app"
+    )
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+    conn = http.client.HTTPSConnection("127.0.0.1", server.port, timeout=20, context=context)
+    conn.request("GET", "/file")
+    resp = conn.getresponse()
+    assert resp.read() == bytes(range(256)) * 4096
+    conn.request("GET", "/env")  # the TLS connection is still in step
+    assert json.loads(conn.getresponse().read())["PATH_INFO"] == "/env"
+    conn.close()
+
+
+def test_a_client_that_stops_reading_holds_the_stream_back(
+    grid: tuple[str, ServerProcess],
+) -> None:
+    import psutil
+
+    _, server = grid
+    worker = psutil.Process(server.pid).children()[0]
+    before = worker.memory_info().rss
+    with server.connect() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+        s.sendall(b"GET /endless HTTP/1.1\r\nHost: x\r\n\r\n")
+        time.sleep(1.0)  # the app could make gigabytes meanwhile
+        grown = worker.memory_info().rss - before
+    assert grown < 32 * 1024 * 1024, grown
+
+
 def test_file_wrapper(rules: ServerProcess) -> None:
     expected = bytes(range(256)) * 4096
     resp, body = _get(rules, "/api/file")
