@@ -83,6 +83,19 @@ def test_hello_keep_alive_and_head(grid: tuple[str, ServerProcess]) -> None:
     conn.close()
 
 
+def test_pipelined_requests_are_answered_in_order(grid: tuple[str, ServerProcess]) -> None:
+    _, server = grid
+    with server.connect() as s:
+        s.sendall(
+            b"GET /json?name=one&n=1 HTTP/1.1\r\nHost: x\r\n\r\n"
+            b"GET /hello HTTP/1.1\r\nHost: x\r\n\r\n"
+            b"GET /json?name=three&n=3 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        data = _read_all(s)
+    assert data.count(b"HTTP/1.1 200") == 3
+    assert data.index(b'"one"') < data.index(b"Hello, World!") < data.index(b'"three"')
+
+
 def test_json_with_query_args(grid: tuple[str, ServerProcess]) -> None:
     _, server = grid
     resp, body = _get(server, "/json?name=caf%C3%A9&n=3")
