@@ -81,6 +81,8 @@ def test_hello_keep_alive_and_head(grid: tuple[str, ServerProcess]) -> None:
     conn.request("GET", "/hello")  # the HEAD left nothing behind on the connection
     assert conn.getresponse().read() == b"Hello, World!"
     conn.close()
+    server.wait_log(r'127\.0\.0\.1 "GET /hello HTTP/1\.1" 200 13 ')
+    server.wait_log(r'"HEAD /hello HTTP/1\.1" 200 0 ')
 
 
 def test_pipelined_requests_are_answered_in_order(grid: tuple[str, ServerProcess]) -> None:
@@ -214,6 +216,7 @@ def test_raising_route_is_a_500_and_logged(grid: tuple[str, ServerProcess]) -> N
     name, server = grid
     resp, _ = _get(server, "/raise")
     assert resp.status == 500
+    server.wait_log(r'"GET /raise HTTP/1\.1" 500 ')
     if name == "raw":  # Flask and Django answer their own 500
         server.wait_log(r"app tests\.grid\.wsgi_raw_app:app raised on GET /raise")
     assert _get(server, "/hello")[1] == b"Hello, World!"
