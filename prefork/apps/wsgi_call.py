@@ -64,6 +64,8 @@ _FIELDS_CACHE_MAX = 512
 # reads nothing cannot make the loop buffer more than this many blocks.
 _WAIT_EVERY = 16
 
+_END = object()  # the end of the app's iterable
+
 # (header text, lower-case name -> value, has Server, the app's Content-Length)
 Head = tuple[str, dict[str, str], bool, int | None]
 
@@ -261,20 +263,30 @@ class Call:
             result = app.app(self.environ, self.start_response)
         except PeerGone:
             return Outcome(Outcome.GONE)
+        except WsgiError as exc:  # from start_response or write(), through the app
+            return self._failed(exc)
         except Exception:
-            return self._failed("raised")
+            return self._failed(None)
         try:
             return self._respond(result)
         except PeerGone:
             return Outcome(Outcome.GONE)
+        except WsgiError as exc:
+            return self._failed(exc)
         except Exception:
-            return self._failed("raised while its response was sent")
+            return self._failed(None)
         finally:
             close_iterable(result, app.name)
 
-    def _failed(self, what: str) -> Outcome:
+    def _failed(self, broken: WsgiError | None) -> Outcome:
+        """Log what went wrong: a broken rule in one line, anything else with its traceback."""
         req = self.req
-        app_logger.exception("app %s %s on %s %s", self.app.name, what, req.method, req.path)
+        if broken is not None:
+            app_logger.error(
+                "app %s broke PEP 3333 on %s %s: %s", self.app.name, req.method, req.path, broken
+            )
+        else:
+            app_logger.exception("app %s raised on %s %s", self.app.name, req.method, req.path)
         if self.stream is not None:
             return Outcome(Outcome.BROKEN, self.code)
         return Outcome(Outcome.FAILED)
@@ -289,11 +301,14 @@ class Call:
             return self._stream_rest(stream, result)
         if type(result) is list or type(result) is tuple:
             return self._buffered(list(result))
-        rest = iter(result)
-        first = next(rest, None)
+        try:
+            rest = iter(result)
+        except TypeError:
+            raise WsgiError(f"the app returned {type(result).__name__}, not an iterable") from None
+        first = next(rest, _END)
         stream = self.stream
         if stream is None:
-            if first is None:
+            if first is _END:
                 return self._buffered([])
             # Whole already if the first block is as long as the app's
             # Content-Length (Flask's and Django's bodies): no more blocks asked for.
@@ -301,7 +316,7 @@ class Call:
             if type(first) is bytes and head is not None and head[3] == len(first):
                 return self._buffered([first])
             stream = self._stream_head(first)
-        elif first is not None:  # write() was called while the first block was made
+        elif first is not _END:  # write() was called while the first block was made
             return self._stream_rest(stream, itertools.chain((first,), rest))
         return self._stream_rest(stream, rest)
 

@@ -10,6 +10,7 @@ import hashlib
 import http.client
 import json
 import os
+import re
 import socket
 import threading
 import time
@@ -394,6 +395,9 @@ def app(environ, start_response):
         return [b"never"]
     if path == "/no-start":
         return [b"never"]
+    if path == "/none":
+        start_response("200 OK", text)
+        return None
     if path == "/exc-before":
         start_response("200 OK", text)
         try:
@@ -461,8 +465,9 @@ def test_environ_script_name_and_path_info(rules: ServerProcess) -> None:
         ("/bad-status", "bad status '200'"),
         ("/twice", "start_response called a second time without exc_info"),
         ("/hop", "hop-by-hop header 'Connection'"),
-        ("/non-str", "name and value must be str"),
-        ("/no-start", "returned without calling start_response"),
+        ("/non-str", "header ('X-Count', 3): name and value must be str"),
+        ("/no-start", "the app returned without calling start_response"),
+        ("/none", "the app returned NoneType, not an iterable"),
     ],
 )
 def test_bad_start_response_use_is_a_500_naming_the_app(
@@ -470,8 +475,7 @@ def test_bad_start_response_use_is_a_500_naming_the_app(
 ) -> None:
     resp, _ = _get(rules, f"/api{path}")
     assert resp.status == 500
-    rules.wait_log(r"app app:app raised .*on GET /api" + path)
-    rules.wait_log(reason.replace("(", r"\(").replace(")", r"\)"))
+    rules.wait_log(r"app app:app broke PEP 3333 on GET /api" + re.escape(f"{path}: {reason}"))
 
 
 def test_exc_info_before_the_head_replaces_the_response(rules: ServerProcess) -> None:
