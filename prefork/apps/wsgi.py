@@ -29,13 +29,15 @@ from prefork import log
 from prefork._types import Action
 from prefork.apps.wsgi_call import Call, Outcome
 from prefork.apps.wsgi_environ import ConnectionEnviron, request_environ
+from prefork.apps.wsgi_headers import Head
 from prefork.config import Config
 from prefork.engine.connection import Connection
 from prefork.errors import PeerGone, ProtocolError
 from prefork.http import compression
+from prefork.http.forwarded import Trust, forwarded_view
 from prefork.http.protocol import error_response
 from prefork.http.request import Request
-from prefork.http.response import NegotiatedCache, body_length, strip_body
+from prefork.http.response import NegotiatedCache, body_length
 
 logger = logging.getLogger(log.WORKER)
 app_logger = logging.getLogger(log.APP)
@@ -72,7 +74,7 @@ class WsgiApp:
         self.policy = compression.Policy(cfg.compression)
         self.compress = self.policy.enabled
         self.negotiated_cache: NegotiatedCache = {}
-        self.fields_cache: dict[Any, Any] = {}
+        self.fields_cache: dict[Any, Head] = {}
         self.tls = False  # set from the first connection (the worker's listeners all agree)
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._done: collections.deque[tuple[asyncio.Future[Outcome], Outcome]] = collections.deque()
@@ -118,6 +120,10 @@ class WsgiApp:
         env: ConnectionEnviron | None = conn.ctx
         if env is None or env.client_ip is not conn.client_ip:
             env = conn.ctx = self._connection_environ(conn)
+        environ = request_environ(env, req)
+        client = conn.client_ip
+        if conn.behind_proxy:  # a trusted proxy says who the client is
+            client = _forwarded(environ, req, shared.trust) or client
         keep_alive = (
             req.keep_alive
             and count + 1 < shared.requests_per_connection
@@ -129,7 +135,7 @@ class WsgiApp:
         conn.count = counts[nxt] if nxt < len(counts) else nxt
         assert self._loop is not None, "WsgiApp.startup was not run"
         future: asyncio.Future[Outcome] = self._loop.create_future()
-        self._jobs.put(_Job(Call(self, conn, req, request_environ(env, req), keep_alive), future))
+        self._jobs.put(_Job(Call(self, conn, req, environ, keep_alive), future))
         out = await future
         kind = out.kind
         if kind == Outcome.BUFFERED:
@@ -138,17 +144,17 @@ class WsgiApp:
         elif kind == Outcome.STREAMED:
             keep_alive = out.keep_alive
         elif kind == Outcome.FAILED:
-            return self._send_500(conn, req, started)
+            return self._send_500(conn, req, client, started)
         elif kind == Outcome.BROKEN:
             # The head went out: cutting the connection is the only honest
             # signal left (the client sees an incomplete body, not a complete one).
             conn.abort()
-            self._log(conn, req, out.status, out.sent, started)
+            self._log(conn, client, req, out.status, out.sent, started)
             return "close"
         else:  # GONE
             conn.close()
             return "close"
-        self._log(conn, req, out.status, out.sent, started)
+        self._log(conn, client, req, out.status, out.sent, started)
         if keep_alive:
             if conn.write_paused:
                 await conn.drain()
@@ -161,21 +167,24 @@ class WsgiApp:
     def _connection_environ(self, conn: Connection) -> ConnectionEnviron:
         transport = conn.transport
         sockname = transport.get_extra_info("sockname") if transport is not None else None
-        self.tls = conn.shared.ssl_context is not None
+        shared = conn.shared
+        self.tls = shared.ssl_context is not None
         return ConnectionEnviron(
             self.script_name,
-            "https" if self.tls else "http",
+            shared.scheme,
             conn.client_ip,
             conn.peername,
             sockname,
         )
 
-    def _log(self, conn: Connection, req: Request, status: int, sent: int, started: float) -> None:
+    def _log(
+        self, conn: Connection, client: str, req: Request, status: int, sent: int, started: float
+    ) -> None:
         shared = conn.shared
         shared.requests_served += 1
         if shared.access.enabled():
             shared.access.log(
-                conn.client_ip,
+                client,
                 req.method,
                 req.path,
                 req.version,
@@ -185,12 +194,10 @@ class WsgiApp:
                 req.headers,
             )
 
-    def _send_500(self, conn: Connection, req: Request, started: float) -> Action:
-        data = error_response(500, "Internal Server Error")
-        if req.method == "HEAD":
-            data = strip_body(data)
+    def _send_500(self, conn: Connection, req: Request, client: str, started: float) -> Action:
+        data = error_response(500, "Internal Server Error", req.method)
         conn.send(data)
-        self._log(conn, req, 500, body_length(data), started)
+        self._log(conn, client, req, 500, body_length(data), started)
         conn.graceful_close()
         return "close"
 
@@ -298,6 +305,19 @@ class WsgiApp:
             reply.result(timeout=self.write_timeout + 5.0)
         except concurrent.futures.TimeoutError:
             raise PeerGone("the loop did not answer") from None
+
+
+def _forwarded(environ: dict[str, Any], req: Request, trust: Trust) -> str | None:
+    """Apply a trusted proxy's forwarded fields to ``environ``; the client address they name."""
+    client, scheme, host = forwarded_view(req.headers, trust)
+    if client is not None:
+        environ["REMOTE_ADDR"] = client
+        environ.pop("REMOTE_PORT", None)  # the proxy's port, not the client's
+    if scheme is not None:
+        environ["wsgi.url_scheme"] = scheme
+    if host is not None:
+        environ["HTTP_HOST"] = host
+    return client
 
 
 def _reject(conn: Connection, exc: ProtocolError) -> None:

@@ -380,6 +380,15 @@ def app(environ, start_response):
         body = json.dumps({k: environ[k] for k in keys}).encode()
         start_response("200 OK", text)
         return [body]
+    if path == "/who":
+        who = {
+            "client": environ["REMOTE_ADDR"],
+            "port": "REMOTE_PORT" in environ,
+            "scheme": environ["wsgi.url_scheme"],
+            "host": environ.get("HTTP_HOST"),
+        }
+        start_response("200 OK", text)
+        return [json.dumps(who).encode()]
     if path == "/bad-status":
         start_response("200", text)
         return [b"never"]
@@ -457,6 +466,31 @@ def test_environ_script_name_and_path_info(rules: ServerProcess) -> None:
     # Outside root_path: SCRIPT_NAME still says where the app is mounted.
     _resp, body = _get(rules, "/env")
     assert json.loads(body)["PATH_INFO"] == "/env"
+
+
+def test_a_trusted_proxy_names_the_client_scheme_and_host(rules: ServerProcess) -> None:
+    _, body = _get(rules, "/api/who", headers={"Host": "inner:8080"})
+    assert json.loads(body) == {
+        "client": "127.0.0.1",
+        "port": True,
+        "scheme": "http",
+        "host": "inner:8080",
+    }
+    # 127.0.0.1 is in forwarded_allow_ips by default: its word is believed.
+    forwarded = {
+        "Host": "inner:8080",
+        "X-Forwarded-For": "203.0.113.7",
+        "X-Forwarded-Proto": "https",
+        "X-Forwarded-Host": "example.com",
+    }
+    _, body = _get(rules, "/api/who", headers=forwarded)
+    assert json.loads(body) == {
+        "client": "203.0.113.7",
+        "port": False,
+        "scheme": "https",
+        "host": "example.com",
+    }
+    rules.wait_log(r'203\.0\.113\.7 "GET /api/who HTTP/1\.1" 200 ')
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,7 @@ from wsgiref.validate import check_environ
 import pytest
 
 from prefork.apps.wsgi import WsgiApp
-from prefork.apps.wsgi_call import Call, WsgiError, check_headers, check_status
+from prefork.apps.wsgi_call import Call
 from prefork.apps.wsgi_environ import (
     ConnectionEnviron,
     Errors,
@@ -22,6 +22,7 @@ from prefork.apps.wsgi_environ import (
     path_info,
     request_environ,
 )
+from prefork.apps.wsgi_headers import WsgiError, check_headers, check_status
 from prefork.config import Config
 from prefork.http.request import Limits, Request, build_request
 
