@@ -336,6 +336,27 @@ def test_busy_threads_stall_no_io_and_no_503(start_server: StartServer, tmp_path
     assert sorted(events[1:]) == ["fast 200", "slow 200", "slow 200"], events
 
 
+def test_graceful_stop_lets_a_running_call_finish(
+    start_server: StartServer, tmp_path: Path
+) -> None:
+    import signal
+
+    server = _start_sleepy(start_server, tmp_path, threads=2)
+    got: list[tuple[int, bytes]] = []
+
+    def slow() -> None:
+        resp, body = _get(server, "/slow?1.0")
+        got.append((resp.status, body))
+
+    client = threading.Thread(target=slow)
+    client.start()
+    time.sleep(0.3)  # the call is in the app
+    assert server.stop(signal.SIGTERM) == 0
+    client.join(timeout=20)
+    assert got == [(200, b"ok")]
+    assert "still running at shutdown" not in server.log()
+
+
 def test_throughput_scales_with_threads(start_server: StartServer, tmp_path: Path) -> None:
     def run(threads: int) -> tuple[float, int]:
         server = _start_sleepy(start_server, tmp_path, threads)
