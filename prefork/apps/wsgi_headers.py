@@ -39,8 +39,17 @@ class WsgiError(Exception):
     """The app used the WSGI interface wrongly (PEP 3333)."""
 
 
+# Good status strings and their codes: apps send a few, again and again.
+_STATUSES: dict[str, int] = {}
+_STATUSES_MAX = 256
+
+
 def check_status(status: object) -> int:
     """The code of a WSGI status string ``"200 OK"``; raises WsgiError."""
+    if type(status) is str:
+        code = _STATUSES.get(status)
+        if code is not None:
+            return code
     if (
         type(status) is not str
         or len(status) < 4
@@ -56,6 +65,8 @@ def check_status(status: object) -> int:
         status.encode("latin-1")
     except UnicodeEncodeError:
         raise WsgiError(f"bad status {status!r}: not latin-1") from None
+    if len(_STATUSES) < _STATUSES_MAX:
+        _STATUSES[status] = code
     return code
 
 
