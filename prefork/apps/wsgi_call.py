@@ -244,6 +244,9 @@ class Call:
         return self._start_stream(first=first)
 
     def _stream_rest(self, stream: Stream, rest: Iterable[Any]) -> Outcome:
+        if stream.discard:
+            # HEAD, 204, 304: no body goes out, so none is asked for (close() follows).
+            return stream.finish(self.code)
         for item in rest:
             if type(item) is not bytes:
                 raise WsgiError(f"the response iterable yielded {type(item).__name__}, not bytes")

@@ -151,6 +151,41 @@ def test_streamed_response_is_chunked(grid: tuple[str, ServerProcess]) -> None:
     assert body == b"".join(f"chunk {i}\n".encode() for i in range(50))
 
 
+def test_streamed_response_compressed_and_head(grid: tuple[str, ServerProcess]) -> None:
+    import gzip
+
+    _, server = grid
+    expected = b"".join(f"chunk {i}\n".encode() for i in range(500))
+    resp, body = _get(server, "/stream?n=500", headers={"Accept-Encoding": "gzip"})
+    assert resp.getheader("Content-Encoding") == "gzip"
+    assert resp.getheader("Transfer-Encoding") == "chunked"
+    assert gzip.decompress(body) == expected
+    conn = _conn(server)
+    conn.request("HEAD", "/endless")  # HEAD asks the app for no block of its body
+    resp = conn.getresponse()
+    assert (resp.status, resp.read()) == (200, b"")
+    conn.request("GET", "/hello")
+    assert conn.getresponse().read() == b"Hello, World!"
+    conn.close()
+
+
+def test_expect_100_continue(grid: tuple[str, ServerProcess]) -> None:
+    _, server = grid
+    data = os.urandom(200_000)
+    with server.connect() as s:
+        s.sendall(
+            b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\n"
+            b"Content-Length: %d\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n" % len(data)
+        )
+        assert s.recv(1024).startswith(b"HTTP/1.1 100 Continue\r\n\r\n")
+        s.sendall(data)
+        answer = _read_all(s)
+    assert answer.startswith(b"HTTP/1.1 200")
+    assert json.loads(answer.partition(b"\r\n\r\n")[2])["sha256"] == (
+        hashlib.sha256(data).hexdigest()
+    )
+
+
 def test_streamed_response_on_http_10_is_close_delimited(
     grid: tuple[str, ServerProcess],
 ) -> None:
