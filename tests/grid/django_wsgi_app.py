@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import tempfile
 import threading
 from collections.abc import Iterator
 
@@ -25,6 +27,7 @@ django.setup()
 
 from django.core.wsgi import get_wsgi_application  # noqa: E402 - after settings
 from django.http import (  # noqa: E402
+    FileResponse,
     HttpRequest,
     HttpResponse,
     JsonResponse,
@@ -36,6 +39,9 @@ BIG = 10 * 1024 * 1024
 BLOCK = 64 * 1024
 _lock = threading.Lock()
 _closed = 0  # endless streams closed (the client left)
+FILE = os.path.join(tempfile.gettempdir(), f"prefork-wsgi-grid-django-{os.getpid()}.bin")
+with open(FILE, "wb") as f:
+    f.write(bytes(range(256)) * 8192)  # 2 MiB
 
 
 def hello(request: HttpRequest) -> HttpResponse:
@@ -106,6 +112,10 @@ def endless(request: HttpRequest) -> HttpResponse:
     return StreamingHttpResponse(blocks(), content_type="application/octet-stream")
 
 
+def file(request: HttpRequest) -> FileResponse:
+    return FileResponse(open(FILE, "rb"), content_type="application/octet-stream")
+
+
 def closed(request: HttpRequest) -> HttpResponse:
     with _lock:
         return JsonResponse({"closed": _closed})
@@ -123,6 +133,7 @@ urlpatterns = [
     path("cookies", cookies),
     path("big", big),
     path("endless", endless),
+    path("file", file),
     path("closed", closed),
 ]
 

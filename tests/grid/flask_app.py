@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import tempfile
 import threading
 from collections.abc import Iterator
 
-from flask import Flask, Response, jsonify, request, stream_with_context
+from flask import Flask, Response, jsonify, request, send_file, stream_with_context
 
 BIG = 10 * 1024 * 1024
 BLOCK = 64 * 1024
@@ -14,6 +16,9 @@ BLOCK = 64 * 1024
 app = Flask(__name__)
 _lock = threading.Lock()
 _closed = 0  # endless streams closed (the client left)
+FILE = os.path.join(tempfile.gettempdir(), f"prefork-wsgi-grid-flask-{os.getpid()}.bin")
+with open(FILE, "wb") as f:
+    f.write(bytes(range(256)) * 8192)  # 2 MiB
 
 
 @app.get("/hello")
@@ -94,6 +99,11 @@ def endless() -> Response:
                 _closed += 1
 
     return Response(stream_with_context(blocks()), content_type="application/octet-stream")
+
+
+@app.get("/file")
+def file() -> Response:
+    return send_file(FILE, mimetype="application/octet-stream")
 
 
 @app.get("/closed")

@@ -284,6 +284,15 @@ def test_gzip_when_asked(grid: tuple[str, ServerProcess]) -> None:
     assert gzip.decompress(body) == b"x" * BIG
 
 
+def test_a_file(grid: tuple[str, ServerProcess]) -> None:
+    name, server = grid
+    expected = bytes(range(256)) * 8192
+    resp, body = _get(server, "/file")
+    assert body == expected
+    if name != "raw":  # (the validator hides the file wrapper: streamed chunked)
+        assert resp.getheader("Content-Length") == str(len(expected))
+
+
 def test_client_leaving_mid_stream_closes_the_iterable(grid: tuple[str, ServerProcess]) -> None:
     _, server = grid
     before = json.loads(_get(server, "/closed")[1])["closed"]

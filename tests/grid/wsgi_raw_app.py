@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import tempfile
 import threading
 import warnings
 from collections.abc import Iterator
@@ -24,6 +26,9 @@ BIG = 10 * 1024 * 1024
 BLOCK = 64 * 1024
 _lock = threading.Lock()
 _closed = 0  # endless streams whose iterable was closed (the client left)
+FILE = os.path.join(tempfile.gettempdir(), f"prefork-wsgi-grid-raw-{os.getpid()}.bin")
+with open(FILE, "wb") as f:
+    f.write(bytes(range(256)) * 8192)  # 2 MiB
 
 StartResponse = Any
 
@@ -109,6 +114,9 @@ def raw_app(environ: dict[str, Any], start: StartResponse) -> Any:
     if path == "/endless":
         start("200 OK", [("Content-Type", "application/octet-stream")])
         return _endless()
+    if path == "/file":
+        start("200 OK", [("Content-Type", "application/octet-stream")])
+        return environ["wsgi.file_wrapper"](open(FILE, "rb"), BLOCK)
     if path == "/closed":
         with _lock:
             return _json(start, {"closed": _closed})
