@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 import threading
 from collections.abc import Iterator
 
@@ -35,13 +33,13 @@ from django.http import (  # noqa: E402
 )
 from django.urls import path  # noqa: E402
 
+from tests.grid.wsgi_files import grid_file  # noqa: E402
+
 BIG = 10 * 1024 * 1024
 BLOCK = 64 * 1024
 _lock = threading.Lock()
 _closed = 0  # endless streams closed (the client left)
-FILE = os.path.join(tempfile.gettempdir(), f"prefork-wsgi-grid-django-{os.getpid()}.bin")
-with open(FILE, "wb") as f:
-    f.write(bytes(range(256)) * 8192)  # 2 MiB
+FILE = grid_file("django")
 
 
 def hello(request: HttpRequest) -> HttpResponse:

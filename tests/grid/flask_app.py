@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 import threading
 from collections.abc import Iterator
 
 from flask import Flask, Response, jsonify, request, send_file, stream_with_context
+
+from tests.grid.wsgi_files import grid_file
 
 BIG = 10 * 1024 * 1024
 BLOCK = 64 * 1024
@@ -16,9 +16,7 @@ BLOCK = 64 * 1024
 app = Flask(__name__)
 _lock = threading.Lock()
 _closed = 0  # endless streams closed (the client left)
-FILE = os.path.join(tempfile.gettempdir(), f"prefork-wsgi-grid-flask-{os.getpid()}.bin")
-with open(FILE, "wb") as f:
-    f.write(bytes(range(256)) * 8192)  # 2 MiB
+FILE = grid_file("flask")
 
 
 @app.get("/hello")

@@ -21,6 +21,7 @@ import pytest
 
 from tests.conftest import wait_until
 from tests.e2e.conftest import ServerProcess, StartServer, launch_server, start_server
+from tests.grid.wsgi_files import CONTENT
 
 __all__ = ["start_server"]  # the fixture, for the tests below
 
@@ -286,11 +287,10 @@ def test_gzip_when_asked(grid: tuple[str, ServerProcess]) -> None:
 
 def test_a_file(grid: tuple[str, ServerProcess]) -> None:
     name, server = grid
-    expected = bytes(range(256)) * 8192
     resp, body = _get(server, "/file")
-    assert body == expected
+    assert body == CONTENT
     if name != "raw":  # (the validator hides the file wrapper: streamed chunked)
-        assert resp.getheader("Content-Length") == str(len(expected))
+        assert resp.getheader("Content-Length") == str(len(CONTENT))
 
 
 def test_client_leaving_mid_stream_closes_the_iterable(grid: tuple[str, ServerProcess]) -> None:
@@ -431,9 +431,9 @@ def test_throughput_scales_with_threads(start_server: StartServer, tmp_path: Pat
 # -- PEP 3333's rules, served ------------------------------------------------
 
 RULES_APP = """
-import json, os, sys, tempfile
+import json, os, sys
 
-FILE = os.path.join(tempfile.gettempdir(), "prefork-wsgi-grid-%d.bin" % os.getpid())
+FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "served.bin")
 with open(FILE, "wb") as f:
     f.write(bytes(range(256)) * 4096)  # 1 MiB
 

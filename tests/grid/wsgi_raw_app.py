@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 import threading
 import warnings
 from collections.abc import Iterator
@@ -20,15 +18,15 @@ from typing import Any
 from urllib.parse import parse_qs
 from wsgiref.validate import WSGIWarning, validator
 
+from tests.grid.wsgi_files import grid_file
+
 warnings.simplefilter("error", WSGIWarning)
 
 BIG = 10 * 1024 * 1024
 BLOCK = 64 * 1024
 _lock = threading.Lock()
 _closed = 0  # endless streams whose iterable was closed (the client left)
-FILE = os.path.join(tempfile.gettempdir(), f"prefork-wsgi-grid-raw-{os.getpid()}.bin")
-with open(FILE, "wb") as f:
-    f.write(bytes(range(256)) * 8192)  # 2 MiB
+FILE = grid_file("raw")
 
 StartResponse = Any
 
