@@ -95,13 +95,16 @@ class WsgiApp:
     async def shutdown(self) -> None:
         for _ in self._workers:
             self._jobs.put(None)
-        deadline = time.monotonic() + JOIN_TIMEOUT_S
-        for thread in self._workers:
-            thread.join(max(0.0, deadline - time.monotonic()))
+        # Joined from another thread: one finishing a response still needs the loop.
+        await asyncio.to_thread(self._join, time.monotonic() + JOIN_TIMEOUT_S)
         busy = sum(thread.is_alive() for thread in self._workers)
         if busy:
             logger.warning("app %s: %d WSGI call(s) still running at shutdown", self.name, busy)
         self._workers = []
+
+    def _join(self, deadline: float) -> None:
+        for thread in self._workers:
+            thread.join(max(0.0, deadline - time.monotonic()))
 
     def respond_inline(self, conn: Connection, req: Request) -> bool:
         return False  # never called: ``inline`` is False
