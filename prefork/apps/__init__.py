@@ -94,4 +94,8 @@ def build_app(app: Any, cfg: Config) -> AppInterface[Any]:
         from prefork.apps.asgi import AsgiApp
 
         return AsgiApp(obj, name, cfg)
+    if kind == "wsgi":
+        from prefork.apps.wsgi import WsgiApp
+
+        return WsgiApp(obj, cfg, name)
     raise ConfigError(f"app {name!r}: the {kind} interface is not available yet")
