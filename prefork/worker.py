@@ -11,11 +11,17 @@ in the master, so a reload picks up new code), make the Redis client, start
 accepting, and only then report READY to the master.
 
 Accepting: the listen sockets are shared by every worker. A worker takes a
-slot *before* it accepts, and at ``connection_limit`` it removes the listen fds
-from its loop, so excess connections wait in the kernel's listen queue for any
-worker with a free slot: nothing is refused. Out-of-resource accept errors
-(EMFILE, ENFILE, ENOBUFS, ENOMEM) pause accepting for ``ACCEPT_BACKOFF_S``
-instead of spinning on a readable fd.
+slot *before* it accepts, and at a cap it removes the listen fds from its loop,
+so excess connections wait in the kernel's listen queue for any worker with a
+free slot: nothing is refused. Two caps (docs/slow-clients.md):
+``connection_limit`` counts what costs, the connections with a request in
+progress (idle keep-alive ones and clients still sending are cheap), and
+``open_connection_limit`` counts every open connection. While at a cap, the
+worker looks every ``PRESSURE_CHECK_S`` whether a slot freed and, at the open
+cap with clients queued, closes connections that wait for a request
+(``Shared.reclaim``). Out-of-resource accept errors (EMFILE, ENFILE, ENOBUFS,
+ENOMEM) pause accepting for ``ACCEPT_BACKOFF_S`` instead of spinning on a
+readable fd, logged once per episode.
 
 The pipe to the master carries one byte per message (see ``MSG_*``): READY
 once, a HEARTBEAT from the event loop every ``heartbeat_interval()`` seconds (a
@@ -36,6 +42,7 @@ import gc
 import logging
 import os
 import random
+import resource
 import signal
 import socket
 import ssl
@@ -68,6 +75,15 @@ MSG_HEARTBEAT = b"H"  # the event loop is alive
 MSG_RECYCLE = b"M"  # max_requests reached: replace me, then stop me
 
 ACCEPT_BACKOFF_S = 0.1  # pause after EMFILE/ENFILE/ENOBUFS/ENOMEM from accept()
+# While at a cap: how often the worker looks for a free slot (a request finished
+# without its connection closing frees a connection_limit slot, and nothing
+# wakes the accept loop for that) and for queued clients to reclaim slots for.
+PRESSURE_CHECK_S = 0.05
+# At most this many connections reclaimed per check (nginx frees 32 at a time).
+RECLAIM_MAX = 32
+# File descriptors a worker needs beyond its connections (listeners, pipe, logs,
+# the app's own files) and for connections lingering after their close.
+SPARE_FDS = 64
 # Accepts per wake-up of a listen fd, bounded by the free slots. Usually
 # ACCEPT_BATCH_MIN, so the siblings (woken by the same connections) get some.
 # When the queue holds more, as in a reconnect storm (1,000 keep-alive clients
@@ -220,6 +236,27 @@ def keep_heap_top() -> bool:
     return bool(trim and mmap)
 
 
+def fit_open_files(connections: int) -> None:
+    """Raise this process's soft open-files limit to fit ``connections`` (as far as the
+    hard limit allows), so that open_connection_limit is not cut short by EMFILE."""
+    wanted = 2 * connections + SPARE_FDS  # a closed connection lingers a moment
+    try:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft != resource.RLIM_INFINITY and soft < wanted:
+            new = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+            if new > soft:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+            if new < wanted:
+                logger.warning(
+                    "open files limited to %d (hard limit): fewer than open_connection_limit"
+                    " = %d needs; raise the limit (ulimit -n) or lower the key",
+                    new,
+                    connections,
+                )
+    except (OSError, ValueError) as exc:
+        logger.warning("cannot raise the open files limit: %s", exc)
+
+
 def _make_redis(url: str) -> Any:
     """One ``redis.asyncio`` client for this worker (it connects lazily, on first use)."""
     try:
@@ -278,6 +315,10 @@ class Worker:
         self._tasks: set[asyncio.Task[None]] = set()
         self._accepting = False
         self._backoff: asyncio.TimerHandle | None = None
+        self._pressure: asyncio.TimerHandle | None = None
+        # The current out-of-resources episode of accept(): failures and its start.
+        self._starved = 0
+        self._starved_since = 0.0
         # Per listener fd: does TCP_INFO give its queue length (asked once, at first arming)?
         self._queue_known: dict[int, bool] = {}
         self._recycle_at = 0
@@ -344,6 +385,7 @@ class Worker:
         )
         log.setup(self.cfg.log_level)
         keep_heap_top()
+        fit_open_files(self.cfg.open_connection_limit)
         limit = self.cfg.max_requests
         if limit:
             # random reseeds in every forked child, so workers draw different jitters.
@@ -415,6 +457,9 @@ class Worker:
         self._pause_accepting()
         if self._backoff is not None:
             self._backoff.cancel()
+        if self._pressure is not None:
+            self._pressure.cancel()
+            self._pressure = None
         # This process accepts no more: its copies of the listen sockets go, so once
         # the master (stopping) and every worker closed theirs, clients are refused.
         for sock in self.listeners:
@@ -478,11 +523,26 @@ class Worker:
 
     # -- accepting ----------------------------------------------------------
 
+    def _free_slots(self) -> int:
+        """Connections this worker may accept now, under both caps."""
+        cfg = self.cfg
+        active = self._active
+        free = cfg.open_connection_limit - active
+        room = cfg.connection_limit - active  # as if every connection cost
+        if room > 0 or self._state is None:
+            return min(free, room)
+        # Beyond connection_limit only: count those that wait for their client.
+        costly = active - self._state.waiting_connections()
+        return min(free, cfg.connection_limit - costly)
+
     def _resume_accepting(self) -> None:
         assert self._loop is not None
         if self._accepting or self.state is WorkerState.DRAINING:
             return
-        if self._active >= self.cfg.connection_limit or self._backoff is not None:
+        if self._backoff is not None:
+            return
+        if self._free_slots() <= 0:
+            self._watch_pressure()
             return
         for sock in self.listeners:
             fd = sock.fileno()
@@ -506,7 +566,11 @@ class Worker:
     ) -> None:
         assert self._loop is not None
         assert self._state is not None
-        free = self.cfg.connection_limit - self._active
+        free = self._free_slots()
+        if free <= 0:
+            self._pause_accepting()
+            self._watch_pressure()
+            return
         if known:
             # Accept what is queued, not until EAGAIN. 0 means a sibling took it
             # (or the count is off): one accept() then, so a readable listener
@@ -525,25 +589,64 @@ class Worker:
                 break  # a sibling took it, or the queue is empty
             except OSError as exc:
                 if exc.errno in _RESOURCE_ERRNOS:
-                    logger.error(
-                        "accept() out of resources (%s); retrying in %.1fs",
-                        os.strerror(exc.errno or 0),
-                        ACCEPT_BACKOFF_S,
-                    )
+                    self._note_starved(exc.errno or 0)
                     self._pause_accepting()
                     self._backoff = self._loop.call_later(ACCEPT_BACKOFF_S, self._end_backoff)
                     return
                 # ECONNABORTED and friends: that one connection is gone; try the next.
                 logger.debug("accept() failed: %s", exc)
                 continue
+            if self._starved:
+                self._end_starved()
             # No setblocking(): uvloop makes the fd non-blocking when it opens the transport.
             conn = wrap(family, socket.SOCK_STREAM, 0, fd)
             self._active += 1
             task = self._loop.create_task(serve_connection(conn, self._state, addr))
             self._tasks.add(task)
             task.add_done_callback(self._on_connection_done)
-        if self._active >= self.cfg.connection_limit:
+        if self._active >= self.cfg.connection_limit and self._free_slots() <= 0:
             self._pause_accepting()
+            self._watch_pressure()
+
+    def _watch_pressure(self) -> None:
+        """At a cap: look again in PRESSURE_CHECK_S (once armed, one timer at a time)."""
+        if self._pressure is None and self._loop is not None:
+            self._pressure = self._loop.call_later(PRESSURE_CHECK_S, self._check_pressure)
+
+    def _check_pressure(self) -> None:
+        """Resume accepting if a slot freed; at the open cap, reclaim slots for queued clients."""
+        self._pressure = None
+        if self.state is WorkerState.DRAINING or self._accepting or self._state is None:
+            return
+        if self._free_slots() > 0:
+            self._resume_accepting()
+            return
+        if self._active >= self.cfg.open_connection_limit:
+            queued = sum(accept_queue_length(sock) or 0 for sock in self.listeners)
+            if queued:
+                self._state.reclaim(min(queued, RECLAIM_MAX))
+        self._watch_pressure()
+
+    def _note_starved(self, err: int) -> None:
+        """One accept() failed for lack of resources: logged once per episode."""
+        assert self._loop is not None
+        if not self._starved:
+            self._starved_since = self._loop.time()
+            logger.error(
+                "accept() out of resources (%s): retrying every %.1fs until it clears",
+                os.strerror(err),
+                ACCEPT_BACKOFF_S,
+            )
+        self._starved += 1
+
+    def _end_starved(self) -> None:
+        assert self._loop is not None
+        logger.warning(
+            "accept() works again after %.1fs out of resources (%d failed attempt(s))",
+            self._loop.time() - self._starved_since,
+            self._starved,
+        )
+        self._starved = 0
 
     def _end_backoff(self) -> None:
         self._backoff = None

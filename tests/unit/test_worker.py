@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import os
 import signal
 import socket
@@ -31,6 +32,7 @@ from prefork.worker import (
     MSG_HEARTBEAT,
     MSG_READY,
     MSG_RECYCLE,
+    PRESSURE_CHECK_S,
     WORKER_BOOT_ERROR,
     WORKER_CRASHED,
     WORKER_EXIT_OK,
@@ -129,6 +131,9 @@ class FakeLoop:
         self.timers.append((delay, cb))
         return object()
 
+    def time(self) -> float:
+        return 0.0
+
     def create_task(self, coro: Any) -> FakeTask:
         with contextlib.suppress(StopIteration):  # fake_serve: closes the socket at once
             coro.send(None)
@@ -190,8 +195,32 @@ def no_real_connections(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(worker_module, "_ACCEPTED", {socket.AF_INET: FakeAccepted})
 
 
-def make_worker(listener: FakeListener, limit: int, workers: int = 1) -> tuple[Worker, FakeLoop]:
-    cfg = Config.build({"port": 0, "connection_limit": limit, "workers": workers})
+class FakeShared:
+    """The worker's view of its connections: how many wait for their client."""
+
+    def __init__(self) -> None:
+        self.waiting = 0
+        self.reclaimed: list[int] = []
+
+    def waiting_connections(self) -> int:
+        return self.waiting
+
+    def reclaim(self, wanted: int) -> int:
+        self.reclaimed.append(wanted)
+        return 0
+
+
+def make_worker(
+    listener: FakeListener, limit: int, workers: int = 1, open_limit: int | None = None
+) -> tuple[Worker, FakeLoop]:
+    cfg = Config.build(
+        {
+            "port": 0,
+            "connection_limit": limit,
+            "open_connection_limit": open_limit or max(limit, 1024),
+            "workers": workers,
+        }
+    )
     worker = Worker(
         cfg=cfg,
         app="app:handle",
@@ -205,7 +234,7 @@ def make_worker(listener: FakeListener, limit: int, workers: int = 1) -> tuple[W
     loop = FakeLoop()
     worker._loop = loop  # type: ignore[assignment]
     worker.state = WorkerState.SERVING
-    worker._state = object()  # type: ignore[assignment]
+    worker._state = FakeShared()  # type: ignore[assignment]
     worker._resume_accepting()
     return worker, loop
 
@@ -228,6 +257,52 @@ def test_accept_stops_at_connection_limit_and_resumes_when_a_slot_frees() -> Non
     readable(loop)
     assert listener.accepts == 3
     assert 7 not in loop.readers
+
+
+def test_connections_waiting_for_their_client_do_not_count_towards_connection_limit() -> None:
+    listener = FakeListener(pending=10, queued=10)
+    worker, loop = make_worker(listener, limit=2, open_limit=4)
+    shared = worker._state
+    assert isinstance(shared, FakeShared)
+    readable(loop)
+    assert listener.accepts == 2
+    assert 7 not in loop.readers  # both may be serving a request: at the cap
+    (delay, check), *_ = loop.timers
+    assert delay == PRESSURE_CHECK_S
+    shared.waiting = 2  # both answered and now idle: their slots are free again
+    loop.timers.clear()
+    check()
+    assert 7 in loop.readers
+    readable(loop)
+    assert listener.accepts == 4  # open_connection_limit: idle ones count here
+    assert 7 not in loop.readers
+    shared.waiting = 4
+    ((_, check),) = loop.timers
+    check()
+    assert shared.reclaimed == [10]  # clients are queued: close waiting connections for them
+    assert 7 not in loop.readers
+
+
+def test_accept_out_of_resources_is_logged_once_per_episode(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    listener = FakeListener(pending=1, error=errno.EMFILE)
+    _worker, loop = make_worker(listener, limit=10)
+    with caplog.at_level(logging.INFO, logger="prefork.worker"):
+        readable(loop)
+        for _ in range(5):
+            _, retry = loop.timers.pop()
+            retry()
+            readable(loop)
+        listener.error = None
+        _, retry = loop.timers.pop()
+        retry()
+        readable(loop)
+    assert listener.accepts == 1
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1 and "accept() out of resources" in errors[0], errors
+    ends = [r.getMessage() for r in caplog.records if "works again" in r.getMessage()]
+    assert len(ends) == 1 and "(6 failed attempt(s))" in ends[0], ends
 
 
 def test_accept_emfile_backs_off_instead_of_spinning() -> None:
