@@ -42,6 +42,8 @@ MAX_QUEUED_REQUESTS = 32
 # so that a client still sending does not get a reset instead of our response
 # (RFC 9112 §9.6).
 LINGER_S = 2.0
+_TCP_INFO: int | None = getattr(socket, "TCP_INFO", None)  # Linux
+_TCP_INFO_SIZE = 148  # up to tcpi_notsent_bytes
 # Responses with bodies at least this big are written in two calls (no copy).
 JOIN_BODY_MAX_BYTES = 64 * 1024
 # A connection waiting for a request is closed by the server (drain, reclaim at
@@ -388,27 +390,53 @@ class Connection(asyncio.Protocol):
             self._check_send_rate(now, rate, grace)
 
     def _check_send_rate(self, now: float, rate: float, grace: float) -> None:
-        transport = self.transport
-        if transport is None or self._lost:
+        """The rate rule for a response the client holds back (it does not take the bytes)."""
+        if self.transport is None or self._lost:
             return
-        pending = transport.get_write_buffer_size()
-        if not pending:
+        progress = self._send_progress()
+        if progress is None:
+            return
+        held, acked = progress
+        if not held:
             self._tx_at = 0.0
-        elif not self._tx_at or pending > self._tx_mark:
-            # First seen, or the app wrote more: measure from here.
+        elif not self._tx_at:
             self._tx_at = now
-            self._tx_mark = pending
-        elif now - self._tx_at > grace + (self._tx_mark - pending) / rate:
+            self._tx_mark = acked
+        elif now - self._tx_at > grace + (acked - self._tx_mark) / rate:
             logger.info(
-                "%s: response read too slowly (%d of %d bytes in %.1fs, min_transfer_rate %d B/s):"
-                " closing",
+                "%s: response read too slowly (%d bytes in %.1fs, %d waiting,"
+                " min_transfer_rate %d B/s): closing",
                 self.client_ip,
-                self._tx_mark - pending,
-                self._tx_mark,
+                acked - self._tx_mark,
                 now - self._tx_at,
+                held,
                 rate,
             )
             self.abort()
+
+    def _send_progress(self) -> tuple[int, int] | None:
+        """(bytes held back by the client, bytes it has acknowledged so far); None if unknown.
+
+        Held back: our write buffer plus what the kernel has not even sent (the
+        client's window is full). A response that fits the socket buffer waits
+        in the kernel, not here; what a server-paced stream has in flight is
+        not held back. TCP_INFO: tcpi_bytes_acked at 120, tcpi_notsent_bytes
+        at 144 (Linux >= 4.6).
+        """
+        transport = self.transport
+        sock = transport.get_extra_info("socket") if transport is not None else None
+        if sock is None or _TCP_INFO is None:
+            return None
+        try:
+            info = sock.getsockopt(socket.IPPROTO_TCP, _TCP_INFO, _TCP_INFO_SIZE)
+        except (OSError, AttributeError):
+            return None
+        if len(info) < _TCP_INFO_SIZE:
+            return None
+        acked = int.from_bytes(info[120:128], sys.byteorder)
+        notsent = int.from_bytes(info[144:148], sys.byteorder)
+        assert transport is not None
+        return transport.get_write_buffer_size() + notsent, acked
 
     @property
     def waiting_for_client(self) -> bool:
@@ -449,13 +477,17 @@ class Connection(asyncio.Protocol):
         return True
 
     def _unread_bytes(self) -> int:
-        """Bytes that arrived in the kernel and the loop has not read yet (FIONREAD)."""
+        """Bytes that arrived in the kernel and the loop has not read yet."""
+        return self._socket_queue(termios.FIONREAD)
+
+    def _socket_queue(self, request: int) -> int:
+        """A byte count the kernel keeps for the socket (``request``: FIONREAD); 0 if unknown."""
         transport = self.transport
         sock = transport.get_extra_info("socket") if transport is not None else None
         if sock is None or self._lost:
             return 0
         try:
-            raw = fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0")
+            raw = fcntl.ioctl(sock.fileno(), request, b"\0\0\0\0")
         except OSError:
             return 0
         return int.from_bytes(raw, sys.byteorder)
