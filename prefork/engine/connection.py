@@ -26,7 +26,7 @@ import termios
 from typing import Any
 
 from prefork import log
-from prefork.engine.shared import Deadline, Shared
+from prefork.engine.shared import Deadline, Shared, below_min_rate
 from prefork.errors import PeerGone, PreforkError, ProtocolError
 from prefork.http.protocol import CONTINUE_RESPONSE, RequestReader, error_response
 from prefork.http.request import Request
@@ -375,7 +375,7 @@ class Connection(asyncio.Protocol):
         kind = self.deadline_kind
         if kind is Deadline.HEADER or kind is Deadline.BODY:
             since = self._rx_at
-            if since and now - since > grace + self._rx_bytes / rate:
+            if since and below_min_rate(now - since, self._rx_bytes, rate, grace):
                 what = "head" if kind is Deadline.HEADER else "body"
                 logger.info(
                     "%s: request %s too slow (%d bytes in %.1fs, min_transfer_rate %d B/s): 408",
@@ -402,7 +402,7 @@ class Connection(asyncio.Protocol):
         elif not self._tx_at:
             self._tx_at = now
             self._tx_mark = acked
-        elif now - self._tx_at > grace + (acked - self._tx_mark) / rate:
+        elif below_min_rate(now - self._tx_at, acked - self._tx_mark, rate, grace):
             logger.info(
                 "%s: response read too slowly (%d bytes in %.1fs, %d waiting,"
                 " min_transfer_rate %d B/s): closing",

@@ -50,6 +50,17 @@ RATE_SWEEP_S = 0.5
 DRAIN_SWEEP_S = 0.1
 
 
+def below_min_rate(elapsed: float, transferred: int, rate: float, grace: float) -> bool:
+    """The rate rule (``min_transfer_rate``): has a transfer that began ``elapsed``
+    seconds ago and moved ``transferred`` bytes fallen behind ``rate`` bytes/s?
+
+    ``grace`` seconds are free and each byte buys ``1 / rate`` seconds more, as
+    Apache's mod_reqtimeout MinRate does, so a transfer that is early, or
+    ahead, is never cut; one that stalls is cut once its credit runs out.
+    """
+    return elapsed > grace + transferred / rate
+
+
 class Deadline(enum.Enum):
     NONE = 0
     IDLE = 1
