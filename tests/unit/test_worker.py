@@ -283,12 +283,26 @@ def test_connections_waiting_for_their_client_do_not_count_towards_connection_li
     assert 7 not in loop.readers
 
 
-def test_accept_out_of_resources_is_logged_once_per_episode(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
+class ListHandler(logging.Handler):
+    """Keeps the records (prefork's log setup may stop propagation to caplog's handler)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+def test_accept_out_of_resources_is_logged_once_per_episode() -> None:
     listener = FakeListener(pending=1, error=errno.EMFILE)
     _worker, loop = make_worker(listener, limit=10)
-    with caplog.at_level(logging.INFO, logger="prefork.worker"):
+    handler = ListHandler()
+    logger = logging.getLogger("prefork.worker")
+    logger.addHandler(handler)
+    level = logger.level
+    logger.setLevel(logging.INFO)  # whatever an earlier test set the prefork logger to
+    try:
         readable(loop)
         for _ in range(5):
             _, retry = loop.timers.pop()
@@ -298,10 +312,13 @@ def test_accept_out_of_resources_is_logged_once_per_episode(
         _, retry = loop.timers.pop()
         retry()
         readable(loop)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
     assert listener.accepts == 1
-    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    errors = [r.getMessage() for r in handler.records if r.levelno == logging.ERROR]
     assert len(errors) == 1 and "accept() out of resources" in errors[0], errors
-    ends = [r.getMessage() for r in caplog.records if "works again" in r.getMessage()]
+    ends = [r.getMessage() for r in handler.records if "works again" in r.getMessage()]
     assert len(ends) == 1 and "(6 failed attempt(s))" in ends[0], ends
 
 
