@@ -39,6 +39,8 @@ wrk.body = string.rep("x", 512)
 wrk.headers["Content-Type"] = "text/plain"
 """
 ROWS = ("plain", "tls", "post", "kill9")
+OPENSSL_SELF_SIGNED = ("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1")
+OPENSSL_SELF_SIGNED += ("-subj", "/CN=localhost")
 LISTEN_RE = re.compile(r"listening on (https?)://[\d.]+:(\d+)")
 
 
@@ -98,9 +100,7 @@ def _parse_wrk(out: str) -> dict[str, int]:
         result["requests"] = int(m.group(1))
     m = re.search(r"connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
     if m:
-        result["connect"], result["read"], result["write"], result["timeout"] = map(
-            int, m.groups()
-        )
+        result["connect"], result["read"], result["write"], result["timeout"] = map(int, m.groups())
     m = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     if m:
         result["non2xx"] = int(m.group(1))
@@ -115,8 +115,7 @@ def run_row(row: str, seconds: float, hups: int, connections: int) -> dict[str, 
         tls = row == "tls"
         if tls:
             subprocess.run(
-                ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"]
-                + ["-subj", "/CN=localhost", "-keyout", "key.pem", "-out", "cert.pem"],
+                [*OPENSSL_SELF_SIGNED, "-keyout", "key.pem", "-out", "cert.pem"],
                 cwd=workdir,
                 check=True,
                 capture_output=True,
@@ -159,7 +158,9 @@ def main() -> None:
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not on PATH")
     socket.setdefaulttimeout(5)
-    print(f"wrk -c{args.connections}, 2 workers, {args.seconds:.0f} s: HUP x{args.hups}, TTIN, TTOU")
+    print(
+        f"wrk -c{args.connections}, 2 workers, {args.seconds:.0f} s: HUP x{args.hups}, TTIN, TTOU"
+    )
     print("| row | requests | read errors | other socket errors | non-2xx |")
     print("|---|--:|--:|--:|--:|")
     for row in args.rows.split(","):

@@ -21,7 +21,7 @@ import pytest
 
 from prefork.engine.connection import QUIET_S
 from tests.conftest import wait_until
-from tests.e2e.conftest import StartServer
+from tests.e2e.conftest import ServerProcess, StartServer
 
 APP = """
 def handle(method, path, args, headers, body, ctx):
@@ -35,20 +35,25 @@ wrk.headers["Content-Type"] = "text/plain"
 GET = b"GET / HTTP/1.1\r\nHost: t\r\n\r\n"
 
 
+def server_url(server: ServerProcess) -> str:
+    return f"http://127.0.0.1:{server.port}/"
+
+
 def _workers(master: int) -> set[int]:
     text = Path(f"/proc/{master}/task/{master}/children").read_text()
     return {int(pid) for pid in text.split()}
 
 
-@pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed (apt-get install wrk)")
+@pytest.mark.skipif(
+    shutil.which("wrk") is None, reason="wrk is not installed (apt-get install wrk)"
+)
 def test_reloads_under_keep_alive_post_load_lose_no_request(
     start_server: StartServer, tmp_path: Path
 ) -> None:
     server = start_server(APP, "-w", "2", "--log-level", "info")
     (tmp_path / "post.lua").write_text(POST_LUA)
     wrk = subprocess.Popen(
-        ["wrk", "-t2", "-c32", "-d8s", "-s", str(tmp_path / "post.lua")]
-        + [f"http://127.0.0.1:{server.port}/"],
+        ["wrk", "-t2", "-c32", "-d8s", "-s", str(tmp_path / "post.lua"), server_url(server)],
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -104,7 +109,8 @@ def test_a_stopping_worker_answers_a_request_sent_just_after_and_closes_quiet_on
     os.kill(server.pid, signal.SIGTERM)
     time.sleep(0.3)  # the drain has begun; "busy" was answered 0.3 s ago
     last = _ask(busy)
-    assert b"200 OK" in last and b"Connection: close" in last
+    assert b"200 OK" in last
+    assert b"Connection: close" in last
     assert _closed_within(busy, 3)
     # The one that was quiet for longer than QUIET_S closed at once, with no request lost.
     assert _closed_within(quiet, 1)

@@ -317,9 +317,11 @@ def test_accept_out_of_resources_is_logged_once_per_episode() -> None:
         logger.setLevel(level)
     assert listener.accepts == 1
     errors = [r.getMessage() for r in handler.records if r.levelno == logging.ERROR]
-    assert len(errors) == 1 and "accept() out of resources" in errors[0], errors
+    assert len(errors) == 1, errors
+    assert "accept() out of resources" in errors[0]
     ends = [r.getMessage() for r in handler.records if "works again" in r.getMessage()]
-    assert len(ends) == 1 and "(6 failed attempt(s))" in ends[0], ends
+    assert len(ends) == 1, ends
+    assert "(6 failed attempt(s))" in ends[0]
 
 
 def test_accept_emfile_backs_off_instead_of_spinning() -> None:
