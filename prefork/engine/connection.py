@@ -17,16 +17,15 @@ App interfaces use the public members below (``receive_request``,
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import logging
 import socket
 import ssl
 import sys
-import termios
 from typing import Any
 
 from prefork import log
 from prefork.engine.shared import Deadline, Shared, below_min_rate
+from prefork.engine.sockinfo import held_back, unread_bytes
 from prefork.errors import PeerGone, PreforkError, ProtocolError
 from prefork.http.protocol import CONTINUE_RESPONSE, RequestReader, error_response
 from prefork.http.request import Request
@@ -42,8 +41,6 @@ MAX_QUEUED_REQUESTS = 32
 # so that a client still sending does not get a reset instead of our response
 # (RFC 9112 §9.6).
 LINGER_S = 2.0
-_TCP_INFO: int | None = getattr(socket, "TCP_INFO", None)  # Linux
-_TCP_INFO_SIZE = 148  # up to tcpi_notsent_bytes
 # Responses with bodies at least this big are written in two calls (no copy).
 JOIN_BODY_MAX_BYTES = 64 * 1024
 # A connection waiting for a request is closed by the server (drain, reclaim at
@@ -345,7 +342,7 @@ class Connection(asyncio.Protocol):
             else:
                 logger.debug("response write timeout to %s", self.client_ip)
                 self.abort()
-        elif kind is Deadline.IDLE and self._unread_bytes():
+        elif kind is Deadline.IDLE and unread_bytes(self.transport):
             # Idle for keepalive_idle_timeout, but a request came in just now
             # (this loop turn reads it): serve it rather than close under it.
             self._set_deadline(Deadline.IDLE, QUIET_S)
@@ -393,7 +390,7 @@ class Connection(asyncio.Protocol):
         """The rate rule for a response the client holds back (it does not take the bytes)."""
         if self.transport is None or self._lost:
             return
-        progress = self._send_progress()
+        progress = held_back(self.transport)
         if progress is None:
             return
         held, acked = progress
@@ -413,30 +410,6 @@ class Connection(asyncio.Protocol):
                 rate,
             )
             self.abort()
-
-    def _send_progress(self) -> tuple[int, int] | None:
-        """(bytes held back by the client, bytes it has acknowledged so far); None if unknown.
-
-        Held back: our write buffer plus what the kernel has not even sent (the
-        client's window is full). A response that fits the socket buffer waits
-        in the kernel, not here; what a server-paced stream has in flight is
-        not held back. TCP_INFO: tcpi_bytes_acked at 120, tcpi_notsent_bytes
-        at 144 (Linux >= 4.6).
-        """
-        transport = self.transport
-        sock = transport.get_extra_info("socket") if transport is not None else None
-        if sock is None or _TCP_INFO is None:
-            return None
-        try:
-            info = sock.getsockopt(socket.IPPROTO_TCP, _TCP_INFO, _TCP_INFO_SIZE)
-        except (OSError, AttributeError):
-            return None
-        if len(info) < _TCP_INFO_SIZE:
-            return None
-        acked = int.from_bytes(info[120:128], sys.byteorder)
-        notsent = int.from_bytes(info[144:148], sys.byteorder)
-        assert transport is not None
-        return transport.get_write_buffer_size() + notsent, acked
 
     @property
     def waiting_for_client(self) -> bool:
@@ -466,7 +439,7 @@ class Connection(asyncio.Protocol):
         ``Connection: close`` instead).
         """
         since = self.waiting_since()
-        if since is None or now - since < quiet or self._unread_bytes():
+        if since is None or now - since < quiet or unread_bytes(self.transport):
             return False
         if self.count:
             self.graceful_close()
@@ -475,22 +448,6 @@ class Connection(asyncio.Protocol):
             self._close_transport()
             self._wake()
         return True
-
-    def _unread_bytes(self) -> int:
-        """Bytes that arrived in the kernel and the loop has not read yet."""
-        return self._socket_queue(termios.FIONREAD)
-
-    def _socket_queue(self, request: int) -> int:
-        """A byte count the kernel keeps for the socket (``request``: FIONREAD); 0 if unknown."""
-        transport = self.transport
-        sock = transport.get_extra_info("socket") if transport is not None else None
-        if sock is None or self._lost:
-            return 0
-        try:
-            raw = fcntl.ioctl(sock.fileno(), request, b"\0\0\0\0")
-        except OSError:
-            return 0
-        return int.from_bytes(raw, sys.byteorder)
 
     def begin_drain(self, now: float) -> None:
         """The worker is stopping: the next response says ``Connection: close``
