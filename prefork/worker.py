@@ -79,6 +79,8 @@ ACCEPT_BACKOFF_S = 0.1  # pause after EMFILE/ENFILE/ENOBUFS/ENOMEM from accept()
 # without its connection closing frees a connection_limit slot, and nothing
 # wakes the accept loop for that) and for queued clients to reclaim slots for.
 PRESSURE_CHECK_S = 0.05
+# How long a count of the connections at work is reused (Worker._free_slots).
+COSTLY_RECOUNT_S = 0.01
 # At most this many connections reclaimed per check (nginx frees 32 at a time).
 RECLAIM_MAX = 32
 # File descriptors a worker needs beyond its connections (listeners, pipe, logs,
@@ -316,6 +318,9 @@ class Worker:
         self._accepting = False
         self._backoff: asyncio.TimerHandle | None = None
         self._pressure: asyncio.TimerHandle | None = None
+        # Connections at work (beyond connection_limit only; see _free_slots).
+        self._costly = 0
+        self._costly_until = 0.0
         # The current out-of-resources episode of accept(): failures and its start.
         self._starved = 0
         self._starved_since = 0.0
@@ -523,17 +528,23 @@ class Worker:
 
     # -- accepting ----------------------------------------------------------
 
-    def _free_slots(self) -> int:
+    def _free_slots(self, recount: bool = False) -> int:
         """Connections this worker may accept now, under both caps."""
         cfg = self.cfg
         active = self._active
         free = cfg.open_connection_limit - active
         room = cfg.connection_limit - active  # as if every connection cost
-        if room > 0 or self._state is None:
+        if room > 0 or self._state is None or self._loop is None:
             return min(free, room)
-        # Beyond connection_limit only: count those that wait for their client.
-        costly = active - self._state.waiting_connections()
-        return min(free, cfg.connection_limit - costly)
+        # Beyond connection_limit only: count those at work. The count walks
+        # every connection, so it is reused for COSTLY_RECOUNT_S (under an
+        # accept storm, one walk per wake-up was the worker's biggest cost);
+        # what was accepted since counts as at work until the next count.
+        now = self._loop.time()
+        if recount or now >= self._costly_until:
+            self._costly = active - self._state.waiting_connections()
+            self._costly_until = now + COSTLY_RECOUNT_S
+        return min(free, cfg.connection_limit - self._costly)
 
     def _resume_accepting(self) -> None:
         assert self._loop is not None
@@ -601,6 +612,7 @@ class Worker:
             # No setblocking(): uvloop makes the fd non-blocking when it opens the transport.
             conn = wrap(family, socket.SOCK_STREAM, 0, fd)
             self._active += 1
+            self._costly += 1
             task = self._loop.create_task(serve_connection(conn, self._state, addr))
             self._tasks.add(task)
             task.add_done_callback(self._on_connection_done)
@@ -618,7 +630,7 @@ class Worker:
         self._pressure = None
         if self.state is WorkerState.DRAINING or self._accepting or self._state is None:
             return
-        if self._free_slots() > 0:
+        if self._free_slots(recount=True) > 0:
             self._resume_accepting()
             return
         if self._active >= self.cfg.open_connection_limit:
