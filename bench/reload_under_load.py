@@ -17,6 +17,7 @@ PYTHONPATH. Traffic stays on 127.0.0.1.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import shutil
@@ -74,6 +75,16 @@ def _workers(master: int) -> list[int]:
     except OSError:
         return []
     return [int(pid) for pid in text.split()]
+
+
+def _sockets(pid: int) -> int:
+    """Sockets a process holds: its connections and its listen socket."""
+    fds = Path(f"/proc/{pid}/fd")
+    count = 0
+    for fd in fds.iterdir():
+        with contextlib.suppress(OSError):
+            count += os.readlink(fd).startswith("socket:")
+    return count
 
 
 def _stop(proc: subprocess.Popen[str]) -> None:
@@ -134,10 +145,13 @@ def run_row(row: str, seconds: float, hups: int, connections: int) -> dict[str, 
                 steps.append(signal.SIGKILL)
             gap = seconds * 0.8 / (len(steps) + 1)
             want = 2
+            killed_sockets = 0
             for step in steps:
                 time.sleep(max(0.0, started + gap * (steps.index(step) + 1) - time.monotonic()))
                 if step is signal.SIGKILL:
-                    os.kill(_workers(proc.pid)[0], signal.SIGKILL)
+                    victim = _workers(proc.pid)[0]
+                    killed_sockets = _sockets(victim)
+                    os.kill(victim, signal.SIGKILL)
                     continue
                 os.kill(proc.pid, step)
                 want += {signal.SIGTTIN: 1, signal.SIGTTOU: -1}.get(step, 0)
@@ -145,7 +159,9 @@ def run_row(row: str, seconds: float, hups: int, connections: int) -> dict[str, 
             out, _ = wrk.communicate(timeout=seconds + 30)
         finally:
             _stop(proc)
-        return _parse_wrk(out)
+        result = _parse_wrk(out)
+        result["killed_sockets"] = killed_sockets
+        return result
 
 
 def main() -> None:
@@ -161,12 +177,17 @@ def main() -> None:
     print(
         f"wrk -c{args.connections}, 2 workers, {args.seconds:.0f} s: HUP x{args.hups}, TTIN, TTOU"
     )
-    print("| row | requests | read errors | other socket errors | non-2xx |")
-    print("|---|--:|--:|--:|--:|")
+    columns = ("row", "requests", "read errors", "other socket errors", "non-2xx")
+    print("| " + " | ".join((*columns, "killed worker's sockets")) + " |")
+    print("|---|--:|--:|--:|--:|--:|")
     for row in args.rows.split(","):
         r = run_row(row, args.seconds, args.hups, args.connections)
         other = r["connect"] + r["write"] + r["timeout"]
-        print(f"| {row} | {r['requests']:,} | {r['read']} | {other} | {r['non2xx']} |", flush=True)
+        killed = r["killed_sockets"] or "-"
+        print(
+            f"| {row} | {r['requests']:,} | {r['read']} | {other} | {r['non2xx']} | {killed} |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":
