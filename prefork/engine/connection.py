@@ -7,7 +7,10 @@ coroutine (``serve_connection``) is parked; otherwise that coroutine is woken
 only when a whole request is there and runs the interface's ``exchange`` once
 per request. Reading, writing (and the write batch), backpressure, closing
 (half-close, linger) and what happens when a deadline passes live here, and
-only here; the worker's sweeper that notices a deadline is in ``shared``.
+only here; the worker's sweeper that notices a deadline is in ``shared``. So
+are the slow-client rules the sweeper applies (``check_rate``: the minimum
+transfer rate; ``close_if_quiet``: the server closes a connection waiting for
+a request only once its client has been quiet; docs/slow-clients.md).
 
 App interfaces use the public members below (``receive_request``,
 ``write_response``, ``send``, ``drain``, ``close_after_response``,
