@@ -365,51 +365,58 @@ class Connection(asyncio.Protocol):
     # -- slow clients: the rate rule, reclaiming, draining ------------------
     # (docs/slow-clients.md; the sweeper in ``shared`` calls these.)
 
-    def check_rate(self, now: float, rate: float, grace: float) -> None:
-        """Close this connection if its request or response moves slower than ``rate``.
+    def too_slow(self, now: float, rate: float, grace: float) -> bool:
+        """Has this connection's request or response fallen below ``rate`` (the rate rule)?
 
         Each byte buys ``1 / rate`` seconds on top of ``grace`` (mod_reqtimeout's
-        MinRate), counted from the first byte of the request, or from when a
-        response was first seen waiting in the write buffer.
+        MinRate), counted from the first byte of the request, or from when the
+        client was first seen holding a response back.
         """
         kind = self.deadline_kind
         if kind is Deadline.HEADER or kind is Deadline.BODY:
             since = self._rx_at
-            if since and below_min_rate(now - since, self._rx_bytes, rate, grace):
-                what = "head" if kind is Deadline.HEADER else "body"
-                logger.info(
-                    "%s: request %s too slow (%d bytes in %.1fs, min_transfer_rate %d B/s): 408",
-                    self.client_ip,
-                    what,
-                    self._rx_bytes,
-                    now - since,
-                    rate,
-                )
-                self._fail_request(f"request {what} too slow")
-        elif kind is Deadline.IDLE or kind is Deadline.WRITE:
-            self._check_send_rate(now, rate, grace)
+            return bool(since) and below_min_rate(now - since, self._rx_bytes, rate, grace)
+        if kind is Deadline.IDLE or kind is Deadline.WRITE:
+            return self._holds_back_too_long(now, rate, grace)
+        return False
 
-    def _check_send_rate(self, now: float, rate: float, grace: float) -> None:
-        """The rate rule for a response the client holds back (it does not take the bytes)."""
-        if self.transport is None or self._lost:
-            return
-        progress = held_back(self.transport)
+    def _holds_back_too_long(self, now: float, rate: float, grace: float) -> bool:
+        progress = None if self._lost else held_back(self.transport)
         if progress is None:
-            return
+            return False
         held, acked = progress
         if not held:
             self._tx_at = 0.0
         elif not self._tx_at:
             self._tx_at = now
             self._tx_mark = acked
-        elif below_min_rate(now - self._tx_at, acked - self._tx_mark, rate, grace):
+        else:
+            return below_min_rate(now - self._tx_at, acked - self._tx_mark, rate, grace)
+        return False
+
+    def check_rate(self, now: float, rate: float, grace: float) -> None:
+        """Cut this connection if it is ``too_slow``: 408 for a request, a reset for a
+        response (as their timeouts do); one line at info with the client's address."""
+        if not self.too_slow(now, rate, grace):
+            return
+        kind = self.deadline_kind
+        if kind is Deadline.HEADER or kind is Deadline.BODY:
+            what = "head" if kind is Deadline.HEADER else "body"
             logger.info(
-                "%s: response read too slowly (%d bytes in %.1fs, %d waiting,"
-                " min_transfer_rate %d B/s): closing",
+                "%s: request %s too slow (%d bytes in %.1fs, min_transfer_rate %d B/s): 408",
                 self.client_ip,
-                acked - self._tx_mark,
+                what,
+                self._rx_bytes,
+                now - self._rx_at,
+                rate,
+            )
+            self._fail_request(f"request {what} too slow")
+        else:
+            logger.info(
+                "%s: response read too slowly (held back for %.1fs, below min_transfer_rate"
+                " %d B/s): closing",
+                self.client_ip,
                 now - self._tx_at,
-                held,
                 rate,
             )
             self.abort()
