@@ -1,4 +1,4 @@
-"""Configuration: the defaults of API.md, validation, TOML loading and merging.
+"""Configuration: the defaults (docs/reference.md), validation, TOML loading and merging.
 
 A :class:`Config` is immutable once built; handlers see it as ``ctx.cfg``,
 readable both as attributes and as a mapping. Every error names the key.
@@ -135,6 +135,23 @@ _CHOICES = {
 }
 
 
+def parse_host_port(text: str, what: str) -> tuple[str, int]:
+    """``HOST:PORT``, ``[IPv6]:PORT``, ``:PORT`` or ``PORT`` -> ``(host, port)``.
+
+    The one reading of an address everywhere (``-b``, ``binds``,
+    ``metrics_bind``): no host means 127.0.0.1, as the ``ip`` default, so a
+    short form never listens on every interface by surprise. ``what`` names
+    the flag or key in the error.
+    """
+    host, sep, port = text.rpartition(":")
+    if not sep:
+        host, port = "", text
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not port.isdigit() or not 0 <= int(port) <= 65535 or "[" in host or "]" in host:
+        raise ConfigError(f"{what} {text!r}: expected HOST:PORT with a port from 0 to 65535")
+    return host or "127.0.0.1", int(port)
+
+
 def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -258,13 +275,14 @@ def validate(raw: Mapping[str, Any]) -> dict[str, Any]:
         elif key == "metrics_bind":
             if value is not None:
                 value = _check_str(key, value)
-                _host, sep, port = value.rpartition(":")
-                if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-                    raise ConfigError(f"metrics_bind: expected HOST:PORT, got {value!r}")
+                parse_host_port(value, key)
         elif key in ("log_headers", "binds"):
             if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
                 raise ConfigError(f"{key}: expected a list of strings, got {value!r}")
             value = [v.lower() for v in value] if key == "log_headers" else list(value)
+            if key == "binds":
+                for address in value:
+                    parse_host_port(address, key)
         elif key == "redis_url":
             if value is not None:
                 value = _check_str(key, value)
@@ -309,6 +327,66 @@ def load_toml(path: str) -> dict[str, Any]:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path}: invalid TOML: {exc}") from None
     return data
+
+
+ENV_PREFIX = "PREFORK_"
+# Keys whose value may be given bare (PREFORK_IP=0.0.0.0): the string keys, and
+# forwarded_allow_ips, whose comma-separated form validate() reads.
+_BARE_STRING_KEYS = frozenset(
+    key for key, default in DEFAULTS.items() if isinstance(default, str)
+) | {"redis_url", "metrics_bind", "forwarded_allow_ips"}
+# Keys that may be unset (None); an empty variable unsets them.
+_OPTIONAL_KEYS = frozenset(key for key, default in DEFAULTS.items() if default is None)
+
+
+def from_environ(environ: Mapping[str, str]) -> tuple[dict[str, Any], list[str]]:
+    """The config keys set by ``PREFORK_<KEY>`` variables, and the unknown ``PREFORK_`` names.
+
+    A value is read as a TOML value (``4``, ``true``, ``["10.0.0.0/8"]``,
+    ``{ level = 9 }``); a string key also takes a bare string
+    (``PREFORK_IP=0.0.0.0``) unless it starts with a quote. An empty value
+    unsets a key that may be unset (``redis_url``, ``ssl``, ``metrics_bind``).
+    Raises ConfigError naming the variable for a value that does not parse or
+    does not validate.
+    """
+    out: dict[str, Any] = {}
+    unknown: list[str] = []
+    for name in sorted(environ):
+        if not name.startswith(ENV_PREFIX):
+            continue
+        key = name[len(ENV_PREFIX) :].lower()
+        if key not in DEFAULTS or name != ENV_PREFIX + key.upper():
+            unknown.append(name)
+            continue
+        text = environ[name]
+        try:
+            out[key] = _env_value(key, text)
+            validate({key: out[key]})  # the defaults are valid: an error is this key's
+        except ConfigError as exc:
+            raise ConfigError(f"environment variable {name}={text!r}: {exc}") from None
+    return out, unknown
+
+
+def _env_value(key: str, text: str) -> Any:
+    stripped = text.strip()
+    if not stripped and key in _OPTIONAL_KEYS:
+        return None
+    toml_form = stripped.startswith(('"', "'")) or (
+        key == "forwarded_allow_ips" and stripped.startswith("[")
+    )
+    if key in _BARE_STRING_KEYS and not toml_form:
+        return stripped
+    try:
+        return tomllib.loads(f"value = {stripped}")["value"]
+    except tomllib.TOMLDecodeError:
+        raise ConfigError("not a TOML value (quote strings, [a, b] for lists)") from None
+
+
+def layered(
+    file_cfg: Mapping[str, Any], env_cfg: Mapping[str, Any], flags: Mapping[str, Any]
+) -> dict[str, Any]:
+    """The keys of every source, later ones winning: file < environment < flags."""
+    return merged_flags(merged(file_cfg, env_cfg), flags)
 
 
 def merged(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:

@@ -10,18 +10,8 @@ the fork), import the app (a ``"MODULE:ATTR"`` string is imported here, never
 in the master, so a reload picks up new code), make the Redis client, start
 accepting, and only then report READY to the master.
 
-Accepting: the listen sockets are shared by every worker. A worker takes a
-slot *before* it accepts, and at a cap it removes the listen fds from its loop,
-so excess connections wait in the kernel's listen queue for any worker with a
-free slot: nothing is refused. Two caps (docs/slow-clients.md):
-``connection_limit`` counts what costs, the connections with a request in
-progress (idle keep-alive ones and clients still sending are cheap), and
-``open_connection_limit`` counts every open connection. While at a cap, the
-worker looks every ``PRESSURE_CHECK_S`` whether a slot freed and, at the open
-cap with clients queued, closes connections that wait for a request
-(``Shared.reclaim``). Out-of-resource accept errors (EMFILE, ENFILE, ENOBUFS,
-ENOMEM) pause accepting for ``ACCEPT_BACKOFF_S`` instead of spinning on a
-readable fd, logged once per episode.
+Accepting, under the two caps (``connection_limit``, ``open_connection_limit``),
+is ``engine.accept.Acceptor``'s.
 
 The pipe to the master carries one byte per message (see ``MSG_*``): READY
 once, a HEARTBEAT from the event loop every ``heartbeat_interval()`` seconds (a
@@ -37,7 +27,6 @@ import asyncio
 import contextlib
 import ctypes
 import enum
-import errno
 import gc
 import logging
 import os
@@ -46,7 +35,6 @@ import resource
 import signal
 import socket
 import ssl
-import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -57,8 +45,8 @@ from prefork import log
 from prefork._types import Handler
 from prefork.apps import build_app
 from prefork.config import Config
+from prefork.engine.accept import Acceptor
 from prefork.engine.app import AppInterface
-from prefork.engine.connection import serve_connection
 from prefork.engine.shared import Shared
 from prefork.errors import PreforkError
 
@@ -74,31 +62,12 @@ MSG_READY = b"R"  # booted: app imported, Redis client made, accepting
 MSG_HEARTBEAT = b"H"  # the event loop is alive
 MSG_RECYCLE = b"M"  # max_requests reached: replace me, then stop me
 
-ACCEPT_BACKOFF_S = 0.1  # pause after EMFILE/ENFILE/ENOBUFS/ENOMEM from accept()
-# While at a cap: how often the worker looks for a free slot (a request finished
-# without its connection closing frees a connection_limit slot, and nothing
-# wakes the accept loop for that) and for queued clients to reclaim slots for.
-PRESSURE_CHECK_S = 0.05
-# How long a count of the connections at work is reused (Worker._free_slots).
-COSTLY_RECOUNT_S = 0.01
-# At most this many connections reclaimed per check (nginx frees 32 at a time).
-RECLAIM_MAX = 32
 # File descriptors a worker needs beyond its connections (listeners, pipe, logs,
 # the app's own files) and for connections lingering after their close.
 SPARE_FDS = 64
-# Accepts per wake-up of a listen fd, bounded by the free slots. Usually
-# ACCEPT_BATCH_MIN, so the siblings (woken by the same connections) get some.
-# When the queue holds more, as in a reconnect storm (1,000 keep-alive clients
-# reaching requests_per_connection together), a worker takes its share,
-# ceil(queued / workers), up to ACCEPT_BATCH_MAX: at 16 a wake-up, 1,000
-# connections waited ~60 loop turns, ~100 ms at that load, before their first
-# read; 256 accepts cost ~4 ms, about one such turn.
-ACCEPT_BATCH_MIN = 16
-ACCEPT_BATCH_MAX = 256
 HEARTBEAT_MAX_INTERVAL_S = 1.0  # also the period of the orphan check
 BOOT_TIMEOUT_MIN_S = 30.0  # a new worker gets max(this, worker_timeout) to report ready
 STOP_MARGIN_S = 2.0  # beyond graceful_timeout before the master kills a draining worker
-_RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 # Every signal the master handles; a worker resets them first thing after the fork.
 MASTER_SIGNALS = (
     signal.SIGHUP,
@@ -113,52 +82,6 @@ MASTER_SIGNALS = (
 # Ignored in a worker: HUP, TTIN, TTOU are for the master (a signal to the whole process
 # group must not stop or kill the workers); USR1 until its handler is installed.
 _IGNORED_SIGNALS = (signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGUSR1)
-
-
-class _AcceptedV4(socket.socket):
-    """An accepted IPv4 socket whose family and type are constants.
-
-    ``socket.socket.accept`` and uvloop's ``connect_accepted_socket`` read
-    ``family`` and ``type`` through properties that turn ints into enums each
-    time (three conversions per connection); here they are class attributes.
-    """
-
-    __slots__ = ()
-    family = socket.AF_INET
-    type = socket.SOCK_STREAM
-
-
-class _AcceptedV6(socket.socket):
-    """An accepted IPv6 socket; see :class:`_AcceptedV4`."""
-
-    __slots__ = ()
-    family = socket.AF_INET6
-    type = socket.SOCK_STREAM
-
-
-_ACCEPTED = {socket.AF_INET: _AcceptedV4, socket.AF_INET6: _AcceptedV6}
-_TCP_INFO = getattr(socket, "TCP_INFO", None)  # Linux
-_TCP_LISTEN = 10  # tcpi_state of a listening socket (TCP_LISTEN in the kernel)
-
-
-def accept_queue_length(listener: socket.socket) -> int | None:
-    """How many connections wait in a listening TCP socket's accept queue; None if unknown.
-
-    On Linux, ``TCP_INFO`` of a listening socket reports the queue length as
-    ``tcpi_unacked`` (bytes 24..28). Asking costs about 0.6 us here; an
-    ``accept()`` on an empty queue costs 4.6 us (the kernel allocates the new
-    socket and file before it looks at the queue), so the accept loop asks
-    instead of accepting until EAGAIN.
-    """
-    if _TCP_INFO is None:
-        return None
-    try:
-        info = listener.getsockopt(socket.IPPROTO_TCP, _TCP_INFO, 32)
-    except OSError:
-        return None
-    if len(info) < 28 or info[0] != _TCP_LISTEN:
-        return None
-    return int.from_bytes(info[24:28], sys.byteorder)
 
 
 class WorkerState(enum.Enum):
@@ -313,19 +236,7 @@ class Worker:
         self._state: Shared | None = None
         self._redis: Any = None
         self._stop: asyncio.Future[Stop] | None = None
-        self._active = 0
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._accepting = False
-        self._backoff: asyncio.TimerHandle | None = None
-        self._pressure: asyncio.TimerHandle | None = None
-        # Connections at work (beyond connection_limit only; see _free_slots).
-        self._costly = 0
-        self._costly_until = 0.0
-        # The current out-of-resources episode of accept(): failures and its start.
-        self._starved = 0
-        self._starved_since = 0.0
-        # Per listener fd: does TCP_INFO give its queue length (asked once, at first arming)?
-        self._queue_known: dict[int, bool] = {}
+        self._acceptor: Acceptor | None = None
         self._recycle_at = 0
         self._recycle_sent = False
 
@@ -427,7 +338,8 @@ class Worker:
         loop.add_signal_handler(signal.SIGUSR1, self._reopen_logs)
         for sock in self.listeners:
             sock.setblocking(False)
-        self._resume_accepting()
+        acceptor = self._acceptor = Acceptor(self.cfg, self.listeners, loop, state)
+        acceptor.start()
         self.state = WorkerState.SERVING
         self._send(MSG_READY)
         logger.info("worker %d (pid %d, gen %d) ready", self.number, os.getpid(), self.generation)
@@ -442,7 +354,7 @@ class Worker:
             logger.exception("worker %d (pid %d): app shutdown failed", self.number, os.getpid())
         return WORKER_EXIT_OK
 
-    def _boot(self) -> AppInterface | None:
+    def _boot(self) -> AppInterface[Any] | None:
         """Import the app and make the Redis client; None (logged in one line) if either fails."""
         try:
             app = build_app(self.app, self.cfg)
@@ -459,12 +371,10 @@ class Worker:
     async def _drain(self, state: Shared) -> None:
         """Graceful stop: no new connections, in-flight ones finish, then close Redis."""
         self.state = WorkerState.DRAINING
-        self._pause_accepting()
-        if self._backoff is not None:
-            self._backoff.cancel()
-        if self._pressure is not None:
-            self._pressure.cancel()
-            self._pressure = None
+        acceptor = self._acceptor
+        if acceptor is not None:
+            acceptor.stop()
+        tasks = acceptor.tasks if acceptor is not None else set()
         # This process accepts no more: its copies of the listen sockets go, so once
         # the master (stopping) and every worker closed theirs, clients are refused.
         for sock in self.listeners:
@@ -473,7 +383,7 @@ class Worker:
             "worker %d (pid %d) stopping: %d open connection(s)",
             self.number,
             os.getpid(),
-            self._active,
+            len(tasks),
         )
         state.begin_drain()
         # Every accepted connection has a task, also one whose TLS handshake is still
@@ -481,12 +391,12 @@ class Worker:
         # first, then let wait_closed abort what is left at graceful_timeout.
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.cfg.graceful_timeout
-        if self._tasks:
-            await asyncio.wait(set(self._tasks), timeout=self.cfg.graceful_timeout)
+        if tasks:
+            await asyncio.wait(set(tasks), timeout=self.cfg.graceful_timeout)
         await state.wait_closed(max(0.0, deadline - loop.time()))
-        if self._tasks:
+        if tasks:
             # wait_closed aborted the stragglers; give their tasks one turn to finish.
-            await asyncio.wait(set(self._tasks), timeout=1.0)
+            await asyncio.wait(set(tasks), timeout=1.0)
         if self._redis is not None:
             with contextlib.suppress(Exception):
                 await self._redis.aclose()
@@ -525,149 +435,3 @@ class Worker:
             )
             self._send(MSG_RECYCLE)
         self._loop.call_later(heartbeat_interval(self.cfg.worker_timeout), self._tick)
-
-    # -- accepting ----------------------------------------------------------
-
-    def _free_slots(self, recount: bool = False) -> int:
-        """Connections this worker may accept now, under both caps."""
-        cfg = self.cfg
-        active = self._active
-        free = cfg.open_connection_limit - active
-        room = cfg.connection_limit - active  # as if every connection cost
-        if room > 0 or self._state is None or self._loop is None:
-            return min(free, room)
-        # Beyond connection_limit only: count those at work. The count walks
-        # every connection, so it is reused for COSTLY_RECOUNT_S (under an
-        # accept storm, one walk per wake-up was the worker's biggest cost);
-        # what was accepted since counts as at work until the next count.
-        now = self._loop.time()
-        if recount or now >= self._costly_until:
-            self._costly = active - self._state.waiting_connections()
-            self._costly_until = now + COSTLY_RECOUNT_S
-        return min(free, cfg.connection_limit - self._costly)
-
-    def _resume_accepting(self) -> None:
-        assert self._loop is not None
-        if self._accepting or self.state is WorkerState.DRAINING:
-            return
-        if self._backoff is not None:
-            return
-        if self._free_slots() <= 0:
-            self._watch_pressure()
-            return
-        for sock in self.listeners:
-            fd = sock.fileno()
-            wrap = _ACCEPTED.get(sock.family, socket.socket)
-            known = self._queue_known.get(fd)
-            if known is None:
-                known = self._queue_known[fd] = accept_queue_length(sock) is not None
-            self._loop.add_reader(fd, self._on_readable, sock, wrap, int(sock.family), known)
-        self._accepting = True
-
-    def _pause_accepting(self) -> None:
-        assert self._loop is not None
-        if not self._accepting:
-            return
-        for sock in self.listeners:
-            self._loop.remove_reader(sock.fileno())
-        self._accepting = False
-
-    def _on_readable(
-        self, listener: socket.socket, wrap: type[socket.socket], family: int, known: bool
-    ) -> None:
-        assert self._loop is not None
-        assert self._state is not None
-        free = self._free_slots()
-        if free <= 0:
-            self._pause_accepting()
-            self._watch_pressure()
-            return
-        if known:
-            # Accept what is queued, not until EAGAIN. 0 means a sibling took it
-            # (or the count is off): one accept() then, so a readable listener
-            # is never left alone (level-triggered: it would spin).
-            queued = accept_queue_length(listener) or 1
-            share = min(max(-(-queued // self.cfg.workers), ACCEPT_BATCH_MIN), ACCEPT_BATCH_MAX)
-            batch = min(free, queued, share)
-        else:
-            batch = min(free, ACCEPT_BATCH_MIN)
-        for _ in range(batch):
-            try:
-                # The fd and the peer address; socket.accept() would also build the
-                # socket through enum conversions (a measurable share of S3).
-                fd, addr = listener._accept()  # type: ignore[attr-defined]
-            except (BlockingIOError, InterruptedError):
-                break  # a sibling took it, or the queue is empty
-            except OSError as exc:
-                if exc.errno in _RESOURCE_ERRNOS:
-                    self._note_starved(exc.errno or 0)
-                    self._pause_accepting()
-                    self._backoff = self._loop.call_later(ACCEPT_BACKOFF_S, self._end_backoff)
-                    return
-                # ECONNABORTED and friends: that one connection is gone; try the next.
-                logger.debug("accept() failed: %s", exc)
-                continue
-            if self._starved:
-                self._end_starved()
-            # No setblocking(): uvloop makes the fd non-blocking when it opens the transport.
-            conn = wrap(family, socket.SOCK_STREAM, 0, fd)
-            self._active += 1
-            self._costly += 1
-            task = self._loop.create_task(serve_connection(conn, self._state, addr))
-            self._tasks.add(task)
-            task.add_done_callback(self._on_connection_done)
-        if self._active >= self.cfg.connection_limit and self._free_slots() <= 0:
-            self._pause_accepting()
-            self._watch_pressure()
-
-    def _watch_pressure(self) -> None:
-        """At a cap: look again in PRESSURE_CHECK_S (once armed, one timer at a time)."""
-        if self._pressure is None and self._loop is not None:
-            self._pressure = self._loop.call_later(PRESSURE_CHECK_S, self._check_pressure)
-
-    def _check_pressure(self) -> None:
-        """Resume accepting if a slot freed; at the open cap, reclaim slots for queued clients."""
-        self._pressure = None
-        if self.state is WorkerState.DRAINING or self._accepting or self._state is None:
-            return
-        if self._free_slots(recount=True) > 0:
-            self._resume_accepting()
-            return
-        if self._active >= self.cfg.open_connection_limit:
-            queued = sum(accept_queue_length(sock) or 0 for sock in self.listeners)
-            if queued:
-                self._state.reclaim(min(queued, RECLAIM_MAX))
-        self._watch_pressure()
-
-    def _note_starved(self, err: int) -> None:
-        """One accept() failed for lack of resources: logged once per episode."""
-        assert self._loop is not None
-        if not self._starved:
-            self._starved_since = self._loop.time()
-            logger.error(
-                "accept() out of resources (%s): retrying every %.1fs until it clears",
-                os.strerror(err),
-                ACCEPT_BACKOFF_S,
-            )
-        self._starved += 1
-
-    def _end_starved(self) -> None:
-        assert self._loop is not None
-        logger.warning(
-            "accept() works again after %.1fs out of resources (%d failed attempt(s))",
-            self._loop.time() - self._starved_since,
-            self._starved,
-        )
-        self._starved = 0
-
-    def _end_backoff(self) -> None:
-        self._backoff = None
-        self._resume_accepting()
-
-    def _on_connection_done(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        self._active -= 1
-        if not task.cancelled() and task.exception() is not None:
-            exc = task.exception()
-            logger.error("connection task failed", exc_info=exc)
-        self._resume_accepting()

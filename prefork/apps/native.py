@@ -31,6 +31,7 @@ from prefork.engine.shared import Shared
 from prefork.engine.slices import compress_in_slices
 from prefork.errors import PeerGone, PreforkError, ProtocolError
 from prefork.http import compression
+from prefork.http.forwarded import forwarded_view
 from prefork.http.protocol import bodyless_status, error_response
 from prefork.http.request import Request, parse_args
 from prefork.http.response import (
@@ -41,7 +42,6 @@ from prefork.http.response import (
     encode_head,
     fields,
     negotiate,
-    strip_body,
 )
 
 logger = logging.getLogger(log.WORKER)
@@ -80,7 +80,9 @@ class NativeApp:
         """Call the (sync) handler from the protocol callback and answer if it can be done now."""
         shared = conn.shared
         ctx = conn.ctx
-        if (
+        if conn.behind_proxy:
+            ctx = context(conn, conn.client_ip, shared.redis_module, req)
+        elif (
             ctx is None
             or ctx.client_ip is not conn.client_ip
             or ctx.redis_module is not shared.redis_module
@@ -94,7 +96,7 @@ class NativeApp:
         except Exception:
             # Answered (500, close): the woken coroutine returns "close".
             conn.count += 1
-            handler_failed(conn, shared, req, conn.client_ip, started)
+            handler_failed(conn, shared, req, _client(conn), started)
             return False
         if type(result) is not tuple and asyncio.iscoroutine(result):
             conn.hand_off((req, result, started))
@@ -112,15 +114,38 @@ class NativeApp:
         return outcome == "keep-alive"
 
 
-def context(conn: Connection, client_ip: str, redis_module: Any) -> Context:
-    """The handler's ``ctx`` for this connection (one object, reused)."""
+def context(
+    conn: Connection, client_ip: str, redis_module: Any, req: Request | None = None
+) -> Context:
+    """The handler's ``ctx`` for this connection (one object, reused).
+
+    ``req``: from a trusted proxy, whose forwarded fields set the client
+    address, the scheme and the ``host`` header the handler sees.
+    """
+    shared = conn.shared
+    scheme = shared.scheme
+    if req is not None:
+        client, forwarded_scheme, host = forwarded_view(req.headers, shared.trust)
+        if client is not None:
+            client_ip = client
+        if forwarded_scheme is not None:
+            scheme = forwarded_scheme
+        if host is not None:
+            req.headers["host"] = host
     ctx: Context | None = conn.ctx
     if ctx is None:
-        ctx = conn.ctx = Context(app_logger, conn, client_ip, conn.shared.cfg, redis_module)
-    elif ctx.client_ip != client_ip or ctx.redis_module is not redis_module:
+        ctx = conn.ctx = Context(app_logger, conn, client_ip, shared.cfg, redis_module, scheme)
+    else:
         ctx.client_ip = client_ip
+        ctx.scheme = scheme
         ctx.redis_module = redis_module
     return ctx
+
+
+def _client(conn: Connection) -> str:
+    """The client's address as the handler saw it (a trusted proxy's word, or the peer)."""
+    ctx = conn.ctx
+    return conn.client_ip if ctx is None else str(ctx.client_ip)
 
 
 async def exchange(
@@ -144,10 +169,11 @@ async def exchange(
             try:
                 result = await result
             except Exception:
-                return handler_failed(conn, state, req, conn.client_ip, started)
+                return handler_failed(conn, state, req, _client(conn), started)
     else:
         started = time.monotonic()
-        ctx = context(conn, client_ip, redis_module)
+        ctx = context(conn, client_ip, redis_module, req if conn.behind_proxy else None)
+        client_ip = ctx.client_ip
         app: NativeApp = state.app  # type: ignore[assignment]
         try:
             if app.is_async:
@@ -191,9 +217,7 @@ def handler_failed(
 def _send_500(
     conn: Connection, state: Shared, req: Request, client_ip: str, started: float
 ) -> Action:
-    data = error_response(500, "Internal Server Error")
-    if req.method == "HEAD":  # RFC 9110 §9.3.2: no content, whatever the status
-        data = strip_body(data)
+    data = error_response(500, "Internal Server Error", req.method)
     conn.send(data)
     state.requests_served += 1
     if state.access.enabled():
@@ -242,7 +266,7 @@ def finish(
             content, status, headers = check_result(result)
         except HandlerResultError as exc:
             app_logger.error("%s %s: %s", req.method, req.path, exc)
-            return _send_500(conn, state, req, conn.client_ip, started)
+            return _send_500(conn, state, req, _client(conn), started)
     keep_alive = (
         req.keep_alive
         and count + 1 < state.requests_per_connection
@@ -293,7 +317,7 @@ def finish(
         sent = _write_fixed(conn, req, status, text, has_server, body, keep_alive, batchable)
     except BadHeader as exc:
         app_logger.error("%s %s: %s", req.method, req.path, exc)
-        return _send_500(conn, state, req, conn.client_ip, started)
+        return _send_500(conn, state, req, _client(conn), started)
     return _done(conn, state, req, status, sent, started, keep_alive)
 
 
@@ -310,7 +334,7 @@ def _done(
     state.requests_served += 1
     if state.access.enabled():
         state.access.log(
-            conn.client_ip, req.method, req.path, req.version, status, sent, started, req.headers
+            _client(conn), req.method, req.path, req.version, status, sent, started, req.headers
         )
     if keep_alive:
         return "keep-alive"
@@ -377,7 +401,7 @@ async def respond_slow(
             sent = _write_fixed(conn, req, status, text, has_server, body, keep_alive, False)
     except BadHeader as exc:
         app_logger.error("%s %s: %s", req.method, req.path, exc)
-        return _send_500(conn, state, req, conn.client_ip, started)
+        return _send_500(conn, state, req, _client(conn), started)
     return _done(conn, state, req, status, sent, started, keep_alive)
 
 

@@ -21,15 +21,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
-import ssl
 import sys
 from typing import Any
 
 from prefork import log
+from prefork.engine.app import AppInterface
 from prefork.engine.shared import Deadline, Shared, below_min_rate
 from prefork.engine.sockinfo import held_back, unread_bytes
-from prefork.errors import PeerGone, PreforkError, ProtocolError
+from prefork.errors import PeerGone, ProtocolError
 from prefork.http.protocol import CONTINUE_RESPONSE, RequestReader, error_response
 from prefork.http.request import Request
 from prefork.http.response import body_length
@@ -84,6 +83,7 @@ class Connection(asyncio.Protocol):
         "_waiter",
         "_write_paused",
         "app",
+        "behind_proxy",
         "client_ip",
         "count",
         "ctx",
@@ -98,12 +98,15 @@ class Connection(asyncio.Protocol):
 
     def __init__(self, shared: Shared) -> None:
         state = self.shared = shared
-        self.app = shared.app
+        self.app: AppInterface[Connection] = shared.app
         self.transport: asyncio.Transport | None = None
         self.reader = RequestReader(state.head_parser, state.limits, state.head_cache)
         self.peername: tuple[str, int] | None = None
         self.server_name: str | None = None
         self.client_ip = "-"
+        # The peer is a trusted proxy (forwarded_allow_ips): the app interfaces
+        # take the client, scheme and host from its fields (http.forwarded).
+        self.behind_proxy = False
         self.deadline = 0.0
         self.deadline_kind = Deadline.NONE
         # The app interface's per-connection object (the native handler's ``ctx``).
@@ -135,6 +138,9 @@ class Connection(asyncio.Protocol):
         # Sync handlers are served straight from data_received while the
         # connection coroutine is parked: no wake-up per request.
         self._inline = shared.app.inline
+        # Bodies the app reads piece by piece (``receive_body``): ASGI sets
+        # ``stream_bodies_over``; None (the native handler) reads them whole.
+        self.reader.stream_over = getattr(shared.app, "stream_bodies_over", None)
         self.count = 0
 
     # -- asyncio.Protocol -------------------------------------------------
@@ -152,6 +158,7 @@ class Connection(asyncio.Protocol):
             # request does not touch a string of its own (see Shared.counts).
             self.peername = (sys.intern(str(peer[0])), int(peer[1]))
             self.client_ip = self.peername[0]
+            self.behind_proxy = self.shared.trust.trusts(self.client_ip)
 
     def data_received(self, data: bytes) -> None:
         if self._closing:
@@ -183,6 +190,8 @@ class Connection(asyncio.Protocol):
             if reader.want_continue:
                 reader.want_continue = False
                 self.send(CONTINUE_RESPONSE)
+            if self._waiter is not None and not self._parked:
+                self._wake()  # receive_body() waits for a piece of a streamed body
             if reader.in_body:
                 if self.deadline_kind is not Deadline.BODY:
                     self._set_deadline(Deadline.BODY, self.shared.request_body_timeout)
@@ -527,7 +536,7 @@ class Connection(asyncio.Protocol):
 
     def reply_error_and_close(self, exc: ProtocolError) -> int:
         """Send the error response for ``exc`` and close; returns the body bytes sent."""
-        data = error_response(exc.status, str(exc))
+        data = error_response(exc.status, str(exc), exc.method)
         self.send(data)
         self.graceful_close()
         return body_length(data)
@@ -658,6 +667,50 @@ class Connection(asyncio.Protocol):
                 self._waiter = None
                 self._parked = False
 
+    async def receive_body(self) -> tuple[bytes, bool]:
+        """The next piece of the streamed body of the request being answered, and
+        whether more follows (``RequestReader.stream_over``).
+
+        Flow control: between calls nothing is parsed and what arrives waits
+        in ``_pending``, whose bound pauses reading the socket, so a client
+        cannot send faster than the app reads. Raises ProtocolError (413 for
+        a chunked body past max_body_size, 400, 408) or PeerGone.
+        """
+        reader = self.reader
+        while True:
+            data = reader.take_body()
+            if data or reader.body_done:
+                self._reading = False
+                self._clear_deadline()
+                return data, not reader.body_done
+            if self._error is not None:
+                raise self._error
+            if self._pending:
+                data, self._pending = self._pending, b""
+                self._resume_reading()
+                try:
+                    reader.feed(data)
+                except ProtocolError as exc:
+                    self._error = exc
+                continue
+            if self._eof or self._closing:
+                if not self._lost and not self._closing:
+                    try:
+                        reader.eof()
+                    except ProtocolError as exc:
+                        self._error = exc
+                        continue
+                raise PeerGone("connection closed inside a request body")
+            self._reading = True
+            self._resume_reading()
+            if self.deadline_kind is Deadline.NONE:
+                self._set_deadline(Deadline.BODY, self.shared.request_body_timeout)
+            waiter = self._waiter = self._loop.create_future()
+            try:
+                await waiter
+            finally:
+                self._waiter = None
+
     async def wait_disconnect(self) -> None:
         """Return once the peer has gone (closed its side, or the connection was lost).
 
@@ -720,49 +773,3 @@ class Connection(asyncio.Protocol):
     def close(self) -> None:
         """Close the connection (after what was written is flushed)."""
         self._close_transport()
-
-
-async def serve_connection(sock: socket.socket, shared: Shared, peer: object) -> None:
-    """Serve one accepted socket (``peer``: accept()'s address) until it closes; never raises."""
-    loop = shared.loop or asyncio.get_running_loop()
-    # (uvloop sets TCP_NODELAY on the transports it makes: no syscall here.)
-    ssl_context = shared.ssl_context
-    conn = Connection(shared)
-    conn.set_peer(peer)
-    try:
-        if ssl_context is not None:
-            await loop.connect_accepted_socket(
-                lambda: conn,
-                sock,
-                ssl=ssl_context,
-                ssl_handshake_timeout=shared.cfg.tls_handshake_timeout,
-            )
-        else:
-            await loop.connect_accepted_socket(lambda: conn, sock)
-    except (OSError, ssl.SSLError, TimeoutError) as exc:
-        logger.debug("connection setup failed: %s", exc)
-        sock.close()
-        return
-    if ssl_context is not None and conn.transport is not None:
-        from prefork.tls import server_name_of
-
-        conn.server_name = server_name_of(conn.transport.get_extra_info("ssl_object"))
-    client_ip = conn.client_ip
-    exchange = shared.app.exchange
-    try:
-        while True:
-            action = await exchange(conn)
-            if action != "keep-alive":
-                break
-    except PreforkError:
-        pass
-    except (OSError, RuntimeError) as exc:
-        logger.debug("connection from %s ended: %s", client_ip, exc)
-    except Exception:
-        logger.exception("unexpected error on a connection from %s", client_ip)
-    finally:
-        if not conn._closing:
-            conn.close()
-        # ctx.client is the connection: without this the pair (and the transport,
-        # reader and buffers hanging off it) would wait for the cyclic GC.
-        conn.ctx = None

@@ -23,12 +23,13 @@ import asyncio
 import enum
 import logging
 import ssl
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from prefork import log
 from prefork.config import Config
 from prefork.engine.batch import WriteBatch
 from prefork.http import compression
+from prefork.http.forwarded import Trust
 from prefork.http.parsers import make_parser, resolve
 from prefork.http.protocol import DATE, HeadCache
 from prefork.http.request import Limits
@@ -36,7 +37,6 @@ from prefork.http.response import FieldsCache, NegotiatedCache
 
 if TYPE_CHECKING:
     from prefork.engine.app import AppInterface
-    from prefork.engine.connection import Connection
 
 logger = logging.getLogger(log.WORKER)
 
@@ -72,13 +72,38 @@ class Deadline(enum.Enum):
     LINGER = 5
 
 
+class Served(Protocol):
+    """What the sweeper and the drain use of a connection (``engine.connection``)."""
+
+    deadline: float
+    client_ip: str
+
+    def on_deadline(self) -> None: ...
+
+    def begin_drain(self, now: float) -> None: ...
+
+    def abort(self) -> None: ...
+
+    # The slow-client rules (docs/slow-clients.md).
+    def too_slow(self, now: float, rate: float, grace: float) -> bool: ...
+
+    def check_rate(self, now: float, rate: float, grace: float) -> None: ...
+
+    @property
+    def waiting_for_client(self) -> bool: ...
+
+    def waiting_since(self) -> float | None: ...
+
+    def close_if_quiet(self, now: float) -> bool: ...
+
+
 class Shared:
     """Everything one worker's connections share: config, app, limits, the sweeper."""
 
     def __init__(
         self,
         cfg: Config,
-        app: AppInterface,
+        app: AppInterface[Any],
         *,
         ssl_context: ssl.SSLContext | None = None,
         redis_module: Any = None,
@@ -86,6 +111,9 @@ class Shared:
         self.cfg = cfg
         self.app = app
         self.ssl_context = ssl_context
+        self.scheme = "https" if ssl_context is not None else "http"
+        # Peers whose X-Forwarded-*/Forwarded fields are believed (http.forwarded).
+        self.trust = Trust(cfg.forwarded_allow_ips)
         self.redis_module = redis_module
         self.limits = Limits.from_config(cfg)
         self.parser_name = resolve(cfg.http)
@@ -120,7 +148,7 @@ class Shared:
         self.idle_deadline = 0.0
         self.idle_deadline_until = 0.0
         self.batch = WriteBatch()
-        self.connections: set[Connection] = set()
+        self.connections: set[Served] = set()
         self.requests_served = 0
         self.draining = False
         self.loop: asyncio.AbstractEventLoop | None = None  # set by start()
@@ -173,7 +201,7 @@ class Shared:
             self._cut(slow)
         self._sweeper = loop.call_later(self.sweep_interval, self._sweep)
 
-    def _cut(self, slow: list[Connection]) -> None:
+    def _cut(self, slow: list[Served]) -> None:
         """Cut the connections found too slow, CUTS_PER_TURN per loop turn.
 
         Attacking connections arrive together and so expire together (100 in
@@ -188,10 +216,10 @@ class Shared:
         if len(slow) > CUTS_PER_TURN:
             loop.call_soon(self._cut, slow[CUTS_PER_TURN:])
 
-    def add(self, conn: Connection) -> None:
+    def add(self, conn: Served) -> None:
         self.connections.add(conn)
 
-    def discard(self, conn: Connection) -> None:
+    def discard(self, conn: Served) -> None:
         self.connections.discard(conn)
         if not self.connections and self.draining and self._all_closed is not None:
             self._all_closed.set()

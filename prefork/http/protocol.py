@@ -29,6 +29,7 @@ from prefork.http.request import (
     Limits,
     Request,
     build_request,
+    diagnose,
     first_fault,
     request_line_error,
 )
@@ -86,7 +87,7 @@ class ReaderState(enum.Enum):
     CHUNK_CRLF = 5
     TRAILERS = 6
     FAILED = 7
-    PAUSED = 8  # after an Upgrade request: the bytes behind it may not be HTTP
+    PAUSED = 8  # after an Upgrade request, or a streamed body: parse no further for now
 
 
 class RequestReader:
@@ -98,6 +99,14 @@ class RequestReader:
     part of a head has arrived (for the header deadline); ``in_body`` that the
     body is being read (for the body deadline); ``want_continue`` that a
     ``100 Continue`` should be sent now.
+
+    Streamed bodies (``stream_over``, None for never): a request whose body
+    ``streams_body`` is queued as soon as its head is complete, and its body
+    then comes out piece by piece through ``take_body`` (``body_done`` once
+    the last piece has been parsed). No ``100 Continue`` is asked for: the
+    app reading the body is what warrants one. After a streamed body the
+    reader parses no further (PAUSED, as after an Upgrade) until ``resume``,
+    so a pipelined request's body can never mix with the streamed one.
     """
 
     __slots__ = (
@@ -112,7 +121,10 @@ class RequestReader:
         "_parser",
         "_received",
         "_state",
+        "_streaming",
+        "body_done",
         "requests",
+        "stream_over",
         "want_continue",
     )
 
@@ -134,6 +146,9 @@ class RequestReader:
         # empty deque costs ~600 bytes on every idle connection.
         self.requests: list[Request] = []
         self.want_continue = False
+        self.stream_over: int | None = None
+        self._streaming = False
+        self.body_done = False
 
     def take(self) -> Request:
         """Remove and return the first complete request (``requests`` is not empty).
@@ -179,6 +194,15 @@ class RequestReader:
             if data:
                 self.feed(data)
 
+    def take_body(self) -> bytes:
+        """The streamed body's bytes parsed since the last call (``b""`` if none yet)."""
+        parts = self._body_parts
+        if not parts:
+            return b""
+        data = parts[0] if len(parts) == 1 else b"".join(parts)
+        parts.clear()
+        return data
+
     def take_unparsed(self) -> bytes:
         """Hand over the bytes not yet parsed (for a handler that proxies the connection)."""
         data, self._buf = self._buf, b""
@@ -199,10 +223,15 @@ class RequestReader:
         buf = self._buf + data if self._buf else data
         try:
             self._buf = self._consume(buf)
-        except ProtocolError:
-            self._state = ReaderState.FAILED
-            self._buf = b""
+        except ProtocolError as exc:
+            self._fail(exc)
             raise
+
+    def _fail(self, exc: ProtocolError) -> None:
+        self._state = ReaderState.FAILED
+        self._buf = b""
+        if exc.method is None and self._current is not None:
+            exc.method = self._current.method  # a fault in the body of a request
 
     def eof(self) -> None:
         """The peer closed its side: a partial request is an error."""
@@ -211,8 +240,9 @@ class RequestReader:
                 self._state = ReaderState.FAILED
                 raise ProtocolError(400, "connection closed inside a request head")
         elif self._state is not ReaderState.FAILED:
-            self._state = ReaderState.FAILED
-            raise ProtocolError(400, "connection closed inside a request body")
+            exc = ProtocolError(400, "connection closed inside a request body")
+            self._fail(exc)
+            raise exc
 
     # -- the state machine ------------------------------------------------
 
@@ -277,6 +307,10 @@ class RequestReader:
                     fault = first_fault(buf, pos, stop + 2, self._limits, head=False)[0]
                     raise fault or ProtocolError(431, "trailer line too long")
                 line = buf[pos:stop]
+                if b"\r" in line or b"\n" in line:
+                    # Named as when the line arrives in pieces.
+                    fault = first_fault(buf, pos, stop + 2, self._limits, head=False)[0]
+                    raise fault or ProtocolError(400, "bare CR or LF in trailer")
                 pos = stop + 2
                 if not line:
                     self._finish_request()
@@ -314,21 +348,42 @@ class RequestReader:
         # RTSP/1.0 and ICE/1.0 and h11 any digit.digit; both then go on to
         # look at the fields, which would give 400 where the other says 505.
         if not head.endswith(HTTP_VERSIONS, 0, first):
+            if head.find(b"\n", 0, first) >= 0 or head.find(b"\r", 0, first) >= 0:
+                # A bare CR or LF ended the line: named as when it arrives alone.
+                fault = first_fault(head, 0, size, self._limits, True)[0]
+                if fault is not None:
+                    raise fault
             raise request_line_error(head, 0, first)
         if self._head_prescan:
             # llhttp rejects these itself; h11 would accept them.
-            crlf = head.count(b"\r\n")
-            if head.count(b"\n") != crlf or head.count(b"\r") != crlf:
-                fault = first_fault(head, 0, size, self._limits, True, checked)[0]
-                raise fault or ProtocolError(400, "bare CR or LF in request head")
-            if b"\n " in head or b"\n\t" in head:
-                raise ProtocolError(400, "obsolete line folding in request head")
-        elif head.count(b" ", 0, first) != 2:
-            raise ProtocolError(400, "malformed request line")
-        elif head.find(b"\n", 0, first) >= 0:
+            self._prescan(head, checked)
+        elif head.count(b" ", 0, first) != 2 or head.find(b"\n", 0, first) >= 0:
             # llhttp ends the request line at a bare LF, then finds no version
-            # (505); h11's prescan above says 400, as does a split read.
-            raise ProtocolError(400, "bare LF in request head")
+            # (505); h11's prescan above says 400, as does a split read, and
+            # names the faults of its prescan before a malformed line.
+            self._prescan(head)
+            raise ProtocolError(400, "malformed request line")
+
+    def _prescan(self, head: bytes, checked: int = 0) -> None:
+        """Raise the fault in a head that llhttp refuses itself and h11 would take.
+
+        Run before h11 parses a head, and after llhttp refused one: so both
+        backends name these faults alike (the backends' own texts differ).
+        """
+        crlf = head.count(b"\r\n")
+        if head.count(b"\n") != crlf or head.count(b"\r") != crlf:
+            fault = first_fault(head, 0, len(head), self._limits, True, checked)[0]
+            raise fault or ProtocolError(400, "bare CR or LF in request head")
+        if b"\n " in head or b"\n\t" in head:
+            raise ProtocolError(400, "obsolete line folding in request head")
+
+    def _named(self, exc: ProtocolError, head: bytes) -> ProtocolError:
+        """A backend's error on ``head`` in the words both backends use."""
+        if exc.status != 400:
+            return exc
+        if not self._head_prescan:
+            self._prescan(head)  # raises what h11 would have met first
+        return diagnose(head, self._limits)
 
     def _start_request(self, head: bytes) -> None:
         cache = self._head_cache
@@ -343,12 +398,19 @@ class RequestReader:
             method, target, version, raw = self._parser.parse(head)
         except ProtocolError as exc:
             if exc.status != 400 or _HUGE_CONTENT_LENGTH.search(head) is None:
-                raise
+                raise self._named(exc, head) from None
             # A Content-Length too long for 64 bits is a number, just too
             # large: parse the rest of the head with a stand-in that gets 413.
             head = _HUGE_CONTENT_LENGTH.sub(rb"\g<1>" + _TOO_LARGE_CONTENT_LENGTH, head)
-            method, target, version, raw = self._parser.parse(head)
-        req = build_request(method, target, version, raw, self._limits, self._head_prescan)
+            try:
+                method, target, version, raw = self._parser.parse(head)
+            except ProtocolError as exc:
+                raise self._named(exc, head) from None
+        try:
+            req = build_request(method, target, version, raw, self._limits, self._head_prescan)
+        except ProtocolError as exc:
+            exc.method = method
+            raise
         if cache is not None and len(head) <= HEAD_CACHE_MAX_HEAD_BYTES:
             if len(cache) >= HEAD_CACHE_MAX_ENTRIES:
                 cache.clear()
@@ -357,7 +419,21 @@ class RequestReader:
 
     def _begin(self, req: Request) -> None:
         """Start reading the body of ``req``, or queue it when it has none."""
-        if req.chunked:
+        over = self.stream_over
+        if over is not None and streams_body(req, over):
+            # Queued now; the body follows through take_body().
+            self.requests.append(req)
+            self._streaming = True
+            self.body_done = False
+            self._current = req
+            self._body_parts = []
+            if req.chunked:
+                self._received = 0
+                self._state = ReaderState.CHUNK_SIZE
+            else:
+                self._chunk_left = req.content_length
+                self._state = ReaderState.BODY
+        elif req.chunked:
             self._current = req
             self._received = 0
             self._body_parts = []
@@ -379,6 +455,13 @@ class RequestReader:
     def _finish_request(self) -> None:
         req = self._current
         assert req is not None
+        if self._streaming:
+            # The pieces stay for take_body(); nothing more is parsed until resume().
+            self._streaming = False
+            self.body_done = True
+            self._current = None
+            self._state = ReaderState.PAUSED
+            return
         parts = self._body_parts
         req.body = parts[0] if len(parts) == 1 else b"".join(parts)
         self._body_parts = []
@@ -398,6 +481,8 @@ class RequestReader:
     def _chunk_size_line(self, line: bytes) -> None:
         if len(line) > self._limits.line_limit:
             raise ProtocolError(400, "chunk size line too long")
+        if b"\n" in line or b"\r" in line:
+            raise ProtocolError(400, "bare CR or LF in chunk size line")
         digits = 0
         for byte in line:
             if byte not in _HEX_DIGITS:
@@ -430,6 +515,16 @@ class RequestReader:
             raise ProtocolError(400, "forbidden trailer field")
         # Trailer fields are checked and dropped: never merged into headers
         # (RFC 9112 §7.1.2).
+
+
+def streams_body(req: Request, over: int) -> bool:
+    """Whether a reader with ``stream_over`` set streams ``req``'s body.
+
+    Chunked bodies (their size is unknown), bodies over ``over`` bytes, and
+    bodies behind ``Expect: 100-continue`` (the client waits for the app);
+    smaller bodies are read whole first, one event for the app.
+    """
+    return req.chunked or req.content_length > over or req.expect_continue
 
 
 # -- responses --------------------------------------------------------------
@@ -472,12 +567,16 @@ def bodyless_status(status: int) -> bool:
     return status < 200 or status == 204 or status == 304
 
 
-def error_response(status: int, message: str) -> bytes:
-    """A complete close-delimited error response with a short text body."""
+def error_response(status: int, message: str, method: str | None = None) -> bytes:
+    """A complete close-delimited error response with a short text body.
+
+    ``method``: the refused request's, when known; to HEAD the head alone is
+    sent (RFC 9110 §9.3.2), its Content-Length the size a GET would have got.
+    """
     body = f"{message}\n".encode("latin-1", "replace")
     head = (
         f"{status_line(status)}{SERVER_HEADER}{DATE.line}"
         f"Content-Type: text/plain; charset=utf-8\r\nContent-Length: {len(body)}\r\n"
         "Connection: close\r\n\r\n"
-    )
-    return head.encode("latin-1") + body
+    ).encode("latin-1")
+    return head if method == "HEAD" else head + body
