@@ -75,6 +75,28 @@ def test_reloads_under_keep_alive_post_load_lose_no_request(
     assert "Non-2xx" not in out, out
 
 
+@pytest.mark.skipif(
+    shutil.which("wrk") is None, reason="wrk is not installed (apt-get install wrk)"
+)
+def test_max_requests_recycling_under_load_loses_no_request(
+    start_server: StartServer, tmp_path: Path
+) -> None:
+    config = tmp_path / "recycle.toml"
+    config.write_text("max_requests = 20000\n")
+    server = start_server(APP, "-w", "2", "-c", str(config), "--log-level", "info")
+    out = subprocess.run(
+        ["wrk", "-t2", "-c32", "-d6s", server_url(server)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    ).stdout
+    recycled = server.log().count("(max_requests); asking for a replacement")
+    assert recycled >= 2, (out, server.log()[-3000:])
+    assert "Socket errors" not in out, out
+    assert "Non-2xx" not in out, out
+
+
 def _ask(sock: socket.socket) -> bytes:
     """Send a GET on a keep-alive connection and read its whole (small) response."""
     sock.sendall(GET)
