@@ -127,10 +127,10 @@ class Connection(asyncio.Protocol):
         self._gone_waiter: asyncio.Future[None] | None = None
         self._parked = False
         self._handoff: object = None
-        # The rate rule (``check_rate``): since when a request has been arriving
+        # The rate rule (``too_slow``): since when a request has been arriving
         # in pieces and how many bytes came (0.0: no request arriving); since
-        # when a response has been waiting in the write buffer and how big that
-        # buffer was then.
+        # when the client has held a response back and how many bytes it had
+        # acknowledged then.
         self._rx_at = 0.0
         self._rx_bytes = 0
         self._tx_at = 0.0
