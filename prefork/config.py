@@ -56,6 +56,9 @@ DEFAULTS: dict[str, Any] = {
     "backlog": 256,
     "workers": 1,
     "connection_limit": 64,
+    # Slow clients (docs/slow-clients.md): connection_limit counts connections
+    # with a request in progress; this caps every open one, idle included.
+    "open_connection_limit": 1024,
     "requests_per_connection": 512,
     "max_body_size": 5 * 1024 * 1024,
     "request_line_limit": 8192,
@@ -65,6 +68,10 @@ DEFAULTS: dict[str, Any] = {
     "tls_handshake_timeout": 10,
     "graceful_timeout": 30,
     "response_write_timeout": 30,
+    # Bytes per second a request upload or a response download must average
+    # once min_rate_grace seconds have passed (0 = off).
+    "min_transfer_rate": 500,
+    "min_rate_grace": 3,
     "max_header_count": 100,
     "worker_timeout": 30,
     "ssl": None,
@@ -98,6 +105,7 @@ _POSITIVE_INTS = (
     "backlog",
     "workers",
     "connection_limit",
+    "open_connection_limit",
     "requests_per_connection",
     "max_body_size",
     "request_line_limit",
@@ -105,7 +113,7 @@ _POSITIVE_INTS = (
     "wsgi_threads",
     "ws_max_message_size",
 )
-_NON_NEGATIVE_INTS = ("max_requests", "max_requests_jitter")
+_NON_NEGATIVE_INTS = ("max_requests", "max_requests_jitter", "min_transfer_rate")
 _TIMEOUTS = (
     "keepalive_idle_timeout",
     "request_header_timeout",
@@ -117,7 +125,7 @@ _TIMEOUTS = (
 )
 _COMPRESSION_KEYS = frozenset(DEFAULT_COMPRESSION)
 # Seconds where 0 means "off".
-_OPTIONAL_INTERVALS = ("ws_ping_interval", "ws_ping_timeout")
+_OPTIONAL_INTERVALS = ("ws_ping_interval", "ws_ping_timeout", "min_rate_grace")
 _BOOLS = ("factory", "ws_per_message_deflate", "proxy_protocol")
 _CHOICES = {
     "http": HTTP_BACKENDS,
@@ -283,6 +291,11 @@ def validate(raw: Mapping[str, Any]) -> dict[str, Any]:
         elif key == "ssl":
             value = _check_ssl(value)
         out[key] = value
+    if out["open_connection_limit"] < out["connection_limit"]:
+        raise ConfigError(
+            f"open_connection_limit: must be >= connection_limit ({out['connection_limit']}),"
+            f" got {out['open_connection_limit']}"
+        )
     return out
 
 
@@ -412,6 +425,7 @@ class Config(Mapping[str, Any]):
     backlog: int
     workers: int
     connection_limit: int
+    open_connection_limit: int
     requests_per_connection: int
     max_body_size: int
     request_line_limit: int
@@ -421,6 +435,8 @@ class Config(Mapping[str, Any]):
     tls_handshake_timeout: float
     graceful_timeout: float
     response_write_timeout: float
+    min_transfer_rate: int
+    min_rate_grace: float
     max_header_count: int
     worker_timeout: float
     ssl: Mapping[str, Any] | None

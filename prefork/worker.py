@@ -10,12 +10,8 @@ the fork), import the app (a ``"MODULE:ATTR"`` string is imported here, never
 in the master, so a reload picks up new code), make the Redis client, start
 accepting, and only then report READY to the master.
 
-Accepting: the listen sockets are shared by every worker. A worker takes a
-slot *before* it accepts, and at ``connection_limit`` it removes the listen fds
-from its loop, so excess connections wait in the kernel's listen queue for any
-worker with a free slot: nothing is refused. Out-of-resource accept errors
-(EMFILE, ENFILE, ENOBUFS, ENOMEM) pause accepting for ``ACCEPT_BACKOFF_S``
-instead of spinning on a readable fd.
+Accepting, under the two caps (``connection_limit``, ``open_connection_limit``),
+is ``engine.accept.Acceptor``'s.
 
 The pipe to the master carries one byte per message (see ``MSG_*``): READY
 once, a HEARTBEAT from the event loop every ``heartbeat_interval()`` seconds (a
@@ -31,15 +27,14 @@ import asyncio
 import contextlib
 import ctypes
 import enum
-import errno
 import gc
 import logging
 import os
 import random
+import resource
 import signal
 import socket
 import ssl
-import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -50,8 +45,8 @@ from prefork import log
 from prefork._types import Handler
 from prefork.apps import build_app
 from prefork.config import Config
+from prefork.engine.accept import Acceptor
 from prefork.engine.app import AppInterface
-from prefork.engine.serve import serve_connection
 from prefork.engine.shared import Shared
 from prefork.errors import PreforkError
 
@@ -67,20 +62,12 @@ MSG_READY = b"R"  # booted: app imported, Redis client made, accepting
 MSG_HEARTBEAT = b"H"  # the event loop is alive
 MSG_RECYCLE = b"M"  # max_requests reached: replace me, then stop me
 
-ACCEPT_BACKOFF_S = 0.1  # pause after EMFILE/ENFILE/ENOBUFS/ENOMEM from accept()
-# Accepts per wake-up of a listen fd, bounded by the free slots. Usually
-# ACCEPT_BATCH_MIN, so the siblings (woken by the same connections) get some.
-# When the queue holds more, as in a reconnect storm (1,000 keep-alive clients
-# reaching requests_per_connection together), a worker takes its share,
-# ceil(queued / workers), up to ACCEPT_BATCH_MAX: at 16 a wake-up, 1,000
-# connections waited ~60 loop turns, ~100 ms at that load, before their first
-# read; 256 accepts cost ~4 ms, about one such turn.
-ACCEPT_BATCH_MIN = 16
-ACCEPT_BATCH_MAX = 256
+# File descriptors a worker needs beyond its connections (listeners, pipe, logs,
+# the app's own files) and for connections lingering after their close.
+SPARE_FDS = 64
 HEARTBEAT_MAX_INTERVAL_S = 1.0  # also the period of the orphan check
 BOOT_TIMEOUT_MIN_S = 30.0  # a new worker gets max(this, worker_timeout) to report ready
 STOP_MARGIN_S = 2.0  # beyond graceful_timeout before the master kills a draining worker
-_RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 # Every signal the master handles; a worker resets them first thing after the fork.
 MASTER_SIGNALS = (
     signal.SIGHUP,
@@ -95,52 +82,6 @@ MASTER_SIGNALS = (
 # Ignored in a worker: HUP, TTIN, TTOU are for the master (a signal to the whole process
 # group must not stop or kill the workers); USR1 until its handler is installed.
 _IGNORED_SIGNALS = (signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGUSR1)
-
-
-class _AcceptedV4(socket.socket):
-    """An accepted IPv4 socket whose family and type are constants.
-
-    ``socket.socket.accept`` and uvloop's ``connect_accepted_socket`` read
-    ``family`` and ``type`` through properties that turn ints into enums each
-    time (three conversions per connection); here they are class attributes.
-    """
-
-    __slots__ = ()
-    family = socket.AF_INET
-    type = socket.SOCK_STREAM
-
-
-class _AcceptedV6(socket.socket):
-    """An accepted IPv6 socket; see :class:`_AcceptedV4`."""
-
-    __slots__ = ()
-    family = socket.AF_INET6
-    type = socket.SOCK_STREAM
-
-
-_ACCEPTED = {socket.AF_INET: _AcceptedV4, socket.AF_INET6: _AcceptedV6}
-_TCP_INFO = getattr(socket, "TCP_INFO", None)  # Linux
-_TCP_LISTEN = 10  # tcpi_state of a listening socket (TCP_LISTEN in the kernel)
-
-
-def accept_queue_length(listener: socket.socket) -> int | None:
-    """How many connections wait in a listening TCP socket's accept queue; None if unknown.
-
-    On Linux, ``TCP_INFO`` of a listening socket reports the queue length as
-    ``tcpi_unacked`` (bytes 24..28). Asking costs about 0.6 us here; an
-    ``accept()`` on an empty queue costs 4.6 us (the kernel allocates the new
-    socket and file before it looks at the queue), so the accept loop asks
-    instead of accepting until EAGAIN.
-    """
-    if _TCP_INFO is None:
-        return None
-    try:
-        info = listener.getsockopt(socket.IPPROTO_TCP, _TCP_INFO, 32)
-    except OSError:
-        return None
-    if len(info) < 28 or info[0] != _TCP_LISTEN:
-        return None
-    return int.from_bytes(info[24:28], sys.byteorder)
 
 
 class WorkerState(enum.Enum):
@@ -220,6 +161,27 @@ def keep_heap_top() -> bool:
     return bool(trim and mmap)
 
 
+def fit_open_files(connections: int) -> None:
+    """Raise this process's soft open-files limit to fit ``connections`` (as far as the
+    hard limit allows), so that open_connection_limit is not cut short by EMFILE."""
+    wanted = 2 * connections + SPARE_FDS  # a closed connection lingers a moment
+    try:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft != resource.RLIM_INFINITY and soft < wanted:
+            new = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+            if new > soft:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+            if new < wanted:
+                logger.warning(
+                    "open files limited to %d (hard limit): fewer than open_connection_limit"
+                    " = %d needs; raise the limit (ulimit -n) or lower the key",
+                    new,
+                    connections,
+                )
+    except (OSError, ValueError) as exc:
+        logger.warning("cannot raise the open files limit: %s", exc)
+
+
 def _make_redis(url: str) -> Any:
     """One ``redis.asyncio`` client for this worker (it connects lazily, on first use)."""
     try:
@@ -274,12 +236,7 @@ class Worker:
         self._state: Shared | None = None
         self._redis: Any = None
         self._stop: asyncio.Future[Stop] | None = None
-        self._active = 0
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._accepting = False
-        self._backoff: asyncio.TimerHandle | None = None
-        # Per listener fd: does TCP_INFO give its queue length (asked once, at first arming)?
-        self._queue_known: dict[int, bool] = {}
+        self._acceptor: Acceptor | None = None
         self._recycle_at = 0
         self._recycle_sent = False
 
@@ -344,6 +301,7 @@ class Worker:
         )
         log.setup(self.cfg.log_level)
         keep_heap_top()
+        fit_open_files(self.cfg.open_connection_limit)
         limit = self.cfg.max_requests
         if limit:
             # random reseeds in every forked child, so workers draw different jitters.
@@ -380,7 +338,8 @@ class Worker:
         loop.add_signal_handler(signal.SIGUSR1, self._reopen_logs)
         for sock in self.listeners:
             sock.setblocking(False)
-        self._resume_accepting()
+        acceptor = self._acceptor = Acceptor(self.cfg, self.listeners, loop, state)
+        acceptor.start()
         self.state = WorkerState.SERVING
         self._send(MSG_READY)
         logger.info("worker %d (pid %d, gen %d) ready", self.number, os.getpid(), self.generation)
@@ -412,9 +371,10 @@ class Worker:
     async def _drain(self, state: Shared) -> None:
         """Graceful stop: no new connections, in-flight ones finish, then close Redis."""
         self.state = WorkerState.DRAINING
-        self._pause_accepting()
-        if self._backoff is not None:
-            self._backoff.cancel()
+        acceptor = self._acceptor
+        if acceptor is not None:
+            acceptor.stop()
+        tasks = acceptor.tasks if acceptor is not None else set()
         # This process accepts no more: its copies of the listen sockets go, so once
         # the master (stopping) and every worker closed theirs, clients are refused.
         for sock in self.listeners:
@@ -423,7 +383,7 @@ class Worker:
             "worker %d (pid %d) stopping: %d open connection(s)",
             self.number,
             os.getpid(),
-            self._active,
+            len(tasks),
         )
         state.begin_drain()
         # Every accepted connection has a task, also one whose TLS handshake is still
@@ -431,12 +391,12 @@ class Worker:
         # first, then let wait_closed abort what is left at graceful_timeout.
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.cfg.graceful_timeout
-        if self._tasks:
-            await asyncio.wait(set(self._tasks), timeout=self.cfg.graceful_timeout)
+        if tasks:
+            await asyncio.wait(set(tasks), timeout=self.cfg.graceful_timeout)
         await state.wait_closed(max(0.0, deadline - loop.time()))
-        if self._tasks:
+        if tasks:
             # wait_closed aborted the stragglers; give their tasks one turn to finish.
-            await asyncio.wait(set(self._tasks), timeout=1.0)
+            await asyncio.wait(set(tasks), timeout=1.0)
         if self._redis is not None:
             with contextlib.suppress(Exception):
                 await self._redis.aclose()
@@ -475,84 +435,3 @@ class Worker:
             )
             self._send(MSG_RECYCLE)
         self._loop.call_later(heartbeat_interval(self.cfg.worker_timeout), self._tick)
-
-    # -- accepting ----------------------------------------------------------
-
-    def _resume_accepting(self) -> None:
-        assert self._loop is not None
-        if self._accepting or self.state is WorkerState.DRAINING:
-            return
-        if self._active >= self.cfg.connection_limit or self._backoff is not None:
-            return
-        for sock in self.listeners:
-            fd = sock.fileno()
-            wrap = _ACCEPTED.get(sock.family, socket.socket)
-            known = self._queue_known.get(fd)
-            if known is None:
-                known = self._queue_known[fd] = accept_queue_length(sock) is not None
-            self._loop.add_reader(fd, self._on_readable, sock, wrap, int(sock.family), known)
-        self._accepting = True
-
-    def _pause_accepting(self) -> None:
-        assert self._loop is not None
-        if not self._accepting:
-            return
-        for sock in self.listeners:
-            self._loop.remove_reader(sock.fileno())
-        self._accepting = False
-
-    def _on_readable(
-        self, listener: socket.socket, wrap: type[socket.socket], family: int, known: bool
-    ) -> None:
-        assert self._loop is not None
-        assert self._state is not None
-        free = self.cfg.connection_limit - self._active
-        if known:
-            # Accept what is queued, not until EAGAIN. 0 means a sibling took it
-            # (or the count is off): one accept() then, so a readable listener
-            # is never left alone (level-triggered: it would spin).
-            queued = accept_queue_length(listener) or 1
-            share = min(max(-(-queued // self.cfg.workers), ACCEPT_BATCH_MIN), ACCEPT_BATCH_MAX)
-            batch = min(free, queued, share)
-        else:
-            batch = min(free, ACCEPT_BATCH_MIN)
-        for _ in range(batch):
-            try:
-                # The fd and the peer address; socket.accept() would also build the
-                # socket through enum conversions (a measurable share of S3).
-                fd, addr = listener._accept()  # type: ignore[attr-defined]
-            except (BlockingIOError, InterruptedError):
-                break  # a sibling took it, or the queue is empty
-            except OSError as exc:
-                if exc.errno in _RESOURCE_ERRNOS:
-                    logger.error(
-                        "accept() out of resources (%s); retrying in %.1fs",
-                        os.strerror(exc.errno or 0),
-                        ACCEPT_BACKOFF_S,
-                    )
-                    self._pause_accepting()
-                    self._backoff = self._loop.call_later(ACCEPT_BACKOFF_S, self._end_backoff)
-                    return
-                # ECONNABORTED and friends: that one connection is gone; try the next.
-                logger.debug("accept() failed: %s", exc)
-                continue
-            # No setblocking(): uvloop makes the fd non-blocking when it opens the transport.
-            conn = wrap(family, socket.SOCK_STREAM, 0, fd)
-            self._active += 1
-            task = self._loop.create_task(serve_connection(conn, self._state, addr))
-            self._tasks.add(task)
-            task.add_done_callback(self._on_connection_done)
-        if self._active >= self.cfg.connection_limit:
-            self._pause_accepting()
-
-    def _end_backoff(self) -> None:
-        self._backoff = None
-        self._resume_accepting()
-
-    def _on_connection_done(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        self._active -= 1
-        if not task.cancelled() and task.exception() is not None:
-            exc = task.exception()
-            logger.error("connection task failed", exc_info=exc)
-        self._resume_accepting()

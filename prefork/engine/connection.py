@@ -7,7 +7,10 @@ coroutine (``serve_connection``) is parked; otherwise that coroutine is woken
 only when a whole request is there and runs the interface's ``exchange`` once
 per request. Reading, writing (and the write batch), backpressure, closing
 (half-close, linger) and what happens when a deadline passes live here, and
-only here; the worker's sweeper that notices a deadline is in ``shared``.
+only here; the worker's sweeper that notices a deadline is in ``shared``. So
+are the slow-client rules the sweeper applies (``check_rate``: the minimum
+transfer rate; ``close_if_quiet``: the server closes a connection waiting for
+a request only once its client has been quiet; docs/slow-clients.md).
 
 App interfaces use the public members below (``receive_request``,
 ``write_response``, ``send``, ``drain``, ``close_after_response``,
@@ -23,7 +26,8 @@ from typing import Any
 
 from prefork import log
 from prefork.engine.app import AppInterface
-from prefork.engine.shared import Deadline, Shared
+from prefork.engine.shared import Deadline, Shared, below_min_rate
+from prefork.engine.sockinfo import held_back, unread_bytes
 from prefork.errors import PeerGone, ProtocolError
 from prefork.http.protocol import CONTINUE_RESPONSE, RequestReader, error_response
 from prefork.http.request import Request
@@ -41,6 +45,12 @@ MAX_QUEUED_REQUESTS = 32
 LINGER_S = 2.0
 # Responses with bodies at least this big are written in two calls (no copy).
 JOIN_BODY_MAX_BYTES = 64 * 1024
+# A connection waiting for a request is closed by the server (drain, reclaim at
+# the open-connection cap) only once it has waited this long: a client that
+# just got a response and is sending its next request right now would see the
+# close under that request (docs/slow-clients.md, "Closing without losing a
+# request").
+QUIET_S = 1.0
 
 
 class Connection(asyncio.Protocol):
@@ -66,6 +76,10 @@ class Connection(asyncio.Protocol):
         "_pending",
         "_read_paused",
         "_reading",
+        "_rx_at",
+        "_rx_bytes",
+        "_tx_at",
+        "_tx_mark",
         "_waiter",
         "_write_paused",
         "app",
@@ -113,6 +127,14 @@ class Connection(asyncio.Protocol):
         self._gone_waiter: asyncio.Future[None] | None = None
         self._parked = False
         self._handoff: object = None
+        # The rate rule (``too_slow``): since when a request has been arriving
+        # in pieces and how many bytes came (0.0: no request arriving); since
+        # when the client has held a response back and how many bytes it had
+        # acknowledged then.
+        self._rx_at = 0.0
+        self._rx_bytes = 0
+        self._tx_at = 0.0
+        self._tx_mark = 0
         # Sync handlers are served straight from data_received while the
         # connection coroutine is parked: no wake-up per request.
         self._inline = shared.app.inline
@@ -164,6 +186,7 @@ class Connection(asyncio.Protocol):
                 self._pause_reading()
             self._wake()
         else:
+            self._note_received(len(data))
             if reader.want_continue:
                 reader.want_continue = False
                 self.send(CONTINUE_RESPONSE)
@@ -236,6 +259,14 @@ class Connection(asyncio.Protocol):
     def _clear_deadline(self) -> None:
         self.deadline_kind = Deadline.NONE
         self.deadline = 0.0
+        self._rx_at = 0.0
+
+    def _note_received(self, n: int) -> None:
+        """``n`` bytes of a request that is not complete yet: what the rate rule counts."""
+        if not self._rx_at:
+            self._rx_at = self._loop.time()
+            self._rx_bytes = 0
+        self._rx_bytes += n
 
     def _flush_batch(self) -> None:
         """Write the responses batched so far (``Shared.batch``, by ``write_response``).
@@ -315,12 +346,7 @@ class Connection(asyncio.Protocol):
         elif kind is Deadline.HEADER or kind is Deadline.BODY:
             what = "head" if kind is Deadline.HEADER else "body"
             logger.debug("request %s timeout from %s", what, self.client_ip)
-            self._error = ProtocolError(408, f"request {what} timeout")
-            self.reader.feed_failed()
-            if self._waiter is not None:
-                self._wake()
-            else:
-                self.reply_error_and_close(self._error)
+            self._fail_request(f"request {what} timeout")
         elif kind is Deadline.WRITE:
             transport = self.transport
             if self._closing and transport is not None and not transport.get_write_buffer_size():
@@ -328,22 +354,125 @@ class Connection(asyncio.Protocol):
             else:
                 logger.debug("response write timeout to %s", self.client_ip)
                 self.abort()
+        elif kind is Deadline.IDLE and unread_bytes(self.transport):
+            # Idle for keepalive_idle_timeout, but a request came in just now
+            # (this loop turn reads it): serve it rather than close under it.
+            self._set_deadline(Deadline.IDLE, QUIET_S)
         else:  # IDLE, LINGER
             self._close_transport()
 
-    def begin_drain(self) -> None:
-        """The worker is stopping: close now if idle, else after the current response."""
-        if self._closing:
+    def _fail_request(self, reason: str) -> None:
+        """408 for the request being received (too slow); the connection closes."""
+        self._clear_deadline()
+        self._error = ProtocolError(408, reason)
+        self.reader.feed_failed()
+        if self._waiter is not None:
+            self._wake()  # the coroutine answers it (and logs it as a request)
+        else:
+            self.reply_error_and_close(self._error)
+
+    # -- slow clients: the rate rule, reclaiming, draining ------------------
+    # (docs/slow-clients.md; the sweeper in ``shared`` calls these.)
+
+    def too_slow(self, now: float, rate: float, grace: float) -> bool:
+        """Has this connection's request or response fallen below ``rate`` (the rate rule)?
+
+        Each byte buys ``1 / rate`` seconds on top of ``grace`` (mod_reqtimeout's
+        MinRate), counted from the first byte of the request, or from when the
+        client was first seen holding a response back.
+        """
+        kind = self.deadline_kind
+        if kind is Deadline.HEADER or kind is Deadline.BODY:
+            since = self._rx_at
+            return bool(since) and below_min_rate(now - since, self._rx_bytes, rate, grace)
+        if kind is Deadline.IDLE or kind is Deadline.WRITE:
+            return self._holds_back_too_long(now, rate, grace)
+        return False
+
+    def _holds_back_too_long(self, now: float, rate: float, grace: float) -> bool:
+        progress = None if self._lost else held_back(self.transport)
+        if progress is None:
+            return False
+        held, acked = progress
+        if not held:
+            self._tx_at = 0.0
+        elif not self._tx_at:
+            self._tx_at = now
+            self._tx_mark = acked
+        else:
+            return below_min_rate(now - self._tx_at, acked - self._tx_mark, rate, grace)
+        return False
+
+    def check_rate(self, now: float, rate: float, grace: float) -> None:
+        """Cut this connection if it is ``too_slow``: 408 for a request, a reset for a
+        response (as their timeouts do); one line at info with the client's address."""
+        if not self.too_slow(now, rate, grace):
             return
-        # A fresh connection is kept for its first request (bounded by the
-        # header deadline): its client sent nothing yet but means to.
-        if (
-            self.count
-            and not self._busy
-            and not self.reader.head_started
-            and not self.reader.in_body
-        ):
+        kind = self.deadline_kind
+        if kind is Deadline.HEADER or kind is Deadline.BODY:
+            what = "head" if kind is Deadline.HEADER else "body"
+            logger.info(
+                "%s: request %s too slow (%d bytes in %.1fs, min_transfer_rate %d B/s): 408",
+                self.client_ip,
+                what,
+                self._rx_bytes,
+                now - self._rx_at,
+                rate,
+            )
+            self._fail_request(f"request {what} too slow")
+        else:
+            logger.info(
+                "%s: response read too slowly (held back for %.1fs, below min_transfer_rate"
+                " %d B/s): closing",
+                self.client_ip,
+                now - self._tx_at,
+                rate,
+            )
+            self.abort()
+
+    @property
+    def waiting_for_client(self) -> bool:
+        """No request of this connection is being served: it waits for the client
+        (idle, or a request still arriving). Such connections are cheap and do not
+        count towards ``connection_limit``."""
+        return not self._busy and not self._closing and self.deadline_kind is not Deadline.WRITE
+
+    def waiting_since(self) -> float | None:
+        """When this connection started waiting for a request that has not begun to
+        arrive (idle keep-alive, or fresh and silent); None if it is not such a one."""
+        if self._busy or self._closing or self._rx_at:
+            return None
+        kind = self.deadline_kind
+        if kind is Deadline.IDLE:
+            return self.deadline - self.shared.keepalive_idle_timeout
+        if kind is Deadline.HEADER and not self.count and not self.reader.head_started:
+            return self.deadline - self.shared.request_header_timeout
+        return None
+
+    def close_if_quiet(self, now: float, quiet: float = QUIET_S) -> bool:
+        """Close this connection if it has waited ``quiet`` seconds for a request that
+        has not begun, and nothing unread is in the kernel; True if it was closed.
+
+        A client that waited this long is not sending, so the close does not
+        cross a request in flight (for one that is, the next response carries
+        ``Connection: close`` instead).
+        """
+        since = self.waiting_since()
+        if since is None or now - since < quiet or unread_bytes(self.transport):
+            return False
+        if self.count:
             self.graceful_close()
+        else:  # never sent a byte: as the header deadline does, no response
+            self.reader.feed_failed()
+            self._close_transport()
+            self._wake()
+        return True
+
+    def begin_drain(self, now: float) -> None:
+        """The worker is stopping: the next response says ``Connection: close``
+        (``Shared.draining``); a connection waiting for a request closes once
+        it has been quiet for ``QUIET_S`` (the sweeper asks again until then)."""
+        self.close_if_quiet(now)
 
     def close_after_response(self, asked: bool) -> None:
         """Close once the response is out; ``asked``: the client asked to close.
@@ -438,6 +567,7 @@ class Connection(asyncio.Protocol):
             self._busy = False
             if self._closing:
                 return False
+            self._rx_at = 0.0  # the requests answered: what arrives next is timed afresh
             if reader.in_body:
                 self._set_deadline(Deadline.BODY, self.shared.request_body_timeout)
             elif reader.head_started:
@@ -518,14 +648,6 @@ class Connection(asyncio.Protocol):
                         self._error = exc
                         continue
                 raise PeerGone("connection closed by peer")
-            if (
-                self.shared.draining
-                and self.count
-                and not reader.head_started
-                and not reader.in_body
-            ):
-                self.graceful_close()
-                raise PeerGone("server is stopping")
             self._reading = True
             if reader.want_continue:
                 reader.want_continue = False

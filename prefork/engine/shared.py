@@ -9,7 +9,12 @@ the drain at shutdown (``begin_drain``, then ``wait_closed``).
 Deadlines are absolute: a connection stores when it expires (``deadline``) and
 why (a ``Deadline`` kind). One sweeper per worker (started by
 ``Shared.start``) checks them every ``sweep_interval`` seconds and calls
-``Connection.on_deadline``: no timer per request. It also refreshes ``DATE``.
+``Connection.on_deadline``: no timer per request. It also refreshes ``DATE``,
+applies the minimum transfer rate (``Connection.check_rate``) and, while the
+worker drains, closes the connections that have gone quiet
+(``Connection.close_if_quiet``). ``reclaim`` frees slots held by connections
+that give the worker no work, when the worker is at ``open_connection_limit``
+and clients wait in the listen queue (docs/slow-clients.md).
 """
 
 from __future__ import annotations
@@ -39,6 +44,23 @@ logger = logging.getLogger(log.WORKER)
 COUNTS_SHARED = 4096
 # Connections going idle within this many seconds share one deadline float.
 DEADLINE_GRAIN = 0.01
+# The sweep period with the rate rule on: a trickle is closed at most this late.
+RATE_SWEEP_S = 0.5
+# Connections cut by the rate rule per loop turn (Shared._cut).
+CUTS_PER_TURN = 8
+# While draining: how soon after going quiet a waiting connection is closed.
+DRAIN_SWEEP_S = 0.1
+
+
+def below_min_rate(elapsed: float, transferred: int, rate: float, grace: float) -> bool:
+    """The rate rule (``min_transfer_rate``): has a transfer that began ``elapsed``
+    seconds ago and moved ``transferred`` bytes fallen behind ``rate`` bytes/s?
+
+    ``grace`` seconds are free and each byte buys ``1 / rate`` seconds more, as
+    Apache's mod_reqtimeout MinRate does, so a transfer that is early, or
+    ahead, is never cut; one that stalls is cut once its credit runs out.
+    """
+    return elapsed > grace + transferred / rate
 
 
 class Deadline(enum.Enum):
@@ -54,12 +76,25 @@ class Served(Protocol):
     """What the sweeper and the drain use of a connection (``engine.connection``)."""
 
     deadline: float
+    client_ip: str
 
     def on_deadline(self) -> None: ...
 
-    def begin_drain(self) -> None: ...
+    def begin_drain(self, now: float) -> None: ...
 
     def abort(self) -> None: ...
+
+    # The slow-client rules (docs/slow-clients.md).
+    def too_slow(self, now: float, rate: float, grace: float) -> bool: ...
+
+    def check_rate(self, now: float, rate: float, grace: float) -> None: ...
+
+    @property
+    def waiting_for_client(self) -> bool: ...
+
+    def waiting_since(self) -> float | None: ...
+
+    def close_if_quiet(self, now: float) -> bool: ...
 
 
 class Shared:
@@ -100,6 +135,8 @@ class Shared:
         self.request_header_timeout = cfg.request_header_timeout
         self.request_body_timeout = cfg.request_body_timeout
         self.response_write_timeout = cfg.response_write_timeout
+        self.min_transfer_rate = cfg.min_transfer_rate
+        self.min_rate_grace = cfg.min_rate_grace
         # With many connections, what a request touches of its own is read from
         # memory, not from the CPU's cache; a connection's per-request values
         # are therefore shared objects where they can be. Request counts come
@@ -123,8 +160,10 @@ class Shared:
             cfg.request_body_timeout,
             cfg.response_write_timeout,
         )
-        # Deadlines are checked this often: fine enough for the shortest timeout.
-        self.sweep_interval = max(0.05, min(1.0, min(timeouts) / 8))
+        # Deadlines are checked this often: fine enough for the shortest timeout
+        # (and for the rate rule, which needs no timer per read either).
+        longest = RATE_SWEEP_S if cfg.min_transfer_rate else 1.0
+        self.sweep_interval = max(0.05, min(longest, min(timeouts) / 8))
 
     def refresh_idle_deadline(self, now: float) -> None:
         """A new shared keep-alive deadline: never early, at most DEADLINE_GRAIN late."""
@@ -147,10 +186,35 @@ class Shared:
         assert loop is not None
         DATE.refresh()
         now = loop.time()
+        rate = self.min_transfer_rate
+        grace = self.min_rate_grace
+        draining = self.draining
+        slow = []
         for conn in list(self.connections):
             if conn.deadline and now >= conn.deadline:
                 conn.on_deadline()
+            elif rate and conn.too_slow(now, rate, grace):
+                slow.append(conn)
+            if draining:
+                conn.close_if_quiet(now)
+        if slow:
+            self._cut(slow)
         self._sweeper = loop.call_later(self.sweep_interval, self._sweep)
+
+    def _cut(self, slow: list[Served]) -> None:
+        """Cut the connections found too slow, CUTS_PER_TURN per loop turn.
+
+        Attacking connections arrive together and so expire together (100 in
+        one sweep at 200 a second); cut at once, their 408s and log lines held
+        the loop for milliseconds, and every other client's latency with it.
+        """
+        loop = self.loop
+        assert loop is not None
+        now = loop.time()
+        for conn in slow[:CUTS_PER_TURN]:
+            conn.check_rate(now, self.min_transfer_rate, self.min_rate_grace)
+        if len(slow) > CUTS_PER_TURN:
+            loop.call_soon(self._cut, slow[CUTS_PER_TURN:])
 
     def add(self, conn: Served) -> None:
         self.connections.add(conn)
@@ -160,11 +224,49 @@ class Shared:
         if not self.connections and self.draining and self._all_closed is not None:
             self._all_closed.set()
 
+    def waiting_connections(self) -> int:
+        """How many open connections wait for their client (``Connection.waiting_for_client``)."""
+        return sum(1 for conn in self.connections if conn.waiting_for_client)
+
+    def reclaim(self, wanted: int) -> int:
+        """Close up to ``wanted`` connections that wait for a request that has not
+        begun (idle keep-alive, fresh and silent), the longest waiting first, and
+        only those quiet for ``QUIET_S``; returns how many were closed."""
+        if self.loop is None or wanted <= 0:
+            return 0
+        now = self.loop.time()
+        waiting = []
+        for conn in self.connections:
+            since = conn.waiting_since()
+            if since is not None:
+                waiting.append((since, id(conn), conn))
+        waiting.sort()
+        closed = 0
+        for _, _, conn in waiting:
+            if closed >= wanted:
+                break
+            if conn.close_if_quiet(now):
+                closed += 1
+                logger.info(
+                    "%s: closing a connection waiting for a request"
+                    " (open_connection_limit reached, clients queued)",
+                    conn.client_ip,
+                )
+        return closed
+
     def begin_drain(self) -> None:
-        """Stop keep-alive: idle connections close now, busy ones after their response."""
+        """Stop keep-alive: every next response says ``Connection: close``; connections
+        waiting for a request close once quiet (``Connection.begin_drain``)."""
         self.draining = True
-        for conn in list(self.connections):
-            conn.begin_drain()
+        if self.loop is not None:
+            now = self.loop.time()
+            for conn in list(self.connections):
+                conn.begin_drain(now)
+            # Quiet connections are closed by the sweeper: soon after they go quiet.
+            self.sweep_interval = min(self.sweep_interval, DRAIN_SWEEP_S)
+            if self._sweeper is not None:
+                self._sweeper.cancel()
+                self._sweeper = self.loop.call_later(self.sweep_interval, self._sweep)
         if not self.connections and self._all_closed is not None:
             self._all_closed.set()
 

@@ -1,4 +1,4 @@
-"""worker.accept_queue_length on a real listening socket on 127.0.0.1 (TCP_INFO, Linux).
+"""engine.accept.accept_queue_length on a real listening socket on 127.0.0.1 (TCP_INFO, Linux).
 
 The accept loop that uses it runs against fakes in tests/unit/test_worker.py;
 here the kernel's own count of a real listen queue is read, in this process.
@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from prefork.worker import accept_queue_length
+from prefork.engine.accept import accept_queue_length
 
 pytestmark = pytest.mark.e2e
 

@@ -39,7 +39,7 @@ PRIVATE_ALLOWED: set[tuple[str, str]] = set()
 STDLIB_PRIVATE = {
     # socket.accept() builds a socket object through enum conversions per
     # connection (a measurable share of the accept-heavy benchmark): the fd alone.
-    ("prefork.worker", "_accept"),
+    ("prefork.engine.accept", "_accept"),
     # logging.FileHandler has no public "reopen" (SIGUSR1, log rotation).
     ("prefork.log", "_open"),
 }

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import os
 import signal
 import socket
@@ -23,10 +24,15 @@ import pytest
 
 from prefork import worker as worker_module
 from prefork.config import Config
-from prefork.worker import (
+from prefork.engine import accept as accept_module
+from prefork.engine.accept import (
     ACCEPT_BACKOFF_S,
     ACCEPT_BATCH_MAX,
     ACCEPT_BATCH_MIN,
+    PRESSURE_CHECK_S,
+    Acceptor,
+)
+from prefork.worker import (
     BOOT_TIMEOUT_MIN_S,
     MSG_HEARTBEAT,
     MSG_READY,
@@ -34,7 +40,6 @@ from prefork.worker import (
     WORKER_BOOT_ERROR,
     WORKER_CRASHED,
     WORKER_EXIT_OK,
-    Worker,
     WorkerState,
     app_label,
     boot_timeout,
@@ -129,6 +134,9 @@ class FakeLoop:
         self.timers.append((delay, cb))
         return object()
 
+    def time(self) -> float:
+        return 0.0
+
     def create_task(self, coro: Any) -> FakeTask:
         with contextlib.suppress(StopIteration):  # fake_serve: closes the socket at once
             coro.send(None)
@@ -186,28 +194,42 @@ async def fake_serve(sock: Any, state: Any, peer: Any) -> None:
 
 @pytest.fixture(autouse=True)
 def no_real_connections(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(worker_module, "serve_connection", fake_serve)
-    monkeypatch.setattr(worker_module, "_ACCEPTED", {socket.AF_INET: FakeAccepted})
+    monkeypatch.setattr(accept_module, "serve_connection", fake_serve)
+    monkeypatch.setattr(accept_module, "_ACCEPTED", {socket.AF_INET: FakeAccepted})
 
 
-def make_worker(listener: FakeListener, limit: int, workers: int = 1) -> tuple[Worker, FakeLoop]:
-    cfg = Config.build({"port": 0, "connection_limit": limit, "workers": workers})
-    worker = Worker(
-        cfg=cfg,
-        app="app:handle",
-        listeners=[listener],  # type: ignore[list-item]
-        ssl_context=None,
-        number=1,
-        generation=1,
-        pipe_fd=-1,
-        close_fds=[],
+class FakeShared:
+    """The worker's view of its connections: how many wait for their client."""
+
+    def __init__(self) -> None:
+        self.waiting = 0
+        self.reclaimed: list[int] = []
+
+    def waiting_connections(self) -> int:
+        return self.waiting
+
+    def reclaim(self, wanted: int) -> int:
+        self.reclaimed.append(wanted)
+        return 0
+
+
+def make_acceptor(
+    listener: FakeListener, limit: int, workers: int = 1, open_limit: int | None = None
+) -> tuple[FakeShared, FakeLoop]:
+    """An accepting worker's Acceptor on a fake loop; returns its view of the connections."""
+    cfg = Config.build(
+        {
+            "port": 0,
+            "connection_limit": limit,
+            "open_connection_limit": open_limit or max(limit, 1024),
+            "workers": workers,
+        }
     )
     loop = FakeLoop()
-    worker._loop = loop  # type: ignore[assignment]
-    worker.state = WorkerState.SERVING
-    worker._state = object()  # type: ignore[assignment]
-    worker._resume_accepting()
-    return worker, loop
+    shared = FakeShared()
+    acceptor = Acceptor(cfg, [listener], loop, shared)  # type: ignore[list-item,arg-type]
+    acceptor.start()
+    return shared, loop
 
 
 def readable(loop: FakeLoop) -> None:
@@ -218,7 +240,7 @@ def readable(loop: FakeLoop) -> None:
 
 def test_accept_stops_at_connection_limit_and_resumes_when_a_slot_frees() -> None:
     listener = FakeListener(pending=5)
-    _worker, loop = make_worker(listener, limit=2)
+    _shared, loop = make_acceptor(listener, limit=2)
     assert 7 in loop.readers
     readable(loop)
     assert listener.accepts == 2  # a slot is taken before each accept
@@ -230,9 +252,72 @@ def test_accept_stops_at_connection_limit_and_resumes_when_a_slot_frees() -> Non
     assert 7 not in loop.readers
 
 
+def test_connections_waiting_for_their_client_do_not_count_towards_connection_limit() -> None:
+    listener = FakeListener(pending=10, queued=10)
+    shared, loop = make_acceptor(listener, limit=2, open_limit=4)
+    readable(loop)
+    assert listener.accepts == 2
+    assert 7 not in loop.readers  # both may be serving a request: at the cap
+    (delay, check), *_ = loop.timers
+    assert delay == PRESSURE_CHECK_S
+    shared.waiting = 2  # both answered and now idle: their slots are free again
+    loop.timers.clear()
+    check()
+    assert 7 in loop.readers
+    readable(loop)
+    assert listener.accepts == 4  # open_connection_limit: idle ones count here
+    assert 7 not in loop.readers
+    shared.waiting = 4
+    ((_, check),) = loop.timers
+    check()
+    assert shared.reclaimed == [10]  # clients are queued: close waiting connections for them
+    assert 7 not in loop.readers
+
+
+class ListHandler(logging.Handler):
+    """Keeps the records (prefork's log setup may stop propagation to caplog's handler)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+def test_accept_out_of_resources_is_logged_once_per_episode() -> None:
+    listener = FakeListener(pending=1, error=errno.EMFILE)
+    _shared, loop = make_acceptor(listener, limit=10)
+    handler = ListHandler()
+    logger = logging.getLogger("prefork.worker")
+    logger.addHandler(handler)
+    level = logger.level
+    logger.setLevel(logging.INFO)  # whatever an earlier test set the prefork logger to
+    try:
+        readable(loop)
+        for _ in range(5):
+            _, retry = loop.timers.pop()
+            retry()
+            readable(loop)
+        listener.error = None
+        _, retry = loop.timers.pop()
+        retry()
+        readable(loop)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    assert listener.accepts == 1
+    errors = [r.getMessage() for r in handler.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1, errors
+    assert "accept() out of resources" in errors[0]
+    ends = [r.getMessage() for r in handler.records if "works again" in r.getMessage()]
+    assert len(ends) == 1, ends
+    assert "(6 failed attempt(s))" in ends[0]
+
+
 def test_accept_emfile_backs_off_instead_of_spinning() -> None:
     listener = FakeListener(pending=1, error=errno.EMFILE)
-    _worker, loop = make_worker(listener, limit=10)
+    _shared, loop = make_acceptor(listener, limit=10)
     readable(loop)
     assert 7 not in loop.readers
     assert [delay for delay, _ in loop.timers] == [ACCEPT_BACKOFF_S]
@@ -246,7 +331,7 @@ def test_accept_emfile_backs_off_instead_of_spinning() -> None:
 
 def test_accept_takes_what_the_queue_holds_without_a_failing_accept() -> None:
     listener = FakeListener(pending=5, queued=2)
-    _worker, loop = make_worker(listener, limit=10)
+    _shared, loop = make_acceptor(listener, limit=10)
     readable(loop)
     assert (listener.accepts, listener.attempts) == (2, 2)  # no accept() to find EAGAIN
     assert 7 in loop.readers  # the other 3: on the next (level-triggered) wake-up
@@ -256,21 +341,21 @@ def test_accept_tries_once_when_the_queue_looks_empty() -> None:
     # A sibling took the connection, or the count is off: one accept(), never none
     # (a readable listen fd left alone would wake the loop again at once).
     listener = FakeListener(pending=1, queued=0)
-    _worker, loop = make_worker(listener, limit=10)
+    _shared, loop = make_acceptor(listener, limit=10)
     readable(loop)
     assert (listener.accepts, listener.attempts) == (1, 1)
 
 
 def test_accept_without_a_queue_length_accepts_until_eagain() -> None:
     listener = FakeListener(pending=3)
-    _worker, loop = make_worker(listener, limit=10)
+    _shared, loop = make_acceptor(listener, limit=10)
     readable(loop)
     assert (listener.accepts, listener.attempts) == (3, 4)
 
 
 def test_accept_skips_an_aborted_connection() -> None:
     listener = FakeListener(pending=0, error=errno.ECONNABORTED)
-    _worker, loop = make_worker(listener, limit=3)
+    _shared, loop = make_acceptor(listener, limit=3)
     readable(loop)
     assert 7 in loop.readers
     assert loop.timers == []
@@ -316,13 +401,13 @@ def test_watchdog_verdict(state: WorkerState, field: str, age: float, verdict: s
 )
 def test_accept_takes_its_share_of_a_long_queue(queued: int, workers: int, expected: int) -> None:
     listener = FakeListener(pending=queued, queued=queued)
-    _worker, loop = make_worker(listener, limit=2048, workers=workers)
+    _shared, loop = make_acceptor(listener, limit=2048, workers=workers)
     readable(loop)
     assert (listener.accepts, listener.attempts) == (expected, expected)
 
 
 def test_accept_takes_the_minimum_when_the_queue_length_is_unknown() -> None:
     listener = FakeListener(pending=100, queued=None)
-    _worker, loop = make_worker(listener, limit=2048, workers=1)
+    _shared, loop = make_acceptor(listener, limit=2048, workers=1)
     readable(loop)
     assert listener.accepts == ACCEPT_BATCH_MIN
