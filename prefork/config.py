@@ -291,7 +291,11 @@ def validate(raw: Mapping[str, Any]) -> dict[str, Any]:
         elif key == "ssl":
             value = _check_ssl(value)
         out[key] = value
-    if out["open_connection_limit"] < out["connection_limit"]:
+    if "open_connection_limit" not in raw:
+        # Unset: it follows a connection_limit raised above its default, so a
+        # config that only raises connection_limit keeps working as it reads.
+        out["open_connection_limit"] = max(out["open_connection_limit"], out["connection_limit"])
+    elif out["open_connection_limit"] < out["connection_limit"]:
         raise ConfigError(
             f"open_connection_limit: must be >= connection_limit ({out['connection_limit']}),"
             f" got {out['open_connection_limit']}"

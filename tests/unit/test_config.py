@@ -323,3 +323,10 @@ def test_forwarded_allow_ips_accepts_cidrs_star_and_a_comma_list() -> None:
         "127.0.0.1",
         "::1",
     ]
+
+
+def test_open_connection_limit_follows_a_raised_connection_limit_unless_set() -> None:
+    assert validate({"connection_limit": 2048})["open_connection_limit"] == 2048
+    assert validate({"connection_limit": 8})["open_connection_limit"] == 1024
+    with pytest.raises(ConfigError, match="open_connection_limit: must be >= connection_limit"):
+        validate({"connection_limit": 2048, "open_connection_limit": 1024})
