@@ -209,8 +209,10 @@ class WsgiApp:
             parts.append(data)
             size += len(data)
         first = b"".join(parts)
-        if more:
-            return StreamedInput(self, conn, req, first)
+        if more or size > CHUNKED_WHOLE_UP_TO:
+            # (One read may bring more than the bound: by size, not by luck,
+            # does a chunked body get its CONTENT_LENGTH.)
+            return StreamedInput(self, conn, req, first, more)
         req.body = first
         return None
 

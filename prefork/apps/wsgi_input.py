@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 # bodies behind ``Expect: 100-continue``; smaller ones are read whole first.
 STREAM_BODIES_OVER = 64 * 1024
 # A chunked body (without Expect) is read ahead by the loop up to this much
-# before the app is called: when it ends by then, the app gets it whole with
+# before the app is called: one that ends by then reaches the app whole with
 # a CONTENT_LENGTH, as apps that read CONTENT_LENGTH bytes (Django, many raw
 # apps) need; a longer one is streamed from there, without CONTENT_LENGTH.
 CHUNKED_WHOLE_UP_TO = 1024 * 1024
@@ -77,14 +77,19 @@ class StreamedInput:
     )
 
     def __init__(
-        self, source: BodySource, conn: Connection, req: Request, first: bytes = b""
+        self,
+        source: BodySource,
+        conn: Connection,
+        req: Request,
+        first: bytes = b"",
+        more: bool = True,
     ) -> None:
         self._source = source
         self.conn = conn
         self.req = req
         self._buf = first  # what the app has not read yet starts at _pos
         self._pos = 0
-        self._more = True
+        self._more = more  # pieces still to come from the connection
         self._error: InputError | None = None
         # Set by wsgi_call.Call once the response head was handed to the loop:
         # a 100 Continue must not follow it, nor a 413 replace it.
