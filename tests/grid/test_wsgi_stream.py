@@ -84,6 +84,11 @@ def app(environ, start):
                 f"connection_error={isinstance(exc, ConnectionError)}\\n"
             )
         return _json(start, {"read": "all"})
+    if path == "/late":  # starts its response, then reads
+        write = start("200 OK", [("Content-Type", "text/plain")])
+        write(b"partial")
+        _sum(stream, 8192)
+        return [b"never"]
     if path == "/ignore":  # answers without reading the body
         return _json(start, {"read": "nothing"})
     if path == "/lines":
@@ -291,6 +296,37 @@ def test_a_chunked_body_past_max_body_size_gets_413(server: ServerProcess) -> No
     assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
     assert b'"read"' not in answer
     server.wait_log(r"caught InputError status=413 connection_error=False")
+
+
+def test_a_chunked_body_past_max_body_size_after_the_response_started_is_cut(
+    server: ServerProcess,
+) -> None:
+    piece = os.urandom(MiB)
+    received = []
+    with server.connect(timeout=20) as s:
+        s.sendall(b"POST /late HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+
+        def send() -> None:
+            try:
+                for _ in range(40):
+                    s.sendall(b"%x\r\n%s\r\n" % (len(piece), piece))
+                s.sendall(b"0\r\n\r\n")
+            except OSError:
+                pass
+
+        sender = threading.Thread(target=send, daemon=True)
+        sender.start()
+        try:
+            while data := s.recv(65536):
+                received.append(data)
+        except ConnectionResetError:
+            pass  # the cut: what a reset looks like when it outruns the FIN
+        sender.join(timeout=20)
+    answer = b"".join(received)
+    assert answer.startswith(b"HTTP/1.1 200")
+    assert b"partial" in answer
+    assert not answer.endswith(b"0\r\n\r\n")  # never the end of a chunked body
+    assert b"413" not in answer
 
 
 def test_a_client_leaving_mid_body_makes_read_raise(server: ServerProcess) -> None:
