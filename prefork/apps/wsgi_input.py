@@ -6,8 +6,9 @@ follows too, ``http.protocol.streams_body``). ``StreamedInput`` asks the
 event loop for the next piece (``Connection.receive_body``) only when the app
 reads past what it holds, so while the app is not reading nothing is parsed,
 the connection stops reading its socket once its small buffer is full, and
-TCP flow control holds the client back: a body costs the worker at most one
-piece (a few hundred KiB), whatever its size.
+TCP flow control holds the client back: whatever its size, a body costs the
+worker a piece at a time (what the socket delivered while the loop waited
+for it: 256 KiB and up, more from a fast client on loopback).
 
 Reads follow PEP 3333 and ``io.BufferedReader``: ``read(n)`` returns ``n``
 bytes unless the body ends first, ``read()`` the rest, ``b""`` at the end
