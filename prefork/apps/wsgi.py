@@ -3,10 +3,12 @@
 ``WsgiApp`` is what the engine calls (``engine.app.AppInterface``). The event
 loop keeps doing all the I/O: it reads and parses every connection's requests,
 hands each whole request to a bounded pool of ``wsgi_threads`` threads, and
-writes what they answer. A thread only runs the app and builds the response
-bytes (``wsgi_call.Call``); while all threads are busy, requests wait in the
-pool's queue (never a 503), and connections that are idle, slow to send or
-slow to read cost no thread.
+writes what they answer. (A large, chunked or 100-continue body is handed
+over as it arrives: the thread asks the loop for each piece, ``wsgi_input``.)
+A thread only runs the app and builds the response bytes
+(``wsgi_call.Call``); while all threads are busy, requests wait in the pool's
+queue (never a 503), and connections that are idle, slow to send or slow to
+read cost no thread.
 
 The hand-off is one ``SimpleQueue.put`` to the pool and, back, one loop
 wake-up for however many calls finished meanwhile (``_deliver``), not one per
