@@ -56,7 +56,7 @@ class AsgiApp:
         # protocol callback.
         self.inline = False
         # Read by the connection's RequestReader (RequestReader.stream_over).
-        self.stream_bodies_over = STREAM_BODIES_OVER
+        self.stream_bodies_over: int | None = STREAM_BODIES_OVER
         self.root_path: str = cfg.root_path
         self.ssl_cfg = cfg.ssl
         self.asgi = {"version": ASGI_VERSION, "spec_version": SPEC_VERSION}

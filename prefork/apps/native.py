@@ -56,7 +56,7 @@ QUICK_HANDLER_S = 0.0002
 class NativeApp:
     """The engine's view of a native handler (``engine.app.AppInterface``)."""
 
-    __slots__ = ("handler", "inline", "is_async", "quick_s")
+    __slots__ = ("handler", "inline", "is_async", "quick_s", "stream_bodies_over")
 
     def __init__(self, handler: Handler, quick_s: float = QUICK_HANDLER_S) -> None:
         self.handler = handler
@@ -65,6 +65,8 @@ class NativeApp:
         self.is_async = is_async_handler(handler)
         # Sync handlers are called straight from the protocol callback.
         self.inline = not self.is_async
+        # Handlers get ``Request.body`` whole.
+        self.stream_bodies_over: int | None = None
 
     async def startup(self) -> None:
         pass

@@ -3,10 +3,12 @@
 ``WsgiApp`` is what the engine calls (``engine.app.AppInterface``). The event
 loop keeps doing all the I/O: it reads and parses every connection's requests,
 hands each whole request to a bounded pool of ``wsgi_threads`` threads, and
-writes what they answer. A thread only runs the app and builds the response
-bytes (``wsgi_call.Call``); while all threads are busy, requests wait in the
-pool's queue (never a 503), and connections that are idle, slow to send or
-slow to read cost no thread.
+writes what they answer. (A large, chunked or 100-continue body is handed
+over as it arrives: the thread asks the loop for each piece, ``wsgi_input``.)
+A thread only runs the app and builds the response bytes
+(``wsgi_call.Call``); while all threads are busy, requests wait in the pool's
+queue (never a 503), and connections that are idle, slow to send or slow to
+read cost no thread.
 
 The hand-off is one ``SimpleQueue.put`` to the pool and, back, one loop
 wake-up for however many calls finished meanwhile (``_deliver``), not one per
@@ -30,12 +32,19 @@ from prefork._types import Action
 from prefork.apps.wsgi_call import Call, Outcome
 from prefork.apps.wsgi_environ import ConnectionEnviron, request_environ
 from prefork.apps.wsgi_headers import Head
+from prefork.apps.wsgi_input import (
+    CHUNKED_WHOLE_UP_TO,
+    STREAM_BODIES_OVER,
+    ClientDisconnected,
+    InputError,
+    StreamedInput,
+)
 from prefork.config import Config
 from prefork.engine.connection import Connection
 from prefork.errors import PeerGone, ProtocolError
 from prefork.http import compression
 from prefork.http.forwarded import Trust, forwarded_view
-from prefork.http.protocol import error_response
+from prefork.http.protocol import CONTINUE_RESPONSE, error_response, streams_body
 from prefork.http.request import Request
 from prefork.http.response import NegotiatedCache, body_length
 
@@ -66,6 +75,12 @@ class WsgiApp:
 
     def __init__(self, app: WsgiCallable, cfg: Config, name: str) -> None:
         self.app = app
+        # Large, chunked and 100-continue bodies reach the app as they arrive
+        # (wsgi_input.StreamedInput), read from its thread with flow control.
+        self.stream_bodies_over: int | None = STREAM_BODIES_OVER
+        # The loop bounds a body read (request_body_timeout: 408); this bounds
+        # a thread's wait on a loop that stopped.
+        self.body_wait_s = cfg.request_body_timeout + 5.0
         self.name = name
         self.threads = cfg.wsgi_threads
         self.script_name = cfg.root_path
@@ -120,10 +135,20 @@ class WsgiApp:
             return "close"
         shared = conn.shared
         started = time.monotonic()
+        body: StreamedInput | None = None
+        if streams_body(req, STREAM_BODIES_OVER):
+            try:
+                body = await self._read_ahead(conn, req)
+            except ProtocolError as exc:
+                self._refuse(conn, req, conn.client_ip, exc, started)
+                return "close"
+            except PeerGone:
+                conn.close()
+                return "close"
         env: ConnectionEnviron | None = conn.ctx
         if env is None or env.client_ip is not conn.client_ip:
             env = conn.ctx = self._connection_environ(conn)
-        environ = request_environ(env, req)
+        environ = request_environ(env, req, body)
         client = conn.client_ip
         if conn.behind_proxy:  # a trusted proxy says who the client is
             client = _forwarded(environ, req, shared.trust) or client
@@ -138,7 +163,7 @@ class WsgiApp:
         conn.count = counts[nxt] if nxt < len(counts) else nxt
         assert self._loop is not None, "WsgiApp.startup was not run"
         future: asyncio.Future[Outcome] = self._loop.create_future()
-        self._jobs.put(_Job(Call(self, conn, req, environ, keep_alive), future))
+        self._jobs.put(_Job(Call(self, conn, req, environ, keep_alive, body), future))
         out = await future
         kind = out.kind
         if kind == Outcome.BUFFERED:
@@ -154,6 +179,8 @@ class WsgiApp:
             conn.abort()
             self._log(conn, client, req, out.status, out.sent, started)
             return "close"
+        elif kind == Outcome.CUT:
+            return "close"  # the body failed: the loop answered (413...) or cut already
         else:  # GONE
             conn.close()
             return "close"
@@ -166,6 +193,77 @@ class WsgiApp:
         return "close"
 
     # -- the loop's side ------------------------------------------------------
+
+    async def _read_ahead(self, conn: Connection, req: Request) -> StreamedInput | None:
+        """The input of a request whose body is streamed; None once it was read whole.
+
+        A chunked body without ``Expect`` is read here up to
+        ``CHUNKED_WHOLE_UP_TO`` first (``wsgi_input``): most end by then and go
+        to the app whole, with their length. Raises ProtocolError or PeerGone.
+        """
+        if not req.chunked or req.expect_continue:
+            return StreamedInput(self, conn, req)
+        parts = []
+        size = 0
+        more = True
+        while more and size <= CHUNKED_WHOLE_UP_TO:
+            data, more = await conn.receive_body()
+            parts.append(data)
+            size += len(data)
+        first = b"".join(parts)
+        if more or size > CHUNKED_WHOLE_UP_TO:
+            # (One read may bring more than the bound: by size, not by luck,
+            # does a chunked body get its CONTENT_LENGTH.)
+            return StreamedInput(self, conn, req, first, more)
+        req.body = first
+        return None
+
+    async def _receive_piece(
+        self,
+        conn: Connection,
+        body: StreamedInput,
+        send_continue: bool,
+        head_sent: bool,
+        reply: concurrent.futures.Future[tuple[bytes, bool]],
+    ) -> None:
+        """For a pool thread: the next piece of ``body`` into ``reply``."""
+        req = body.req
+        if send_continue:
+            # The app reads the body: now the client may send it (and never
+            # when the app answers without reading).
+            conn.send(CONTINUE_RESPONSE)
+        try:
+            piece = await conn.receive_body()
+        except ProtocolError as exc:
+            status = 0
+            if conn.lost:
+                pass
+            elif head_sent:
+                conn.abort()  # too late for a 413: cut, so the response reads as incomplete
+            else:
+                self._refuse(conn, req, conn.client_ip, exc, time.monotonic())
+                status = exc.status
+            # (A 400 "connection closed inside a request body" is the reader
+            # seeing the client's EOF: a disconnect, however it is answered.)
+            gone = conn.lost or (exc.status == 400 and "closed" in str(exc))
+            kind = ClientDisconnected if gone else InputError
+            reply.set_exception(kind(f"request body: {exc}", status))
+        except PeerGone as exc:
+            conn.close()
+            reply.set_exception(ClientDisconnected(f"the client left inside the body: {exc}"))
+        except BaseException as exc:  # cancelled at shutdown: the thread must not wait on
+            reply.set_exception(ClientDisconnected(f"the body could not be read: {exc!r}"))
+            raise
+        else:
+            reply.set_result(piece)
+
+    def _refuse(
+        self, conn: Connection, req: Request, client: str, exc: ProtocolError, started: float
+    ) -> None:
+        """Answer a request whose body broke a rule (413, 400, 408) and close."""
+        logger.debug("refusing the body of %s %s: %d %s", req.method, req.path, exc.status, exc)
+        sent = conn.reply_error_and_close(exc)
+        self._log(conn, client, req, exc.status, sent, started)
 
     def _connection_environ(self, conn: Connection) -> ConnectionEnviron:
         transport = conn.transport
@@ -277,6 +375,28 @@ class WsgiApp:
                     loop.call_soon_threadsafe(self._deliver)
                 except RuntimeError:  # the loop is closed: the worker is exiting
                     return
+
+    def receive_piece(self, body: StreamedInput) -> tuple[bytes, bool]:
+        """From a pool thread: the next piece of a streamed body (``wsgi_input.BodySource``).
+
+        The loop sends 100 Continue first when the client waits for it and no
+        response has started. Raises InputError.
+        """
+        send_continue = not body.continued and not body.head_sent
+        body.continued = True
+        reply: concurrent.futures.Future[tuple[bytes, bool]] = concurrent.futures.Future()
+        assert self._loop is not None
+        conn = body.conn
+        coro = self._receive_piece(conn, body, send_continue, body.head_sent, reply)
+        try:
+            self._loop.call_soon_threadsafe(self._spawn, coro)
+        except RuntimeError:  # the loop is closed: the worker is exiting
+            coro.close()
+            raise ClientDisconnected("the server is stopping") from None
+        try:
+            return reply.result(timeout=self.body_wait_s)
+        except concurrent.futures.TimeoutError:
+            raise ClientDisconnected("the loop did not answer") from None
 
     def send_soon(self, conn: Connection, data: bytes) -> None:
         """From a pool thread: the loop writes ``data`` (in order), no waiting."""

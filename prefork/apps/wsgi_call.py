@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from prefork import log
 from prefork.apps.wsgi_environ import Environ, FileWrapper
 from prefork.apps.wsgi_headers import Head, WsgiError, check_headers, check_status, encode_head
+from prefork.apps.wsgi_input import StreamedInput
 from prefork.errors import PeerGone
 from prefork.http import compression
 from prefork.http.protocol import bodyless_status
@@ -77,8 +78,9 @@ class Outcome:
 
     # BUFFERED: write head + body; STREAMED: all was sent, log it; FAILED: 500
     # (nothing was sent); BROKEN: the head went out, then it failed: cut the
-    # connection; GONE: the peer left.
-    BUFFERED, STREAMED, FAILED, BROKEN, GONE = range(5)
+    # connection; GONE: the peer left; CUT: the streamed request body failed,
+    # and the loop already answered it (413...) or cut the connection.
+    BUFFERED, STREAMED, FAILED, BROKEN, GONE, CUT = range(6)
 
     __slots__ = ("body", "head", "keep_alive", "kind", "sent", "status")
 
@@ -114,6 +116,7 @@ class Call:
 
     __slots__ = (
         "app",
+        "body",
         "code",
         "conn",
         "environ",
@@ -126,13 +129,21 @@ class Call:
     )
 
     def __init__(
-        self, app: WsgiServer, conn: Connection, req: Request, environ: Environ, keep_alive: bool
+        self,
+        app: WsgiServer,
+        conn: Connection,
+        req: Request,
+        environ: Environ,
+        keep_alive: bool,
+        body: StreamedInput | None = None,
     ) -> None:
         self.app = app
         self.conn = conn
         self.req = req
         self.environ = environ
         self.keep_alive = keep_alive
+        # The streamed request body (None: it came whole, in environ's wsgi.input).
+        self.body = body
         self.http10 = req.version == "1.0"
         self.status: str | None = None
         self.code = 500
@@ -172,6 +183,14 @@ class Call:
     # -- the server's side --------------------------------------------------
 
     def run(self) -> Outcome:
+        out = self._run()
+        body = self.body
+        if body is not None and body.cut:
+            # Whatever the app made of the InputError: the loop has answered.
+            return Outcome(Outcome.CUT)
+        return out
+
+    def _run(self) -> Outcome:
         app = self.app
         if self.conn.lost:  # left while the request waited for a thread
             return Outcome(Outcome.GONE)
@@ -197,6 +216,12 @@ class Call:
     def _failed(self, broken: WsgiError | None) -> Outcome:
         """Log what went wrong: a broken rule in one line, anything else with its traceback."""
         req = self.req
+        if self.body is not None and self.body.cut:
+            # (The InputError the app let through: the client left, or 413.)
+            app_logger.debug(
+                "app %s: the body of %s %s failed", self.app.name, req.method, req.path
+            )
+            return Outcome(Outcome.CUT)
         if broken is not None:
             app_logger.error(
                 "app %s broke PEP 3333 on %s %s: %s", self.app.name, req.method, req.path, broken
@@ -265,7 +290,7 @@ class Call:
         text, lower, has_server, length = self.head
         req = self.req
         code = self.code
-        keep_alive = self.keep_alive
+        keep_alive = self._keep_alive()
         if bodyless_status(code):
             head = encode_head(self.status, text, has_server, "", keep_alive, self.http10)
             return Outcome(Outcome.BUFFERED, code, head, b"", 0, keep_alive)
@@ -306,6 +331,16 @@ class Call:
         )
         return Outcome(Outcome.BUFFERED, code, head, body, len(body), keep_alive)
 
+    def _keep_alive(self) -> bool:
+        """Whether the connection stays open after this response.
+
+        A streamed body the app did not read to its end closes it after the
+        response (as for ASGI apps): the close lingers, reading and dropping
+        what the client still sends, rather than read a body nobody wants.
+        """
+        body = self.body
+        return self.keep_alive and (body is None or body.complete)
+
     def _start_stream(self, sendfile_length: int | None = None, first: bytes = b"") -> Stream:
         """Send the head of a response whose body follows block by block."""
         assert self.status is not None
@@ -315,7 +350,7 @@ class Call:
             length = sendfile_length
         req = self.req
         code = self.code
-        keep_alive = self.keep_alive
+        keep_alive = self._keep_alive()
         encoder = None
         chunked = False
         discard = False  # no body goes on the wire (HEAD, 204, 304): what the app sends is dropped
@@ -354,6 +389,8 @@ class Call:
             self.app, self.conn, None if discard else length, chunked, encoder, discard
         )
         stream.keep_alive = keep_alive
+        if self.body is not None:
+            self.body.head_sent = True  # no 100 Continue nor 413 after this
         # The head and the first block in one hand-off to the loop.
         stream.post(head + stream.encode(first) if first else head, False)
         return stream

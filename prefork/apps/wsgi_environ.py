@@ -67,10 +67,9 @@ def path_info(raw: str, script_name: str) -> str:
 class Input:
     """``wsgi.input``: the request body as a binary file-like object.
 
-    Reads the whole body the request arrived with (``Request.body``); the
-    engine will one day hand bodies over as they stream in, and only this class
-    changes then. ``read()`` past the end returns ``b""``
-    (``wsgi.input_terminated``).
+    Reads a body that arrived whole before the app was called
+    (``Request.body``); larger ones are streamed (``wsgi_input.StreamedInput``).
+    ``read()`` past the end returns ``b""`` (``wsgi.input_terminated``).
     """
 
     __slots__ = ("_buf",)
@@ -219,15 +218,22 @@ class ConnectionEnviron:
         }
 
 
-def request_environ(conn_env: ConnectionEnviron, req: Request) -> Environ:
-    """The environ of one request on the connection ``conn_env`` describes."""
+def request_environ(conn_env: ConnectionEnviron, req: Request, stream: object = None) -> Environ:
+    """The environ of one request on the connection ``conn_env`` describes.
+
+    ``stream``: the ``wsgi.input`` of a body read as the app reads it
+    (``wsgi_input.StreamedInput``); None when the body is ``req.body``.
+    """
     environ = conn_env.base.copy()
     environ["REQUEST_METHOD"] = req.method
     environ["PATH_INFO"] = path_info(req.path, environ["SCRIPT_NAME"])
     environ["QUERY_STRING"] = req.query
     environ["SERVER_PROTOCOL"] = "HTTP/1.0" if req.version == "1.0" else "HTTP/1.1"
     body = req.body
-    environ["wsgi.input"] = Input(body) if body else EMPTY_INPUT
+    if stream is None:
+        environ["wsgi.input"] = Input(body) if body else EMPTY_INPUT
+    else:
+        environ["wsgi.input"] = stream
     headers = req.headers
     for name, value in headers.items():
         key = _KEYS.get(name, "")
@@ -238,8 +244,13 @@ def request_environ(conn_env: ConnectionEnviron, req: Request) -> Environ:
     ctype = headers.get("content-type")
     if ctype is not None:
         environ["CONTENT_TYPE"] = ctype
-    # The whole body is there: its length is known even when it came chunked
-    # (an app that reads CONTENT_LENGTH bytes, as Django does, gets all of it).
-    if body or "content-length" in headers or req.chunked:
+    if stream is not None:
+        # Streamed: the length is known only when the client announced it
+        # (PEP 3333: a chunked body is read to b"", wsgi.input_terminated).
+        if not req.chunked:
+            environ["CONTENT_LENGTH"] = str(req.content_length)
+    elif body or "content-length" in headers or req.chunked:
+        # The whole body is there: its length is known even when it came chunked
+        # (an app that reads CONTENT_LENGTH bytes, as Django does, gets all of it).
         environ["CONTENT_LENGTH"] = str(len(body))
     return environ

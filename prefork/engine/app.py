@@ -24,6 +24,11 @@ class AppInterface(Protocol[C]):
     # True: complete requests may be answered straight from the protocol
     # callback (``respond_inline``) while the connection's coroutine is parked.
     inline: bool
+    # Request bodies the app reads piece by piece (``Connection.receive_body``)
+    # rather than whole: those bigger than this many bytes, chunked, or behind
+    # ``Expect: 100-continue`` (``http.protocol.streams_body``). None: every
+    # body is read whole (up to ``max_body_size``) before the app is called.
+    stream_bodies_over: int | None
 
     def respond_inline(self, conn: C, req: Request) -> bool:
         """Answer ``req`` from the protocol callback.

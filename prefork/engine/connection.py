@@ -140,7 +140,7 @@ class Connection(asyncio.Protocol):
         self._inline = shared.app.inline
         # Bodies the app reads piece by piece (``receive_body``): ASGI sets
         # ``stream_bodies_over``; None (the native handler) reads them whole.
-        self.reader.stream_over = getattr(shared.app, "stream_bodies_over", None)
+        self.reader.stream_over = shared.app.stream_bodies_over
         self.count = 0
 
     # -- asyncio.Protocol -------------------------------------------------
