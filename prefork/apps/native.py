@@ -175,6 +175,7 @@ async def exchange(
         ctx = context(conn, client_ip, redis_module, req if conn.behind_proxy else None)
         client_ip = ctx.client_ip
         app: NativeApp = state.app  # type: ignore[assignment]
+        ctx.request = req
         try:
             if app.is_async:
                 result = await app.handler(  # type: ignore[misc]
@@ -189,6 +190,8 @@ async def exchange(
                     result = await result
         except Exception:
             return handler_failed(conn, state, req, client_ip, started)
+        finally:
+            ctx.request = None  # an idle keep-alive connection keeps no request
     conn.count = count + 1
     outcome = finish(conn, state, req, result, count, started, False)
     if isinstance(outcome, str):
@@ -211,6 +214,12 @@ def handler_failed(
     conn: Connection, state: Shared, req: Request, client_ip: str, started: float
 ) -> Action:
     app_logger.exception("handler raised on %s %s", req.method, req.path)
+    ctx = conn.ctx
+    if ctx is not None and ctx.upgraded is not None:
+        # The connection speaks WebSocket now: no HTTP 500 on it, just cut it.
+        ctx.upgraded = None
+        conn.abort()
+        return "close"
     return _send_500(conn, state, req, client_ip, started)
 
 
@@ -259,6 +268,13 @@ def finish(
         if content is None and status is None and headers is None:
             # The handler proxied the exchange itself on ctx.client.
             state.requests_served += 1
+            ctx = conn.ctx
+            if ctx is not None and ctx.upgraded is not None:  # a WebSocket: log the 101
+                status, ctx.upgraded = ctx.upgraded, None
+                if state.access.enabled():
+                    client, path, version = _client(conn), req.path, req.version
+                    log_ = state.access.log
+                    log_(client, req.method, path, version, status, 0, started, req.headers)
             return "keep-alive"
         valid = type(status) is int and 100 <= status <= 599 and type(headers) is dict
     if not valid:
