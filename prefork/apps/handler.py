@@ -99,9 +99,10 @@ class Context:
         self.cfg = cfg
         self.redis_module = redis_module
         # The request the handler is being called for (set around the call),
-        # and the status of an upgrade it accepted on ``client`` (access log).
+        # and the WebSocket it accepted on ``client`` (closed and logged when
+        # the handler returns).
         self.request: Request | None = None
-        self.upgraded: int | None = None
+        self.upgraded: WebSocket | None = None
 
     async def accept_websocket(
         self, headers: Mapping[str, str] | None = None, subprotocol: str | None = None
@@ -111,8 +112,9 @@ class Context:
         ``headers``: extra response headers; ``subprotocol``: the one chosen
         from the client's ``Sec-WebSocket-Protocol`` list. Raises
         ``HandshakeRejected`` (nothing sent; ``return exc.result`` answers
-        400/405/426) when the request is not a valid handshake. The handler
-        returns ``None, None, None`` once the WebSocket is done.
+        400/405/426) when the request is not a valid handshake. When the
+        handler returns (``None, None, None``), a WebSocket it did not close
+        is closed with 1000.
         """
         from prefork.apps.websocket import Handshake, Options, WebSocket
 
@@ -125,7 +127,7 @@ class Context:
             raise handshake.rejection()
         ws = WebSocket(self.client, handshake, opts)
         await ws.accept(subprotocol, headers)
-        self.upgraded = 101
+        self.upgraded = ws
         return ws
 
     def __repr__(self) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import os
 import signal
 import socket
@@ -204,6 +205,7 @@ def test_plain_request_is_still_http(start_server: StartServer, tmp_path: Path) 
 
 SLOW_APP = """
 import asyncio
+import contextlib
 
 
 async def handle(method, path, args, headers, body, ctx):
@@ -298,3 +300,50 @@ async def test_reload_closes_with_1001_and_new_workers_serve(
     async with connect(url) as ws:  # the client reconnects to the new generation
         await ws.send("again")
         assert await asyncio.wait_for(ws.recv(), 5) == "again"
+
+
+def test_send_to_a_client_that_left_ends_the_session_quietly(
+    start_server: StartServer, tmp_path: Path
+) -> None:
+    app = """
+import asyncio
+import contextlib
+
+
+async def handle(method, path, args, headers, body, ctx):
+    ws = await ctx.accept_websocket()
+    await ws.receive()
+    await asyncio.sleep(0.5)  # meanwhile the client closed
+    await ws.send("too late")  # raises WebSocketClosed
+    return None, None, None
+"""
+    server = start_server(app, "-w", "1")
+    sock = _raw_handshake(server.port)
+    sock.sendall(Frame(Opcode.TEXT, b"hi").serialize(mask=True, extensions=[]))
+    sock.sendall(Frame(Opcode.CLOSE, (1000).to_bytes(2, "big")).serialize(mask=True, extensions=[]))
+    with contextlib.suppress(ConnectionResetError):
+        while sock.recv(4096):
+            pass
+    sock.close()
+    server.wait_log(r'"GET / HTTP/1\.1" 101 ')  # the session is logged as usual ...
+    assert "handler raised" not in server.log()  # ... and is no app error
+
+
+async def test_handler_that_returns_without_closing_closes_with_1000(
+    start_server: StartServer, tmp_path: Path
+) -> None:
+    app = """
+async def handle(method, path, args, headers, body, ctx):
+    ws = await ctx.accept_websocket()
+    await ws.send(await ws.receive())
+    return None, None, None
+"""
+    server = start_server(app, "-w", "1")
+    async with connect(f"ws://127.0.0.1:{server.port}/") as ws:
+        await ws.send("once")
+        assert await ws.recv() == "once"
+        with pytest.raises(ConnectionClosed) as info:
+            await asyncio.wait_for(ws.recv(), 5)
+        assert info.value.rcvd is not None
+        assert info.value.rcvd.code == 1000
+    server.wait_log(r'"GET / HTTP/1\.1" 101 \d+')
