@@ -19,7 +19,8 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 from websockets.frames import Frame, Opcode
 
-from tests.e2e.conftest import ServerProcess, StartServer, http_exchange
+from tests.e2e.conftest import ServerProcess, StartServer
+from tests.e2e.helpers import http_exchange
 
 pytestmark = pytest.mark.e2e
 
