@@ -39,7 +39,8 @@ Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+# Loose on purpose: frameworks type their scope and messages each their own way.
+ASGIApp = Callable[[Any, Any, Any], Awaitable[None]]
 
 SPEC_VERSION = "2.4"
 HTTP_RESPONSE_EXTENSION = "websocket.http.response"
