@@ -204,6 +204,29 @@ class WebSocket:
     ``async for message in ws`` receives until the close.
     """
 
+    # No per-instance __dict__: one of these lives as long as its connection.
+    __slots__ = (
+        "_buffered",
+        "_conn",
+        "_decoder",
+        "_done",
+        "_going_away",
+        "_initial",
+        "_messages",
+        "_opts",
+        "_parts",
+        "_ping_payload",
+        "_ping_timer",
+        "_pinger",
+        "_proto",
+        "_reader",
+        "_response",
+        "_text",
+        "_writer",
+        "bytes_sent",
+        "subprotocol",
+    )
+
     def __init__(
         self, conn: ConnectionLike, handshake: Handshake, opts: Options, initial: bytes = b""
     ) -> None:
