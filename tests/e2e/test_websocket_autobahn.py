@@ -24,8 +24,11 @@ pytestmark = [
 CASES = ["1.*", "2.*", "3.*", "4.*", "5.*", "6.*", "7.*", "10.*"]
 
 
-def test_autobahn_sections_1_to_7_and_10_have_no_failure(tmp_path: Path) -> None:
-    proc, port = start_server("tests.autobahn.echo_app:handle", [], tmp_path / "prefork.log")
+@pytest.mark.parametrize(
+    "target", ["tests.autobahn.echo_app:handle", "tests.autobahn.asgi_echo_app:app"]
+)
+def test_autobahn_sections_1_to_7_and_10_have_no_failure(tmp_path: Path, target: str) -> None:
+    proc, port = start_server(target, [], tmp_path / "prefork.log")
     try:
         results = run_fuzzingclient(port, CASES, tmp_path, timeout=300)
     finally:
