@@ -19,13 +19,19 @@ from prefork._types import Action
 from prefork.apps.asgi_exchange import STREAM_BODIES_OVER, Exchange, count_response
 from prefork.apps.asgi_lifespan import Lifespan
 from prefork.apps.asgi_messages import AsgiMessageError, ClientDisconnected
-from prefork.apps.asgi_scope import ASGI_VERSION, SPEC_VERSION, ConnScope, conn_scope, http_scope
+from prefork.apps.asgi_scope import (
+    ASGI_VERSION,
+    SPEC_VERSION,
+    ConnScope,
+    conn_scope,
+    head_parts,
+    http_scope,
+)
 from prefork.config import Config
 from prefork.engine.connection import Connection
 from prefork.engine.shared import Shared
 from prefork.errors import ProtocolError
 from prefork.http.forwarded import forwarded_view
-from prefork.http.protocol import error_response
 from prefork.http.request import Request
 
 logger = logging.getLogger(log.WORKER)
@@ -47,6 +53,7 @@ class AsgiApp:
         "root_path",
         "ssl_cfg",
         "stream_bodies_over",
+        "ws_options",
     )
 
     def __init__(self, app: AsgiCallable, name: str, cfg: Config) -> None:
@@ -61,12 +68,19 @@ class AsgiApp:
         self.ssl_cfg = cfg.ssl
         self.asgi = {"version": ASGI_VERSION, "spec_version": SPEC_VERSION}
         self.lifespan = Lifespan(app, name, cfg.lifespan, self.asgi)
+        # The ws_* keys: the Config, made an Options at the first WebSocket.
+        self.ws_options: Any = cfg
 
     async def startup(self) -> None:
         await self.lifespan.startup()
 
     async def shutdown(self) -> None:
         await self.lifespan.shutdown()
+
+    async def websocket(
+        self, conn: Connection, req: Request, info: ConnScope, started: float
+    ) -> Action:
+        return await _serve_websocket(self, conn, req, info, started)
 
     def respond_inline(self, conn: Connection, req: Request) -> bool:
         return False  # never called: ``inline`` is False
@@ -91,7 +105,7 @@ class AsgiApp:
             )
         upgrade = req.headers.get("upgrade")
         if upgrade is not None and upgrade.lower() == "websocket":
-            return websocket_unavailable(conn, req, started)
+            return await self.websocket(conn, req, info, started)
         scope = http_scope(req, info, self.root_path, self.lifespan.state, self.asgi)
         client_ip = conn.client_ip
         if conn.behind_proxy:
@@ -121,16 +135,40 @@ def _forwarded(scope: dict[str, Any], req: Request, conn: Connection) -> str:
 # -- the single place WebSocket requests go ---------------------------------
 
 
-def websocket_unavailable(conn: Connection, req: Request, started: float) -> Action:
-    """A WebSocket upgrade to an ASGI app: 501 until ``apps.websocket`` is wired in here.
+async def _serve_websocket(
+    app: AsgiApp, conn: Connection, req: Request, info: ConnScope, started: float
+) -> Action:
+    """The ASGI ``websocket`` scope for an upgrade request (``apps.websocket_asgi``)."""
+    # Imported here: a worker that never sees a WebSocket does not load the library.
+    from prefork.apps.websocket import Options
+    from prefork.apps.websocket_asgi import WebSocketRequest, serve_asgi_websocket
 
-    (The lead plugs the ASGI ``websocket`` scope in at this call.)
-    """
-    shared = conn.shared
-    data = error_response(501, "WebSocket is not supported by this server yet")
-    conn.send(data)
-    count_response(shared, conn.client_ip, req, 501, 0, started)
-    conn.graceful_close()
+    if not isinstance(app.ws_options, Options):
+        app.ws_options = Options.from_config(app.ws_options)
+    opts: Options = app.ws_options
+    _, _, headers, path, raw_path, query = head_parts(req, app.root_path)
+    ws_req = WebSocketRequest(
+        method=req.method,
+        path=path,
+        raw_path=raw_path,
+        query_string=query,
+        headers=list(headers),
+        client=info.client,
+        server=info.server,
+        scheme="wss" if info.scheme == "https" else "ws",
+        root_path=app.root_path,
+        http_version=req.version,
+        state=app.lifespan.state.copy(),
+        extensions={k: v for k, v in info.extensions.items() if k == "tls"},
+    )
+    client_ip = conn.client_ip
+    if conn.behind_proxy:
+        scope: dict[str, Any] = {"client": ws_req.client, "scheme": "http"}
+        client_ip = _forwarded(scope, req, conn)
+        ws_req.client = scope["client"]
+        ws_req.scheme = "wss" if scope["scheme"] == "https" else "ws"
+    outcome = await serve_asgi_websocket(app.app, ws_req, conn, opts)
+    count_response(conn.shared, client_ip, req, outcome.status, outcome.sent, started)
     return "close"
 
 

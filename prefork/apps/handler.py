@@ -8,10 +8,14 @@ import logging
 import os
 import sys
 from collections.abc import AsyncIterable, Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prefork._types import ConnectionLike, Handler
 from prefork.errors import ConfigError
+
+if TYPE_CHECKING:
+    from prefork.apps.websocket import WebSocket
+    from prefork.http.request import Request
 
 
 def load_app(spec: str) -> Handler:
@@ -66,7 +70,16 @@ def is_async_handler(handler: Handler) -> bool:
 class Context:
     """The ``ctx`` argument of a handler: one per connection."""
 
-    __slots__ = ("cfg", "client", "client_ip", "logger", "redis_module", "scheme")
+    __slots__ = (
+        "cfg",
+        "client",
+        "client_ip",
+        "logger",
+        "redis_module",
+        "request",
+        "scheme",
+        "upgraded",
+    )
 
     def __init__(
         self,
@@ -85,6 +98,37 @@ class Context:
         self.scheme = scheme
         self.cfg = cfg
         self.redis_module = redis_module
+        # The request the handler is being called for (set around the call),
+        # and the WebSocket it accepted on ``client`` (closed and logged when
+        # the handler returns).
+        self.request: Request | None = None
+        self.upgraded: WebSocket | None = None
+
+    async def accept_websocket(
+        self, headers: Mapping[str, str] | None = None, subprotocol: str | None = None
+    ) -> WebSocket:
+        """Answer the request with 101 and return the open WebSocket.
+
+        ``headers``: extra response headers; ``subprotocol``: the one chosen
+        from the client's ``Sec-WebSocket-Protocol`` list. Raises
+        ``HandshakeRejected`` (nothing sent; ``return exc.result`` answers
+        400/405/426) when the request is not a valid handshake. When the
+        handler returns (``None, None, None``), a WebSocket it did not close
+        is closed with 1000.
+        """
+        from prefork.apps.websocket import Handshake, Options, WebSocket
+
+        req = self.request
+        if req is None:
+            raise RuntimeError("accept_websocket() outside an async handler's call")
+        opts = Options.from_config(self.cfg)
+        handshake = Handshake(req.method, req.target, req.headers.items(), opts, req.version)
+        if not handshake.ok:
+            raise handshake.rejection()
+        ws = WebSocket(self.client, handshake, opts)
+        await ws.accept(subprotocol, headers)
+        self.upgraded = ws
+        return ws
 
     def __repr__(self) -> str:
         return f"<Context client_ip={self.client_ip!r}>"

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Mapping
 from typing import Any
@@ -177,6 +178,7 @@ async def exchange(
         ctx = context(conn, client_ip, redis_module, req if conn.behind_proxy else None)
         client_ip = ctx.client_ip
         app: NativeApp = state.app  # type: ignore[assignment]
+        ctx.request = req
         try:
             if app.is_async:
                 result = await app.handler(  # type: ignore[misc]
@@ -191,6 +193,10 @@ async def exchange(
                     result = await result
         except Exception:
             return handler_failed(conn, state, req, client_ip, started)
+        finally:
+            ctx.request = None  # an idle keep-alive connection keeps no request
+        if ctx.upgraded is not None:
+            return await _end_websocket(conn, state, req, started)
     conn.count = count + 1
     outcome = finish(conn, state, req, result, count, started, False)
     if isinstance(outcome, str):
@@ -212,8 +218,38 @@ def _reject(conn: Connection, state: Shared, client_ip: str, exc: ProtocolError)
 def handler_failed(
     conn: Connection, state: Shared, req: Request, client_ip: str, started: float
 ) -> Action:
+    ctx = conn.ctx
+    if ctx is not None and ctx.upgraded is not None:
+        # The connection speaks WebSocket now: no HTTP 500 on it. A client gone
+        # mid-send (WebSocketClosed, a ConnectionError) ends a session as usual.
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            _log_websocket(conn, state, req, started)
+            conn.close()
+            return "close"
+        app_logger.exception("handler raised on %s %s", req.method, req.path)
+        ctx.upgraded = None
+        conn.abort()
+        return "close"
     app_logger.exception("handler raised on %s %s", req.method, req.path)
     return _send_500(conn, state, req, client_ip, started)
+
+
+async def _end_websocket(conn: Connection, state: Shared, req: Request, started: float) -> Action:
+    """The handler that accepted a WebSocket returned: close it (1000) unless it is."""
+    ws = conn.ctx.upgraded
+    await ws.close()
+    _log_websocket(conn, state, req, started)
+    return "close"
+
+
+def _log_websocket(conn: Connection, state: Shared, req: Request, started: float) -> None:
+    """Count and log the upgrade (101, with the bytes sent on the WebSocket)."""
+    ws, conn.ctx.upgraded = conn.ctx.upgraded, None
+    conn.count += 1
+    state.requests_served += 1
+    if state.access.enabled():
+        client, sent = _client(conn), ws.bytes_sent
+        state.access.log(client, req.method, req.path, req.version, 101, sent, started, req.headers)
 
 
 def _send_500(

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from prefork import log
@@ -72,6 +73,7 @@ class Connection(asyncio.Protocol):
         "_inline",
         "_loop",
         "_lost",
+        "_on_drain",
         "_parked",
         "_pending",
         "_read_paused",
@@ -124,6 +126,7 @@ class Connection(asyncio.Protocol):
         self._read_paused = False
         self._write_paused = False
         self._drain_waiter: asyncio.Future[None] | None = None
+        self._on_drain: Callable[[], None] | None = None
         self._gone_waiter: asyncio.Future[None] | None = None
         self._parked = False
         self._handoff: object = None
@@ -471,7 +474,14 @@ class Connection(asyncio.Protocol):
     def begin_drain(self, now: float) -> None:
         """The worker is stopping: the next response says ``Connection: close``
         (``Shared.draining``); a connection waiting for a request closes once
-        it has been quiet for ``QUIET_S`` (the sweeper asks again until then)."""
+        it has been quiet for ``QUIET_S`` (the sweeper asks again until then).
+        A handler that took the connection over (a WebSocket) hears it through
+        the ``on_drain`` callback it registered."""
+        callback = self._on_drain
+        if callback is not None:
+            self._on_drain = None
+            callback()
+            return
         self.close_if_quiet(now)
 
     def close_after_response(self, asked: bool) -> None:
@@ -773,3 +783,14 @@ class Connection(asyncio.Protocol):
     def close(self) -> None:
         """Close the connection (after what was written is flushed)."""
         self._close_transport()
+
+    def on_drain(self, callback: Callable[[], None] | None) -> None:
+        """Have ``callback`` called when the worker starts to stop (at once if it has).
+
+        For a handler that took the connection over (a WebSocket), which the
+        drain cannot simply close between two responses.
+        """
+        self._on_drain = callback
+        if callback is not None and self.shared.draining:
+            self._on_drain = None
+            self._loop.call_soon(callback)

@@ -1,0 +1,250 @@
+"""The ASGI ``websocket`` scope (spec 2.4 events, the ``websocket.http.response`` extension).
+
+The ASGI layer calls ``serve_asgi_websocket`` for a request with ``Upgrade:
+websocket``, after it parsed the head and before it reads anything more; it
+passes the scope's inputs as plain values (``WebSocketRequest``) and the
+connection (``ConnectionLike``), and gets back what to log. Event rules:
+
+- an invalid handshake is answered (400/405/426/505) without calling the app;
+- the app's first ``receive()`` is ``websocket.connect``;
+- ``websocket.accept`` (``subprotocol``, ``headers``) sends the 101;
+  ``websocket.close`` before it answers 403; ``websocket.http.response.start``
+  and ``.body`` answer with the app's own HTTP response; an app that raises or
+  returns before any of these gets a 500;
+- after the accept, ``receive()`` gives ``websocket.receive`` (``text`` or
+  ``bytes``) until ``websocket.disconnect`` (``code``, ``reason``);
+  ``websocket.send`` sends one message, ``websocket.close`` starts the close
+  handshake (code 1000 unless given); a ``send()`` once closed raises
+  ``WebSocketClosed`` (an ``OSError``); an app that raises after the accept is
+  closed with 1011, one that returns with 1000.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from prefork import log
+from prefork._types import ConnectionLike
+from prefork.apps.websocket import Handshake, Options, WebSocket, WebSocketClosed
+from prefork.errors import PreforkError
+from prefork.http.protocol import DATE, SERVER_HEADER, error_response, status_line
+
+app_logger = logging.getLogger(log.APP)
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+# Loose on purpose: frameworks type their scope and messages each their own way.
+ASGIApp = Callable[[Any, Any, Any], Awaitable[None]]
+
+SPEC_VERSION = "2.4"
+HTTP_RESPONSE_EXTENSION = "websocket.http.response"
+
+
+@dataclass(slots=True)
+class WebSocketRequest:
+    """What the scope is built from; all plain values the HTTP layer has.
+
+    ``path`` is percent-decoded, ``raw_path`` is not; ``headers`` as received,
+    names lower-cased; ``state``: the lifespan state copy for this connection.
+    """
+
+    method: str
+    path: str
+    raw_path: bytes
+    query_string: bytes
+    headers: list[tuple[bytes, bytes]]
+    client: tuple[str, int] | None
+    server: tuple[str, int | None] | None
+    scheme: str = "ws"
+    root_path: str = ""
+    http_version: str = "1.1"
+    state: dict[str, Any] | None = None
+    extensions: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def target(self) -> str:
+        path = self.raw_path.decode("latin-1")
+        return path + "?" + self.query_string.decode("latin-1") if self.query_string else path
+
+
+@dataclass(slots=True)
+class Outcome:
+    """For the access log: the status answered (101 when accepted) and body bytes sent."""
+
+    status: int
+    sent: int = 0
+
+
+def build_scope(req: WebSocketRequest, subprotocols: list[str]) -> Scope:
+    scope: Scope = {
+        "type": "websocket",
+        "asgi": {"version": "3.0", "spec_version": SPEC_VERSION},
+        "http_version": req.http_version,
+        "scheme": req.scheme,
+        "path": req.path,
+        "raw_path": req.raw_path,
+        "query_string": req.query_string,
+        "root_path": req.root_path,
+        "headers": req.headers,
+        "client": req.client,
+        "server": req.server,
+        "subprotocols": subprotocols,
+        "extensions": {**req.extensions, HTTP_RESPONSE_EXTENSION: {}},
+    }
+    if req.state is not None:
+        scope["state"] = req.state
+    return scope
+
+
+class _Exchange:
+    """The receive/send pair one app call gets, and what they did."""
+
+    def __init__(self, conn: ConnectionLike, ws: WebSocket) -> None:
+        self.conn = conn
+        self.ws = ws
+        self.connect_sent = False
+        self.accepted = False
+        self.answered: Outcome | None = None  # an HTTP answer instead of the 101
+        self.response: tuple[int, list[tuple[bytes, bytes]]] | None = None
+        self.body: list[bytes] = []
+        self.closing = False
+
+    async def receive(self) -> Message:
+        if not self.connect_sent:
+            self.connect_sent = True
+            return {"type": "websocket.connect"}
+        if not self.accepted:
+            # Denied (or not yet answered): nothing will ever arrive.
+            return {"type": "websocket.disconnect", "code": 1006, "reason": ""}
+        try:
+            data = await self.ws.receive()
+        except WebSocketClosed as exc:
+            return {"type": "websocket.disconnect", "code": exc.code, "reason": exc.reason}
+        if isinstance(data, str):
+            return {"type": "websocket.receive", "text": data}
+        return {"type": "websocket.receive", "bytes": data}
+
+    async def send(self, message: Message) -> None:
+        kind = message["type"]
+        if self.answered is not None:
+            raise WebSocketClosed(1006, "the handshake was answered with HTTP")
+        if not self.accepted:
+            await self._before_accept(kind, message)
+            return
+        if kind == "websocket.send":
+            text, data = message.get("text"), message.get("bytes")
+            if text is not None and data is None:
+                await self.ws.send(str(text))
+            elif data is not None and text is None:
+                await self.ws.send(bytes(data))
+            else:
+                raise RuntimeError("websocket.send needs exactly one of 'text' and 'bytes'")
+        elif kind == "websocket.close":
+            self.closing = True
+            await self.ws.start_close(message.get("code") or 1000, message.get("reason") or "")
+        else:
+            raise RuntimeError(f"unexpected ASGI message {kind!r} after websocket.accept")
+
+    async def _before_accept(self, kind: str, message: Message) -> None:
+        if self.response is not None:
+            if kind != "websocket.http.response.body":
+                raise RuntimeError(f"expected websocket.http.response.body, got {kind!r}")
+            self.body.append(bytes(message.get("body", b"")))
+            if not message.get("more_body", False):
+                status, headers = self.response
+                await self._answer_http(status, headers, b"".join(self.body))
+            return
+        if kind == "websocket.accept":
+            await self.ws.accept(message.get("subprotocol"), message.get("headers") or [])
+            self.accepted = True
+        elif kind == "websocket.close":
+            await self.answer(403, "Forbidden")
+        elif kind == "websocket.http.response.start":
+            status = int(message["status"])
+            if not 200 <= status <= 599:
+                raise RuntimeError(f"websocket.http.response.start: invalid status {status}")
+            self.response = (status, list(message.get("headers") or []))
+        else:
+            raise RuntimeError(f"unexpected ASGI message {kind!r} before websocket.accept")
+
+    async def answer(self, status: int, text: str) -> None:
+        data = error_response(status, text)
+        self.answered = Outcome(status, len(text) + 1)
+        await _write_and_close(self.conn, data)
+
+    async def _answer_http(
+        self, status: int, headers: list[tuple[bytes, bytes]], body: bytes
+    ) -> None:
+        lines = []
+        has_server = False
+        for name, value in headers:
+            n, v = bytes(name).decode("latin-1"), bytes(value).decode("latin-1")
+            if any(c in n + v for c in "\r\n\0"):
+                raise RuntimeError(f"response header {n!r} contains CR, LF or NUL")
+            lower = n.lower()
+            if lower in ("content-length", "connection", "transfer-encoding"):
+                continue  # the server frames the response
+            has_server = has_server or lower == "server"
+            lines.append(f"{n}: {v}\r\n")
+        head = (
+            f"{status_line(status)}{'' if has_server else SERVER_HEADER}{DATE.line}"
+            f"{''.join(lines)}Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+        )
+        self.answered = Outcome(status, len(body))
+        await _write_and_close(self.conn, head.encode("latin-1") + body)
+
+
+async def _write_and_close(conn: ConnectionLike, data: bytes) -> None:
+    with contextlib.suppress(OSError, PreforkError):
+        await conn.write(data)
+    conn.close()
+
+
+async def serve_asgi_websocket(
+    app: ASGIApp,
+    req: WebSocketRequest,
+    conn: ConnectionLike,
+    opts: Options,
+    initial: bytes = b"",
+) -> Outcome:
+    """Run ``app`` for one WebSocket request on ``conn`` until it is closed.
+
+    ``initial``: bytes read past the request head, if any (prefork's
+    ``Connection.read`` hands them over itself: pass nothing then). Never
+    raises for the app's errors (logged); the connection is closed on return.
+    """
+    headers = [(bytes(n).decode("latin-1"), bytes(v).decode("latin-1")) for n, v in req.headers]
+    handshake = Handshake(req.method, req.target, headers, opts, req.http_version)
+    if not handshake.ok:
+        rejected = handshake.rejection()
+        reply = error_response(rejected.status, rejected.body.decode().strip())
+        await _write_and_close(conn, reply)
+        return Outcome(rejected.status, len(rejected.body))
+    ws = WebSocket(conn, handshake, opts, initial)
+    exchange = _Exchange(conn, ws)
+    scope = build_scope(req, handshake.subprotocols)
+    try:
+        await app(scope, exchange.receive, exchange.send)
+    except Exception:
+        app_logger.exception("ASGI app raised on WebSocket %s", req.path)
+        if exchange.accepted:
+            if not ws.closed:
+                await ws.close(1011, "")
+        elif exchange.answered is None:
+            await exchange.answer(500, "Internal Server Error")
+    else:
+        if exchange.accepted:
+            if not ws.closed:
+                await ws.close(1000, "")
+        elif exchange.answered is None:
+            app_logger.error("ASGI app returned without accepting or denying the WebSocket")
+            await exchange.answer(500, "Internal Server Error")
+    if exchange.answered is not None:
+        return exchange.answered
+    return Outcome(101, 0)

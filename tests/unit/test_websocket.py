@@ -1,0 +1,351 @@
+"""The WebSocket session and the ASGI websocket event rules, over a real socket pair.
+
+The server side is ``serve_asgi_websocket`` (or a ``WebSocket``) on a small
+``ConnectionLike`` over asyncio streams; the client is the ``websockets``
+library's own asyncio client on the other socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pytest
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.frames import Frame, Opcode
+
+from prefork.apps.websocket import Handshake, Options, WebSocket, WebSocketClosed
+from prefork.apps.websocket_asgi import Outcome, WebSocketRequest, serve_asgi_websocket
+
+NO_PINGS = Options(ping_interval=None, ping_timeout=None)
+
+
+class StreamConnection:
+    """A ``ConnectionLike`` over asyncio streams (what ``ctx.client`` offers)."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.peername = None
+        self.server_name = None
+        self.drain_callback: Callable[[], None] | None = None
+
+    async def read(self, n: int) -> bytes:
+        return await self.reader.read(n)
+
+    async def write(self, data: bytes) -> None:
+        self.writer.write(data)
+        await self.writer.drain()
+
+    def close(self) -> None:
+        self.writer.close()
+
+    def abort(self) -> None:
+        self.writer.transport.abort()
+
+    def on_drain(self, callback: Callable[[], None] | None) -> None:
+        self.drain_callback = callback
+
+
+async def read_request(
+    reader: asyncio.StreamReader,
+) -> tuple[WebSocketRequest, bytes]:
+    """Parse the client's handshake head the way the HTTP layer would (enough for tests)."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    method, target, version = lines[0].split(" ")
+    headers = []
+    for line in lines[1:]:
+        if line:
+            name, _, value = line.partition(":")
+            headers.append((name.strip().lower().encode(), value.strip().encode()))
+    path, _, query = target.partition("?")
+    req = WebSocketRequest(
+        method=method,
+        path=path,
+        raw_path=path.encode(),
+        query_string=query.encode(),
+        headers=headers,
+        client=("127.0.0.1", 1234),
+        server=("127.0.0.1", 80),
+        http_version=version.removeprefix("HTTP/"),
+    )
+    return req, b""
+
+
+App = Callable[[Any, Any, Any], Awaitable[None]]
+
+
+@asynccontextmanager
+async def asgi_pair(
+    app: App, opts: Options = NO_PINGS, path: str = "/chat?room=1", **client: Any
+) -> AsyncIterator[tuple[ClientConnection, asyncio.Task[Outcome], StreamConnection]]:
+    """Serve ``app`` on one end of a socket pair; a ``websockets`` client on the other."""
+    server_sock, client_sock = socket.socketpair()
+    reader, writer = await asyncio.open_connection(sock=server_sock)
+    conn = StreamConnection(reader, writer)
+
+    async def serve() -> Outcome:
+        req, initial = await read_request(reader)
+        return await serve_asgi_websocket(app, req, conn, opts, initial)
+
+    task = asyncio.create_task(serve())
+    try:
+        async with connect(f"ws://test{path}", sock=client_sock, **client) as ws:
+            yield ws, task, conn
+    finally:
+        await asyncio.wait_for(task, 10)
+
+
+async def echo_app(scope: Any, receive: Any, send: Any) -> None:
+    assert (await receive())["type"] == "websocket.connect"
+    await send({"type": "websocket.accept"})
+    while True:
+        event = await receive()
+        if event["type"] == "websocket.disconnect":
+            return
+        await send({"type": "websocket.send", **{k: event.get(k) for k in ("text", "bytes")}})
+
+
+async def test_echo_text_and_bytes_then_disconnect_code() -> None:
+    async with asgi_pair(echo_app) as (ws, task, _):
+        await ws.send("héllo")
+        assert await ws.recv() == "héllo"
+        await ws.send(b"\x00\xff")
+        assert await ws.recv() == b"\x00\xff"
+        await ws.close(4000, "bye")
+    assert await task == Outcome(101, 0)
+
+
+async def test_scope_has_the_plain_inputs_and_the_http_response_extension() -> None:
+    seen: dict[str, Any] = {}
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        seen.update(scope)
+        await receive()
+        await send({"type": "websocket.accept", "subprotocol": "chat.v2"})
+        seen["disconnect"] = await receive()
+
+    async with asgi_pair(app, subprotocols=["chat.v1", "chat.v2"]) as (ws, _, _):
+        assert ws.subprotocol == "chat.v2"
+        await ws.close(4001, "done")
+    assert seen["type"] == "websocket"
+    assert seen["path"] == "/chat"
+    assert seen["query_string"] == b"room=1"
+    assert seen["scheme"] == "ws"
+    assert seen["subprotocols"] == ["chat.v1", "chat.v2"]
+    assert "websocket.http.response" in seen["extensions"]
+    assert seen["asgi"] == {"version": "3.0", "spec_version": "2.4"}
+    assert seen["disconnect"] == {"type": "websocket.disconnect", "code": 4001, "reason": "done"}
+
+
+async def test_accept_headers_reach_the_client() -> None:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+        await send({"type": "websocket.accept", "headers": [(b"x-token", b"abc")]})
+        await receive()
+
+    async with asgi_pair(app) as (ws, _, _):
+        assert ws.response is not None
+        assert ws.response.headers["x-token"] == "abc"
+
+
+async def test_close_before_accept_answers_403() -> None:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+        await send({"type": "websocket.close", "code": 1008})
+
+    with pytest.raises(InvalidStatus) as info:
+        async with asgi_pair(app):
+            pass
+    assert info.value.response.status_code == 403
+
+
+async def test_http_response_extension_denies_with_the_apps_response() -> None:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+        await send(
+            {
+                "type": "websocket.http.response.start",
+                "status": 401,
+                "headers": [(b"www-authenticate", b"Bearer")],
+            }
+        )
+        await send({"type": "websocket.http.response.body", "body": b"who ", "more_body": True})
+        await send({"type": "websocket.http.response.body", "body": b"are you?"})
+
+    with pytest.raises(InvalidStatus) as info:
+        async with asgi_pair(app):
+            pass
+    response = info.value.response
+    assert response.status_code == 401
+    assert response.headers["www-authenticate"] == "Bearer"
+    assert response.body == b"who are you?"
+
+
+@pytest.mark.parametrize("raise_it", [True, False])
+async def test_app_that_ends_before_answering_gets_500(raise_it: bool) -> None:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+        if raise_it:
+            raise ValueError("boom")
+
+    with pytest.raises(InvalidStatus) as info:
+        async with asgi_pair(app):
+            pass
+    assert info.value.response.status_code == 500
+
+
+async def test_app_that_raises_after_accept_closes_with_1011() -> None:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+        await send({"type": "websocket.accept"})
+        raise ValueError("boom")
+
+    async with asgi_pair(app) as (ws, _task, _):
+        with pytest.raises(ConnectionClosed) as info:
+            await ws.recv()
+        assert info.value.rcvd is not None
+        assert info.value.rcvd.code == 1011
+
+
+async def test_app_close_code_and_reason_reach_the_client_and_send_then_raises() -> None:
+    raised: list[BaseException] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+        await send({"type": "websocket.accept"})
+        await send({"type": "websocket.close", "code": 4321, "reason": "policy"})
+        event = await receive()
+        assert event == {"type": "websocket.disconnect", "code": 4321, "reason": "policy"}
+        try:
+            await send({"type": "websocket.send", "text": "late"})
+        except OSError as exc:
+            raised.append(exc)
+
+    async with asgi_pair(app) as (ws, task, _):
+        with pytest.raises(ConnectionClosed) as info:
+            await ws.recv()
+        assert info.value.rcvd is not None
+        assert (info.value.rcvd.code, info.value.rcvd.reason) == (4321, "policy")
+    await task
+    assert raised
+    assert isinstance(raised[0], WebSocketClosed)
+
+
+async def test_bad_handshake_answers_400_without_calling_the_app() -> None:
+    called = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        called.append(scope)
+
+    server_sock, client_sock = socket.socketpair()
+    reader, writer = await asyncio.open_connection(sock=server_sock)
+    conn = StreamConnection(reader, writer)
+    req = WebSocketRequest(
+        "GET",
+        "/",
+        b"/",
+        b"",
+        [(b"upgrade", b"websocket"), (b"connection", b"upgrade")],
+        None,
+        None,
+    )
+    outcome = await serve_asgi_websocket(app, req, conn, NO_PINGS)
+    client_sock.settimeout(5)
+    reply = client_sock.recv(4096)
+    client_sock.close()
+    assert outcome.status == 400
+    assert reply.startswith(b"HTTP/1.1 400 ")
+    assert b"Sec-WebSocket-Key" in reply
+    assert called == []
+
+
+@pytest.mark.parametrize(
+    ("headers", "status"),
+    [
+        ([(b"connection", b"upgrade")], 426),  # no Upgrade: websocket
+        ([(b"upgrade", b"websocket"), (b"connection", b"keep-alive")], 426),
+    ],
+)
+def test_handshake_without_upgrade_is_426(headers: list[tuple[bytes, bytes]], status: int) -> None:
+    pairs = [(n.decode(), v.decode()) for n, v in headers]
+    assert Handshake("GET", "/", pairs, NO_PINGS).response.status_code == status
+
+
+def test_handshake_with_wrong_method_is_405() -> None:
+    pairs = [
+        ("upgrade", "websocket"),
+        ("connection", "upgrade"),
+        ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+        ("sec-websocket-version", "13"),
+    ]
+    assert Handshake("GET", "/", pairs, NO_PINGS).ok
+    assert Handshake("POST", "/", pairs, NO_PINGS).response.status_code == 405
+    wrong_version = [*pairs[:3], ("sec-websocket-version", "8")]
+    assert Handshake("GET", "/", wrong_version, NO_PINGS).response.status_code == 400
+
+
+async def test_message_over_max_size_closes_with_1009() -> None:
+    opts = Options(max_message_size=1000, ping_interval=None, ping_timeout=None)
+    async with asgi_pair(echo_app, opts, max_size=None) as (ws, _, _):
+        await ws.send("x" * 1000)
+        assert await ws.recv() == "x" * 1000
+        await ws.send("x" * 1001)
+        with pytest.raises(ConnectionClosed) as info:
+            await ws.recv()
+        assert info.value.rcvd is not None
+        assert info.value.rcvd.code == 1009
+
+
+async def test_invalid_utf8_in_a_fragment_closes_with_1007() -> None:
+    async with asgi_pair(echo_app) as (ws, _, _):
+        # The first fragment of a text message is not UTF-8: the server fails
+        # the connection at once, without waiting for the last fragment.
+        frame = Frame(Opcode.TEXT, b"ok\xff\xfe", fin=False)
+        ws.transport.write(frame.serialize(mask=True, extensions=[]))
+        with pytest.raises(ConnectionClosed) as info:
+            await asyncio.wait_for(ws.recv(), 5)
+        assert info.value.rcvd is not None
+        assert info.value.rcvd.code == 1007
+
+
+async def test_drain_hook_closes_with_1001() -> None:
+    async with asgi_pair(echo_app) as (ws, _, conn):
+        await ws.send("before")
+        assert await ws.recv() == "before"
+        assert conn.drain_callback is not None
+        conn.drain_callback()
+        with pytest.raises(ConnectionClosed) as info:
+            await asyncio.wait_for(ws.recv(), 5)
+        assert info.value.rcvd is not None
+        assert info.value.rcvd.code == 1001
+
+
+async def test_native_session_receive_raises_once_closed() -> None:
+    server_sock, client_sock = socket.socketpair()
+    reader, writer = await asyncio.open_connection(sock=server_sock)
+    conn = StreamConnection(reader, writer)
+    got: list[Any] = []
+
+    async def serve() -> None:
+        req, _ = await read_request(reader)
+        pairs = [(n.decode(), v.decode()) for n, v in req.headers]
+        session = WebSocket(conn, Handshake("GET", "/", pairs, NO_PINGS), NO_PINGS)
+        await session.accept()
+        async for message in session:
+            got.append(message)
+        got.append(session.close_code)
+        with pytest.raises(WebSocketClosed):
+            await session.receive()
+
+    task = asyncio.create_task(serve())
+    async with connect("ws://test/", sock=client_sock) as ws:
+        await ws.send("one")
+        await ws.send(b"two")
+    await asyncio.wait_for(task, 10)
+    assert got == ["one", b"two", 1000]
