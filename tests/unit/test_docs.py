@@ -24,7 +24,6 @@ ROOT = Path(__file__).resolve().parents[2]
 REFERENCE = ROOT / "docs" / "reference.md"
 # Pages linked from the docs that other changes are adding (issue 13's siblings).
 PAGES_IN_PROGRESS = {
-    "docs/websockets.md",
     "docs/observability.md",
 }
 # A row of a config table: | `key` | `default` | meaning |
