@@ -60,6 +60,8 @@ async def exchange(
     else:
         started = time.monotonic()
         ctx = conn.context(client_ip, redis_module)
+        if state.access.header_names:
+            state.access.capture(req)
         try:
             if state.is_async:
                 result = await state.handler(  # type: ignore[misc]
@@ -88,8 +90,7 @@ async def exchange(
 def _reject(conn: Connection, state: ServerState, client_ip: str, exc: ProtocolError) -> None:
     logger.debug("rejecting request from %s: %d %s", client_ip, exc.status, exc)
     sent = conn._reply_error_and_close(exc)
-    if state.access.enabled():
-        state.access.log(client_ip, "-", "-", "1.1", exc.status, sent, time.monotonic(), {})
+    state.access.record(client_ip, None, exc.status, sent, time.monotonic())
 
 
 def handler_failed(
@@ -107,11 +108,7 @@ def _send_500(
         data = data[: data.index(b"\r\n\r\n") + 4]
     conn._send(data)
     state.requests_served += 1
-    if state.access.enabled():
-        size = body_length(data)
-        state.access.log(
-            client_ip, req.method, req.path, req.version, 500, size, started, req.headers
-        )
+    state.access.record(client_ip, req, 500, body_length(data), started)
     conn.graceful_close()
     return "close"
 
@@ -217,10 +214,7 @@ def _done(
 ) -> Action:
     """Count and log a response that went out; close the connection if it said so."""
     state.requests_served += 1
-    if state.access.enabled():
-        state.access.log(
-            conn.client_ip, req.method, req.path, req.version, status, sent, started, req.headers
-        )
+    state.access.record(conn.client_ip, req, status, sent, started)
     if keep_alive:
         return "keep-alive"
     conn.close_after_response(asked=not req.keep_alive)

@@ -241,12 +241,14 @@ class Connection(asyncio.Protocol):
         if kind is Deadline.HEADER and not self.reader.head_started and not self.reader.in_body:
             # A connection that never started a request is closed without a response.
             logger.debug("closing a silent connection from %s", self.client_ip)
+            self.state.access.slow_closed("header")
             self.reader.feed_failed()
             self._close_transport()
             self._wake()
         elif kind is Deadline.HEADER or kind is Deadline.BODY:
             what = "head" if kind is Deadline.HEADER else "body"
             logger.debug("request %s timeout from %s", what, self.client_ip)
+            self.state.access.slow_closed(what if what == "body" else "header")
             self._error = ProtocolError(408, f"request {what} timeout")
             self.reader.feed_failed()
             if self._waiter is not None:
@@ -259,6 +261,7 @@ class Connection(asyncio.Protocol):
                 self._set_deadline(Deadline.LINGER, LINGER_S)  # flushed meanwhile
             else:
                 logger.debug("response write timeout to %s", self.client_ip)
+                self.state.access.slow_closed("write")
                 self.abort()
         else:  # IDLE, LINGER
             self._close_transport()
@@ -379,6 +382,8 @@ class Connection(asyncio.Protocol):
         self._busy = True
         while reader.requests and not self._closing:
             req = reader.take()
+            if state.access.header_names:
+                state.access.capture(req)
             started = time.monotonic()
             try:
                 result = handler(
@@ -587,11 +592,14 @@ async def serve_connection(sock: socket.socket, state: ServerState, peer: object
             await loop.connect_accepted_socket(lambda: conn, sock)
     except (OSError, ssl.SSLError, TimeoutError) as exc:
         logger.debug("connection setup failed: %s", exc)
+        if ssl_context is not None:
+            state.access.tls_handshake(False)
         sock.close()
         return
     if ssl_context is not None and conn.transport is not None:
         from prefork.tls import server_name_of
 
+        state.access.tls_handshake(True)
         conn.server_name = server_name_of(conn.transport.get_extra_info("ssl_object"))
     client_ip = conn.client_ip
     redis_module = state.redis_module

@@ -29,6 +29,7 @@ from prefork.http import compression
 from prefork.http.parsers import make_parser, resolve
 from prefork.http.protocol import DATE, HeadCache
 from prefork.http.request import Limits
+from prefork.metrics import WorkerMetrics
 
 if TYPE_CHECKING:
     from prefork.engine.connection import Connection
@@ -83,7 +84,10 @@ class ServerState:
         self.fields_cache: dict[tuple[Any, ...], tuple[str, Mapping[str, str], bool, bool]] = {}
         # Header text after compression's changes, by (text, coding, vary); see exchange.
         self.negotiated_cache: dict[tuple[str, str | None, bool], str] = {}
-        self.access = log.AccessLog(cfg.log_headers)
+        # The access line and the metrics of every finished request (one call: record).
+        self.access = log.AccessLog(
+            cfg.log_headers, cfg.access_log_format, WorkerMetrics() if cfg.metrics_bind else None
+        )
         self.requests_per_connection = cfg.requests_per_connection
         self.keepalive_idle_timeout = cfg.keepalive_idle_timeout
         self.request_header_timeout = cfg.request_header_timeout

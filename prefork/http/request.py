@@ -87,6 +87,7 @@ class Request:
         "expect_continue",
         "headers",
         "keep_alive",
+        "logged",
         "method",
         "path",
         "query",
@@ -115,6 +116,8 @@ class Request:
         self.content_length = 0
         self.chunked = False
         self.expect_continue = False
+        # The access log's log_headers values, taken before the handler could change headers.
+        self.logged: tuple[str | None, ...] | None = None
 
     def __repr__(self) -> str:
         return f"<Request {self.method} {self.target} HTTP/{self.version}>"
@@ -133,6 +136,7 @@ class Request:
         other.content_length = self.content_length
         other.chunked = self.chunked
         other.expect_continue = self.expect_continue
+        other.logged = None
         return other
 
 

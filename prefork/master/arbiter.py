@@ -44,7 +44,7 @@ import ssl
 import sys
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import setproctitle
 
@@ -53,6 +53,7 @@ from prefork._types import Handler
 from prefork.config import Config, load_toml, merged_flags
 from prefork.errors import BindError, PreforkError
 from prefork.master.listeners import bind_spec, format_host, listen_all
+from prefork.master.metrics import MasterMetrics, MasterView, ServerCollector
 from prefork.master.wakeups import Wakeups
 from prefork.tls import load_tls
 from prefork.worker import (
@@ -64,10 +65,14 @@ from prefork.worker import (
     Stop,
     Worker,
     WorkerState,
+    accept_queue_length,
     app_label,
     boot_timeout,
     describe_status,
 )
+
+if TYPE_CHECKING:
+    from prefork.master.scrape import MetricsEndpoint
 
 logger = logging.getLogger(log.MASTER)
 
@@ -127,6 +132,8 @@ class Master:
         self._respawn_at = 0.0
         self._respawn_delay = RESPAWN_BACKOFF_MIN_S
         self._pid_written = False
+        self._metrics = MasterMetrics()  # fed by the workers' heartbeats
+        self._metrics_endpoint: MetricsEndpoint | None = None  # when metrics_bind is set
 
     # -- life ---------------------------------------------------------------
 
@@ -136,6 +143,7 @@ class Master:
         self._tls = load_tls(self.cfg.ssl)
         self._bind()
         try:
+            self._start_metrics()
             setproctitle.setproctitle(f"prefork: master [{app_label(self.app)}]")
             self._write_pidfile()
             self._wakeups.install(MASTER_SIGNALS)
@@ -169,6 +177,9 @@ class Master:
         self._pid_written = True
 
     def _cleanup(self) -> None:
+        if self._metrics_endpoint is not None:
+            self._metrics_endpoint.close()
+            self._metrics_endpoint = None
         self._wakeups.restore_signals()
         for worker in self._workers.values():
             self._wakeups.close_pipe(worker)
@@ -215,6 +226,7 @@ class Master:
             self._wakeups.unwatch(worker)
             return
         worker.last_seen = time.monotonic()  # every message, MSG_HEARTBEAT included
+        data = self._metrics.feed(worker.pid, data)
         if MSG_READY in data:
             self._on_ready(worker)
         if MSG_RECYCLE in data:
@@ -287,7 +299,10 @@ class Master:
             spec = bind_spec(cfg)
         except PreforkError as exc:
             logger.error("reload failed: %s; generation %d keeps serving", exc, self._generation)
+            self._metrics.reloaded(False)
             return
+        if cfg.metrics_bind != self.cfg.metrics_bind:
+            logger.warning("reload: metrics_bind changed: that needs a restart")
         if spec != self._bind_spec:
             logger.warning("reload: ip, port, binds or backlog changed: that needs a restart")
         target = cfg.workers if cfg.workers != self.cfg.workers else self._target
@@ -329,6 +344,8 @@ class Master:
         # The child keeps its own pipe's write end only: no sibling's pipe, no wakeup pipe.
         close_fds = [read_fd, self._wakeups.wakeup_r, self._wakeups.wakeup_w]
         close_fds += [w.pipe_r for w in self._workers.values() if w.pipe_r >= 0]
+        if self._metrics_endpoint is not None:
+            close_fds += self._metrics_endpoint.fds()
         worker = Worker(cfg, self.app, self.listeners, tls, number, generation, write_fd, close_fds)
         _flush_std_streams()  # or the child would write the master's buffered output again
         # What the master holds goes to the GC's permanent generation: a worker's
@@ -395,6 +412,7 @@ class Master:
     def _commit_reload(self, reload: _Reload) -> None:
         old_generation, self._generation = self._generation, reload.generation
         self._reload = None
+        self._metrics.reloaded(True)
         if reload.cfg.workers != self.cfg.workers:  # else keep any TTIN/TTOU since the start
             self._target = reload.cfg.workers
         self.cfg, self._tls = reload.cfg, reload.tls
@@ -410,6 +428,7 @@ class Master:
         reload = self._reload
         assert reload is not None
         self._reload = None
+        self._metrics.reloaded(False)
         log.set_level(self.cfg.log_level)
         logger.error("reload failed: %s; generation %d keeps serving", reason, self._generation)
         for worker in list(self._workers.values()):
@@ -456,6 +475,7 @@ class Master:
             if worker is None:  # e.g. re-parented to us as PID 1: reaped, nothing more
                 logger.debug("reaped pid %d (not a worker): %s", pid, describe_status(status))
                 continue
+            self._metrics_exited(worker, status)
             self._wakeups.close_pipe(worker)
             self._on_exit(worker, status)
 
@@ -538,6 +558,51 @@ class Master:
                     # A max_requests replacement still booting: the worker it was to
                     # replace holds the same slot; left serving, it would ask again.
                     self._stop_worker(worker.replaces, "fewer workers wanted")
+
+    # -- metrics ------------------------------------------------------------
+
+    def _start_metrics(self) -> None:
+        """Serve /metrics on metrics_bind from this loop (scrape.py); raises BindError."""
+        if self.cfg.metrics_bind is None:
+            return
+        from prefork.master.scrape import MetricsEndpoint  # prometheus_client: only when used
+
+        collector = ServerCollector(self._metrics, self._metrics_view)
+        self._metrics_endpoint = MetricsEndpoint(self.cfg.metrics_bind, collector, self._wakeups)
+        logger.info("metrics on %s", self._metrics_endpoint.url)
+
+    def _metrics_view(self) -> MasterView:
+        workers = dict.fromkeys((s.value for s in WorkerState), 0)
+        for worker in self._workers.values():
+            workers[worker.state.value] += 1
+        queues = []
+        for sock in self.listeners:
+            waiting = accept_queue_length(sock)
+            if waiting is not None:
+                host, port = sock.getsockname()[:2]
+                queues.append((f"{format_host(host)}:{port}", waiting))
+        return MasterView(self._generation, workers, queues)
+
+    def _metrics_exited(self, worker: Worker, status: int) -> None:
+        """A reaped worker: read what it sent last (its final counts), count the restart."""
+        with contextlib.suppress(OSError):
+            while worker.pipe_r >= 0 and (data := os.read(worker.pipe_r, 4096)):
+                self._metrics.feed(worker.pid, data)
+        self._metrics.exited(worker.pid, self._restart_reason(worker))
+
+    def _restart_reason(self, worker: Worker) -> str | None:
+        """Why ``worker`` is being replaced; None when it is not (stop, TTOU, boot failure)."""
+        if self._stopping is not None:
+            return None
+        if not worker.expected_exit:
+            if worker.killed_for is not None:
+                return "timeout"  # the watchdog: no heartbeat within worker_timeout
+            return "crash" if worker.ever_ready else None
+        if worker.recycle:
+            return "recycle"
+        if worker.generation < self._generation:
+            return "reload"
+        return None
 
     # -- stopping -----------------------------------------------------------
 
