@@ -2,6 +2,8 @@
 
     python bench/micro.py                 # CPU time per keep-alive GET, both parsers
     python bench/micro.py --access        # the same with the access log on (to /dev/null)
+    python bench/micro.py --access --json # ... as JSON lines (access_log_format = "json")
+    python bench/micro.py --metrics       # with metrics counted (metrics_bind set)
     python bench/micro.py --memory        # bytes per parked keep-alive connection (tracemalloc)
 
 A connection is given a fake transport that swallows writes; its coroutine is
@@ -73,9 +75,12 @@ class NullTransport:
         pass
 
 
+EXTRA: dict[str, Any] = {}  # config keys from the flags (--json, --metrics)
+
+
 def _state(backend: str, level: str) -> ServerState:
-    cfg = Config.build({"http": backend, "log_level": level, "requests_per_connection": 10**9})
-    return ServerState(cfg, handle)
+    raw = {"http": backend, "log_level": level, "requests_per_connection": 10**9, **EXTRA}
+    return ServerState(Config.build(raw), handle)
 
 
 async def _connection(state: ServerState) -> Connection:
@@ -124,6 +129,8 @@ async def per_connection(n: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--access", action="store_true", help="access log on (to /dev/null)")
+    parser.add_argument("--json", action="store_true", help='access_log_format = "json"')
+    parser.add_argument("--metrics", action="store_true", help="count metrics (metrics_bind)")
     parser.add_argument("--memory", action="store_true", help="bytes per parked connection")
     parser.add_argument("-n", type=int, default=40000, help="requests per round")
     args = parser.parse_args()
@@ -131,12 +138,17 @@ def main() -> None:
         print(f"{uvloop.run(per_connection(1000)):.0f} bytes per parked keep-alive connection")
         return
     level = "access" if args.access else "info"
+    if args.json:
+        EXTRA["access_log_format"] = "json"
+    if args.metrics:
+        EXTRA["metrics_bind"] = "127.0.0.1:0"  # only counted here: nothing is bound
     if args.access:
         sys.stderr = open(os.devnull, "w")  # noqa: SIM115 - the access log's stream
     log.setup(level)
     for backend in ("httptools", "h11"):
         us = uvloop.run(per_request(backend, level, args.n))
-        print(f"{backend:9} {us:6.2f} us per keep-alive GET /hello (log level {level})")
+        extra = "".join(f", {key} {value}" for key, value in EXTRA.items())
+        print(f"{backend:9} {us:6.2f} us per keep-alive GET /hello (log level {level}{extra})")
 
 
 if __name__ == "__main__":

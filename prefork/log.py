@@ -8,6 +8,7 @@ the per-request line while keeping lifecycle messages.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import json
 import logging
 import os
@@ -16,6 +17,8 @@ import sys
 import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
+
+from prefork.metrics import DURATION_BOUNDS_S
 
 if TYPE_CHECKING:
     from prefork.http.request import Request
@@ -51,6 +54,8 @@ _ESCAPES = {i: f"\\x{i:02x}" for i in (*range(0x20), *range(0x7F, 0xA0))}
 _ESCAPES[ord("\\")] = "\\\\"
 _ESCAPES[ord('"')] = '\\"'
 
+_monotonic = time.monotonic
+_bisect_left = bisect.bisect_left
 _COMPACT = (",", ":")  # json.dumps separators: no spaces
 _MILLIS = tuple(f"{ms:03d}" for ms in range(1000))  # the ",mmm" of a time stamp
 # The request texts remembered per worker, and the longest path remembered: at most
@@ -203,12 +208,17 @@ class AccessLog:
         metrics = self.metrics
         if metrics is None and not self._enabled:
             return
-        seconds = time.monotonic() - started
+        seconds = _monotonic() - started
         if metrics is not None:
+            # WorkerMetrics.observe, inlined: this runs for every request.
             if req is None:
-                metrics.observe("other", status, 0, sent, seconds)
+                metrics.other[status // 100] += 1
             else:
-                metrics.observe(req.method, status, len(req.body), sent, seconds)
+                metrics.rows.get(req.method, metrics.other)[status // 100] += 1
+                metrics.body_in += len(req.body)
+            metrics.buckets[_bisect_left(DURATION_BOUNDS_S, seconds)] += 1
+            metrics.duration_sum += seconds
+            metrics.body_out += sent
         if self._enabled:
             if self._json:
                 line = self._json_line(client_ip, req, status, sent, seconds)

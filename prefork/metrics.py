@@ -79,12 +79,12 @@ class WorkerMetrics:
     """One worker's counters; ``observe`` runs once per finished request."""
 
     __slots__ = (
-        "_other",
-        "_rows",
         "body_in",
         "body_out",
         "buckets",
         "duration_sum",
+        "other",
+        "rows",
         "slow",
         "tls_failed",
         "tls_ok",
@@ -93,8 +93,8 @@ class WorkerMetrics:
     def __init__(self) -> None:
         # One row of status-class counts per method class; index status // 100 - 1
         # is avoided by a spare column 0, so a request costs one division.
-        self._rows = {method: [0] * (len(STATUS_CLASSES) + 1) for method in METHODS}
-        self._other = self._rows["other"]
+        self.rows = {method: [0] * (len(STATUS_CLASSES) + 1) for method in METHODS}
+        self.other = self.rows["other"]
         self.buckets = [0] * (len(DURATION_BOUNDS_S) + 1)
         self.duration_sum = 0.0
         self.body_in = 0
@@ -107,7 +107,7 @@ class WorkerMetrics:
         self, method: str, status: int, body_in: int, body_out: int, seconds: float
     ) -> None:
         """Count one finished request (``status`` 100..599)."""
-        self._rows.get(method, self._other)[status // 100] += 1
+        self.rows.get(method, self.other)[status // 100] += 1
         self.buckets[bisect.bisect_left(DURATION_BOUNDS_S, seconds)] += 1
         self.duration_sum += seconds
         self.body_in += body_in
@@ -127,7 +127,7 @@ class WorkerMetrics:
         """Everything, in the snapshot's layout."""
         out: Snapshot = []
         for method in METHODS:
-            out += self._rows[method][1:]
+            out += self.rows[method][1:]
         out += self.buckets
         out.append(self.duration_sum)
         out.append(self.body_in)
