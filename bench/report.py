@@ -109,6 +109,13 @@ def goals(results: dict) -> list[tuple[str, str, str]]:
         out.append((text, measured, PASS if ok else MISS))
     else:
         out.append((text, "not measured", NA))
+    metrics = rps(results, "S1", "prefork-metrics")
+    text = "metrics on (metrics_bind) costs <= 3 % of S1"
+    if s1 and metrics:
+        cost = 1 - metrics / s1
+        out.append((text, f"costs {100 * cost:.0f} %", PASS if cost <= 0.03 else MISS))
+    else:
+        out.append((text, "not measured", NA))
     acc = rps(results, "S1", "prefork-access")
     text = "access log on costs <= 20 % of S1"
     if s1 and acc:

@@ -40,6 +40,7 @@ SERVERS: dict[str, tuple[str, bool, bool]] = {
     "prefork-h11": ("prefork (h11)", False, False),
     "prefork-access": ("prefork (access log on)", False, False),
     "prefork-nocache": ("prefork (compression cache off)", False, False),
+    "prefork-metrics": ("prefork (metrics on)", False, False),
     "ceiling": ("design ceiling", False, False),
     "uvicorn": ("uvicorn (httptools)", True, True),
     "uvicorn-h11": ("uvicorn (h11)", True, True),
@@ -113,7 +114,8 @@ def command(name: str, port: int, launch: Launch, workdir: Path) -> list[str]:
     tls = launch.tls
     if name.startswith("prefork"):
         argv = [sys.executable, "-m", "prefork", "run", "bench_app:handle"]
-        toml = "prefork-nocache.toml" if name == "prefork-nocache" else "prefork.toml"
+        # prefork-nocache and prefork-metrics have a config file of their own.
+        toml = f"{name}.toml" if name in ("prefork-nocache", "prefork-metrics") else "prefork.toml"
         argv += ["-b", f"{HOST}:{port}", "-w", w, "-c", str(APPS / toml)]
         argv += ["--log-level", "access" if name == "prefork-access" else "info"]
         argv += ["--http", "h11" if name == "prefork-h11" else "httptools"]
