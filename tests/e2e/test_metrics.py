@@ -40,6 +40,9 @@ import os
 def handle(method, path, args, headers, body, ctx):
     if path == "/missing":
         return "no", 404, None
+    if path == "/spin":
+        while True:  # a blocked event loop: the master's watchdog kills this worker
+            pass
     if path == "/big":
         return b"x" * (32 * 1024 * 1024), 200, None
     if method == "POST":
@@ -217,6 +220,15 @@ def test_counters_survive_a_sigkilled_worker(serve: Any) -> None:
     assert scraper.requests() == 30
     send(server.port, 10)
     scraper.wait_value(40, "prefork_requests_total", method="GET", status="2xx")
+
+
+def test_a_worker_killed_by_the_watchdog_is_a_timeout_restart(serve: Any) -> None:
+    server, scraper = serve(workers=1)
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(b"GET /spin HTTP/1.1\r\nHost: x\r\n\r\n")
+        scraper.wait_value(1, "prefork_worker_restarts_total", reason="timeout")
+    assert scraper.value("prefork_worker_restarts_total", reason="crash") == 0
+    serving(server, scraper, 1)
 
 
 # -- connections ---------------------------------------------------------------
