@@ -31,10 +31,10 @@ import uvloop
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from prefork import log
-from prefork.apps.native import exchange
+from prefork.apps.native import NativeApp, exchange
 from prefork.config import Config
 from prefork.engine.connection import Connection
-from prefork.engine.state import ServerState
+from prefork.engine.shared import Shared
 
 REQUEST = b"GET /hello HTTP/1.1\r\nHost: localhost:8080\r\nUser-Agent: wrk\r\nAccept: */*\r\n\r\n"
 
@@ -78,12 +78,12 @@ class NullTransport:
 EXTRA: dict[str, Any] = {}  # config keys from the flags (--json, --metrics)
 
 
-def _state(backend: str, level: str) -> ServerState:
+def _state(backend: str, level: str) -> Shared:
     raw = {"http": backend, "log_level": level, "requests_per_connection": 10**9, **EXTRA}
-    return ServerState(Config.build(raw), handle)
+    return Shared(Config.build(raw), NativeApp(handle))
 
 
-async def _connection(state: ServerState) -> Connection:
+async def _connection(state: Shared) -> Connection:
     conn = Connection(state)
     conn.connection_made(NullTransport())  # type: ignore[arg-type]
 

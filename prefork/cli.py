@@ -1,7 +1,8 @@
-"""The command line: ``prefork run MODULE:ATTR [flags]``.
+"""The command line: ``prefork run MODULE:ATTR [flags]`` and ``prefork check``.
 
-Flags win over the config file. Every error is one line on stderr naming the
-culprit and a non-zero exit, never a traceback.
+The config is layered: defaults < config file < ``PREFORK_<KEY>`` environment
+variables < flags. Every error is one line on stderr naming the culprit and a
+non-zero exit, never a traceback.
 """
 
 from __future__ import annotations
@@ -9,15 +10,18 @@ from __future__ import annotations
 import argparse
 import importlib.machinery
 import importlib.util
+import json
+import logging
 import os
+import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, NoReturn
 
-from prefork import __version__
-from prefork.config import Config, load_toml, merged_flags
+from prefork import __version__, log
+from prefork.config import Config, from_environ, layered, load_toml
 from prefork.errors import PreforkError
-from prefork.master.listeners import format_host
+from prefork.master.listeners import bind_spec, format_host
 
 EXIT_OK = 0
 EXIT_FAILURE = 1  # the server could not start or stopped on an error
@@ -66,6 +70,28 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    _add_serve_flags(run)
+    run.add_argument(
+        "--check",
+        action="store_true",
+        help="do what `prefork check` does instead of serving",
+    )
+    check = sub.add_parser(
+        "check",
+        help="check the config and the app, print what run would serve",
+        description="Load the config file, the PREFORK_* environment, the flags and the TLS "
+        "files and import MODULE:ATTR as `prefork run` would; print the effective config "
+        "and exit 0, or print one line naming the culprit and exit 2. Binds nothing, forks "
+        "nothing, opens no Redis connection.",
+    )
+    _add_serve_flags(check)
+    # `prefork --help` documents every flag too, not only the command list.
+    parser.epilog = f"{run.format_help()}\n{_EPILOG}"
+    return parser
+
+
+def _add_serve_flags(run: argparse.ArgumentParser) -> None:
+    """The flags of `run`, which `check` takes too (so a unit's two lines can match)."""
     run.add_argument("app", metavar="MODULE:ATTR", help="the handler to serve, e.g. app:handle")
     run.add_argument("-w", "--workers", type=int, metavar="N", help="worker processes (default 1)")
     run.add_argument(
@@ -101,9 +127,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="ATTR is a factory: call it with no arguments and serve what it returns",
     )
     run.add_argument("--pid", metavar="FILE", help="write the master's pid to FILE")
-    # `prefork --help` documents every flag too, not only the command list.
-    parser.epilog = f"{run.format_help()}\n{_EPILOG}"
-    return parser
 
 
 def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
@@ -165,26 +188,105 @@ def check_app(spec: str) -> None:
         search = list(locations) if locations is not None else None
 
 
+def load_config(args: argparse.Namespace) -> tuple[Config, dict[str, Any], list[str]]:
+    """The effective config of ``run``/``check``, the flags' keys, the unknown PREFORK_ names.
+
+    Raises PreforkError naming the flag, file, variable or key at fault.
+    """
+    flags = overrides_from_args(args)
+    file_cfg = load_toml(args.config) if args.config else {}
+    env_cfg, unknown = from_environ(os.environ)
+    return Config.build(layered(file_cfg, env_cfg, flags)), flags, unknown
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command == "check" or (args.command == "run" and args.check):
+        return run_check(args)
     if args.command != "run":
         parser.print_help(sys.stderr)
         return EXIT_USAGE
     from prefork.server import Server, _load_tls
 
     try:
-        flags = overrides_from_args(args)
-        file_cfg = load_toml(args.config) if args.config else {}
-        cfg = Config.build(merged_flags(file_cfg, flags))
+        cfg, flags, unknown = load_config(args)
         _load_tls(cfg)
         check_app(args.app)
     except PreforkError as exc:
         print(f"prefork: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    log.setup(cfg.log_level)
+    for name in unknown:
+        logging.getLogger(log.MASTER).warning("%s: unknown environment variable, ignored", name)
     server = Server(cfg, args.app, config_file=args.config, overrides=flags, pidfile=args.pid)
     _, err = server.serve()
     if err is not None:
         print(f"prefork: error: {err}", file=sys.stderr)
         return server.exit_code or EXIT_FAILURE
     return EXIT_OK
+
+
+# -- prefork check ---------------------------------------------------------------
+
+
+def run_check(args: argparse.Namespace) -> int:
+    """``prefork check``: everything ``run`` reads, loaded and printed; nothing started."""
+    from prefork.server import _load_tls
+
+    try:
+        cfg, _, unknown = load_config(args)
+        for name in unknown:
+            print(
+                f"prefork: warning: {name}: unknown environment variable, ignored", file=sys.stderr
+            )
+        _load_tls(cfg)
+        addrs, _ = bind_spec(cfg)
+        interface = resolve_app(args.app, cfg)
+    except PreforkError as exc:
+        print(f"prefork: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    print("# the effective config: defaults < config file < PREFORK_* environment < flags")
+    for key, value in cfg.to_dict().items():
+        print(f"# {key} is not set" if value is None else f"{key} = {toml_value(value)}")
+    scheme = "https" if cfg.ssl is not None else "http"
+    where = ", ".join(
+        f"{scheme}://{format_host(h)}:{p if p else '<any free port>'}" for h, p in addrs
+    )
+    print(f"# would serve {args.app} ({interface}) with {cfg.workers} worker(s) on {where}")
+    print("# (or on the sockets systemd passes, when socket-activated)")
+    return EXIT_OK
+
+
+def resolve_app(spec: str, cfg: Config) -> str:
+    """Import ``spec`` as a worker would; return the interface it would be served with.
+
+    Raises ConfigError naming the app.
+    """
+    from prefork.apps import detect_interface, resolve_target
+
+    app = resolve_target(spec, cfg)
+    return cfg.interface if cfg.interface != "auto" else detect_interface(app, spec)
+
+
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def toml_value(value: Any) -> str:
+    """``value`` as a TOML value (inline tables and arrays, so one key per line)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)  # JSON's escapes are TOML basic-string escapes
+    if isinstance(value, Mapping):
+        items = (
+            f"{k if _BARE_KEY.fullmatch(k) else json.dumps(k)} = {toml_value(v)}"
+            for k, v in value.items()
+            if v is not None
+        )
+        return "{ " + ", ".join(items) + " }"
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    raise TypeError(f"no TOML form for {type(value).__name__}")

@@ -298,6 +298,66 @@ def load_toml(path: str) -> dict[str, Any]:
     return data
 
 
+ENV_PREFIX = "PREFORK_"
+# Keys whose value may be given bare (PREFORK_IP=0.0.0.0): the string keys, and
+# forwarded_allow_ips, whose comma-separated form validate() reads.
+_BARE_STRING_KEYS = frozenset(
+    key for key, default in DEFAULTS.items() if isinstance(default, str)
+) | {"redis_url", "metrics_bind", "forwarded_allow_ips"}
+# Keys that may be unset (None); an empty variable unsets them.
+_OPTIONAL_KEYS = frozenset(key for key, default in DEFAULTS.items() if default is None)
+
+
+def from_environ(environ: Mapping[str, str]) -> tuple[dict[str, Any], list[str]]:
+    """The config keys set by ``PREFORK_<KEY>`` variables, and the unknown ``PREFORK_`` names.
+
+    A value is read as a TOML value (``4``, ``true``, ``["10.0.0.0/8"]``,
+    ``{ level = 9 }``); a string key also takes a bare string
+    (``PREFORK_IP=0.0.0.0``) unless it starts with a quote. An empty value
+    unsets a key that may be unset (``redis_url``, ``ssl``, ``metrics_bind``).
+    Raises ConfigError naming the variable for a value that does not parse or
+    does not validate.
+    """
+    out: dict[str, Any] = {}
+    unknown: list[str] = []
+    for name in sorted(environ):
+        if not name.startswith(ENV_PREFIX):
+            continue
+        key = name[len(ENV_PREFIX) :].lower()
+        if key not in DEFAULTS or name != ENV_PREFIX + key.upper():
+            unknown.append(name)
+            continue
+        text = environ[name]
+        try:
+            out[key] = _env_value(key, text)
+            validate({key: out[key]})  # the defaults are valid: an error is this key's
+        except ConfigError as exc:
+            raise ConfigError(f"environment variable {name}={text!r}: {exc}") from None
+    return out, unknown
+
+
+def _env_value(key: str, text: str) -> Any:
+    stripped = text.strip()
+    if not stripped and key in _OPTIONAL_KEYS:
+        return None
+    toml_form = stripped.startswith(('"', "'")) or (
+        key == "forwarded_allow_ips" and stripped.startswith("[")
+    )
+    if key in _BARE_STRING_KEYS and not toml_form:
+        return stripped
+    try:
+        return tomllib.loads(f"value = {stripped}")["value"]
+    except tomllib.TOMLDecodeError:
+        raise ConfigError("not a TOML value (quote strings, [a, b] for lists)") from None
+
+
+def layered(
+    file_cfg: Mapping[str, Any], env_cfg: Mapping[str, Any], flags: Mapping[str, Any]
+) -> dict[str, Any]:
+    """The keys of every source, later ones winning: file < environment < flags."""
+    return merged_flags(merged(file_cfg, env_cfg), flags)
+
+
 def merged(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
     """``base`` updated with ``overrides``; the ``compression`` table merges key by key."""
     out = dict(base)

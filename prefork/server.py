@@ -128,7 +128,7 @@ class Server:
         """
         from prefork.apps.native import exchange
 
-        state = client.state
+        state = client.shared
         try:
             action = await exchange(client, state, client_ip, count, redis_module)
         except PreforkError as exc:

@@ -50,10 +50,11 @@ import uvloop
 
 from prefork import log
 from prefork._types import Handler
-from prefork.apps.handler import load_app
+from prefork.apps import build_app
 from prefork.config import Config
+from prefork.engine.app import AppInterface
 from prefork.engine.connection import serve_connection
-from prefork.engine.state import Deadline, ServerState
+from prefork.engine.shared import Deadline, Shared
 from prefork.errors import PreforkError
 
 logger = logging.getLogger(log.WORKER)
@@ -272,7 +273,7 @@ class Worker:
         self.recycle_retry_at = 0.0
         # Set in the child only.
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._state: ServerState | None = None
+        self._state: Shared | None = None
         self._redis: Any = None
         self._stop: asyncio.Future[Stop] | None = None
         self._active = 0
@@ -353,14 +354,24 @@ class Worker:
 
     async def _main(self) -> int:
         loop = asyncio.get_running_loop()
-        handler = self._boot()
-        if handler is None:
+        app = self._boot()
+        if app is None:
             return WORKER_BOOT_ERROR
-        state = ServerState(
-            self.cfg, handler, ssl_context=self.ssl_context, redis_module=self._redis
-        )
+        state = Shared(self.cfg, app, ssl_context=self.ssl_context, redis_module=self._redis)
         state.start()
         self._state = state
+        # Before READY, so that a reload waits for it (ASGI lifespan startup).
+        try:
+            await app.startup()
+        except Exception as exc:
+            message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            logger.error(
+                "worker %d (pid %d) cannot boot: app startup failed: %s",
+                self.number,
+                os.getpid(),
+                message,
+            )
+            return WORKER_BOOT_ERROR
         # The app's modules and the worker's set-up live as long as the worker:
         # out of the GC's way, so a full collection walks only what requests made.
         gc.freeze()
@@ -380,13 +391,17 @@ class Worker:
         if how is Stop.IMMEDIATE:
             return WORKER_EXIT_OK
         await self._drain(state)
+        try:
+            await app.shutdown()
+        except Exception:
+            logger.exception("worker %d (pid %d): app shutdown failed", self.number, os.getpid())
         self._send(self._metrics_snapshot())  # the final counts, for the master's totals
         return WORKER_EXIT_OK
 
-    def _boot(self) -> Handler | None:
+    def _boot(self) -> AppInterface | None:
         """Import the app and make the Redis client; None (logged in one line) if either fails."""
         try:
-            handler = load_app(self.app) if isinstance(self.app, str) else self.app
+            app = build_app(self.app, self.cfg)
             if self.cfg.redis_url is not None:
                 self._redis = _make_redis(self.cfg.redis_url)
         except Exception as exc:  # the app's own import may raise anything
@@ -395,9 +410,9 @@ class Worker:
                 message = f"app {self.app!r}: {type(exc).__name__}: {message}"
             logger.error("worker %d (pid %d) cannot boot: %s", self.number, os.getpid(), message)
             return None
-        return handler
+        return app
 
-    async def _drain(self, state: ServerState) -> None:
+    async def _drain(self, state: Shared) -> None:
         """Graceful stop: no new connections, in-flight ones finish, then close Redis."""
         self.state = WorkerState.DRAINING
         self._pause_accepting()

@@ -66,7 +66,7 @@ def is_async_handler(handler: Handler) -> bool:
 class Context:
     """The ``ctx`` argument of a handler: one per connection."""
 
-    __slots__ = ("cfg", "client", "client_ip", "logger", "redis_module")
+    __slots__ = ("cfg", "client", "client_ip", "logger", "redis_module", "scheme")
 
     def __init__(
         self,
@@ -75,10 +75,14 @@ class Context:
         client_ip: str,
         cfg: Mapping[str, Any],
         redis_module: Any,
+        scheme: str = "http",
     ) -> None:
         self.logger = logger
         self.client = client
+        # The client's address and the scheme it used: the peer's, or what a
+        # trusted proxy said (forwarded_allow_ips).
         self.client_ip = client_ip
+        self.scheme = scheme
         self.cfg = cfg
         self.redis_module = redis_module
 

@@ -1,11 +1,17 @@
 """One connection: the asyncio Protocol and the per-connection coroutine.
 
 ``Connection`` is fed by the event loop (``data_received``) and parses as bytes
-arrive. Sync handlers are answered inline from there while the connection
+arrive. An app interface that can (``AppInterface.inline``: the native handler
+when it is sync) answers complete requests from there while the connection
 coroutine (``serve_connection``) is parked; otherwise that coroutine is woken
-only when a whole request is there and runs one ``exchange`` per request.
-Reading, backpressure, closing (half-close, linger) and what happens when a
-deadline passes live here; the worker's sweeper that notices it is in ``state``.
+only when a whole request is there and runs the interface's ``exchange`` once
+per request. Reading, writing (and the write batch), backpressure, closing
+(half-close, linger) and what happens when a deadline passes live here, and
+only here; the worker's sweeper that notices a deadline is in ``shared``.
+
+App interfaces use the public members below (``receive_request``,
+``write_response``, ``send``, ``drain``, ``close_after_response``,
+``reply_error_and_close``...), never the private ones.
 """
 
 from __future__ import annotations
@@ -15,30 +21,29 @@ import logging
 import socket
 import ssl
 import sys
-import time
 from typing import Any
 
 from prefork import log
-from prefork.apps.handler import Context
-from prefork.apps.native import body_length, exchange, finish, handler_failed
-from prefork.engine.state import Deadline, ServerState
+from prefork.engine.proxy_header import read_proxy_header
+from prefork.engine.shared import Deadline, Shared
 from prefork.errors import PeerGone, PreforkError, ProtocolError
 from prefork.http.protocol import CONTINUE_RESPONSE, RequestReader, error_response
-from prefork.http.request import Request, parse_args
+from prefork.http.proxy_protocol import ProxyHeaderError
+from prefork.http.request import Request
+from prefork.http.response import body_length
 
 logger = logging.getLogger(log.WORKER)
-app_logger = logging.getLogger(log.APP)
 
 # Unparsed input kept while a handler runs before reading is paused.
 MAX_PENDING_BYTES = 256 * 1024
-# A sync handler that returns within this many seconds has its response batched.
-QUICK_HANDLER_S = 0.0002
 # Pipelined requests parsed ahead of the one being answered before reading is paused.
 MAX_QUEUED_REQUESTS = 32
 # How long a closing connection keeps reading (and discarding) after it half-closed,
 # so that a client still sending does not get a reset instead of our response
 # (RFC 9112 §9.6).
 LINGER_S = 2.0
+# Responses with bodies at least this big are written in two calls (no copy).
+JOIN_BODY_MAX_BYTES = 64 * 1024
 
 
 class Connection(asyncio.Protocol):
@@ -55,6 +60,7 @@ class Connection(asyncio.Protocol):
         "_drain_waiter",
         "_eof",
         "_error",
+        "_gone_waiter",
         "_handoff",
         "_inline",
         "_loop",
@@ -65,6 +71,8 @@ class Connection(asyncio.Protocol):
         "_reading",
         "_waiter",
         "_write_paused",
+        "app",
+        "behind_proxy",
         "client_ip",
         "count",
         "ctx",
@@ -73,20 +81,25 @@ class Connection(asyncio.Protocol):
         "peername",
         "reader",
         "server_name",
-        "state",
+        "shared",
         "transport",
     )
 
-    def __init__(self, state: ServerState) -> None:
-        self.state = state
+    def __init__(self, shared: Shared) -> None:
+        state = self.shared = shared
+        self.app = shared.app
         self.transport: asyncio.Transport | None = None
         self.reader = RequestReader(state.head_parser, state.limits, state.head_cache)
         self.peername: tuple[str, int] | None = None
         self.server_name: str | None = None
         self.client_ip = "-"
+        # The peer is a trusted proxy (forwarded_allow_ips): the app interfaces
+        # take the client, scheme and host from its fields (http.forwarded).
+        self.behind_proxy = False
         self.deadline = 0.0
         self.deadline_kind = Deadline.NONE
-        self.ctx: Context | None = None
+        # The app interface's per-connection object (the native handler's ``ctx``).
+        self.ctx: Any = None
         # (asyncio.get_running_loop() costs a getpid() syscall on Python 3.11.)
         self._loop = state.loop or asyncio.get_running_loop()
         self._reading = True
@@ -100,11 +113,12 @@ class Connection(asyncio.Protocol):
         self._read_paused = False
         self._write_paused = False
         self._drain_waiter: asyncio.Future[None] | None = None
+        self._gone_waiter: asyncio.Future[None] | None = None
         self._parked = False
-        self._handoff: tuple[Request, object, float] | None = None
+        self._handoff: object = None
         # Sync handlers are served straight from data_received while the
         # connection coroutine is parked: no wake-up per request.
-        self._inline = not state.is_async
+        self._inline = shared.app.inline
         self.count = 0
 
     # -- asyncio.Protocol -------------------------------------------------
@@ -113,15 +127,16 @@ class Connection(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
         if self.peername is None:  # not given by the accept loop
             self.set_peer(transport.get_extra_info("peername"))
-        self.state.add(self)
+        self.shared.add(self)
 
     def set_peer(self, peer: object) -> None:
         """Record the peer's address (a tuple from accept() or getpeername())."""
         if isinstance(peer, tuple):
             # Interned: the connections from one address share one string, so a
-            # request does not touch a string of its own (see ServerState.counts).
+            # request does not touch a string of its own (see Shared.counts).
             self.peername = (sys.intern(str(peer[0])), int(peer[1]))
             self.client_ip = self.peername[0]
+            self.behind_proxy = self.shared.trust.trusts(self.client_ip)
 
     def data_received(self, data: bytes) -> None:
         if self._closing:
@@ -143,7 +158,7 @@ class Connection(asyncio.Protocol):
             if self._parked and self._inline:
                 if self._serve_inline() and reader.want_continue:
                     reader.want_continue = False
-                    self._send(CONTINUE_RESPONSE)
+                    self.send(CONTINUE_RESPONSE)
                 return
             if len(reader.requests) > MAX_QUEUED_REQUESTS:
                 self._pause_reading()
@@ -151,28 +166,30 @@ class Connection(asyncio.Protocol):
         else:
             if reader.want_continue:
                 reader.want_continue = False
-                self._send(CONTINUE_RESPONSE)
+                self.send(CONTINUE_RESPONSE)
             if reader.in_body:
                 if self.deadline_kind is not Deadline.BODY:
-                    self._set_deadline(Deadline.BODY, self.state.request_body_timeout)
+                    self._set_deadline(Deadline.BODY, self.shared.request_body_timeout)
             elif self.deadline_kind is Deadline.IDLE and reader.head_started:
-                self._set_deadline(Deadline.HEADER, self.state.request_header_timeout)
+                self._set_deadline(Deadline.HEADER, self.shared.request_header_timeout)
 
     def eof_received(self) -> bool:
         self._eof = True
         self._wake()
+        self._gone()
         if self._closing:
             self._close_transport()
         # Keep the transport open: a client may half-close after its request
         # and still read the response (TLS cannot half-close: it closes).
-        return self.state.ssl_context is None
+        return self.shared.ssl_context is None
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._lost = True
         self._eof = True
         self.deadline = 0.0
-        self.state.discard(self)
+        self.shared.discard(self)
         self._wake()
+        self._gone()
         waiter = self._drain_waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
@@ -183,7 +200,7 @@ class Connection(asyncio.Protocol):
     def resume_writing(self) -> None:
         self._write_paused = False
         if self._closing and self.deadline_kind is Deadline.WRITE:
-            self._set_deadline(Deadline.WRITE, self.state.response_write_timeout)
+            self._set_deadline(Deadline.WRITE, self.shared.response_write_timeout)
         waiter = self._drain_waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
@@ -192,6 +209,11 @@ class Connection(asyncio.Protocol):
 
     def _wake(self) -> None:
         waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _gone(self) -> None:
+        waiter = self._gone_waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
@@ -214,14 +236,14 @@ class Connection(asyncio.Protocol):
         self.deadline = 0.0
 
     def _flush_batch(self) -> None:
-        """Write the responses the inline path batched (ServerState.defer_write).
+        """Write the responses batched so far (``Shared.batch``, by ``write_response``).
 
         Every other write, close or abort on any connection calls this first,
         so bytes and closes happen in the order they were asked for.
         """
-        state = self.state
-        if state.deferred:
-            state.flush_writes()
+        batch = self.shared.batch
+        if batch.pending:
+            batch.flush()
 
     def write_now(self, data: bytes) -> None:
         """Write ``data`` after the batched responses (the transport must be open)."""
@@ -230,9 +252,53 @@ class Connection(asyncio.Protocol):
         assert transport is not None
         transport.write(data)
 
-    def _send(self, data: bytes) -> None:
+    def send(self, data: bytes) -> None:
+        """Write ``data`` (after the batch) unless the connection is gone; never waits."""
         if self.transport is not None and not self._lost:
             self.write_now(data)
+
+    def write_response(self, head: bytes, body: bytes, keep_alive: bool, batchable: bool) -> None:
+        """Write a whole response.
+
+        ``batchable``: the app answered quickly, so the response may wait for the
+        end of the loop turn with the others answered from the protocol callback
+        (``engine.batch``); a slow answer's response goes out at once, so that
+        it does not hold its neighbours' responses back. Raises PeerGone.
+        """
+        transport = self.transport
+        if transport is None or self._lost:
+            raise PeerGone("connection lost before the response")
+        if len(body) < JOIN_BODY_MAX_BYTES:
+            if batchable and keep_alive and self._parked:
+                self.shared.batch.add(transport, head + body)
+                return
+            self.write_now(head + body)
+        else:
+            self.write_now(head)
+            transport.write(body)
+
+    @property
+    def lost(self) -> bool:
+        """The transport is gone (the peer closed or the connection was aborted)."""
+        return self._lost
+
+    @property
+    def closing(self) -> bool:
+        """A close was asked for: no further response may be written."""
+        return self._closing
+
+    @property
+    def write_paused(self) -> bool:
+        """The peer is not reading: ``await drain()`` before writing more."""
+        return self._write_paused
+
+    def hand_off(self, payload: object) -> None:
+        """From ``AppInterface.respond_inline``: the coroutine finishes this request.
+
+        ``payload`` is the app interface's own; its ``exchange`` gets it back
+        from ``take_handoff``.
+        """
+        self._handoff = payload
 
     def on_deadline(self) -> None:
         """Called by the sweeper when ``deadline`` has passed."""
@@ -241,27 +307,27 @@ class Connection(asyncio.Protocol):
         if kind is Deadline.HEADER and not self.reader.head_started and not self.reader.in_body:
             # A connection that never started a request is closed without a response.
             logger.debug("closing a silent connection from %s", self.client_ip)
-            self.state.access.slow_closed("header")
+            self.shared.access.slow_closed("header")
             self.reader.feed_failed()
             self._close_transport()
             self._wake()
         elif kind is Deadline.HEADER or kind is Deadline.BODY:
             what = "head" if kind is Deadline.HEADER else "body"
             logger.debug("request %s timeout from %s", what, self.client_ip)
-            self.state.access.slow_closed(what if what == "body" else "header")
+            self.shared.access.slow_closed(what if what == "body" else "header")
             self._error = ProtocolError(408, f"request {what} timeout")
             self.reader.feed_failed()
             if self._waiter is not None:
                 self._wake()
             else:
-                self._reply_error_and_close(self._error)
+                self.reply_error_and_close(self._error)
         elif kind is Deadline.WRITE:
             transport = self.transport
             if self._closing and transport is not None and not transport.get_write_buffer_size():
                 self._set_deadline(Deadline.LINGER, LINGER_S)  # flushed meanwhile
             else:
                 logger.debug("response write timeout to %s", self.client_ip)
-                self.state.access.slow_closed("write")
+                self.shared.access.slow_closed("write")
                 self.abort()
         else:  # IDLE, LINGER
             self._close_transport()
@@ -319,7 +385,7 @@ class Connection(asyncio.Protocol):
             if transport.get_write_buffer_size() > 0:
                 # The last response is still going out: the client must keep
                 # reading it (re-armed on progress), then the linger starts.
-                self._set_deadline(Deadline.WRITE, self.state.response_write_timeout)
+                self._set_deadline(Deadline.WRITE, self.shared.response_write_timeout)
             else:
                 self._set_deadline(Deadline.LINGER, LINGER_S)
         else:
@@ -340,75 +406,32 @@ class Connection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.abort()
 
-    def _reply_error_and_close(self, exc: ProtocolError) -> int:
-        """Send the error response and close; returns the body bytes sent."""
+    def reply_error_and_close(self, exc: ProtocolError) -> int:
+        """Send the error response for ``exc`` and close; returns the body bytes sent."""
         data = error_response(exc.status, str(exc))
-        self._send(data)
+        self.send(data)
         self.graceful_close()
         return body_length(data)
 
-    def context(self, client_ip: str, redis_module: Any) -> Context:
-        """The handler's ``ctx`` for this connection (one object, reused)."""
-        ctx = self.ctx
-        if ctx is None:
-            ctx = self.ctx = Context(app_logger, self, client_ip, self.state.cfg, redis_module)
-        elif ctx.client_ip != client_ip or ctx.redis_module is not redis_module:
-            ctx.client_ip = client_ip
-            ctx.redis_module = redis_module
-        return ctx
-
-    def take_handoff(self) -> tuple[Request, object, float] | None:
+    def take_handoff(self) -> object:
+        """What ``hand_off`` left (None if nothing), once."""
         handoff = self._handoff
         self._handoff = None
         return handoff
 
     def _serve_inline(self) -> bool:
-        """Answer complete requests from the protocol callback (sync handlers only).
+        """Answer complete requests from the protocol callback (``AppInterface.inline``).
 
         Returns True when all were answered and the connection waits for more;
         False when the coroutine was woken to take over (or the connection closes).
         """
         reader = self.reader
-        state = self.state
-        handler = state.handler
-        counts = state.counts
-        ctx = self.ctx
-        if (
-            ctx is None
-            or ctx.client_ip is not self.client_ip
-            or ctx.redis_module is not state.redis_module
-        ):
-            ctx = self.context(self.client_ip, state.redis_module)
+        respond = self.app.respond_inline
         self._busy = True
         while reader.requests and not self._closing:
-            req = reader.take()
-            if state.access.header_names:
-                state.access.capture(req)
-            started = time.monotonic()
-            try:
-                result = handler(
-                    req.method, req.path, parse_args(req.query), req.headers, req.body, ctx
-                )
-            except Exception:
-                # Answered (500, close): the woken coroutine returns "close".
-                self.count += 1
-                handler_failed(self, state, req, self.client_ip, started)
-                break
-            if type(result) is not tuple and asyncio.iscoroutine(result):
-                self._handoff = (req, result, started)
-                break
-            # Only a quick handler's response joins the write batch: after a
-            # slow one, the batch would hold its neighbours' responses back.
-            state.batch_writes = time.monotonic() - started < QUICK_HANDLER_S
-            count = self.count
-            nxt = count + 1
-            self.count = counts[nxt] if nxt < len(counts) else nxt
-            outcome = finish(self, state, req, result, count, started)
-            if not isinstance(outcome, str):
-                self.count = count
-                self._handoff = (req, result, started)
-                break
-            if outcome != "keep-alive" or self._write_paused:
+            if not respond(self, reader.take()):
+                break  # closing, or handed to the coroutine
+            if self._write_paused:
                 break
             if reader.paused and not self._resume_parsing():
                 break
@@ -417,15 +440,16 @@ class Connection(asyncio.Protocol):
             if self._closing:
                 return False
             if reader.in_body:
-                self._set_deadline(Deadline.BODY, self.state.request_body_timeout)
+                self._set_deadline(Deadline.BODY, self.shared.request_body_timeout)
             elif reader.head_started:
-                self._set_deadline(Deadline.HEADER, self.state.request_header_timeout)
+                self._set_deadline(Deadline.HEADER, self.shared.request_header_timeout)
             else:
                 now = self._loop.time()
-                if now >= state.idle_deadline_until:
-                    state.refresh_idle_deadline(now)
+                shared = self.shared
+                if now >= shared.idle_deadline_until:
+                    shared.refresh_idle_deadline(now)
                 self.deadline_kind = Deadline.IDLE
-                self.deadline = state.idle_deadline
+                self.deadline = shared.idle_deadline
             return True
         # The coroutine takes over: until it runs, bytes that arrive (libuv
         # may deliver two reads in one loop turn) wait in ``_pending``, so no
@@ -496,7 +520,7 @@ class Connection(asyncio.Protocol):
                         continue
                 raise PeerGone("connection closed by peer")
             if (
-                self.state.draining
+                self.shared.draining
                 and self.count
                 and not reader.head_started
                 and not reader.in_body
@@ -506,14 +530,14 @@ class Connection(asyncio.Protocol):
             self._reading = True
             if reader.want_continue:
                 reader.want_continue = False
-                self._send(CONTINUE_RESPONSE)
+                self.send(CONTINUE_RESPONSE)
             if self.deadline_kind is Deadline.NONE:
                 if reader.in_body:
-                    self._set_deadline(Deadline.BODY, self.state.request_body_timeout)
+                    self._set_deadline(Deadline.BODY, self.shared.request_body_timeout)
                 elif count == 0 or reader.head_started:
-                    self._set_deadline(Deadline.HEADER, self.state.request_header_timeout)
+                    self._set_deadline(Deadline.HEADER, self.shared.request_header_timeout)
                 else:
-                    self._set_deadline(Deadline.IDLE, self.state.keepalive_idle_timeout)
+                    self._set_deadline(Deadline.IDLE, self.shared.keepalive_idle_timeout)
             waiter = self._waiter = self._loop.create_future()
             self._parked = True
             try:
@@ -522,13 +546,26 @@ class Connection(asyncio.Protocol):
                 self._waiter = None
                 self._parked = False
 
+    async def wait_disconnect(self) -> None:
+        """Return once the peer has gone (closed its side, or the connection was lost).
+
+        For app interfaces that report a disconnect while the app runs (ASGI
+        ``http.disconnect``); it consumes nothing the peer sent.
+        """
+        if self._eof or self._lost:
+            return
+        waiter = self._gone_waiter
+        if waiter is None:
+            waiter = self._gone_waiter = self._loop.create_future()
+        await asyncio.shield(waiter)
+
     async def drain(self) -> None:
         """Wait while the transport's buffer is full, at most ``response_write_timeout``."""
         if not self._write_paused:
             return
         if self._lost:
             raise PeerGone("connection lost")
-        self._set_deadline(Deadline.WRITE, self.state.response_write_timeout)
+        self._set_deadline(Deadline.WRITE, self.shared.response_write_timeout)
         waiter = self._drain_waiter = self._loop.create_future()
         try:
             await waiter
@@ -573,12 +610,32 @@ class Connection(asyncio.Protocol):
         self._close_transport()
 
 
-async def serve_connection(sock: socket.socket, state: ServerState, peer: object) -> None:
+async def _proxied_peer(sock: socket.socket, shared: Shared, peer: object) -> object:
+    """The client's address from the PROXY protocol header; None (socket closed) if invalid."""
+    try:
+        source = await read_proxy_header(sock, shared.cfg.tls_handshake_timeout)
+    except (ProxyHeaderError, TimeoutError, OSError) as exc:
+        what = "no PROXY protocol header in time" if isinstance(exc, TimeoutError) else exc
+        logger.info("closing a connection from %s: %s", _address(peer), what)
+        sock.close()
+        return None
+    return source if source is not None else peer
+
+
+def _address(peer: object) -> str:
+    return str(peer[0]) if isinstance(peer, tuple) and peer else "-"
+
+
+async def serve_connection(sock: socket.socket, shared: Shared, peer: object) -> None:
     """Serve one accepted socket (``peer``: accept()'s address) until it closes; never raises."""
-    loop = state.loop or asyncio.get_running_loop()
+    loop = shared.loop or asyncio.get_running_loop()
     # (uvloop sets TCP_NODELAY on the transports it makes: no syscall here.)
-    ssl_context = state.ssl_context
-    conn = Connection(state)
+    ssl_context = shared.ssl_context
+    conn = Connection(shared)
+    if shared.cfg.proxy_protocol:
+        peer = await _proxied_peer(sock, shared, peer)
+        if peer is None:
+            return
     conn.set_peer(peer)
     try:
         if ssl_context is not None:
@@ -586,26 +643,26 @@ async def serve_connection(sock: socket.socket, state: ServerState, peer: object
                 lambda: conn,
                 sock,
                 ssl=ssl_context,
-                ssl_handshake_timeout=state.cfg.tls_handshake_timeout,
+                ssl_handshake_timeout=shared.cfg.tls_handshake_timeout,
             )
         else:
             await loop.connect_accepted_socket(lambda: conn, sock)
     except (OSError, ssl.SSLError, TimeoutError) as exc:
         logger.debug("connection setup failed: %s", exc)
         if ssl_context is not None:
-            state.access.tls_handshake(False)
+            shared.access.tls_handshake(False)
         sock.close()
         return
     if ssl_context is not None and conn.transport is not None:
         from prefork.tls import server_name_of
 
-        state.access.tls_handshake(True)
+        shared.access.tls_handshake(True)
         conn.server_name = server_name_of(conn.transport.get_extra_info("ssl_object"))
     client_ip = conn.client_ip
-    redis_module = state.redis_module
+    exchange = shared.app.exchange
     try:
         while True:
-            action = await exchange(conn, state, client_ip, conn.count, redis_module)
+            action = await exchange(conn)
             if action != "keep-alive":
                 break
     except PreforkError:

@@ -1,8 +1,8 @@
 """Response compression: Accept-Encoding negotiation, the policy, gzip/deflate encoders.
 
-Sans-I/O: this module decides and transforms bytes; the engine (``connection.py``)
-writes them; a body bigger than ``SLICE_BYTES`` is compressed by
-:func:`compress_in_slices`, one slice per loop turn.
+Sans-I/O: this module decides and transforms bytes; the engine writes them; a
+body bigger than ``SLICE_BYTES`` is compressed by the engine one slice per loop
+turn (``prefork.engine.slices``), with an :class:`Encoder`.
 
 Per request the engine calls :meth:`Policy.choose`, then :func:`apply_headers`, then
 either :func:`compress_body` (a whole body) or an :class:`Encoder` from
@@ -12,7 +12,6 @@ at the end).
 
 from __future__ import annotations
 
-import asyncio
 from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any, Final
@@ -25,7 +24,6 @@ __all__ = [
     "Policy",
     "apply_headers",
     "compress_body",
-    "compress_in_slices",
     "make_encoder",
     "negotiate_encoding",
 ]
@@ -318,7 +316,7 @@ class Encoder:
     def __init__(self, coding: str, level: int) -> None:
         self._compressor = zlib_ng.compressobj(level, zlib_ng.DEFLATED, _wbits(coding))
 
-    def compress(self, data: bytes) -> bytes:
+    def compress(self, data: bytes | memoryview) -> bytes:
         """Feed ``data``; returns what is ready, possibly ``b""`` (buffered)."""
         return self._compressor.compress(data)
 
@@ -346,24 +344,6 @@ def make_encoder(coding: str, level: int) -> Encoder:
 def compress_body(coding: str, level: int, data: bytes) -> bytes:
     """``data`` compressed in one go; safe to call from a worker thread."""
     return zlib_ng.compress(data, level, _wbits(coding))
-
-
-async def compress_in_slices(coding: str, level: int, data: bytes, turn: asyncio.Lock) -> bytes:
-    """``data`` compressed on the event loop, ``SLICE_BYTES`` per loop turn.
-
-    ``turn`` (one per worker) lets one body at a time through, first come first
-    served: bodies compressed side by side would each evict the other's zlib
-    state from the CPU caches (measured: 377 req/s against 426 in turn).
-    """
-    async with turn:
-        encoder = zlib_ng.compressobj(level, zlib_ng.DEFLATED, _wbits(coding))
-        view = memoryview(data)
-        parts = [encoder.compress(view[:SLICE_BYTES])]
-        for start in range(SLICE_BYTES, len(data), SLICE_BYTES):
-            await asyncio.sleep(0)  # the other connections' turn
-            parts.append(encoder.compress(view[start : start + SLICE_BYTES]))
-        parts.append(encoder.flush())
-        return b"".join(parts)
 
 
 # Bodies this big or bigger are remembered compressed, so an identical body

@@ -1,7 +1,8 @@
 """The master process: binds, forks and supervises workers.
 
-Plain synchronous code, no asyncio. It binds the listen sockets (listeners.py)
-and pre-parses TLS once, forks the workers, and supervises them from one loop
+Plain synchronous code, no asyncio. It binds the listen sockets (listeners.py),
+or serves on the ones systemd passed it (socket activation, systemd.py), and
+pre-parses TLS once, forks the workers, and supervises them from one loop
 (one-second timeout) that waits on the signal queue's wakeup pipe and the
 workers' pipes (wakeups.py; one byte per message: READY, HEARTBEAT, RECYCLE;
 see worker.py). It never imports a ``"MODULE:ATTR"`` app and never opens Redis:
@@ -22,6 +23,11 @@ Signals (handlers only enqueue; the loop does the work):
     TTIN, TTOU  one worker more, one fewer (never fewer than one).
     USR1        reopen log files, and forward USR1 to every worker.
     CHLD        reap; replace dead workers.
+
+Under systemd (``NOTIFY_SOCKET``), the master reports ``READY=1`` once the
+first generation serves, ``RELOADING=1`` on HUP and ``READY=1`` again when the
+reload is committed or abandoned, ``STOPPING=1`` on stop, and a ``STATUS=``
+line naming the generation and the worker count with each.
 
 Every replacement (crash, TTIN, watchdog kill, ``max_requests``) passes the
 same gate: it counts as serving after its READY only, and a recycled worker is
@@ -50,9 +56,10 @@ import setproctitle
 
 from prefork import log
 from prefork._types import Handler
-from prefork.config import Config, load_toml, merged_flags
+from prefork.config import Config, from_environ, layered, load_toml
 from prefork.errors import BindError, PreforkError
-from prefork.master.listeners import bind_spec, format_host, listen_all
+from prefork.master import systemd
+from prefork.master.listeners import bind_spec, format_host, open_listeners, port_of
 from prefork.master.metrics import MasterMetrics, MasterView, ServerCollector
 from prefork.master.wakeups import Wakeups
 from prefork.tls import load_tls
@@ -134,6 +141,9 @@ class Master:
         self._pid_written = False
         self._metrics = MasterMetrics()  # fed by the workers' heartbeats
         self._metrics_endpoint: MetricsEndpoint | None = None  # when metrics_bind is set
+        self._notify = systemd.Notifier(None)  # run() reads NOTIFY_SOCKET
+        self._activated = False  # serving on sockets systemd passed (LISTEN_FDS)
+        self._ready_sent = False  # READY=1 told for the first generation
 
     # -- life ---------------------------------------------------------------
 
@@ -141,6 +151,7 @@ class Master:
         """Bind, fork, supervise; returns the exit code. Raises BindError or TLSError."""
         log.setup(self.cfg.log_level)
         self._tls = load_tls(self.cfg.ssl)
+        self._notify = systemd.Notifier.from_environ()
         self._bind()
         try:
             self._start_metrics()
@@ -158,13 +169,10 @@ class Master:
             self._cleanup()
 
     def _bind(self) -> None:
-        addrs, backlog = self._bind_spec
-        self.listeners.extend(listen_all(addrs, backlog))
+        # Sockets from systemd are never re-bound, not on HUP either.
         scheme = "https" if self._tls is not None else "http"
-        for sock in self.listeners:
-            host, port = sock.getsockname()[:2]
-            logger.info("listening on %s://%s:%d", scheme, format_host(host), port)
-        self.port = self.listeners[0].getsockname()[1]
+        self.listeners, self._activated = open_listeners(self._bind_spec, scheme)
+        self.port = port_of(self.listeners[0])
 
     def _write_pidfile(self) -> None:
         if self.pidfile is None:
@@ -279,6 +287,7 @@ class Master:
     def handle_ttin(self) -> None:
         self._target += 1
         logger.info("SIGTTIN: %d worker(s)", self._target)
+        self._notify.status(self._status())
 
     def handle_ttou(self) -> None:
         if self._target <= 1:
@@ -286,6 +295,8 @@ class Master:
             return
         self._target -= 1
         logger.info("SIGTTOU: %d worker(s)", self._target)
+        self._notify.status(self._status())
+        self._notify_first_ready()
 
     def handle_hup(self) -> None:
         if self._reload is not None:
@@ -293,17 +304,20 @@ class Master:
             logger.info("SIGHUP: queued until generation %d is ready", self._reload.generation)
             return
         logger.info("SIGHUP: reloading")
+        if self._ready_sent:  # before the first READY=1, systemd is still starting us
+            self._notify.reloading(f"reloading; {self._status()}")
         try:  # transactional: nothing changes unless the new config and TLS files are good
             cfg = self._reread_config()
             tls = load_tls(cfg.ssl)
             spec = bind_spec(cfg)
         except PreforkError as exc:
             logger.error("reload failed: %s; generation %d keeps serving", exc, self._generation)
+            self._notify_reload_done(f"reload failed: {exc}")
             self._metrics.reloaded(False)
             return
         if cfg.metrics_bind != self.cfg.metrics_bind:
             logger.warning("reload: metrics_bind changed: that needs a restart")
-        if spec != self._bind_spec:
+        if spec != self._bind_spec and not self._activated:
             logger.warning("reload: ip, port, binds or backlog changed: that needs a restart")
         target = cfg.workers if cfg.workers != self.cfg.workers else self._target
         log.set_level(cfg.log_level)
@@ -321,9 +335,19 @@ class Master:
             reload.pending.add(worker.pid)
 
     def _reread_config(self) -> Config:
+        """The file again, under the PREFORK_ variables and the flags (without a file,
+        nothing can have changed: the environment is fixed at the master's start)."""
         if self.config_file is None:
             return self.cfg
-        return Config.build(merged_flags(load_toml(self.config_file), self.overrides))
+        env_cfg, _ = from_environ(os.environ)
+        return Config.build(layered(load_toml(self.config_file), env_cfg, self.overrides))
+
+    def _notify_reload_done(self, outcome: str) -> None:
+        """READY=1 after RELOADING=1, whether the reload took or not: systemd waits for it."""
+        if self._ready_sent:
+            self._notify.ready(f"{outcome}; {self._status()}")
+        else:
+            self._notify_first_ready()
 
     # -- workers ------------------------------------------------------------
 
@@ -408,11 +432,29 @@ class Master:
             reload.pending.discard(worker.pid)
             if not reload.pending:
                 self._commit_reload(reload)
+        self._notify_first_ready()
+
+    # -- systemd notification -------------------------------------------------
+
+    def _status(self) -> str:
+        return f"generation {self._generation} serving, {self._target} worker(s)"
+
+    def _notify_first_ready(self) -> None:
+        """READY=1 once every worker of the first generation serves (reloads tell their own)."""
+        if self._ready_sent or self._reload is not None or self._stopping is not None:
+            return
+        serving = sum(
+            1
+            for w in self._workers.values()
+            if w.generation == self._generation and w.state is WorkerState.SERVING
+        )
+        if serving >= self._target:
+            self._ready_sent = True
+            self._notify.ready(self._status())
 
     def _commit_reload(self, reload: _Reload) -> None:
         old_generation, self._generation = self._generation, reload.generation
         self._reload = None
-        self._metrics.reloaded(True)
         if reload.cfg.workers != self.cfg.workers:  # else keep any TTIN/TTOU since the start
             self._target = reload.cfg.workers
         self.cfg, self._tls = reload.cfg, reload.tls
@@ -422,13 +464,14 @@ class Master:
         for worker in list(self._workers.values()):
             if worker.generation < reload.generation:
                 self._stop_worker(worker, f"generation {reload.generation} is serving")
+        self._notify_reload_done("reloaded")
+        self._metrics.reloaded(True)
         self._reload_queued()
 
     def _abort_reload(self, reason: str) -> None:
         reload = self._reload
         assert reload is not None
         self._reload = None
-        self._metrics.reloaded(False)
         log.set_level(self.cfg.log_level)
         logger.error("reload failed: %s; generation %d keeps serving", reason, self._generation)
         for worker in list(self._workers.values()):
@@ -438,6 +481,8 @@ class Master:
                     self._force_kill(worker, "reload aborted")
                 else:
                     self._stop_worker(worker, "reload aborted")
+        self._notify_reload_done(f"reload failed: {reason}")
+        self._metrics.reloaded(False)
         self._reload_queued()
 
     def _reload_queued(self) -> None:
@@ -475,7 +520,7 @@ class Master:
             if worker is None:  # e.g. re-parented to us as PID 1: reaped, nothing more
                 logger.debug("reaped pid %d (not a worker): %s", pid, describe_status(status))
                 continue
-            self._metrics_exited(worker, status)
+            self._metrics_exited(worker)
             self._wakeups.close_pipe(worker)
             self._on_exit(worker, status)
 
@@ -577,13 +622,13 @@ class Master:
             workers[worker.state.value] += 1
         queues = []
         for sock in self.listeners:
-            waiting = accept_queue_length(sock)
+            waiting = accept_queue_length(sock)  # TCP on Linux only
             if waiting is not None:
                 host, port = sock.getsockname()[:2]
                 queues.append((f"{format_host(host)}:{port}", waiting))
         return MasterView(self._generation, workers, queues)
 
-    def _metrics_exited(self, worker: Worker, status: int) -> None:
+    def _metrics_exited(self, worker: Worker) -> None:
         """A reaped worker: read what it sent last (its final counts), count the restart."""
         with contextlib.suppress(OSError):
             while worker.pipe_r >= 0 and (data := os.read(worker.pipe_r, 4096)):
@@ -607,6 +652,8 @@ class Master:
     # -- stopping -----------------------------------------------------------
 
     def _begin_stop(self, how: Stop) -> None:
+        if self._stopping is None:
+            self._notify.stopping(f"stopping ({how.value}); {self._status()}")
         self._stopping = how
         self._reload = None
         self._reload_again = False

@@ -28,6 +28,7 @@ pytestmark = pytest.mark.deploy
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 UNIT = DEPLOY / "prefork.service"
+SOCKET_UNIT = DEPLOY / "prefork.socket"
 EXAMPLE_TOML = DEPLOY / "example.toml"
 CONTAINERFILE = DEPLOY / "Containerfile"
 EXAMPLE_APP = DEPLOY / "app.py"
@@ -84,20 +85,25 @@ def example_config() -> Config:
 # --- systemd -----------------------------------------------------------------
 
 
-def unit_service_section(text: str) -> dict[str, str]:
-    """The [Service] keys of a unit (the last assignment wins, as in systemd)."""
+def unit_section_lists(text: str, wanted: str = "[Service]") -> dict[str, list[str]]:
+    """Every assignment of a unit's section, in order (ExecReload= may be repeated)."""
     section = ""
-    out: dict[str, str] = {}
+    out: dict[str, list[str]] = {}
     for raw in text.splitlines():
         line = raw.strip()
         if not line or line.startswith(("#", ";")):
             continue
         if line.startswith("["):
             section = line
-        elif section == "[Service]":
+        elif section == wanted:
             key, _, value = line.partition("=")
-            out[key.strip()] = value.strip()
+            out.setdefault(key.strip(), []).append(value.strip())
     return out
+
+
+def unit_service_section(text: str, wanted: str = "[Service]") -> dict[str, str]:
+    """The keys of a unit's section (the last assignment wins, as in systemd)."""
+    return {key: values[-1] for key, values in unit_section_lists(text, wanted).items()}
 
 
 _TIMESPAN_UNITS = {
@@ -125,12 +131,15 @@ def timespan_seconds(value: str) -> float:
     return float(sum(int(n) * _TIMESPAN_UNITS[unit] for n, unit in parts))
 
 
-def verifiable_unit(tmp_path: Path, text: str | None = None) -> Path:
-    """A copy of the unit whose ExecStart names the installed console script.
+def verifiable_unit(
+    tmp_path: Path, text: str | None = None, socket_text: str | None = None
+) -> Path:
+    """A copy of the unit whose ExecStart and ExecReload name the installed console script.
 
-    verify checks that ExecStart's binary exists, and /opt/prefork/venv is not
-    there on a test machine, so only that path is replaced: everything else is
-    checked as shipped. verify does not resolve User=/Group= (systemd looks the
+    verify checks that the commands' binaries exist, and /opt/prefork/venv is
+    not there on a test machine, so only that path is replaced: everything else
+    is checked as shipped. The socket unit is copied beside it (a socket unit
+    verifies only with its service there). verify does not resolve User=/Group= (systemd looks the
     user up when the service starts), so the dedicated user needs no change
     and the test creates none.
     """
@@ -139,10 +148,14 @@ def verifiable_unit(tmp_path: Path, text: str | None = None) -> Path:
         pytest.fail("the prefork console script is not installed (pip install -e .)")
     text = UNIT.read_text() if text is None else text
     assert text.count(f"ExecStart={UNIT_EXEC_PATH} ") == 1, "unit's ExecStart path changed"
+    assert text.count(f"ExecReload={UNIT_EXEC_PATH} ") == 1, "unit's check path changed"
     unit_dir = tmp_path / "unit"
     unit_dir.mkdir()
     copy = unit_dir / UNIT.name  # verify wants a valid unit name
-    copy.write_text(text.replace(f"ExecStart={UNIT_EXEC_PATH} ", f"ExecStart={prefork_bin} "))
+    copy.write_text(text.replace(f"={UNIT_EXEC_PATH} ", f"={prefork_bin} "))
+    (unit_dir / SOCKET_UNIT.name).write_text(
+        SOCKET_UNIT.read_text() if socket_text is None else socket_text
+    )
     return copy
 
 
@@ -181,9 +194,64 @@ def test_unit_hardening_keeps_exposure_low(tmp_path: Path) -> None:
     assert proc.returncode == 0, report(proc)
 
 
+def test_socket_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
+    analyze = require_tool("systemd-analyze")
+    socket_unit = verifiable_unit(tmp_path).with_name(SOCKET_UNIT.name)
+    proc, messages = verify_unit(analyze, socket_unit)
+    assert proc.returncode == 0, report(proc)
+    assert not messages, report(proc)
+
+
+def test_socket_unit_verify_catches_a_bad_line(tmp_path: Path) -> None:
+    analyze = require_tool("systemd-analyze")
+    broken = SOCKET_UNIT.read_text().replace("Backlog=256", "Backlog=lots")
+    socket_unit = verifiable_unit(tmp_path, socket_text=broken).with_name(SOCKET_UNIT.name)
+    _, messages = verify_unit(analyze, socket_unit)
+    assert any("lots" in m for m in messages), messages
+
+
+def test_socket_unit_listens_where_the_example_config_binds() -> None:
+    socket_keys = unit_section_lists(SOCKET_UNIT.read_text(), "[Socket]")
+    cfg = example_config()
+    assert socket_keys["ListenStream"] == [f"{cfg.ip}:{cfg.port}"]
+    assert socket_keys["Backlog"] == [str(cfg.backlog)]
+    assert socket_keys["Accept"] == ["no"]  # one shared socket, not a service per connection
+
+
+def test_unit_notifies_and_checks_before_reloading() -> None:
+    lists = unit_section_lists(UNIT.read_text())
+    service = unit_service_section(UNIT.read_text())
+    # prefork speaks sd_notify from the master, the main process.
+    assert service["Type"] == "notify"
+    assert service["NotifyAccess"] == "main"
+    # The check runs the same app and flags as ExecStart, then the HUP: in that order.
+    start_args = service["ExecStart"].removeprefix(f"{UNIT_EXEC_PATH} run ")
+    assert lists["ExecReload"] == [
+        f"{UNIT_EXEC_PATH} check {start_args}",
+        "/bin/kill -HUP $MAINPID",
+    ]
+
+
+def test_unit_reload_check_passes_on_the_shipped_example() -> None:
+    # The ExecReload check, with the example app and config, as an operator's
+    # first `systemctl reload` would run it.
+    check = unit_section_lists(UNIT.read_text())["ExecReload"][0].split()
+    assert check[1:3] == ["check", "app:handle"]
+    args = [a if a != "/etc/prefork/prefork.toml" else str(EXAMPLE_TOML) for a in check[2:]]
+    proc = subprocess.run(
+        [sys.executable, "-m", "prefork", "check", *args],
+        cwd=DEPLOY,
+        capture_output=True,
+        text=True,
+        timeout=VALIDATOR_TIMEOUT_S,
+        check=False,
+    )
+    assert proc.returncode == 0, report(proc)
+    assert "# would serve app:handle" in proc.stdout
+
+
 def test_unit_signals_match_the_contract() -> None:
     service = unit_service_section(UNIT.read_text())
-    assert service["Type"] in ("exec", "simple")
     # API.md: SIGHUP reloads, SIGTERM stops gracefully.
     assert service["ExecReload"] == "/bin/kill -HUP $MAINPID"
     assert service["KillSignal"] == "SIGTERM"

@@ -24,9 +24,10 @@ import pytest
 import uvloop
 
 from prefork.apps.handler import Context
+from prefork.apps.native import NativeApp
 from prefork.config import Config
 from prefork.engine.connection import Connection, serve_connection
-from prefork.engine.state import ServerState
+from prefork.engine.shared import Shared
 
 pytestmark = pytest.mark.e2e
 
@@ -62,7 +63,7 @@ def serve_one(handler: Callable[..., Any], request: bytes, *, close_first: bool 
 
     async def main() -> bytes:
         loop = asyncio.get_running_loop()
-        state = ServerState(Config.build({"log_level": "error"}), handler)
+        state = Shared(Config.build({"log_level": "error"}), NativeApp(handler))
         state.start()
         with socket.socket() as listener:
             listener.bind(("127.0.0.1", 0))

@@ -13,13 +13,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from prefork.config import DEFAULT_COMPRESSION, Config
+from prefork.engine.slices import compress_in_slices
 from prefork.http.compression import (
     SLICE_BYTES,
     Encoder,
     Policy,
     apply_headers,
     compress_body,
-    compress_in_slices,
     make_encoder,
     negotiate_encoding,
 )

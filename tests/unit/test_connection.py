@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import gzip
-import time
+import math
 from typing import Any
 
 import pytest
 
 import prefork
-from prefork.apps.native import exchange
+from prefork.apps.native import NativeApp, exchange
 from prefork.config import Config
-from prefork.engine.connection import QUICK_HANDLER_S, Connection
-from prefork.engine.state import COUNTS_SHARED, DEADLINE_GRAIN, WRITE_BATCH, Deadline, ServerState
+from prefork.engine.batch import WRITE_BATCH
+from prefork.engine.connection import Connection
+from prefork.engine.shared import COUNTS_SHARED, DEADLINE_GRAIN, Deadline, Shared
 from prefork.http import protocol
 
 DATE_LINE = "Date: Wed, 25 Nov 2026 08:00:00 GMT\r\n"
@@ -69,8 +70,13 @@ def pinned_date(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(protocol.DateHeader, "refresh", lambda self, now=None: None)
 
 
-def make(handler: Any, backend: str = "httptools", **cfg: Any) -> tuple[Connection, FakeTransport]:
-    state = ServerState(Config.build({"http": backend, "log_level": "error", **cfg}), handler)
+def make(
+    handler: Any, backend: str = "httptools", quick_s: float = math.inf, **cfg: Any
+) -> tuple[Connection, FakeTransport]:
+    """A connection on a fake transport; ``quick_s``: NativeApp's batching threshold
+    (by default every handler counts as quick, so no test hinges on the wall clock)."""
+    app = NativeApp(handler, quick_s=quick_s)
+    state = Shared(Config.build({"http": backend, "log_level": "error", **cfg}), app)
     conn = Connection(state)
     transport = FakeTransport()
     conn.connection_made(transport)  # type: ignore[arg-type]
@@ -79,7 +85,7 @@ def make(handler: Any, backend: str = "httptools", **cfg: Any) -> tuple[Connecti
 
 async def parked(conn: Connection) -> asyncio.Task[Any]:
     """The connection's coroutine, started and parked waiting for a request."""
-    task = asyncio.get_running_loop().create_task(exchange(conn, conn.state, "127.0.0.1", 0, None))
+    task = asyncio.get_running_loop().create_task(exchange(conn, conn.shared, "127.0.0.1", 0, None))
     await asyncio.sleep(0)
     return task
 
@@ -106,7 +112,7 @@ HELLO_RESPONSE = (
 async def test_get_answers_exact_bytes(backend: str) -> None:
     conn, transport = make(hello, backend)
     conn.data_received(GET)
-    action = await exchange(conn, conn.state, "127.0.0.1", 0, None)
+    action = await exchange(conn, conn.shared, "127.0.0.1", 0, None)
     assert action == "keep-alive"
     assert transport.data() == HELLO_RESPONSE
 
@@ -152,7 +158,7 @@ async def test_post_body_split_at_every_byte_is_the_same(backend: str) -> None:
         conn, transport = make(echo, backend)
         conn.data_received(raw[:cut])
         conn.data_received(raw[cut:])
-        assert await exchange(conn, conn.state, "127.0.0.1", 0, None) == "keep-alive"
+        assert await exchange(conn, conn.shared, "127.0.0.1", 0, None) == "keep-alive"
         assert transport.data().endswith(b"Content-Length: 5\r\n\r\nabcde")
     assert seen == [b"abcde"] * (len(raw) - 1)
 
@@ -164,7 +170,7 @@ async def test_pipelined_requests_are_answered_in_order() -> None:
     conn, transport = make(path)
     conn.data_received(b"".join(b"GET /%d HTTP/1.1\r\nHost: a\r\n\r\n" % i for i in (1, 2, 3)))
     for i in range(3):
-        assert await exchange(conn, conn.state, "127.0.0.1", i, None) == "keep-alive"
+        assert await exchange(conn, conn.shared, "127.0.0.1", i, None) == "keep-alive"
     bodies = [chunk.rsplit(b"\r\n\r\n", 1)[1] for chunk in transport.written]
     assert bodies == [b"/1", b"/2", b"/3"]
 
@@ -175,7 +181,7 @@ async def test_handler_that_raises_gets_500_and_close() -> None:
 
     conn, transport = make(boom)
     conn.data_received(GET)
-    assert await exchange(conn, conn.state, "127.0.0.1", 0, None) == "close"
+    assert await exchange(conn, conn.shared, "127.0.0.1", 0, None) == "close"
     assert transport.data().startswith(b"HTTP/1.1 500 Internal Server Error\r\n")
     assert b"Connection: close\r\n" in transport.data()
     assert transport.eof_written
@@ -197,7 +203,7 @@ async def test_header_injection_gets_500(headers: dict[str, str]) -> None:
 
     conn, transport = make(evil)
     conn.data_received(GET)
-    assert await exchange(conn, conn.state, "127.0.0.1", 0, None) == "close"
+    assert await exchange(conn, conn.shared, "127.0.0.1", 0, None) == "close"
     assert transport.data().startswith(b"HTTP/1.1 500 ")
     assert b"stolen" not in transport.data()
     assert b"Injected" not in transport.data()
@@ -209,7 +215,7 @@ async def test_all_none_result_writes_nothing_and_keeps_alive() -> None:
 
     conn, transport = make(proxied)
     conn.data_received(GET)
-    assert await exchange(conn, conn.state, "127.0.0.1", 0, None) == "keep-alive"
+    assert await exchange(conn, conn.shared, "127.0.0.1", 0, None) == "keep-alive"
     assert transport.written == []
 
 
@@ -220,7 +226,7 @@ async def test_expect_continue_is_answered_before_the_body() -> None:
     )
     assert transport.data() == b"HTTP/1.1 100 Continue\r\n\r\n"
     conn.data_received(b"abc")
-    assert await exchange(conn, conn.state, "127.0.0.1", 0, None) == "keep-alive"
+    assert await exchange(conn, conn.shared, "127.0.0.1", 0, None) == "keep-alive"
     assert transport.written[1].startswith(b"HTTP/1.1 200 OK\r\n")
 
 
@@ -230,7 +236,7 @@ async def test_expect_continue_over_the_limit_gets_413_without_100() -> None:
         b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 11\r\nExpect: 100-continue\r\n\r\n"
     )
     with pytest.raises(prefork.errors.ProtocolError):
-        await exchange(conn, conn.state, "127.0.0.1", 0, None)
+        await exchange(conn, conn.shared, "127.0.0.1", 0, None)
     assert transport.data().startswith(b"HTTP/1.1 413 ")
     assert b"100 Continue" not in transport.data()
 
@@ -238,8 +244,8 @@ async def test_expect_continue_over_the_limit_gets_413_without_100() -> None:
 async def test_last_request_per_connection_carries_close() -> None:
     conn, transport = make(hello, requests_per_connection=2)
     conn.data_received(GET + GET)
-    assert await exchange(conn, conn.state, "127.0.0.1", 0, None) == "keep-alive"
-    assert await exchange(conn, conn.state, "127.0.0.1", 1, None) == "close"
+    assert await exchange(conn, conn.shared, "127.0.0.1", 0, None) == "keep-alive"
+    assert await exchange(conn, conn.shared, "127.0.0.1", 1, None) == "close"
     assert b"Connection: close" not in transport.written[0]
     assert transport.written[1].endswith(b"Connection: close\r\n\r\nHello, World!")
 
@@ -247,7 +253,7 @@ async def test_last_request_per_connection_carries_close() -> None:
 async def test_head_has_length_but_no_body() -> None:
     conn, transport = make(hello)
     conn.data_received(b"HEAD /hello HTTP/1.1\r\nHost: a\r\n\r\n")
-    assert await exchange(conn, conn.state, "127.0.0.1", 0, None) == "keep-alive"
+    assert await exchange(conn, conn.shared, "127.0.0.1", 0, None) == "keep-alive"
     assert transport.data().endswith(b"Content-Length: 13\r\n\r\n")
 
 
@@ -257,7 +263,7 @@ async def test_stream_is_sent_chunked_exactly() -> None:
 
     conn, transport = make(stream)
     conn.data_received(GET)
-    assert await exchange(conn, conn.state, "127.0.0.1", 0, None) == "keep-alive"
+    assert await exchange(conn, conn.shared, "127.0.0.1", 0, None) == "keep-alive"
     assert transport.data().endswith(
         b"Transfer-Encoding: chunked\r\n\r\n2\r\nab\r\n3\r\ncde\r\n0\r\n\r\n"
     )
@@ -274,7 +280,7 @@ async def test_async_stream_to_http10_is_close_delimited() -> None:
 
     conn, transport = make(stream)
     conn.data_received(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
-    assert await exchange(conn, conn.state, "127.0.0.1", 0, None) == "close"
+    assert await exchange(conn, conn.shared, "127.0.0.1", 0, None) == "close"
     data = transport.data()
     assert b"Transfer-Encoding" not in data
     assert data.endswith(b"Connection: close\r\n\r\nonetwo")
@@ -283,7 +289,7 @@ async def test_async_stream_to_http10_is_close_delimited() -> None:
 async def test_http10_keep_alive_is_confirmed() -> None:
     conn, transport = make(hello)
     conn.data_received(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
-    assert await exchange(conn, conn.state, "127.0.0.1", 0, None) == "keep-alive"
+    assert await exchange(conn, conn.shared, "127.0.0.1", 0, None) == "keep-alive"
     assert b"Connection: keep-alive\r\n" in transport.data()
 
 
@@ -322,7 +328,7 @@ async def test_bytes_after_an_upgrade_request_reach_the_handler_unparsed() -> No
     conn.data_received(
         b"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: x\r\nConnection: Upgrade\r\n\r\nnot http\r\n\r\n"
     )
-    assert await exchange(conn, conn.state, "127.0.0.1", 0, None) == "keep-alive"
+    assert await exchange(conn, conn.shared, "127.0.0.1", 0, None) == "keep-alive"
     assert transport.written == [b"HTTP/1.1 101 Switching Protocols\r\n\r\n", b"NOT HTTP\r\n\r\n"]
 
 
@@ -331,8 +337,8 @@ async def test_declined_upgrade_parses_what_follows_as_http() -> None:
     conn.data_received(
         b"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: x\r\nConnection: upgrade\r\n\r\n" + GET
     )
-    assert await exchange(conn, conn.state, "127.0.0.1", 0, None) == "keep-alive"
-    assert await exchange(conn, conn.state, "127.0.0.1", 1, None) == "keep-alive"
+    assert await exchange(conn, conn.shared, "127.0.0.1", 0, None) == "keep-alive"
+    assert await exchange(conn, conn.shared, "127.0.0.1", 1, None) == "keep-alive"
     assert transport.data() == HELLO_RESPONSE * 2
 
 
@@ -344,7 +350,7 @@ async def test_request_pipelined_after_close_is_not_answered_by_the_woken_corout
         return "x", 200, {}
 
     conn, _ = make(record)
-    task = asyncio.get_running_loop().create_task(exchange(conn, conn.state, "127.0.0.1", 0, None))
+    task = asyncio.get_running_loop().create_task(exchange(conn, conn.shared, "127.0.0.1", 0, None))
     await asyncio.sleep(0)  # parked: the inline path answers the first request
     conn.data_received(
         b"GET /close HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
@@ -365,7 +371,7 @@ def _stream_then_text(
 async def _exchange_once(conn: Connection, feed: list[bytes]) -> str:
     """Park an exchange, feed ``feed`` without yielding in between, await it (bounded)."""
     task = asyncio.get_running_loop().create_task(
-        exchange(conn, conn.state, "127.0.0.1", conn.count, None)
+        exchange(conn, conn.shared, "127.0.0.1", conn.count, None)
     )
     await asyncio.sleep(0)
     for data in feed:
@@ -394,7 +400,7 @@ async def test_continue_waits_for_a_handed_off_response() -> None:
     assert transport.data().startswith(b"HTTP/1.1 200 OK\r\n")
     assert transport.data().endswith(b"5\r\nfirst\r\n0\r\n\r\n")
     task = asyncio.get_running_loop().create_task(
-        exchange(conn, conn.state, "127.0.0.1", conn.count, None)
+        exchange(conn, conn.shared, "127.0.0.1", conn.count, None)
     )
     await asyncio.sleep(0)  # parked: now the 100, after the stream
     assert transport.written[-1] == b"HTTP/1.1 100 Continue\r\n\r\n"
@@ -428,7 +434,7 @@ async def test_500_to_head_has_length_but_no_body() -> None:
 
     conn, transport = make(boom)
     conn.data_received(b"HEAD / HTTP/1.1\r\nHost: a\r\n\r\n")
-    assert await exchange(conn, conn.state, "127.0.0.1", 0, None) == "close"
+    assert await exchange(conn, conn.shared, "127.0.0.1", 0, None) == "close"
     assert transport.data() == (
         b"HTTP/1.1 500 Internal Server Error\r\nServer: prefork\r\n"
         + DATE_LINE.encode()
@@ -457,7 +463,7 @@ async def test_compressed_response_keeps_repeated_and_cased_header_lines() -> No
 
     conn, transport = make(page)
     conn.data_received(b"GET / HTTP/1.1\r\nHost: h\r\nAccept-Encoding: gzip\r\n\r\n")
-    assert await exchange(conn, conn.state, "127.0.0.1", 0, None) == "keep-alive"
+    assert await exchange(conn, conn.shared, "127.0.0.1", 0, None) == "keep-alive"
     head, _, payload = transport.data().partition(b"\r\n\r\n")
     lines = head.decode("latin-1").split("\r\n")[1:]
     assert "Set-Cookie: a=1" in lines
@@ -481,7 +487,7 @@ async def test_inline_counts_run_past_the_shared_table_and_close_at_the_limit() 
     task = await parked(conn)
     conn.data_received(GET * 300)
     assert conn.count == 300
-    assert conn.count is conn.state.counts[300]  # shared, not an int of its own
+    assert conn.count is conn.shared.counts[300]  # shared, not an int of its own
     conn.data_received(GET * (limit - 300 + 5))  # 5 more than allowed
     assert await task == "close"
     assert conn.count == limit
@@ -493,7 +499,7 @@ async def test_inline_counts_run_past_the_shared_table_and_close_at_the_limit() 
 async def test_connections_going_idle_together_share_a_deadline_never_early() -> None:
     loop = asyncio.get_running_loop()
     conns = [make(hello, keepalive_idle_timeout=7)[0] for _ in range(2)]
-    state = conns[1].state = conns[0].state
+    state = conns[1].shared = conns[0].shared
     tasks = [loop.create_task(exchange(c, state, "127.0.0.1", 0, None)) for c in conns]
     await asyncio.sleep(0)
     before = loop.time()
@@ -517,13 +523,13 @@ async def test_connections_from_one_address_share_its_string() -> None:
     assert first.client_ip is second.client_ip
 
 
-# -- the inline path's writes go out together (ServerState.defer_write) ------
+# -- the inline path's writes go out together (Connection.write_response, engine.batch) --
 
 
 async def test_inline_responses_go_out_together_at_the_end_of_the_loop_turn() -> None:
     loop = asyncio.get_running_loop()
     conns = [make(hello)[0] for _ in range(2)]
-    state = conns[1].state = conns[0].state
+    state = conns[1].shared = conns[0].shared
     transports = [conn.transport for conn in conns]
     tasks = [loop.create_task(exchange(c, state, "127.0.0.1", 0, None)) for c in conns]
     await asyncio.sleep(0)
@@ -574,16 +580,19 @@ async def test_a_deferred_response_to_a_closed_transport_is_dropped() -> None:
         await task
 
 
-async def test_a_slow_handler_response_goes_out_at_once_with_the_batch_before_it() -> None:
-    def handler(method: str, query: str, args: Any, headers: Any, body: bytes, ctx: Any) -> Any:
-        if query == "/slow":
-            time.sleep(QUICK_HANDLER_S * 5)
-        return "Hello, World!", 200, {"content-type": "text/plain"}
-
-    conn, transport = make(handler)
+async def test_a_slow_handler_response_goes_out_at_once() -> None:
+    conn, transport = make(hello, quick_s=0.0)  # every handler counts as slow
     task = await parked(conn)
-    conn.data_received(GET)  # quick: batched
+    conn.data_received(GET)
+    assert transport.written == [HELLO_RESPONSE]
+    await lose(conn, task)
+
+
+async def test_an_unbatched_response_goes_out_after_the_batch_before_it() -> None:
+    conn, transport = make(hello)
+    task = await parked(conn)
+    conn.data_received(GET)  # batched
     assert transport.written == []
-    conn.data_received(b"GET /slow HTTP/1.1\r\nHost: example.com\r\n\r\n")
-    assert transport.written == [HELLO_RESPONSE, HELLO_RESPONSE]  # the batch, then its own
+    conn.write_response(b"HEAD2", b"", keep_alive=True, batchable=False)
+    assert transport.written == [HELLO_RESPONSE, b"HEAD2"]  # the batch, then its own
     await lose(conn, task)

@@ -262,6 +262,7 @@ def test_reopen_follows_a_rotated_stderr_file_by_name(tmp_path: Path) -> None:
         os.close(fd)
         sys.stderr = open(2, "w", closefd=False)  # noqa: SIM115 - the process's stderr
         log._handler = None  # a fresh setup, as in a new process
+        logging.getLogger(log.ROOT).handlers.clear()  # (the fixture puts them back)
         log.setup("access")
         logging.getLogger(log.MASTER).info("before")
         path.rename(tmp_path / "prefork.log.1")  # what logrotate does

@@ -1,14 +1,14 @@
-"""What one worker's connections share: ``ServerState``, deadlines and their sweeper.
+"""What one worker's connections share: ``Shared``, deadlines and their sweeper.
 
-``ServerState`` is built once per worker, in the child's loop, and handed to
-every ``Connection``: the config and the handler, the request limits, the
-caches (heads, header fields, compressed bodies), the one head parser, the
-access log, the set of open connections, and the drain at shutdown
-(``begin_drain``, then ``wait_closed``).
+``Shared`` is built once per worker, in the child's loop, and handed to every
+``Connection`` (as ``conn.shared``): the config and the app interface, the
+request limits, the caches (heads, header fields, compressed bodies), the one
+head parser, the write batch, the access log, the set of open connections, and
+the drain at shutdown (``begin_drain``, then ``wait_closed``).
 
 Deadlines are absolute: a connection stores when it expires (``deadline``) and
 why (a ``Deadline`` kind). One sweeper per worker (started by
-``ServerState.start``) checks them every ``sweep_interval`` seconds and calls
+``Shared.start``) checks them every ``sweep_interval`` seconds and calls
 ``Connection.on_deadline``: no timer per request. It also refreshes ``DATE``.
 """
 
@@ -18,28 +18,26 @@ import asyncio
 import enum
 import logging
 import ssl
-from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from prefork import log
-from prefork._types import Handler
-from prefork.apps.handler import is_async_handler
 from prefork.config import Config
+from prefork.engine.batch import WriteBatch
 from prefork.http import compression
+from prefork.http.forwarded import Trust
 from prefork.http.parsers import make_parser, resolve
 from prefork.http.protocol import DATE, HeadCache
 from prefork.http.request import Limits
+from prefork.http.response import FieldsCache, NegotiatedCache
 from prefork.metrics import WorkerMetrics
 
 if TYPE_CHECKING:
+    from prefork.engine.app import AppInterface
     from prefork.engine.connection import Connection
 
 logger = logging.getLogger(log.WORKER)
 
-# Keep-alive responses the inline path writes go out together: at the end of
-# the loop turn, or once this many wait (see ServerState.defer_write).
-WRITE_BATCH = 16
-# Request counts up to this are shared int objects (ServerState.counts).
+# Request counts up to this are shared int objects (Shared.counts).
 COUNTS_SHARED = 4096
 # Connections going idle within this many seconds share one deadline float.
 DEADLINE_GRAIN = 0.01
@@ -54,36 +52,38 @@ class Deadline(enum.Enum):
     LINGER = 5
 
 
-class ServerState:
-    """Everything one worker's connections share: config, handler, limits, the sweeper."""
+class Shared:
+    """Everything one worker's connections share: config, app, limits, the sweeper."""
 
     def __init__(
         self,
         cfg: Config,
-        handler: Handler,
+        app: AppInterface,
         *,
         ssl_context: ssl.SSLContext | None = None,
         redis_module: Any = None,
     ) -> None:
         self.cfg = cfg
-        self.handler = handler
-        self.is_async = is_async_handler(handler)
+        self.app = app
         self.ssl_context = ssl_context
+        self.scheme = "https" if ssl_context is not None else "http"
+        # Peers whose X-Forwarded-*/Forwarded fields are believed (http.forwarded).
+        self.trust = Trust(cfg.forwarded_allow_ips)
         self.redis_module = redis_module
         self.limits = Limits.from_config(cfg)
         self.parser_name = resolve(cfg.http)
         self.policy = compression.Policy(cfg.compression)
         self.body_cache = compression.BodyCache(cfg.compression["cache_bytes"])
-        # One big body compressed at a time (compression.compress_in_slices).
+        # One big body compressed at a time (engine.slices.compress_in_slices).
         self.compress_turn = asyncio.Lock()
         self.head_cache: HeadCache = {}
         # One head parser per worker, not per connection: a head is parsed
         # whole and synchronously, so connections never interleave in it, and
         # an llhttp parser costs ~700 bytes on every idle connection.
         self.head_parser = make_parser(self.parser_name)
-        self.fields_cache: dict[tuple[Any, ...], tuple[str, Mapping[str, str], bool, bool]] = {}
-        # Header text after compression's changes, by (text, coding, vary); see exchange.
-        self.negotiated_cache: dict[tuple[str, str | None, bool], str] = {}
+        # Response header texts (http.response.fields, http.response.negotiate).
+        self.fields_cache: FieldsCache = {}
+        self.negotiated_cache: NegotiatedCache = {}
         # The access line and the metrics of every finished request (one call: record).
         self.access = log.AccessLog(
             cfg.log_headers, cfg.access_log_format, WorkerMetrics() if cfg.metrics_bind else None
@@ -103,10 +103,7 @@ class ServerState:
         # for every connection going idle within DEADLINE_GRAIN seconds.
         self.idle_deadline = 0.0
         self.idle_deadline_until = 0.0
-        # Deferred writes, in order: transport, data, transport, data, ...
-        self.deferred: list[Any] = []
-        self.batch_writes = False  # set per response by the inline path
-        self._flush_scheduled = False
+        self.batch = WriteBatch()
         self.connections: set[Connection] = set()
         self.requests_served = 0
         self.draining = False
@@ -121,42 +118,6 @@ class ServerState:
         )
         # Deadlines are checked this often: fine enough for the shortest timeout.
         self.sweep_interval = max(0.05, min(1.0, min(timeouts) / 8))
-
-    def defer_write(self, transport: Any, data: bytes) -> None:
-        """Write ``data`` at the end of this loop turn (or with the batch).
-
-        A peer on the same host (a proxy in front, a load generator) is woken
-        once for a batch of responses rather than once per response; waking it
-        costs the writer's CPU more than the write. Order holds because every
-        other write, close or abort goes through ``Connection._flush_batch``
-        first.
-        """
-        out = self.deferred
-        out.append(transport)
-        out.append(data)
-        if len(out) >= 2 * WRITE_BATCH:
-            self.flush_writes()
-        elif not self._flush_scheduled:
-            self._flush_scheduled = True
-            (self.loop or asyncio.get_running_loop()).call_soon(self._scheduled_flush)
-
-    def _scheduled_flush(self) -> None:
-        self._flush_scheduled = False
-        self.flush_writes()
-
-    def flush_writes(self) -> None:
-        """Write what ``defer_write`` holds, in order."""
-        out = self.deferred
-        if not out:
-            return
-        self.deferred = []
-        pairs = iter(out)
-        for transport, data in zip(pairs, pairs, strict=True):
-            if not transport.is_closing():
-                try:
-                    transport.write(data)
-                except (OSError, RuntimeError) as exc:  # its connection_lost follows
-                    logger.debug("a deferred response could not be written: %s", exc)
 
     def refresh_idle_deadline(self, now: float) -> None:
         """A new shared keep-alive deadline: never early, at most DEADLINE_GRAIN late."""

@@ -1,0 +1,173 @@
+"""What a trusted proxy says about the client: ``X-Forwarded-*`` and RFC 7239 ``Forwarded``.
+
+Sans-I/O: header values in, ``(client address, scheme, host)`` out. The engine
+decides per connection whether the peer is a trusted proxy
+(``forwarded_allow_ips``); only then do the app interfaces ask this module.
+
+The client is the right-most address that is not itself a trusted proxy, as
+nginx's realip module (``real_ip_recursive on``) and uvicorn's proxy-headers
+middleware take it: every proxy appends the address it received the request
+from, so addresses left of the first untrusted one may be forged by the client.
+A malformed value changes nothing (and is reported to the caller's logger at
+debug level), never an error response.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from collections.abc import Iterable, Mapping
+
+logger = logging.getLogger("prefork.worker")
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+# Results remembered per distinct address (what the trust check of one costs
+# with CIDR ranges is a parse; a proxy sends a few distinct addresses).
+_TRUST_CACHE_MAX = 4096
+
+
+class Trust:
+    """Which peers are trusted proxies: exact addresses, CIDR ranges, or ``*``."""
+
+    __slots__ = ("_cache", "_exact", "_networks", "everyone")
+
+    def __init__(self, allowed: Iterable[str]) -> None:
+        self.everyone = False
+        self._exact: set[str] = set()
+        self._networks: list[IPNetwork] = []
+        self._cache: dict[str, bool] = {}
+        for item in allowed:
+            if item == "*":
+                self.everyone = True
+                continue
+            net = ipaddress.ip_network(item, strict=False)
+            if net.num_addresses == 1:
+                self._exact.add(str(net.network_address))
+            else:
+                self._networks.append(net)
+
+    @property
+    def nobody(self) -> bool:
+        return not (self.everyone or self._exact or self._networks)
+
+    def trusts(self, address: str) -> bool:
+        """Whether ``address`` (a peer or a hop in X-Forwarded-For) is a trusted proxy."""
+        if self.everyone or address in self._exact:
+            return True
+        if not self._networks:
+            return False
+        hit = self._cache.get(address)
+        if hit is None:
+            try:
+                ip = ipaddress.ip_address(address)
+            except ValueError:
+                return False
+            if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+                ip = ip.ipv4_mapped
+            hit = any(ip in net for net in self._networks)
+            if len(self._cache) >= _TRUST_CACHE_MAX:
+                self._cache.clear()
+            self._cache[address] = hit
+        return hit
+
+
+def _valid_address(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _client_from_chain(hops: list[str], trust: Trust) -> str | None:
+    """The right-most hop that is not a trusted proxy (or the left-most if all are)."""
+    for hop in reversed(hops):
+        if not _valid_address(hop):
+            logger.debug("ignoring a malformed forwarded address %r", hop)
+            return None
+        if not trust.trusts(hop):
+            return hop
+    return hops[0] if hops else None
+
+
+def _strip_port(node: str) -> str:
+    """A Forwarded ``for=`` node without quotes, brackets or port."""
+    node = node.strip().strip('"')
+    if node.startswith("["):
+        return node[1 : node.find("]")] if "]" in node else ""
+    if node.count(":") == 1:  # IPv4 with a port
+        return node.partition(":")[0]
+    return node
+
+
+def _parse_forwarded(value: str) -> tuple[list[str], str | None, str | None]:
+    """RFC 7239: the ``for=`` chain, and the last element's ``proto=`` and ``host=``."""
+    hops: list[str] = []
+    proto = host = None
+    for element in value.split(","):
+        proto = host = None
+        for pair in element.split(";"):
+            name, sep, raw = pair.partition("=")
+            if not sep:
+                continue
+            name = name.strip().lower()
+            raw = raw.strip().strip('"')
+            if name == "for":
+                hops.append(_strip_port(raw))
+            elif name == "proto":
+                proto = raw.lower()
+            elif name == "host":
+                host = raw
+    return hops, proto, host
+
+
+def resolve(headers: Mapping[str, str], trust: Trust) -> tuple[str | None, str | None, str | None]:
+    """``(client, scheme, host)`` from a trusted proxy's fields; None where a field says nothing.
+
+    ``Forwarded`` wins over the ``X-Forwarded-*`` fields when both are present
+    (RFC 7239 is the standard; a proxy that sends it means it).
+    """
+    client = scheme = host = None
+    forwarded = headers.get("forwarded")
+    if forwarded is not None:
+        hops, scheme, host = _parse_forwarded(forwarded)
+        client = _client_from_chain(hops, trust)
+    else:
+        xff = headers.get("x-forwarded-for")
+        if xff is not None:
+            if "," in xff:
+                client = _client_from_chain([h.strip() for h in xff.split(",")], trust)
+            else:
+                hop = xff.strip()
+                client = hop if _valid_address(hop) else None
+                if client is None:
+                    logger.debug("ignoring a malformed X-Forwarded-For %r", xff)
+        proto = headers.get("x-forwarded-proto")
+        if proto is not None:
+            # A list when several proxies appended: the client's is the first.
+            scheme = proto.partition(",")[0].strip().lower()
+        xfh = headers.get("x-forwarded-host")
+        if xfh is not None:
+            host = xfh.partition(",")[0].strip()
+    if scheme is not None and scheme not in ("http", "https", "ws", "wss"):
+        logger.debug("ignoring a forwarded scheme %r", scheme)
+        scheme = None
+    if host is not None and (not host or any(c in host for c in " /\\@\t")):
+        logger.debug("ignoring a forwarded host %r", host)
+        host = None
+    return client, scheme, host
+
+
+def forwarded_view(
+    headers: Mapping[str, str], trust: Trust
+) -> tuple[str | None, str | None, str | None]:
+    """``resolve`` when a forwarding field is present (a few dict lookups otherwise)."""
+    if (
+        "x-forwarded-for" in headers
+        or "forwarded" in headers
+        or "x-forwarded-proto" in headers
+        or "x-forwarded-host" in headers
+    ):
+        return resolve(headers, trust)
+    return None, None, None

@@ -1,0 +1,184 @@
+"""The response side, sans I/O: a handler's header fields, compression's header
+changes, and the bytes of a response head and of chunks.
+
+Everything here takes values and returns text or bytes; the caches it uses are
+plain dicts that the caller owns (one set per worker). Writing is the engine's
+job (``prefork.engine.connection``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from prefork.http import compression
+from prefork.http.protocol import DATE, SERVER_HEADER, bodyless_status, status_line
+
+# Header names the server owns: a handler's value is replaced or interpreted.
+FRAMING = frozenset(("content-length", "transfer-encoding", "connection", "date"))
+DEFAULT_CONTENT_TYPE = "text/plain; charset=utf-8"
+LAST_CHUNK = b"0\r\n\r\n"
+
+# (header text, lower-case name -> value, has a Server field, asks to close)
+Fields = tuple[str, Mapping[str, str], bool, bool]
+FieldsCache = dict[tuple[Any, ...], Fields]
+NegotiatedCache = dict[tuple[str, str | None, bool], str]
+
+# The text of a response's header fields, by the handler's (name, value)
+# pairs: handlers return the same few header sets again and again, so the
+# checks and the lower-casing run once per distinct set and worker.
+FIELDS_CACHE_MAX_ENTRIES = 256
+# The header text after compression's changes by (text, coding, vary), a pure
+# function of those; a handler sends few distinct header sets. At most 256 x 2
+# KiB per worker.
+NEGOTIATED_MAX_ENTRIES = 256
+NEGOTIATED_MAX_TEXT = 2048
+
+_NO_FIELDS: Fields = ("", {}, False, False)
+
+
+class BadHeader(Exception):
+    """A response header the app set cannot be sent (CR/LF/NUL, not latin-1)."""
+
+
+def body_length(response: bytes) -> int:
+    """The body bytes of a whole response (what follows the head)."""
+    return len(response) - response.find(b"\r\n\r\n") - 4
+
+
+def fields(cache: FieldsCache, headers: Mapping[str, Any] | None, text_body: bool) -> Fields:
+    """Handler headers -> (header text, lower-case map, has Server, asks to close).
+
+    ``text_body``: a ``str`` body, which gets a text/plain content type when the
+    handler set none. The map may be shared through ``cache``: never change it.
+    Raises BadHeader.
+    """
+    if not headers and not text_body:
+        return _NO_FIELDS
+    try:
+        key = (text_body, *headers.items()) if headers else (text_body,)
+        hit = cache.get(key)
+    except TypeError:  # an unhashable value: work it out every time
+        key, hit = None, None
+    if hit is not None:
+        return hit
+    out = build_fields(headers, text_body)
+    if key is not None:
+        if len(cache) >= FIELDS_CACHE_MAX_ENTRIES:
+            cache.clear()  # start over rather than keep stale sets forever
+        cache[key] = out
+    return out
+
+
+def build_fields(headers: Mapping[str, Any] | None, text_body: bool) -> Fields:
+    lines: list[str] = []
+    lower: dict[str, str] = {}
+    close = False
+    for name, value in (headers or {}).items():
+        if not isinstance(value, str):
+            value = str(value)
+        if not isinstance(name, str):
+            raise BadHeader(f"header name {name!r} is not a string")
+        lname = name.lower()
+        if lname in FRAMING:
+            if lname == "connection" and "close" in value.lower():
+                close = True
+            continue
+        lower[lname] = value
+        lines.append(f"{name}: {value}\r\n")
+    if text_body and "content-type" not in lower:
+        lower["content-type"] = DEFAULT_CONTENT_TYPE
+        lines.append(f"content-type: {DEFAULT_CONTENT_TYPE}\r\n")
+    text = "".join(lines)
+    check_text(text, len(lines))
+    return text, lower, "server" in lower, close
+
+
+def check_text(text: str, lines: int) -> None:
+    """Raise BadHeader unless ``text`` is ``lines`` latin-1 lines, each ending in CRLF.
+
+    An app's CR, LF or NUL must never inject a header or split the response.
+    """
+    if text.count("\n") != lines or text.count("\r") != lines or "\0" in text:
+        raise BadHeader("response header contains CR, LF or NUL")
+    try:
+        text.encode("latin-1")
+    except UnicodeEncodeError:
+        raise BadHeader("response header is not latin-1 text") from None
+
+
+def negotiate(
+    policy: compression.Policy,
+    cache: NegotiatedCache,
+    method: str,
+    accept_encoding: str | None,
+    status: int,
+    lower: Mapping[str, str],
+    text: str,
+    body_len: int | None,
+) -> tuple[str | None, str]:
+    """The coding to apply (or None) and the header text, with Vary etc. updated."""
+    if not policy.enabled or method == "HEAD" or bodyless_status(status):
+        return None, text
+    if body_len is not None and body_len < policy.min_size:
+        return None, text
+    coding, vary = policy.choose(method, status, accept_encoding, lower, body_len)
+    if coding is not None or vary:
+        key = (text, coding, vary)
+        new = cache.get(key)
+        if new is None:
+            changed = dict(lower)  # ``lower`` may be shared through the fields cache
+            compression.apply_headers(changed, coding, vary)
+            new = replace_fields(text, lower, changed)
+            if len(text) <= NEGOTIATED_MAX_TEXT:
+                if len(cache) >= NEGOTIATED_MAX_ENTRIES:
+                    cache.clear()
+                cache[key] = new
+        text = new
+    return coding, text
+
+
+def replace_fields(text: str, before: Mapping[str, str], after: Mapping[str, str]) -> str:
+    """``text`` with the fields that differ between ``before`` and ``after`` replaced.
+
+    Every other line stays as the handler wrote it, in its case and repeated if it
+    was (two ``Set-Cookie`` keys differing in case are two lines). ``text`` holds
+    one CRLF per line and no other CR or LF (``build_fields`` checked).
+    """
+    touched = {name for name in before.keys() | after.keys() if before.get(name) != after.get(name)}
+    lines = [
+        line + "\r\n"
+        for line in text.split("\r\n")[:-1]
+        if line.partition(":")[0].lower() not in touched
+    ]
+    lines += [f"{name}: {value}\r\n" for name, value in after.items() if name in touched]
+    return "".join(lines)
+
+
+def encode_head(
+    status: int,
+    text: str,
+    has_server: bool,
+    framing: str,
+    keep_alive: bool,
+    http10: bool,
+) -> bytes:
+    """The response head: status line, Server, Date, ``text``, ``framing``, Connection."""
+    if keep_alive:
+        connection = "Connection: keep-alive\r\n" if http10 else ""
+    else:
+        connection = "Connection: close\r\n"
+    server = "" if has_server else SERVER_HEADER
+    return (f"{status_line(status)}{server}{DATE.line}{text}{framing}{connection}\r\n").encode(
+        "latin-1"
+    )
+
+
+def chunk(data: bytes) -> bytes:
+    """One chunk of a chunked body (``data`` must not be empty)."""
+    return b"%x\r\n%b\r\n" % (len(data), data)
+
+
+def strip_body(response: bytes) -> bytes:
+    """A whole response's head only (RFC 9110 §9.3.2: no content for HEAD)."""
+    return response[: response.index(b"\r\n\r\n") + 4]

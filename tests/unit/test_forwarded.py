@@ -1,0 +1,66 @@
+"""prefork.http.forwarded: which peers are trusted, and what their fields say."""
+
+from __future__ import annotations
+
+import pytest
+
+from prefork.http.forwarded import Trust, resolve
+
+TRUST = Trust(["127.0.0.1", "::1", "10.0.0.0/8"])
+
+
+@pytest.mark.parametrize(
+    ("address", "trusted"),
+    [
+        ("127.0.0.1", True),
+        ("::1", True),
+        ("10.1.2.3", True),
+        ("::ffff:10.1.2.3", True),
+        ("127.0.0.2", False),
+        ("11.0.0.1", False),
+        ("not-an-ip", False),
+    ],
+)
+def test_trust_by_address_and_cidr(address: str, trusted: bool) -> None:
+    assert TRUST.trusts(address) is trusted
+
+
+def test_star_trusts_everyone_and_empty_nobody() -> None:
+    assert Trust(["*"]).trusts("203.0.113.9")
+    assert Trust([]).nobody
+    assert not Trust([]).trusts("127.0.0.1")
+
+
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [
+        ({"x-forwarded-for": "203.0.113.7"}, ("203.0.113.7", None, None)),
+        # The right-most untrusted hop is the client; left of it may be forged.
+        ({"x-forwarded-for": "1.2.3.4, 203.0.113.7, 10.0.0.5"}, ("203.0.113.7", None, None)),
+        ({"x-forwarded-for": "10.0.0.9, 10.0.0.5"}, ("10.0.0.9", None, None)),
+        ({"x-forwarded-for": "garbage"}, (None, None, None)),
+        ({"x-forwarded-for": "1.2.3.4, junk"}, (None, None, None)),
+        ({"x-forwarded-proto": "https"}, (None, "https", None)),
+        ({"x-forwarded-proto": "HTTPS, http"}, (None, "https", None)),
+        ({"x-forwarded-proto": "gopher"}, (None, None, None)),
+        ({"x-forwarded-host": "example.com"}, (None, None, "example.com")),
+        ({"x-forwarded-host": "evil.com/path"}, (None, None, None)),
+        (
+            {"forwarded": 'for=192.0.2.60;proto=https;host=example.com, for="[2001:db8::1]:443"'},
+            ("2001:db8::1", None, None),
+        ),
+        (
+            {"forwarded": "for=192.0.2.60;proto=https;host=example.com"},
+            ("192.0.2.60", "https", "example.com"),
+        ),
+        ({"forwarded": 'for="192.0.2.43:47011"'}, ("192.0.2.43", None, None)),
+        ({"forwarded": "for=unknown"}, (None, None, None)),
+        # Forwarded is the standard: it wins over X-Forwarded-*.
+        (
+            {"forwarded": "for=192.0.2.60", "x-forwarded-for": "198.51.100.1"},
+            ("192.0.2.60", None, None),
+        ),
+    ],
+)
+def test_resolve(headers: dict[str, str], expected: tuple[str | None, ...]) -> None:
+    assert resolve(headers, TRUST) == expected
