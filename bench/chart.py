@@ -2,7 +2,8 @@
 
 Run by run.py with the peers' venv (it holds matplotlib):
 ``bench/.venv/bin/python bench/chart.py results.json results.png``.
-Left: one group of bars per throughput scenario, each bar a server's req/s
+Left: one group of bars per throughput scenario (the varied-heads V1 first,
+the headline), each bar a server's req/s
 divided by the fastest Python peer's in that scenario (1.0 = parity). Right:
 S6, KiB per idle keep-alive connection (lower is better).
 """
@@ -22,29 +23,33 @@ LABELS = {
     "prefork": "prefork",
     "prefork-h11": "prefork (h11)",
     "prefork-access": "prefork (access log)",
-    "prefork-nocache": "prefork (gzip cache off)",
     "prefork-metrics": "prefork (metrics on)",
+    "prefork-nocache": "prefork (gzip cache off)",
     "ceiling": "design ceiling",
     "uvicorn": "uvicorn (httptools)",
     "uvicorn-h11": "uvicorn (h11)",
-    "granian": "granian",
+    "granian": "granian (ASGI)",
+    "granian-wsgi": "granian (WSGI)",
     "gunicorn": "gunicorn + uvicorn",
+    "gunicorn-gthread": "gunicorn gthread",
     "nginx": "nginx",
 }
 COLORS = {
     "prefork": "#d62728",
     "prefork-h11": "#ff9896",
     "prefork-access": "#e377c2",
+    "prefork-metrics": "#f7b6d2",
     "prefork-nocache": "#8c564b",
-    "prefork-metrics": "#bcbd22",
     "ceiling": "#7f7f7f",
     "uvicorn": "#1f77b4",
     "uvicorn-h11": "#aec7e8",
     "granian": "#2ca02c",
+    "granian-wsgi": "#98df8a",
     "gunicorn": "#9467bd",
+    "gunicorn-gthread": "#c5b0d5",
     "nginx": "#bcbd22",
 }
-PYTHON_PEERS = ("uvicorn", "uvicorn-h11", "granian", "gunicorn")
+PYTHON_PEERS = ("uvicorn", "uvicorn-h11", "granian", "granian-wsgi", "gunicorn", "gunicorn-gthread")
 CAP = 4.0
 
 
@@ -58,7 +63,8 @@ def draw(results: dict, out: Path) -> None:
     fig, axes = plt.subplots(
         1,
         2 if mem else 1,
-        figsize=(15 if mem else 12, 6.5),
+        # One group of bars per scenario: wide enough for the ~18 of a full run.
+        figsize=(max(12, 1.1 * len(wrk)) + (3 if mem else 0), 6.5),
         squeeze=False,
         gridspec_kw={"width_ratios": [4, 1]} if mem else None,
     )

@@ -1,17 +1,35 @@
-"""Micro-benchmark of prefork's per-request path, without sockets.
+"""Micro-benchmark of prefork's per-request Python cost, without sockets.
 
-    python bench/micro.py                 # CPU time per keep-alive GET, both parsers
+    python bench/micro.py                 # varied heads: the cost split by stage, both parsers
     python bench/micro.py --access        # the same with the access log on (to /dev/null)
     python bench/micro.py --access --json # ... as JSON lines (access_log_format = "json")
-    python bench/micro.py --metrics       # with metrics counted (metrics_bind set)
+    python bench/micro.py --metrics       # with the metrics counted (metrics_bind set)
     python bench/micro.py --memory        # bytes per parked keep-alive connection (tracemalloc)
+    python bench/micro.py -n 5000         # fewer distinct heads per round
 
-A connection is given a fake transport that swallows writes; its coroutine is
-parked waiting for the next request, and requests are fed with
-``data_received`` the way the event loop does. What is measured is prefork's
-Python work per request (parse, checks, handler call, response bytes): the
-syscalls and the event loop are left out, so this isolates the part that a
-change to the hot path moves. Process time, best of 5 rounds.
+The heads are those of the varied-heads scenario (``heads.py``: every head
+different, ~600 bytes), so prefork's cache of parsed heads never hits, as
+behind a load balancer. Per request, in microseconds of process time (best of
+5 rounds over all the heads):
+
+- parse: the parser backend alone (llhttp or h11) turning a head into
+  method, target, version and raw header fields;
+- checks: the rest of the request reader (framing, the shared checks on the
+  raw bytes, the semantic checks of ``build_request``), i.e. the reader's
+  cost less parse and less the header dict below;
+- arguments: what the handler is given, built from a parsed head: the header
+  dict (the bare cost of ``{name.lower(): value}`` on the same fields) and
+  the query args (``parse_args``);
+- response: the rest of the whole path, i.e. the handler call, the response
+  bytes and their write, the exchange and connection bookkeeping. The whole
+  path runs a real ``Connection`` with a transport that swallows writes, its
+  coroutine parked and fed with ``data_received`` as the event loop does (no
+  syscalls, no event loop turns); "identical" is the same path with one
+  repeated head (the head cache hits).
+
+Only the public pieces of prefork are used, imported in one place below; when
+the engine's modules move, the whole-path rows say so and the sans-I/O stages
+still run.
 """
 
 from __future__ import annotations
@@ -23,20 +41,33 @@ import os
 import sys
 import time
 import tracemalloc
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import uvloop
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+BENCH = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH.parent))
+sys.path.insert(0, str(BENCH))
 
-from prefork import log
-from prefork.apps.native import NativeApp, exchange
-from prefork.config import Config
-from prefork.engine.connection import Connection
-from prefork.engine.shared import Shared
+import heads  # noqa: E402
 
-REQUEST = b"GET /hello HTTP/1.1\r\nHost: localhost:8080\r\nUser-Agent: wrk\r\nAccept: */*\r\n\r\n"
+# -- prefork's pieces: every import of prefork is here -----------------------
+from prefork import log  # noqa: E402
+from prefork.apps.native import NativeApp, exchange  # noqa: E402
+from prefork.config import Config  # noqa: E402
+from prefork.engine.connection import Connection  # noqa: E402
+from prefork.engine.shared import Shared  # noqa: E402
+from prefork.http.parsers import make_parser  # noqa: E402
+from prefork.http.protocol import RequestReader  # noqa: E402
+from prefork.http.request import Limits, build_request, parse_args  # noqa: E402
+
+WHOLE_PATH_MISSING: str | None = None
+# -----------------------------------------------------------------------------
+
+IDENTICAL = b"GET /hello HTTP/1.1\r\nHost: localhost:8080\r\nUser-Agent: wrk\r\nAccept: */*\r\n\r\n"
+ROUNDS = 5
 
 
 def handle(method: str, query: str, args: Any, headers: Any, body: bytes, ctx: Any) -> Any:
@@ -75,17 +106,63 @@ class NullTransport:
         pass
 
 
+def best_per_item(items: list[Any], work: Callable[[list[Any]], object]) -> float:
+    """Microseconds of process time per item of ``work(items)``, best of ROUNDS."""
+    best = float("inf")
+    for _ in range(ROUNDS):
+        started = time.process_time()
+        work(items)
+        best = min(best, (time.process_time() - started) / len(items))
+    return best * 1e6
+
+
 EXTRA: dict[str, Any] = {}  # config keys from the flags (--json, --metrics)
 
 
-def _state(backend: str, level: str) -> Shared:
+def _config(backend: str, level: str = "info") -> Any:
     raw = {"http": backend, "log_level": level, "requests_per_connection": 10**9, **EXTRA}
-    return Shared(Config.build(raw), NativeApp(handle))
+    return Config.build(raw)
 
 
-async def _connection(state: Shared) -> Connection:
+def sans_io_stages(backend: str, varied: list[bytes]) -> dict[str, float]:
+    """parse, reader (all of reading a head), bare header dict, query args: us per head."""
+    cfg = _config(backend)
+    limits = Limits.from_config(cfg)
+    parser = make_parser(backend)
+    parsed = [parser.parse(h) for h in varied]
+    check_fields = not parser.strict_fields
+
+    def parse(items: list[bytes]) -> None:
+        for h in items:
+            parser.parse(h)
+
+    def read(items: list[bytes]) -> None:
+        reader = RequestReader(parser, limits)  # no head cache: every head is fresh
+        for h in items:
+            reader.feed(h)
+            reader.take()
+
+    def header_dict(items: list[Any]) -> None:
+        for _method, _target, _version, raw in items:
+            {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in raw}
+
+    requests = [build_request(m, t, v, raw, limits, check_fields) for m, t, v, raw in parsed]
+
+    def query_args(items: list[Any]) -> None:
+        for req in items:
+            parse_args(req.query)
+
+    return {
+        "parse": best_per_item(varied, parse),
+        "reader": best_per_item(varied, read),
+        "dict": best_per_item(parsed, header_dict),
+        "args": best_per_item(requests, query_args),
+    }
+
+
+async def _connection(state: Any) -> Any:
     conn = Connection(state)
-    conn.connection_made(NullTransport())  # type: ignore[arg-type]
+    conn.connection_made(NullTransport())
 
     async def loop() -> None:
         while True:
@@ -96,34 +173,64 @@ async def _connection(state: Shared) -> Connection:
     return conn
 
 
-async def per_request(backend: str, level: str, n: int) -> float:
-    state = _state(backend, level)
+async def whole_path(backend: str, level: str, items: list[bytes]) -> float:
+    """us per request through a Connection, fed ``items`` in turn."""
+    state = Shared(_config(backend, level), NativeApp(handle))
     state.start()
     conn = await _connection(state)
     best = float("inf")
-    for _ in range(5):
+    for _ in range(ROUNDS):
         started = time.process_time()
-        for _ in range(n):
-            conn.data_received(REQUEST)
-        best = min(best, (time.process_time() - started) / n)
+        for data in items:
+            conn.data_received(data)
+        best = min(best, (time.process_time() - started) / len(items))
         state.access.flush()
     return best * 1e6
 
 
 async def per_connection(n: int) -> float:
-    state = _state("httptools", "info")
+    state = Shared(_config("httptools"), NativeApp(handle))
     state.start()
     gc.collect()
     tracemalloc.start()
     before = tracemalloc.take_snapshot()
     conns = [await _connection(state) for _ in range(n)]
     for conn in conns:
-        conn.data_received(REQUEST)
+        conn.data_received(IDENTICAL)
     await asyncio.sleep(0)
     gc.collect()
     after = tracemalloc.take_snapshot()
     grown = sum(stat.size_diff for stat in after.compare_to(before, "filename"))
     return grown / n
+
+
+def report(backend: str, level: str, count: int) -> list[str]:
+    varied = [heads.for_host(h, "127.0.0.1:8080") for h in heads.generate(count)]
+    st = sans_io_stages(backend, varied)
+    checks = st["reader"] - st["parse"] - st["dict"]
+    arguments = st["dict"] + st["args"]
+    lines = [
+        f"{backend}: varied heads ({count} distinct, ~{sum(map(len, varied)) // count} bytes),"
+        f" us per request",
+        f"  parse      {st['parse']:6.2f}   the {backend} backend alone",
+        f"  checks     {checks:6.2f}   framing, raw-byte and semantic checks"
+        f" (reader {st['reader']:.2f} - parse - header dict)",
+        f"  arguments  {arguments:6.2f}   header dict {st['dict']:.2f} + query args"
+        f" {st['args']:.2f}",
+    ]
+    if WHOLE_PATH_MISSING is not None:
+        lines.append(f"  response   (whole path not available: {WHOLE_PATH_MISSING})")
+        return lines
+    whole = uvloop.run(whole_path(backend, level, varied))
+    same = uvloop.run(whole_path(backend, level, [IDENTICAL] * count))
+    lines += [
+        f"  response   {whole - st['reader'] - st['args']:6.2f}   handler call, response bytes,"
+        " write, exchange (whole - reader - query args)",
+        f"  whole path {whole:6.2f}   (identical heads, cache hits: {same:.2f}; log level {level}"
+        + "".join(f", {key} {value}" for key, value in EXTRA.items())
+        + ")",
+    ]
+    return lines
 
 
 def main() -> None:
@@ -132,9 +239,13 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help='access_log_format = "json"')
     parser.add_argument("--metrics", action="store_true", help="count metrics (metrics_bind)")
     parser.add_argument("--memory", action="store_true", help="bytes per parked connection")
-    parser.add_argument("-n", type=int, default=40000, help="requests per round")
+    parser.add_argument(
+        "-n", type=int, default=heads.DEFAULT_COUNT, help="distinct heads per round (20000)"
+    )
     args = parser.parse_args()
     if args.memory:
+        if WHOLE_PATH_MISSING is not None:
+            raise SystemExit(f"the engine is not importable: {WHOLE_PATH_MISSING}")
         print(f"{uvloop.run(per_connection(1000)):.0f} bytes per parked keep-alive connection")
         return
     level = "access" if args.access else "info"
@@ -146,9 +257,7 @@ def main() -> None:
         sys.stderr = open(os.devnull, "w")  # noqa: SIM115 - the access log's stream
     log.setup(level)
     for backend in ("httptools", "h11"):
-        us = uvloop.run(per_request(backend, level, args.n))
-        extra = "".join(f", {key} {value}" for key, value in EXTRA.items())
-        print(f"{backend:9} {us:6.2f} us per keep-alive GET /hello (log level {level}{extra})")
+        print("\n".join(report(backend, level, args.n)))
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import heads
 import servers
 from measure import Load, WrkResult, memory_profile, run_wrk, summarise, wait_quiet
 from report import render
@@ -36,6 +37,10 @@ from servers import BENCH, REPO, SERVERS, VENV, VENV_PYTHON, Launch
 
 ALL = tuple(SERVERS)
 MAIN = ("prefork", "uvicorn", "granian", "gunicorn", "nginx")
+# Every Python peer and nginx: the varied-heads scenarios run them all.
+PEERS = ("uvicorn", "granian", "granian-wsgi", "gunicorn", "gunicorn-gthread")
+ASGI_ROWS = ("prefork", "granian", "uvicorn")
+WSGI_ROWS = ("prefork", "granian-wsgi", "gunicorn-gthread")
 
 
 @dataclass
@@ -49,14 +54,40 @@ class Scenario:
     pinned: bool = True
     tls: bool = False
     check: str = "hello"
+    app: str = "bench"  # servers.APP_TARGETS: the servers' own apps, or one app for all
+    varied: bool = False  # every request head different (heads.py), else wrk's one request
     extra: dict = field(default_factory=dict)
 
 
+def _app_pair(sid: str, what: str, short: str, rows: tuple[str, ...], app: str) -> list[Scenario]:
+    """An app-interface scenario on identical heads (``sid``1) and on varied heads (``sid``V)."""
+    return [
+        Scenario(f"{sid}1", f"{what}, identical heads, 1 worker", f"{short}", rows, Load(),
+                 app=app),
+        Scenario(f"{sid}V", f"{what}, every request head different, 1 worker", f"{short} varied",
+                 rows, Load(), app=app, varied=True, check="varied"),
+    ]  # fmt: skip
+
+
+VARIED = "every request head different (20,000 heads of ~600 bytes)"
 SCENARIOS = {
     s.sid: s
     for s in (
-        Scenario("S1", "keep-alive `GET /hello`, 1 worker", "keep-alive",
+        Scenario("V1", f"{VARIED}, keep-alive `GET /hello?..`, 1 worker", "varied heads",
+                 ("prefork", "prefork-h11", "prefork-metrics", "ceiling", *PEERS[:1],
+                  "uvicorn-h11", *PEERS[1:], "nginx"),
+                 Load(), varied=True, check="varied"),
+        Scenario("V9", "V1 with 1,000 connections", "varied, 1000 conns",
+                 ("prefork", "ceiling", *PEERS, "nginx"), Load(connections=1000), varied=True,
+                 check="varied"),
+        Scenario("V2", "V1 with 2 workers, not pinned", "varied, 2 workers",
+                 ("prefork", *PEERS, "nginx"), Load(), workers=2, pinned=False, varied=True,
+                 check="varied"),
+        Scenario("S1", "identical heads (measures caches): keep-alive `GET /hello`, 1 worker",
+                 "identical heads",
                  tuple(n for n in ALL if n != "prefork-nocache"), Load()),
+        Scenario("S9", "S1 with 1,000 connections", "1000 conns",
+                 (*MAIN[:1], "ceiling", *MAIN[1:]), Load(connections=1000)),
         Scenario("S2", "keep-alive `GET /hello`, 2 workers, not pinned", "2 workers", MAIN,
                  Load(), workers=2, pinned=False),
         Scenario("S3", "`Connection: close` on every request", "close",
@@ -71,15 +102,21 @@ SCENARIOS = {
                  ("prefork", "prefork-nocache", *MAIN[1:]),
                  Load(path="/big", headers=("Accept-Encoding: gzip",), timeout=10),
                  check="gzip"),
-        Scenario("S9", "S1 with 1,000 connections", "1000 conns",
-                 (*MAIN[:1], "ceiling", *MAIN[1:]), Load(connections=1000)),
+        *_app_pair("A", "the plain ASGI app", "ASGI", ASGI_ROWS, "asgi"),
+        *_app_pair("W", "the plain WSGI app", "WSGI", WSGI_ROWS, "wsgi"),
+        *_app_pair("FA", "a FastAPI hello", "FastAPI", ASGI_ROWS, "fastapi"),
+        *_app_pair("FL", "a Flask hello", "Flask", WSGI_ROWS, "flask"),
     )
 }  # fmt: skip
 
-# The order scenarios run in. S9's goal is a ratio to S1, so S9 runs right
-# after it: a change in the shared machine's speed over the half-hour run then
-# falls less between the two. RESULTS.md lists them in SCENARIOS' order.
-RUN_ORDER = ("S1", "S9", "S2", "S3", "S4", "S5", "S6", "S8")
+# The order scenarios run in. S9's goal is a ratio to S1 and V9's to V1, so
+# each runs right after the other: a change in the shared machine's speed over
+# the long run then falls less between the two. RESULTS.md lists them in
+# SCENARIOS' order (the headline, varied heads, first).
+RUN_ORDER = (
+    "V1", "V9", "S1", "S9", "V2", "S2", "S3", "S4", "S5", "S6", "S8",
+    "A1", "AV", "W1", "WV", "FA1", "FAV", "FL1", "FLV",
+)  # fmt: skip
 assert sorted(RUN_ORDER) == sorted(SCENARIOS)
 
 ECHO_LUA = """\
@@ -168,20 +205,22 @@ def collect_meta(selected: list[str], settings: dict) -> dict:
         )
         version = out.stdout.strip() or "?"
         versions["prefork"] = f"{version} ({commit}{', modified' if dirty else ''})"
-    for dist in ("uvloop", "httptools", "h11", "zlib-ng"):
+    for dist in ("uvloop", "httptools", "h11", "zlib-ng", "fastapi", "flask"):
         with contextlib.suppress(importlib.metadata.PackageNotFoundError):
             versions[f"{dist} (prefork's)"] = importlib.metadata.version(dist)
     if VENV_PYTHON.exists() and any(SERVERS[n][1] for n in selected):
         code = (
             "import importlib.metadata as m, json; print(json.dumps({d: m.version(d) for d in "
-            "('uvicorn', 'httptools', 'uvloop', 'h11', 'granian', 'gunicorn')}))"
+            "('uvicorn', 'httptools', 'uvloop', 'h11', 'granian', 'gunicorn', 'fastapi', "
+            "'flask')}))"
         )
         out = subprocess.run(
             [str(VENV_PYTHON), "-c", code], capture_output=True, text=True, check=False
         )
         with contextlib.suppress(ValueError):
             peers = json.loads(out.stdout)
-            versions |= {f"{d} (peers')" if d in ("httptools", "uvloop", "h11") else d: v
+            shared = ("httptools", "uvloop", "h11", "fastapi", "flask")  # prefork's too
+            versions |= {f"{d} (peers')" if d in shared else d: v
                          for d, v in peers.items()}  # fmt: skip
     if "nginx" in selected:
         versions["nginx"] = _first_line(["nginx", "-v"]).removeprefix("nginx version: nginx/")
@@ -222,19 +261,25 @@ def run_scenario(sc: Scenario, name: str, args: argparse.Namespace, tmp: Path) -
         tls=sc.extra.get("cert") if sc.tls else None,
     )
     workdir = tmp / f"{sc.sid}-{name}"
+    # prefork's app interfaces are being built: a row whose server exits or
+    # answers wrongly is "not available", and the run goes on.
+    unavailable = {"unavailable": True} if servers.interface_row(name, sc.app) else {}
     try:
-        server = servers.start(name, launch, workdir)
+        server = servers.start(name, launch, workdir, app=sc.app)
     except (RuntimeError, OSError) as exc:
-        return {"error": f"did not start: {exc}"}
+        return {"error": f"did not start: {exc}", **unavailable}
     try:
-        problem = servers.check(server, sc.check)
+        head = None
+        if sc.varied:
+            head = heads.for_host(sc.extra["first_head"], f"{servers.HOST}:{server.port}")
+        problem = servers.check(server, sc.check, head)
         if problem:
-            return {"error": f"wrong answer: {problem}"}
+            return {"error": f"wrong answer: {problem}", **unavailable}
         if sc.load is None:
             mem = memory_profile(server, connections=args.connections_held)
             return asdict(mem)
         load = sc.load
-        if sc.check == "echo":
+        if sc.check == "echo" or sc.varied:  # a Lua script: the POST body, or the heads
             load = Load(**{**asdict(load), "script": sc.extra["lua"]})
         if args.warmup:
             run_wrk(server, load, args.warmup)
@@ -248,7 +293,8 @@ def run_scenario(sc: Scenario, name: str, args: argparse.Namespace, tmp: Path) -
 
 def _describe(row: dict) -> str:
     if row.get("error"):
-        return "FAILED " + row["error"].strip().splitlines()[0]
+        first = row["error"].strip().splitlines()[0]
+        return ("not available: " if row.get("unavailable") else "FAILED ") + first
     if "rps" in row:
         return (
             f"{row['rps']:,.0f} req/s (min {row['rps_min']:,.0f}), p99 {row['p99_ms']:.2f} ms, "
@@ -301,6 +347,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="seconds to wait for a quiet machine before each run (default 30; --quick: 0)",
     )
     p.add_argument("--connections-held", type=int, default=1000, help="S6 (default 1000)")
+    p.add_argument(
+        "--heads",
+        type=int,
+        default=heads.DEFAULT_COUNT,
+        help=f"distinct heads in the varied-heads scenarios (default {heads.DEFAULT_COUNT})",
+    )
     p.add_argument("--output", type=Path, help="the markdown report (default: see above)")
     p.add_argument("--json", type=Path, help="also save the raw results here")
     p.add_argument("--note", help="a line added to the report's method section")
@@ -315,6 +367,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     for key, value in defaults.items():
         if getattr(ns, key) is None:
             setattr(ns, key, value)
+    if ns.heads < 1:
+        raise SystemExit("--heads must be >= 1")
     if ns.duration < 1 or ns.runs < 1 or min(ns.warmup, ns.retries, ns.wait_quiet) < 0:
         raise SystemExit(
             "--duration and --runs must be >= 1; --warmup, --retries, --wait-quiet >= 0"
@@ -365,18 +419,27 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory(prefix="prefork-bench-") as tmpname:
             tmp = Path(tmpname)
             tmp.chmod(0o755)  # nginx's workers (user nobody) read big.json below it
+            varied_lua: Path | None = None
             for sc in scenarios:
                 if sc.tls:
                     sc.extra["cert"] = make_cert(tmp)
                 if sc.check == "echo":
                     (tmp / "echo.lua").write_text(ECHO_LUA)
                     sc.extra["lua"] = str(tmp / "echo.lua")
+                if sc.varied:
+                    if varied_lua is None:
+                        varied_lua = heads.write(tmp, args.heads)
+                    sc.extra["lua"] = str(varied_lua)
+                    sc.extra["first_head"] = heads.generate(1)[0]
                 rows: dict[str, dict] = {}
                 results["scenarios"][sc.sid] = {
                     "title": sc.title,
                     "short": sc.short,
                     "kind": "wrk" if sc.load else "memory",
                     "workers": sc.workers,
+                    "app": sc.app,
+                    "varied": sc.varied,
+                    "connections": sc.load.connections if sc.load else 0,
                     "rows": rows,
                 }
                 for name in (n for n in sc.servers if n in selected):

@@ -39,16 +39,59 @@ SERVERS: dict[str, tuple[str, bool, bool]] = {
     "prefork": ("prefork", False, False),
     "prefork-h11": ("prefork (h11)", False, False),
     "prefork-access": ("prefork (access log on)", False, False),
-    "prefork-nocache": ("prefork (compression cache off)", False, False),
     "prefork-metrics": ("prefork (metrics on)", False, False),
+    "prefork-nocache": ("prefork (compression cache off)", False, False),
     "ceiling": ("design ceiling", False, False),
     "uvicorn": ("uvicorn (httptools)", True, True),
     "uvicorn-h11": ("uvicorn (h11)", True, True),
-    "granian": ("granian", True, True),
+    "granian": ("granian (ASGI)", True, True),
+    "granian-wsgi": ("granian (WSGI)", True, True),
     "gunicorn": ("gunicorn + uvicorn worker", True, True),
+    "gunicorn-gthread": ("gunicorn gthread", True, True),
     "nginx": ("nginx", False, False),
 }
 PYTHON_PEERS = tuple(name for name, (_, _, peer) in SERVERS.items() if peer)
+
+# The apps a scenario can ask for, and what each interface runs for it
+# (MODULE:ATTR in apps/). "bench" is every server's own app: prefork's native
+# handler, the plain ASGI or WSGI app for the peers, nginx's config. The
+# others put prefork on an app interface (--interface asgi or wsgi) beside the
+# peers that serve the same app.
+APP_TARGETS: dict[str, dict[str, str]] = {
+    "bench": {"native": "bench_app:handle", "asgi": "asgi_app:app", "wsgi": "wsgi_app:app"},
+    "asgi": {"asgi": "asgi_app:app"},
+    "wsgi": {"wsgi": "wsgi_app:app"},
+    "fastapi": {"asgi": "fastapi_app:app"},
+    "flask": {"wsgi": "flask_app:app"},
+}
+APP_INTERFACE = {"asgi": "asgi", "wsgi": "wsgi", "fastapi": "asgi", "flask": "wsgi"}
+_WSGI_PEERS = ("granian-wsgi", "gunicorn-gthread")
+# gunicorn's gthread worker: threads per worker (gunicorn's docs suggest 2-4 x
+# cores; the hello apps never block, so more would only add switching).
+GTHREAD_THREADS = 4
+
+
+def interface_of(name: str, app: str) -> str:
+    """The interface ``name`` serves ``app`` through: native, asgi, wsgi or "" (nginx, ceiling)."""
+    if name.startswith("prefork"):
+        return APP_INTERFACE.get(app, "native")
+    if name in ("ceiling", "nginx"):
+        return ""
+    return "wsgi" if name in _WSGI_PEERS else "asgi"
+
+
+def app_target(name: str, app: str) -> str:
+    """MODULE:ATTR that ``name`` runs for ``app``; ValueError when it cannot serve it."""
+    iface = interface_of(name, app)
+    target = APP_TARGETS[app].get(iface)
+    if target is None:
+        raise ValueError(f"{name} cannot serve the {app!r} app")
+    return target
+
+
+def interface_row(name: str, app: str) -> bool:
+    """A prefork row on an app interface (ASGI/WSGI), which may not exist yet."""
+    return name.startswith("prefork") and app in APP_INTERFACE
 
 
 @dataclass
@@ -108,45 +151,60 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def command(name: str, port: int, launch: Launch, workdir: Path) -> list[str]:
-    """The argv that starts ``name`` on ``port`` (without taskset)."""
+def command(name: str, port: int, launch: Launch, workdir: Path, app: str = "bench") -> list[str]:
+    """The argv that starts ``name`` on ``port`` serving ``app`` (without taskset)."""
     w = str(launch.workers)
     tls = launch.tls
+    if name in ("ceiling", "nginx") and app != "bench":
+        raise ValueError(f"{name} cannot serve the {app!r} app")
     if name.startswith("prefork"):
-        argv = [sys.executable, "-m", "prefork", "run", "bench_app:handle"]
-        # prefork-nocache and prefork-metrics have a config file of their own.
-        toml = f"{name}.toml" if name in ("prefork-nocache", "prefork-metrics") else "prefork.toml"
-        argv += ["-b", f"{HOST}:{port}", "-w", w, "-c", str(APPS / toml)]
+        argv = [sys.executable, "-m", "prefork", "run", app_target(name, app)]
+        toml = {
+            "prefork-nocache": "prefork-nocache.toml",
+            "prefork-metrics": "prefork-metrics.toml",
+        }
+        argv += ["-b", f"{HOST}:{port}", "-w", w, "-c", str(APPS / toml.get(name, "prefork.toml"))]
         argv += ["--log-level", "access" if name == "prefork-access" else "info"]
         argv += ["--http", "h11" if name == "prefork-h11" else "httptools"]
+        if interface_row(name, app):
+            argv += ["--interface", APP_INTERFACE[app]]
         if tls:
             argv += ["--certfile", tls[0], "--keyfile", tls[1]]
         return argv
     if name == "ceiling":
         return [sys.executable, str(BENCH / "ceiling.py"), "--host", HOST, "--port", str(port)]
+    target = app_target(name, app)
     if name.startswith("uvicorn"):
-        argv = [str(VENV_PYTHON), "-m", "uvicorn", "asgi_app:app", "--host", HOST]
+        argv = [str(VENV_PYTHON), "-m", "uvicorn", target, "--host", HOST]
         argv += ["--port", str(port), "--workers", w, "--loop", "uvloop"]
         argv += ["--http", "h11" if name == "uvicorn-h11" else "httptools"]
         argv += ["--no-access-log", "--log-level", "warning", "--timeout-keep-alive", "60"]
         if tls:
             argv += ["--ssl-certfile", tls[0], "--ssl-keyfile", tls[1]]
         return argv
-    if name == "granian":
-        argv = [str(VENV / "bin" / "granian"), "--interface", "asgi", "--host", HOST]
-        argv += ["--port", str(port), "--workers", w, "--loop", "uvloop", "--http", "1"]
+    if name.startswith("granian"):
+        iface = interface_of(name, app)
+        argv = [str(VENV / "bin" / "granian"), "--interface", iface, "--host", HOST]
+        argv += ["--port", str(port), "--workers", w, "--http", "1"]
+        if iface == "asgi":
+            argv += ["--loop", "uvloop"]
         argv += ["--no-ws", "--no-access-log", "--log-level", "warning"]
         argv += ["--working-dir", str(APPS)]
         if tls:
             argv += ["--ssl-certificate", tls[0], "--ssl-keyfile", tls[1]]
-        return [*argv, "asgi_app:app"]
-    if name == "gunicorn":
-        argv = [str(VENV_PYTHON), "-m", "gunicorn", "-k", "uvicorn.workers.UvicornWorker"]
+        return [*argv, target]
+    if name.startswith("gunicorn"):
+        argv = [str(VENV_PYTHON), "-m", "gunicorn"]
+        if name == "gunicorn-gthread":
+            argv += ["-k", "gthread", "--threads", str(GTHREAD_THREADS)]
+            argv += ["--worker-connections", "2048"]
+        else:
+            argv += ["-k", "uvicorn.workers.UvicornWorker"]
         argv += ["-w", w, "-b", f"{HOST}:{port}", "--keep-alive", "60", "--backlog", "4096"]
         argv += ["--log-level", "warning"]
         if tls:
             argv += ["--certfile", tls[0], "--keyfile", tls[1]]
-        return [*argv, "asgi_app:app"]
+        return [*argv, target]
     if name == "nginx":
         conf = nginx_conf(port, launch, workdir)
         return ["nginx", "-p", str(workdir), "-c", str(conf), "-e", str(workdir / "error.log")]
@@ -177,11 +235,18 @@ def nginx_conf(port: int, launch: Launch, workdir: Path) -> Path:
     return conf
 
 
-def start(name: str, launch: Launch, workdir: Path, timeout: float = 30.0) -> Running:
-    """Start ``name`` and return once it answers ``GET /hello``; raise RuntimeError if not."""
+def start(
+    name: str, launch: Launch, workdir: Path, timeout: float = 30.0, app: str = "bench"
+) -> Running:
+    """Start ``name`` and return once it answers ``GET /hello``; raise RuntimeError if not.
+
+    Any HTTP answer means it is up (whether the answer is right is check()'s
+    business): a server that answers 500, say an interface not built yet,
+    fails at once instead of after ``timeout``.
+    """
     workdir.mkdir(parents=True, exist_ok=True)
     port = free_port()
-    argv = command(name, port, launch, workdir)
+    argv = command(name, port, launch, workdir, app)
     if launch.pinned_cpu is not None:
         argv = ["taskset", "-c", launch.pinned_cpu, *argv]
     env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
@@ -205,10 +270,9 @@ def start(name: str, launch: Launch, workdir: Path, timeout: float = 30.0) -> Ru
             stop(server)
             raise RuntimeError(f"{name} exited with {proc.returncode}:\n{server.log_tail()}")
         with contextlib.suppress(OSError, http.client.HTTPException):
-            status, _, _ = request(server, "GET", "/hello", timeout=1.0)
-            if status == 200:
-                server.tree()
-                return server
+            request(server, "GET", "/hello", timeout=1.0)
+            server.tree()
+            return server
         if time.monotonic() > deadline:
             stop(server)
             raise RuntimeError(f"{name} did not answer within {timeout:.0f}s:\n{server.log_tail()}")
@@ -275,10 +339,30 @@ def request(
         conn.close()
 
 
-def check(server: Running, route: str) -> str | None:
-    """One request on ``route`` ("hello", "close", "echo", "gzip"); None if the answer is right."""
+def raw_request(server: Running, head: bytes, timeout: float = 5.0) -> tuple[int, bytes]:
+    """Send ``head`` (a whole request head, no body) as it is; the answer's status and body."""
+    sock = socket.create_connection((HOST, server.port), timeout=timeout)
+    if server.tls:
+        sock = _client_context().wrap_socket(sock)
+    with sock:
+        sock.sendall(head)
+        resp = http.client.HTTPResponse(sock, method="GET")
+        try:
+            resp.begin()
+            return resp.status, resp.read()
+        finally:
+            resp.close()
+
+
+def check(server: Running, route: str, head: bytes | None = None) -> str | None:
+    """One request on ``route`` ("hello", "close", "echo", "gzip", "varied": ``head`` as it
+    is); None if the answer is right."""
     try:
-        if route == "hello":
+        if route == "varied":
+            assert head is not None
+            status, body = raw_request(server, head)
+            want = HELLO
+        elif route == "hello":
             status, _, body = request(server, "GET", "/hello")
             want = HELLO
         elif route == "close":

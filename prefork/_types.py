@@ -7,7 +7,7 @@ from typing import Any, Literal, Protocol
 
 Action = Literal["keep-alive", "close"]
 
-# A handler returns (content, status, headers); see API.md "The handler".
+# A handler returns (content, status, headers); see docs/reference.md "The handler".
 HandlerResult = tuple[Any, int | None, dict[str, str] | None]
 Handler = Callable[..., HandlerResult | Awaitable[HandlerResult]]
 

@@ -19,13 +19,11 @@ from collections.abc import Mapping, Sequence
 from typing import Any, NoReturn
 
 from prefork import __version__, log
-from prefork.config import Config, from_environ, layered, load_toml
-from prefork.errors import PreforkError
+from prefork.config import Config, from_environ, layered, load_toml, parse_host_port
+from prefork.errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, PreforkError
 from prefork.master.listeners import bind_spec, format_host
 
-EXIT_OK = 0
-EXIT_FAILURE = 1  # the server could not start or stopped on an error
-EXIT_USAGE = 2  # a bad flag, config value or MODULE:ATTR
+__all__ = ["EXIT_FAILURE", "EXIT_OK", "EXIT_USAGE", "main", "parse_bind"]
 
 _EPILOG = """\
 signals (to the master process):
@@ -45,13 +43,7 @@ class _Parser(argparse.ArgumentParser):
 
 def parse_bind(value: str) -> tuple[str, int]:
     """``HOST:PORT``, ``:PORT``, ``PORT`` or ``[IPv6]:PORT`` -> (host, port)."""
-    host, sep, port_text = value.rpartition(":")
-    if not sep:
-        host, port_text = "", value
-    host = host.strip("[]") or "127.0.0.1"
-    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
-        raise PreforkError(f"-b/--bind {value!r}: expected HOST:PORT with a port from 0 to 65535")
-    return host, int(port_text)
+    return parse_host_port(value, "-b/--bind")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -137,8 +129,7 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
     if args.bind:
         host, port = parse_bind(args.bind[0])
         out["ip"], out["port"] = host, port
-        # Each extra -b as parse_bind reads it (":PORT" and "PORT" are 127.0.0.1, as
-        # in the first), spelled out so the master's parse_address sees its host.
+        # Each extra -b spelled out as parse_bind read it (the config keeps strings).
         extras = (parse_bind(extra) for extra in args.bind[1:])
         out["binds"] = [f"{format_host(h)}:{p}" for h, p in extras]
     if args.log_level is not None:

@@ -1,4 +1,4 @@
-"""Configuration: the defaults of API.md, validation, TOML loading and merging.
+"""Configuration: the defaults (docs/reference.md), validation, TOML loading and merging.
 
 A :class:`Config` is immutable once built; handlers see it as ``ctx.cfg``,
 readable both as attributes and as a mapping. Every error names the key.
@@ -127,6 +127,23 @@ _CHOICES = {
 }
 
 
+def parse_host_port(text: str, what: str) -> tuple[str, int]:
+    """``HOST:PORT``, ``[IPv6]:PORT``, ``:PORT`` or ``PORT`` -> ``(host, port)``.
+
+    The one reading of an address everywhere (``-b``, ``binds``,
+    ``metrics_bind``): no host means 127.0.0.1, as the ``ip`` default, so a
+    short form never listens on every interface by surprise. ``what`` names
+    the flag or key in the error.
+    """
+    host, sep, port = text.rpartition(":")
+    if not sep:
+        host, port = "", text
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not port.isdigit() or not 0 <= int(port) <= 65535 or "[" in host or "]" in host:
+        raise ConfigError(f"{what} {text!r}: expected HOST:PORT with a port from 0 to 65535")
+    return host or "127.0.0.1", int(port)
+
+
 def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -250,13 +267,14 @@ def validate(raw: Mapping[str, Any]) -> dict[str, Any]:
         elif key == "metrics_bind":
             if value is not None:
                 value = _check_str(key, value)
-                _host, sep, port = value.rpartition(":")
-                if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-                    raise ConfigError(f"metrics_bind: expected HOST:PORT, got {value!r}")
+                parse_host_port(value, key)
         elif key in ("log_headers", "binds"):
             if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
                 raise ConfigError(f"{key}: expected a list of strings, got {value!r}")
             value = [v.lower() for v in value] if key == "log_headers" else list(value)
+            if key == "binds":
+                for address in value:
+                    parse_host_port(address, key)
         elif key == "redis_url":
             if value is not None:
                 value = _check_str(key, value)

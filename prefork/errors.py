@@ -12,6 +12,11 @@ Only ``server.py`` turns these into the public ``(value, err)`` returns.
 
 from __future__ import annotations
 
+# The exit codes of ``prefork run`` (and of Server.exit_code), in one place.
+EXIT_OK = 0
+EXIT_FAILURE = 1  # the server could not start or stopped on an error
+EXIT_USAGE = 2  # a bad flag, config value or MODULE:ATTR
+
 
 class PreforkError(Exception):
     """Base of every error prefork raises on purpose."""
@@ -30,11 +35,17 @@ class BindError(PreforkError):
 
 
 class ProtocolError(PreforkError):
-    """A request that must be refused; ``status`` is the response code to send."""
+    """A request that must be refused; ``status`` is the response code to send.
 
-    def __init__(self, status: int, message: str) -> None:
+    ``method`` is the refused request's method when its request line was read
+    (the reader fills it in), else None: the answer to a HEAD request carries
+    no body, whatever its status (RFC 9110 §9.3.2).
+    """
+
+    def __init__(self, status: int, message: str, method: str | None = None) -> None:
         super().__init__(message)
         self.status = status
+        self.method = method
 
 
 class PeerGone(PreforkError):

@@ -15,14 +15,10 @@ import os
 import stat
 import sys
 import time
-from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from collections.abc import Iterable, Mapping
+from typing import Protocol
 
-from prefork.metrics import DURATION_BOUNDS_S
-
-if TYPE_CHECKING:
-    from prefork.http.request import Request
-    from prefork.metrics import WorkerMetrics
+from prefork.metrics import DURATION_BOUNDS_S, WorkerMetrics
 
 ACCESS = 15
 logging.addLevelName(ACCESS, "ACCESS")
@@ -62,6 +58,27 @@ _MILLIS = tuple(f"{ms:03d}" for ms in range(1000))  # the ",mmm" of a time stamp
 # 512 x ~1 KiB (a path's escaped form can be 4x its length), whatever the traffic.
 _REQUEST_TEXTS_MAX = 512
 _REQUEST_TEXT_MAX_PATH = 256
+
+
+class Request(Protocol):
+    """What the access log reads of a request (``prefork.http.request.Request``)."""
+
+    logged: tuple[str | None, ...] | None  # set by AccessLog.capture
+
+    @property
+    def method(self) -> str: ...
+
+    @property
+    def target(self) -> str: ...
+
+    @property
+    def version(self) -> str: ...
+
+    @property
+    def headers(self) -> Mapping[str, str]: ...
+
+    @property
+    def body(self) -> bytes: ...
 
 
 def escape(value: str) -> str:

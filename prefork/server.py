@@ -1,7 +1,7 @@
 """The public calls: ``new``, ``Server.configure``, ``Server.serve``, ``Server.process_request``.
 
 This is the one place where prefork's exceptions become the ``(value, err)``
-returns of API.md.
+returns (docs/reference.md, "From Python").
 """
 
 from __future__ import annotations
@@ -14,12 +14,9 @@ from typing import Any
 from prefork import log
 from prefork._types import Action, Handler
 from prefork.config import Config, merged
-from prefork.errors import ConfigError, PreforkError
+from prefork.errors import EXIT_FAILURE, EXIT_OK, ConfigError, PreforkError
 
 logger = logging.getLogger(log.MASTER)
-
-EXIT_OK = 0
-EXIT_FAILURE = 1
 
 
 def _load_tls(cfg: Config) -> None:
@@ -61,7 +58,7 @@ class Server:
         """Merge ``config`` into the current config, validate it and pre-parse TLS.
 
         Args:
-            config: config keys to change (API.md's table).
+            config: config keys to change (docs/reference.md, "Configuration").
 
         Returns:
             ``(True, None)``, or ``(None, err)`` naming the bad key or file; on
@@ -140,7 +137,7 @@ def new(config: Mapping[str, Any] | None, handle: Handler) -> tuple[Server | Non
     """Build a server for ``handle`` from a config mapping.
 
     Args:
-        config: API.md's config keys; missing keys take their defaults.
+        config: config keys (docs/reference.md); missing keys take their defaults.
         handle: the handler, ``def handle(method, query, args, headers, body, ctx)``
             or ``async def``; or a ``"MODULE:ATTR"`` string imported by each worker.
 

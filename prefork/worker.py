@@ -53,8 +53,8 @@ from prefork._types import Handler
 from prefork.apps import build_app
 from prefork.config import Config
 from prefork.engine.app import AppInterface
-from prefork.engine.connection import serve_connection
-from prefork.engine.shared import Deadline, Shared
+from prefork.engine.serve import serve_connection
+from prefork.engine.shared import Shared
 from prefork.errors import PreforkError
 
 logger = logging.getLogger(log.WORKER)
@@ -398,7 +398,7 @@ class Worker:
         self._send(self._metrics_snapshot())  # the final counts, for the master's totals
         return WORKER_EXIT_OK
 
-    def _boot(self) -> AppInterface | None:
+    def _boot(self) -> AppInterface[Any] | None:
         """Import the app and make the Redis client; None (logged in one line) if either fails."""
         try:
             app = build_app(self.app, self.cfg)
@@ -465,8 +465,7 @@ class Worker:
         state = self._state
         if state is None or state.access.metrics is None:
             return b""
-        idle = sum(1 for conn in state.connections if conn.deadline_kind is Deadline.IDLE)
-        return state.access.metrics.snapshot(self._active, idle)
+        return state.access.metrics.snapshot(self._active, state.idle_connections())
 
     def _tick(self) -> None:
         """Heartbeat, orphan check and max_requests check, driven by the event loop."""

@@ -79,7 +79,7 @@ def detect_interface(obj: Any, name: str) -> str:
     )
 
 
-def build_app(app: Any, cfg: Config) -> AppInterface:
+def build_app(app: Any, cfg: Config) -> AppInterface[Any]:
     """What the worker serves. Runs in the worker (the app is imported there)."""
     obj = resolve_target(app, cfg)
     name = app if isinstance(app, str) else getattr(obj, "__name__", repr(obj))

@@ -42,7 +42,6 @@ from prefork.http.response import (
     encode_head,
     fields,
     negotiate,
-    strip_body,
 )
 
 logger = logging.getLogger(log.WORKER)
@@ -221,9 +220,7 @@ def handler_failed(
 def _send_500(
     conn: Connection, state: Shared, req: Request, client_ip: str, started: float
 ) -> Action:
-    data = error_response(500, "Internal Server Error")
-    if req.method == "HEAD":  # RFC 9110 §9.3.2: no content, whatever the status
-        data = strip_body(data)
+    data = error_response(500, "Internal Server Error", req.method)
     conn.send(data)
     state.requests_served += 1
     state.access.record(client_ip, req, 500, body_length(data), started)

@@ -18,17 +18,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
-import ssl
 import sys
 from typing import Any
 
 from prefork import log
-from prefork.engine.proxy_header import read_proxy_header
+from prefork.engine.app import AppInterface
 from prefork.engine.shared import Deadline, Shared
-from prefork.errors import PeerGone, PreforkError, ProtocolError
+from prefork.errors import PeerGone, ProtocolError
 from prefork.http.protocol import CONTINUE_RESPONSE, RequestReader, error_response
-from prefork.http.proxy_protocol import ProxyHeaderError
 from prefork.http.request import Request
 from prefork.http.response import body_length
 
@@ -87,7 +84,7 @@ class Connection(asyncio.Protocol):
 
     def __init__(self, shared: Shared) -> None:
         state = self.shared = shared
-        self.app = shared.app
+        self.app: AppInterface[Connection] = shared.app
         self.transport: asyncio.Transport | None = None
         self.reader = RequestReader(state.head_parser, state.limits, state.head_cache)
         self.peername: tuple[str, int] | None = None
@@ -408,7 +405,7 @@ class Connection(asyncio.Protocol):
 
     def reply_error_and_close(self, exc: ProtocolError) -> int:
         """Send the error response for ``exc`` and close; returns the body bytes sent."""
-        data = error_response(exc.status, str(exc))
+        data = error_response(exc.status, str(exc), exc.method)
         self.send(data)
         self.graceful_close()
         return body_length(data)
@@ -608,72 +605,3 @@ class Connection(asyncio.Protocol):
     def close(self) -> None:
         """Close the connection (after what was written is flushed)."""
         self._close_transport()
-
-
-async def _proxied_peer(sock: socket.socket, shared: Shared, peer: object) -> object:
-    """The client's address from the PROXY protocol header; None (socket closed) if invalid."""
-    try:
-        source = await read_proxy_header(sock, shared.cfg.tls_handshake_timeout)
-    except (ProxyHeaderError, TimeoutError, OSError) as exc:
-        what = "no PROXY protocol header in time" if isinstance(exc, TimeoutError) else exc
-        logger.info("closing a connection from %s: %s", _address(peer), what)
-        sock.close()
-        return None
-    return source if source is not None else peer
-
-
-def _address(peer: object) -> str:
-    return str(peer[0]) if isinstance(peer, tuple) and peer else "-"
-
-
-async def serve_connection(sock: socket.socket, shared: Shared, peer: object) -> None:
-    """Serve one accepted socket (``peer``: accept()'s address) until it closes; never raises."""
-    loop = shared.loop or asyncio.get_running_loop()
-    # (uvloop sets TCP_NODELAY on the transports it makes: no syscall here.)
-    ssl_context = shared.ssl_context
-    conn = Connection(shared)
-    if shared.cfg.proxy_protocol:
-        peer = await _proxied_peer(sock, shared, peer)
-        if peer is None:
-            return
-    conn.set_peer(peer)
-    try:
-        if ssl_context is not None:
-            await loop.connect_accepted_socket(
-                lambda: conn,
-                sock,
-                ssl=ssl_context,
-                ssl_handshake_timeout=shared.cfg.tls_handshake_timeout,
-            )
-        else:
-            await loop.connect_accepted_socket(lambda: conn, sock)
-    except (OSError, ssl.SSLError, TimeoutError) as exc:
-        logger.debug("connection setup failed: %s", exc)
-        if ssl_context is not None:
-            shared.access.tls_handshake(False)
-        sock.close()
-        return
-    if ssl_context is not None and conn.transport is not None:
-        from prefork.tls import server_name_of
-
-        shared.access.tls_handshake(True)
-        conn.server_name = server_name_of(conn.transport.get_extra_info("ssl_object"))
-    client_ip = conn.client_ip
-    exchange = shared.app.exchange
-    try:
-        while True:
-            action = await exchange(conn)
-            if action != "keep-alive":
-                break
-    except PreforkError:
-        pass
-    except (OSError, RuntimeError) as exc:
-        logger.debug("connection from %s ended: %s", client_ip, exc)
-    except Exception:
-        logger.exception("unexpected error on a connection from %s", client_ip)
-    finally:
-        if not conn._closing:
-            conn.close()
-        # ctx.client is the connection: without this the pair (and the transport,
-        # reader and buffers hanging off it) would wait for the cyclic GC.
-        conn.ctx = None

@@ -18,7 +18,7 @@ import asyncio
 import enum
 import logging
 import ssl
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from prefork import log
 from prefork.config import Config
@@ -33,7 +33,6 @@ from prefork.metrics import WorkerMetrics
 
 if TYPE_CHECKING:
     from prefork.engine.app import AppInterface
-    from prefork.engine.connection import Connection
 
 logger = logging.getLogger(log.WORKER)
 
@@ -52,13 +51,26 @@ class Deadline(enum.Enum):
     LINGER = 5
 
 
+class Served(Protocol):
+    """What the sweeper and the drain use of a connection (``engine.connection``)."""
+
+    deadline: float
+    deadline_kind: Deadline
+
+    def on_deadline(self) -> None: ...
+
+    def begin_drain(self) -> None: ...
+
+    def abort(self) -> None: ...
+
+
 class Shared:
     """Everything one worker's connections share: config, app, limits, the sweeper."""
 
     def __init__(
         self,
         cfg: Config,
-        app: AppInterface,
+        app: AppInterface[Any],
         *,
         ssl_context: ssl.SSLContext | None = None,
         redis_module: Any = None,
@@ -104,7 +116,7 @@ class Shared:
         self.idle_deadline = 0.0
         self.idle_deadline_until = 0.0
         self.batch = WriteBatch()
-        self.connections: set[Connection] = set()
+        self.connections: set[Served] = set()
         self.requests_served = 0
         self.draining = False
         self.loop: asyncio.AbstractEventLoop | None = None  # set by start()
@@ -128,6 +140,10 @@ class Shared:
     def open_connections(self) -> int:
         return len(self.connections)
 
+    def idle_connections(self) -> int:
+        """Keep-alive connections waiting for their next request (for the metrics, ~1/s)."""
+        return sum(1 for conn in self.connections if conn.deadline_kind is Deadline.IDLE)
+
     def start(self) -> None:
         """Start the deadline sweeper; call once inside the running loop."""
         self.loop = asyncio.get_running_loop()
@@ -145,10 +161,10 @@ class Shared:
                 conn.on_deadline()
         self._sweeper = loop.call_later(self.sweep_interval, self._sweep)
 
-    def add(self, conn: Connection) -> None:
+    def add(self, conn: Served) -> None:
         self.connections.add(conn)
 
-    def discard(self, conn: Connection) -> None:
+    def discard(self, conn: Served) -> None:
         self.connections.discard(conn)
         if not self.connections and self.draining and self._all_closed is not None:
             self._all_closed.set()

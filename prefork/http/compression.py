@@ -1,8 +1,9 @@
 """Response compression: Accept-Encoding negotiation, the policy, gzip/deflate encoders.
 
-Sans-I/O: this module decides and transforms bytes; the engine writes them; a
-body bigger than ``SLICE_BYTES`` is compressed by the engine one slice per loop
-turn (``prefork.engine.slices``), with an :class:`Encoder`.
+Sans-I/O: this module decides and transforms bytes; the engine writes them. A
+body bigger than ``SLICE_BYTES`` is compressed slice by slice
+(:func:`compress_slices`), the engine yielding to the loop between slices
+(``prefork.engine.slices``).
 
 Per request the engine calls :meth:`Policy.choose`, then :func:`apply_headers`, then
 either :func:`compress_body` (a whole body) or an :class:`Encoder` from
@@ -13,7 +14,7 @@ at the end).
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any, Final
 
 from zlib_ng import zlib_ng
@@ -24,6 +25,7 @@ __all__ = [
     "Policy",
     "apply_headers",
     "compress_body",
+    "compress_slices",
     "make_encoder",
     "negotiate_encoding",
 ]
@@ -342,8 +344,21 @@ def make_encoder(coding: str, level: int) -> Encoder:
 
 
 def compress_body(coding: str, level: int, data: bytes) -> bytes:
-    """``data`` compressed in one go; safe to call from a worker thread."""
+    """``data`` compressed in one go (bodies up to ``SLICE_BYTES``; bigger ones by slices)."""
     return zlib_ng.compress(data, level, _wbits(coding))
+
+
+def compress_slices(coding: str, level: int, data: bytes) -> Iterator[bytes]:
+    """``data`` compressed ``SLICE_BYTES`` at a time: the parts, one per slice, then the end.
+
+    The caller may let other work run between two parts (the engine yields
+    to the event loop), so one big body does not hold up every connection.
+    """
+    encoder = zlib_ng.compressobj(level, zlib_ng.DEFLATED, _wbits(coding))
+    view = memoryview(data)
+    for start in range(0, max(len(data), 1), SLICE_BYTES):
+        yield encoder.compress(view[start : start + SLICE_BYTES])
+    yield encoder.flush()
 
 
 # Bodies this big or bigger are remembered compressed, so an identical body

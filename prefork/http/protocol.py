@@ -29,6 +29,7 @@ from prefork.http.request import (
     Limits,
     Request,
     build_request,
+    diagnose,
     first_fault,
     request_line_error,
 )
@@ -199,10 +200,15 @@ class RequestReader:
         buf = self._buf + data if self._buf else data
         try:
             self._buf = self._consume(buf)
-        except ProtocolError:
-            self._state = ReaderState.FAILED
-            self._buf = b""
+        except ProtocolError as exc:
+            self._fail(exc)
             raise
+
+    def _fail(self, exc: ProtocolError) -> None:
+        self._state = ReaderState.FAILED
+        self._buf = b""
+        if exc.method is None and self._current is not None:
+            exc.method = self._current.method  # a fault in the body of a request
 
     def eof(self) -> None:
         """The peer closed its side: a partial request is an error."""
@@ -211,8 +217,9 @@ class RequestReader:
                 self._state = ReaderState.FAILED
                 raise ProtocolError(400, "connection closed inside a request head")
         elif self._state is not ReaderState.FAILED:
-            self._state = ReaderState.FAILED
-            raise ProtocolError(400, "connection closed inside a request body")
+            exc = ProtocolError(400, "connection closed inside a request body")
+            self._fail(exc)
+            raise exc
 
     # -- the state machine ------------------------------------------------
 
@@ -277,6 +284,10 @@ class RequestReader:
                     fault = first_fault(buf, pos, stop + 2, self._limits, head=False)[0]
                     raise fault or ProtocolError(431, "trailer line too long")
                 line = buf[pos:stop]
+                if b"\r" in line or b"\n" in line:
+                    # Named as when the line arrives in pieces.
+                    fault = first_fault(buf, pos, stop + 2, self._limits, head=False)[0]
+                    raise fault or ProtocolError(400, "bare CR or LF in trailer")
                 pos = stop + 2
                 if not line:
                     self._finish_request()
@@ -314,21 +325,42 @@ class RequestReader:
         # RTSP/1.0 and ICE/1.0 and h11 any digit.digit; both then go on to
         # look at the fields, which would give 400 where the other says 505.
         if not head.endswith(HTTP_VERSIONS, 0, first):
+            if head.find(b"\n", 0, first) >= 0 or head.find(b"\r", 0, first) >= 0:
+                # A bare CR or LF ended the line: named as when it arrives alone.
+                fault = first_fault(head, 0, size, self._limits, True)[0]
+                if fault is not None:
+                    raise fault
             raise request_line_error(head, 0, first)
         if self._head_prescan:
             # llhttp rejects these itself; h11 would accept them.
-            crlf = head.count(b"\r\n")
-            if head.count(b"\n") != crlf or head.count(b"\r") != crlf:
-                fault = first_fault(head, 0, size, self._limits, True, checked)[0]
-                raise fault or ProtocolError(400, "bare CR or LF in request head")
-            if b"\n " in head or b"\n\t" in head:
-                raise ProtocolError(400, "obsolete line folding in request head")
-        elif head.count(b" ", 0, first) != 2:
-            raise ProtocolError(400, "malformed request line")
-        elif head.find(b"\n", 0, first) >= 0:
+            self._prescan(head, checked)
+        elif head.count(b" ", 0, first) != 2 or head.find(b"\n", 0, first) >= 0:
             # llhttp ends the request line at a bare LF, then finds no version
-            # (505); h11's prescan above says 400, as does a split read.
-            raise ProtocolError(400, "bare LF in request head")
+            # (505); h11's prescan above says 400, as does a split read, and
+            # names the faults of its prescan before a malformed line.
+            self._prescan(head)
+            raise ProtocolError(400, "malformed request line")
+
+    def _prescan(self, head: bytes, checked: int = 0) -> None:
+        """Raise the fault in a head that llhttp refuses itself and h11 would take.
+
+        Run before h11 parses a head, and after llhttp refused one: so both
+        backends name these faults alike (the backends' own texts differ).
+        """
+        crlf = head.count(b"\r\n")
+        if head.count(b"\n") != crlf or head.count(b"\r") != crlf:
+            fault = first_fault(head, 0, len(head), self._limits, True, checked)[0]
+            raise fault or ProtocolError(400, "bare CR or LF in request head")
+        if b"\n " in head or b"\n\t" in head:
+            raise ProtocolError(400, "obsolete line folding in request head")
+
+    def _named(self, exc: ProtocolError, head: bytes) -> ProtocolError:
+        """A backend's error on ``head`` in the words both backends use."""
+        if exc.status != 400:
+            return exc
+        if not self._head_prescan:
+            self._prescan(head)  # raises what h11 would have met first
+        return diagnose(head, self._limits)
 
     def _start_request(self, head: bytes) -> None:
         cache = self._head_cache
@@ -343,12 +375,19 @@ class RequestReader:
             method, target, version, raw = self._parser.parse(head)
         except ProtocolError as exc:
             if exc.status != 400 or _HUGE_CONTENT_LENGTH.search(head) is None:
-                raise
+                raise self._named(exc, head) from None
             # A Content-Length too long for 64 bits is a number, just too
             # large: parse the rest of the head with a stand-in that gets 413.
             head = _HUGE_CONTENT_LENGTH.sub(rb"\g<1>" + _TOO_LARGE_CONTENT_LENGTH, head)
-            method, target, version, raw = self._parser.parse(head)
-        req = build_request(method, target, version, raw, self._limits, self._head_prescan)
+            try:
+                method, target, version, raw = self._parser.parse(head)
+            except ProtocolError as exc:
+                raise self._named(exc, head) from None
+        try:
+            req = build_request(method, target, version, raw, self._limits, self._head_prescan)
+        except ProtocolError as exc:
+            exc.method = method
+            raise
         if cache is not None and len(head) <= HEAD_CACHE_MAX_HEAD_BYTES:
             if len(cache) >= HEAD_CACHE_MAX_ENTRIES:
                 cache.clear()
@@ -398,6 +437,8 @@ class RequestReader:
     def _chunk_size_line(self, line: bytes) -> None:
         if len(line) > self._limits.line_limit:
             raise ProtocolError(400, "chunk size line too long")
+        if b"\n" in line or b"\r" in line:
+            raise ProtocolError(400, "bare CR or LF in chunk size line")
         digits = 0
         for byte in line:
             if byte not in _HEX_DIGITS:
@@ -472,12 +513,16 @@ def bodyless_status(status: int) -> bool:
     return status < 200 or status == 204 or status == 304
 
 
-def error_response(status: int, message: str) -> bytes:
-    """A complete close-delimited error response with a short text body."""
+def error_response(status: int, message: str, method: str | None = None) -> bytes:
+    """A complete close-delimited error response with a short text body.
+
+    ``method``: the refused request's, when known; to HEAD the head alone is
+    sent (RFC 9110 §9.3.2), its Content-Length the size a GET would have got.
+    """
     body = f"{message}\n".encode("latin-1", "replace")
     head = (
         f"{status_line(status)}{SERVER_HEADER}{DATE.line}"
         f"Content-Type: text/plain; charset=utf-8\r\nContent-Length: {len(body)}\r\n"
         "Connection: close\r\n\r\n"
-    )
-    return head.encode("latin-1") + body
+    ).encode("latin-1")
+    return head if method == "HEAD" else head + body

@@ -45,6 +45,9 @@ _HOST_RE = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]+)(?::
 HTTP_VERSIONS = (b" HTTP/1.1", b" HTTP/1.0")
 # A well-formed request line (RFC 9112 §3), to tell 505 from 400 when it does not.
 _REQUEST_LINE_RE = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+ [\x21-\x7e]+ HTTP/([0-9])\.([0-9])")
+# What a backend says of a head it cannot parse: one plain line, the same for
+# both (their own texts differ and show internals).
+MALFORMED_HEAD = "malformed request head"
 # Line ends, proper or bare, in the order they come.
 _LINE_ENDS = re.compile(rb"\r\n|[\r\n]")
 
@@ -157,17 +160,20 @@ def parse_args(query: str) -> dict[str, Any]:
     return args
 
 
-def _split_target(method: str, target: str) -> tuple[str, str]:
-    """(path, query) of a request target, checking its form (RFC 9112 §3.2)."""
+def _split_target(method: str, target: str) -> tuple[str, str, str | None]:
+    """(path, query, authority) of a request target, checking its form (RFC 9112 §3.2).
+
+    ``authority`` is None except for the absolute form.
+    """
     if "#" in target:
         raise ProtocolError(400, "fragment in request target")
     if target[:1] == "/":
         path, sep, query = target.partition("?")
-        return path, query
+        return path, query, None
     if target == "*":
         if method != "OPTIONS":
             raise ProtocolError(400, "asterisk-form target is only for OPTIONS")
-        return "*", ""
+        return "*", "", None
     scheme, sep, rest = target.partition("://")
     if sep and scheme.lower() in ("http", "https"):
         # absolute-form: the authority is the part up to the first "/" or "?".
@@ -180,7 +186,7 @@ def _split_target(method: str, target: str) -> tuple[str, str]:
         if not authority or not _HOST_RE.fullmatch(authority):
             raise ProtocolError(400, "bad authority in absolute-form target")
         path, _, query = rest.partition("?")
-        return path or "/", query
+        return path or "/", query, authority
     raise ProtocolError(400, "bad request target")
 
 
@@ -191,12 +197,30 @@ def _split_tokens(value: str) -> list[str]:
 _NAME_CACHE: dict[bytes, str] = {}
 _HOST_CACHE: set[str] = set()
 _CACHE_MAX = 512
-# Fields that must not repeat: a second line is an attack or a bug.
-_SINGLE_FIELDS = {
-    "content-length": "more than one Content-Length",
-    "transfer-encoding": "more than one Transfer-Encoding",
-    "host": "more than one Host header",
-}
+# Fields that must not repeat (RFC 9110 §5.3: their grammar is one value, not
+# a list, so two lines cannot be joined into anything meaningful). Joining
+# them would let a proxy that reads the first line and an app that reads the
+# joined value disagree about the request: refused with 400, as gunicorn does.
+# Content-Encoding is a list in the grammar, but a repeated line on a request
+# is the same kind of disagreement (which coding is the body in?) and no
+# client sends one. The value is the name used in the error text.
+SINGLETON_FIELDS = (
+    "Content-Length",
+    "Transfer-Encoding",
+    "Host",
+    "Content-Type",
+    "Content-Encoding",
+    "Content-Location",
+    "Content-Range",
+    "Authorization",
+    "Proxy-Authorization",
+    "If-Modified-Since",
+    "If-Unmodified-Since",
+    "If-Range",
+    "Range",
+    "Max-Forwards",
+)
+_SINGLE_FIELDS = {name.lower(): name for name in SINGLETON_FIELDS}
 
 
 def _field_name(raw: bytes) -> str:
@@ -240,13 +264,13 @@ def build_request(
         name = _field_name(bname)
         if name in headers:
             if name in _SINGLE_FIELDS:
-                raise ProtocolError(400, _SINGLE_FIELDS[name])
+                raise ProtocolError(400, f"more than one {_SINGLE_FIELDS[name]} header")
             sep = "; " if name == "cookie" else ", "
             headers[name] = headers[name] + sep + bvalue.decode("latin-1")
         else:
             headers[name] = bvalue.decode("latin-1")
 
-    path, query = _split_target(method, target)
+    path, query, authority = _split_target(method, target)
 
     host = headers.get("host")
     if host is None:
@@ -254,6 +278,10 @@ def build_request(
             raise ProtocolError(400, "missing Host header")
     elif not _valid_host(host):
         raise ProtocolError(400, "invalid Host header")
+    if authority is not None:
+        # RFC 9112 §3.2.2: with an absolute-form target the server ignores
+        # Host and uses the target's authority; the app sees that one.
+        headers["host"] = authority
 
     conn_header = headers.get("connection")
     if version == "1.1":
@@ -297,6 +325,46 @@ def build_request(
             raise ProtocolError(417, "unsupported Expect")
         req.expect_continue = version == "1.1" and (req.chunked or req.content_length > 0)
     return req
+
+
+_TOKEN_BYTES = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+
+
+def diagnose(head: bytes, limits: Limits) -> ProtocolError:
+    """The error for a head a parser backend refused, named as the other would name it.
+
+    h11 and llhttp refuse different heads (h11 checks Host itself, llhttp
+    the framing fields...), in words of their own. So that both answer the
+    same line, the head is split leniently (request line at single spaces,
+    fields at the colon) and put through the checks of :func:`build_request`:
+    their error if they find one, else a plain "malformed request head".
+    Only on the error path, so it may be slow.
+    """
+    lines = head[:-4].split(b"\r\n")
+    parts = lines[0].split(b" ")
+    if len(parts) != 3 or not _TOKEN_BYTES.fullmatch(parts[0]):
+        return ProtocolError(400, "malformed request line")
+    method, target, version = parts
+    if any(byte < 0x21 or byte > 0x7E for byte in target):
+        return ProtocolError(400, "malformed request line")
+    raw: RawHeaders = []
+    for line in lines[1:]:
+        name, colon, value = line.partition(b":")
+        if not colon or not _TOKEN_BYTES.fullmatch(name):
+            return ProtocolError(400, MALFORMED_HEAD)
+        raw.append((name, value.strip(b" \t")))
+    try:
+        build_request(
+            method.decode("ascii"),
+            target.decode("ascii"),
+            version[5:].decode("ascii"),
+            raw,
+            limits,
+            check_fields=True,
+        )
+    except ProtocolError as exc:
+        return exc
+    return ProtocolError(400, MALFORMED_HEAD)
 
 
 def request_line_error(buf: bytes, start: int, end: int) -> ProtocolError:

@@ -177,8 +177,3 @@ def encode_head(
 def chunk(data: bytes) -> bytes:
     """One chunk of a chunked body (``data`` must not be empty)."""
     return b"%x\r\n%b\r\n" % (len(data), data)
-
-
-def strip_body(response: bytes) -> bytes:
-    """A whole response's head only (RFC 9110 §9.3.2: no content for HEAD)."""
-    return response[: response.index(b"\r\n\r\n") + 4]

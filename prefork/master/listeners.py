@@ -12,20 +12,19 @@ import logging
 import socket
 
 from prefork import log
-from prefork.config import Config
-from prefork.errors import BindError
+from prefork.config import Config, parse_host_port
+from prefork.errors import BindError, ConfigError
 from prefork.master import systemd
 
 logger = logging.getLogger(log.MASTER)
 
 
 def parse_address(text: str) -> tuple[str, int]:
-    """``"HOST:PORT"`` (``"[::1]:80"`` for IPv6) -> ``(host, port)``."""
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or int(port) > 65535:
-        raise BindError(f"bind {text!r}: expected HOST:PORT")
-    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-    return host or "0.0.0.0", int(port)
+    """``"HOST:PORT"`` (``"[::1]:80"`` for IPv6) -> ``(host, port)``, as config reads it."""
+    try:
+        return parse_host_port(text, "bind")
+    except ConfigError as exc:
+        raise BindError(str(exc)) from None
 
 
 def bind_spec(cfg: Config) -> tuple[tuple[tuple[str, int], ...], int]:

@@ -1,4 +1,9 @@
-"""End-to-end fixtures: start real ``prefork run`` processes in their own process group."""
+"""End-to-end fixtures: start real ``prefork run`` processes in their own process group.
+
+A started server is ready when a worker has answered a request (the master
+binds, and logs its address, before any worker runs). The raw HTTP client and
+the module-scoped server pool are in ``helpers.py``.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +12,11 @@ import os
 import re
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import textwrap
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -127,8 +132,9 @@ def wait_ready(server: ServerProcess) -> None:
     wait_until(lambda: server.port or proc.poll() is not None, timeout=20)
     if not server.port:
         raise AssertionError(f"server did not start:\n{server.log()}")
-    # The master logs the address once bound; wait until a worker answers.
-    wait_until(lambda: _accepts(server.port), timeout=20)
+    # The master logs the address once bound, before any worker runs: the
+    # kernel queues connections then, so only an answer means a worker is up.
+    wait_until(lambda: worker_answers(server), timeout=20)
 
 
 @pytest.fixture
@@ -140,7 +146,7 @@ def app_dir(tmp_path: Path) -> Path:
 def start_server(tmp_path: Path) -> Iterator[StartServer]:
     """Start ``prefork run MODULE:ATTR`` with ``app_source`` written to ``app.py`` in tmp_path.
 
-    Waits for the startup line and returns a ServerProcess; every started
+    Waits until a worker answers and returns a ServerProcess; every started
     process group is stopped (TERM, then KILL) on teardown.
     """
     started: list[ServerProcess] = []
@@ -164,26 +170,29 @@ def start_server(tmp_path: Path) -> Iterator[StartServer]:
         server.stop()
 
 
-def _accepts(port: int) -> bool:
+# A request a worker refuses before any handler runs (no Host): it leaves no
+# trace in a test app's records, only a 400.
+PROBE = b"GET / HTTP/1.1\r\n\r\n"
+
+
+def worker_answers(server: ServerProcess, timeout: float = 1.0) -> bool:
+    """True when a worker answers a request on the server's port within ``timeout``.
+
+    Over TLS, a handshake (even one the server refuses: a client certificate
+    required) is the answer: only a worker speaks TLS.
+    """
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1):
-            return True
+        with socket.create_connection(("127.0.0.1", server.port), timeout=timeout) as raw:
+            if server.scheme != "https":
+                raw.sendall(PROBE)
+                return raw.recv(16).startswith(b"HTTP/1.")
+            context = ssl.create_default_context()
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+            try:
+                with context.wrap_socket(raw):
+                    return True  # the handshake finished: a worker holds the connection
+            except ssl.SSLError:
+                return True
     except OSError:
         return False
-
-
-def http_exchange(port: int, data: bytes, timeout: float = 10.0) -> bytes:
-    """Send ``data`` on a fresh connection and read until the server closes it."""
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
-        s.sendall(data)
-        chunks = []
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                chunk = s.recv(65536)
-            except ConnectionResetError:
-                break
-            if not chunk:
-                break
-            chunks.append(chunk)
-        return b"".join(chunks)

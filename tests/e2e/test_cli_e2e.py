@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import ServerProcess, StartServer, http_exchange
+from tests.e2e.conftest import ServerProcess, StartServer
+from tests.e2e.helpers import http_exchange
 
 pytestmark = pytest.mark.e2e
 

@@ -5,7 +5,7 @@ What goes over the wire is decoded with the standard library only (``gzip``,
 module-scoped and started on first use, one per configuration: the default
 policy behind a sync handler (the inline path) and an async one on httptools
 and on h11, compression disabled, level 1 with ``min_size = 0``, level 9 for
-the off-the-loop test, and ``requests_per_connection = 3``. Every loop is
+the sliced-compression test, and ``requests_per_connection = 3``. Every loop is
 bounded in count and time; traffic goes to 127.0.0.1 only.
 """
 
@@ -14,14 +14,12 @@ from __future__ import annotations
 import gzip
 import inspect
 import random
-import socket
 import textwrap
 import threading
 import time
 import uuid
 import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -29,6 +27,7 @@ from urllib.parse import urlencode
 import pytest
 
 from tests.e2e.conftest import ServerProcess, launch_server
+from tests.e2e.helpers import Served, ServerPool, request
 
 pytestmark = pytest.mark.e2e
 
@@ -36,7 +35,7 @@ pytestmark = pytest.mark.e2e
 GZIP_WBITS = 16 + zlib.MAX_WBITS
 ZLIB_WBITS = zlib.MAX_WBITS
 MIN_SIZE = 1024  # the default compression.min_size
-OFFLOAD_BYTES = 200_000  # above compression.SLICE_BYTES: compressed slice by slice
+SLICED_BYTES = 200_000  # above compression.SLICE_BYTES: compressed slice by slice
 BIG_BYTES = 4 * 1024 * 1024
 PROBE_INTERVAL_S = 0.005
 
@@ -212,7 +211,7 @@ SERVERS: dict[str, tuple[str, str, str]] = {
     "h11": ("h11", "app:handle_async", ""),
     "disabled": ("httptools", "app:handle", "compression = {enabled = false}\n"),
     "fast": ("httptools", "app:handle", "compression = {level = 1, min_size = 0}\n"),
-    # The off-the-loop test sends small requests back to back on one connection.
+    # The sliced-compression test sends small requests back to back on one connection.
     "max": (
         "httptools",
         "app:handle",
@@ -220,145 +219,6 @@ SERVERS: dict[str, tuple[str, str, str]] = {
     ),
     "limited": ("httptools", "app:handle", "requests_per_connection = 3\n"),
 }
-
-
-# -- a raw HTTP/1.1 client ------------------------------------------------------
-
-
-@dataclass
-class Response:
-    status: int
-    headers: list[tuple[str, str]]
-    body: bytes = b""
-    chunks: list[bytes] = field(default_factory=list)
-
-    def values(self, name: str) -> list[str]:
-        return [v for n, v in self.headers if n.lower() == name.lower()]
-
-    def header(self, name: str) -> str | None:
-        values = self.values(name)
-        return ", ".join(values) if values else None
-
-    @property
-    def vary_tokens(self) -> list[str]:
-        value = self.header("vary")
-        return [t.strip().lower() for t in value.split(",")] if value else []
-
-
-class Client:
-    """A socket that sends raw bytes and reads responses (or one chunk) at a time."""
-
-    def __init__(self, port: int, timeout: float = 5.0) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
-        self.timeout = timeout
-        self.buf = b""
-        self.eof = False
-
-    def __enter__(self) -> Client:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.sock.close()
-
-    def send(self, data: bytes) -> None:
-        self.sock.sendall(data)
-
-    def _fill(self) -> None:
-        if self.eof:
-            raise EOFError(f"connection closed; unread: {self.buf[:200]!r}")
-        try:
-            chunk = self.sock.recv(256 * 1024)
-        except ConnectionResetError:
-            chunk = b""
-        if not chunk:
-            self.eof = True
-            raise EOFError(f"connection closed; unread: {self.buf[:200]!r}")
-        self.buf += chunk
-
-    def _line(self) -> bytes:
-        for _ in range(10_000):
-            i = self.buf.find(b"\r\n")
-            if i >= 0:
-                line, self.buf = self.buf[:i], self.buf[i + 2 :]
-                return line
-            self._fill()
-        raise AssertionError("no line end")
-
-    def _exact(self, n: int) -> bytes:
-        for _ in range(100_000):
-            if len(self.buf) >= n:
-                data, self.buf = self.buf[:n], self.buf[n:]
-                return data
-            self._fill()
-        raise AssertionError("body never arrived")
-
-    def read_head(self) -> Response:
-        version, status, _ = [*self._line().decode("latin-1").split(" ", 2), ""][:3]
-        assert version.startswith("HTTP/1."), version
-        headers: list[tuple[str, str]] = []
-        for _ in range(200):
-            line = self._line()
-            if not line:
-                return Response(int(status), headers)
-            name, _, value = line.decode("latin-1").partition(":")
-            headers.append((name, value.strip(" \t")))
-        raise AssertionError("too many header lines")
-
-    def read_chunk(self) -> bytes | None:
-        """The next chunk's data; None for the last chunk (trailers consumed)."""
-        size = int(self._line().split(b";")[0], 16)
-        if size == 0:
-            for _ in range(100):
-                if not self._line():
-                    return None
-            raise AssertionError("too many trailer lines")
-        data = self._exact(size)
-        assert self._exact(2) == b"\r\n"
-        return data
-
-    def read_body(self, resp: Response, method: str = "GET") -> Response:
-        """The body of ``resp`` as RFC 9112 §6.3 frames it."""
-        if method == "HEAD" or resp.status < 200 or resp.status in (204, 304):
-            return resp
-        te = resp.header("transfer-encoding")
-        if te is not None:
-            assert te.lower() == "chunked", te
-            for _ in range(100_000):
-                chunk = self.read_chunk()
-                if chunk is None:
-                    break
-                resp.chunks.append(chunk)
-            resp.body = b"".join(resp.chunks)
-        elif resp.header("content-length") is not None:
-            (length,) = resp.values("content-length")
-            resp.body = self._exact(int(length))
-        else:
-            resp.body = self.read_to_close()
-        return resp
-
-    def read_response(self, method: str = "GET") -> Response:
-        return self.read_body(self.read_head(), method)
-
-    def read_to_close(self) -> bytes:
-        deadline = time.monotonic() + self.timeout
-        data, self.buf = self.buf, b""
-        while not self.eof and time.monotonic() < deadline:
-            try:
-                chunk = self.sock.recv(256 * 1024)
-            except ConnectionResetError:
-                chunk = b""
-            if not chunk:
-                self.eof = True
-                break
-            data += chunk
-        assert self.eof, "server did not close the connection"
-        return data
-
-
-def request(path: str, *headers: str, method: str = "GET", version: str = "1.1") -> bytes:
-    lines = [f"{method} {path} HTTP/{version}", *(["Host: test"] if version == "1.1" else [])]
-    lines.extend(headers)
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
 
 def text_path(n: int, **params: str) -> str:
@@ -380,75 +240,21 @@ def decode(coding: str | None, data: bytes) -> bytes:
 # -- servers ---------------------------------------------------------------------
 
 
-@dataclass
-class Served:
-    proc: ServerProcess
-    directory: Path
-
-    @property
-    def port(self) -> int:
-        return self.proc.port
-
-    def client(self, timeout: float = 5.0) -> Client:
-        return Client(self.port, timeout)
-
-    def exchange(self, data: bytes, method: str = "GET") -> Response:
-        with self.client() as c:
-            c.send(data)
-            return c.read_response(method)
-
-    def get(self, path: str, *headers: str) -> Response:
-        return self.exchange(request(path, *headers))
-
-
-def _accepts(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1):
-            return True
-    except OSError:
-        return False
-
-
-def launch(directory: Path, backend: str, target: str, config: str) -> ServerProcess:
-    """The compression test app with ``config`` in ``directory``, served by ``launch_server``."""
+def launch(directory: Path, name: str) -> ServerProcess:
+    """The compression test app with SERVERS[name]'s config, served by ``launch_server``."""
+    backend, target, config = SERVERS[name]
     (directory / "app.py").write_text(textwrap.dedent(APP))
     (directory / "cfg.toml").write_text(BASE_CONFIG + config)
     return launch_server(directory, "-c", "cfg.toml", "-w", "1", "--http", backend, target=target)
 
 
-class Pool:
-    """Module-scoped servers, one per entry of SERVERS, started on first use."""
-
-    def __init__(self, base: Path) -> None:
-        self.base = base
-        self.servers: dict[str, Served] = {}
-        self.failed: dict[str, str] = {}
-
-    def get(self, name: str) -> Served:
-        if name in self.failed:
-            raise AssertionError(f"server {name!r} did not start: {self.failed[name]}")
-        if name not in self.servers:
-            directory = self.base / name
-            directory.mkdir()
-            backend, target, config = SERVERS[name]
-            try:
-                proc = launch(directory, backend, target, config)
-            except AssertionError as exc:
-                self.failed[name] = str(exc)
-                raise
-            self.servers[name] = Served(proc, directory)
-        return self.servers[name]
-
-    def stop(self) -> None:
-        for served in self.servers.values():
-            served.proc.stop()
-            if served.proc.proc.stderr is not None:
-                served.proc.proc.stderr.close()
+Pool = ServerPool[str]
 
 
 @pytest.fixture(scope="module")
 def pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pool]:
-    servers = Pool(tmp_path_factory.mktemp("compression"))
+    """Module-scoped servers, one per entry of SERVERS, started on first use."""
+    servers = Pool(tmp_path_factory.mktemp("compression"), launch)
     yield servers
     servers.stop()
 
@@ -474,7 +280,7 @@ def both_parsers(request: pytest.FixtureRequest, pool: Pool) -> Served:
 # -- gzip and deflate --------------------------------------------------------------
 
 
-@pytest.mark.parametrize("n", [20_000, OFFLOAD_BYTES], ids=["on-loop", "offloaded"])
+@pytest.mark.parametrize("n", [20_000, SLICED_BYTES], ids=["on-loop", "sliced"])
 @pytest.mark.parametrize("coding", ["gzip", "deflate"])
 def test_compressed_body_decodes_to_the_handler_body(server: Served, coding: str, n: int) -> None:
     resp = server.get(text_path(n), f"Accept-Encoding: {coding}")
@@ -633,7 +439,7 @@ def test_existing_content_encoding_is_not_encoded_again(default: Served) -> None
 
 
 def test_head_is_answered_without_a_body_or_coding(both_parsers: Served) -> None:
-    with both_parsers.client() as c:
+    with both_parsers.wire() as c:
         c.send(request(text_path(20_000), "Accept-Encoding: gzip", method="HEAD"))
         resp = c.read_response("HEAD")
         assert resp.header("content-encoding") is None
@@ -648,7 +454,7 @@ def test_head_is_answered_without_a_body_or_coding(both_parsers: Served) -> None
 def test_bodyless_status_is_answered_without_a_body_or_coding(
     both_parsers: Served, status: int
 ) -> None:
-    with both_parsers.client() as c:
+    with both_parsers.wire() as c:
         c.send(request(text_path(6000, status=str(status)), "Accept-Encoding: gzip"))
         resp = c.read_response()
         assert resp.status == status
@@ -728,7 +534,7 @@ def test_streamed_piece_is_flushed_and_decodable_before_the_next_exists(
     token = uuid.uuid4().hex
     go, second = server.directory / f"go-{token}", server.directory / f"second-{token}"
     decoder = zlib.decompressobj(GZIP_WBITS if coding == "gzip" else ZLIB_WBITS)
-    with server.client(timeout=5.0) as c:
+    with server.wire(timeout=5.0) as c:
         c.send(request(f"/held?token={token}", f"Accept-Encoding: {coding}"))
         resp = c.read_head()
         assert resp.header("transfer-encoding") == "chunked"
@@ -765,7 +571,7 @@ def test_streamed_response_decodes_as_a_whole(both_parsers: Served) -> None:
 
 
 def test_streamed_compressed_response_to_http10_is_close_delimited(both_parsers: Served) -> None:
-    with both_parsers.client() as c:
+    with both_parsers.wire() as c:
         c.send(request("/pieces?count=3", "Accept-Encoding: deflate", version="1.0"))
         resp = c.read_response()
     assert resp.header("content-encoding") == "deflate"
@@ -821,7 +627,7 @@ def test_ineligible_stream_is_sent_as_is(default: Served, params: dict[str, str]
 def test_stream_without_a_body_has_no_coding(
     both_parsers: Served, method: str, status: str
 ) -> None:
-    with both_parsers.client() as c:
+    with both_parsers.wire() as c:
         c.send(request(f"/pieces?count=2&status={status}", "Accept-Encoding: gzip", method=method))
         resp = c.read_response(method)
         assert resp.status == int(status)
@@ -846,14 +652,14 @@ def test_handler_headers_are_not_modified_between_responses(default: Served) -> 
 def test_keep_alive_after_compressed_responses(server: Served) -> None:
     steps: list[tuple[str, str | None, bytes]] = [
         (text_path(20_000), "gzip", text_body(20_000)),
-        (text_path(OFFLOAD_BYTES), "deflate", text_body(OFFLOAD_BYTES)),
+        (text_path(SLICED_BYTES), "deflate", text_body(SLICED_BYTES)),
         ("/pieces?count=2", "gzip", text_body(1500) + text_body(1501)),
         (text_path(500), "gzip", text_body(500)),
-        (text_path(OFFLOAD_BYTES), "gzip", text_body(OFFLOAD_BYTES)),
+        (text_path(SLICED_BYTES), "gzip", text_body(SLICED_BYTES)),
         (text_path(7000), None, text_body(7000)),
         (text_path(7000), "deflate", text_body(7000)),
     ]
-    with server.client() as c:
+    with server.wire() as c:
         for path, coding, expected in steps:
             c.send(request(path, f"Accept-Encoding: {coding or 'identity'}"))
             resp = c.read_response()
@@ -865,8 +671,8 @@ def test_keep_alive_after_compressed_responses(server: Served) -> None:
 
 
 def test_pipelined_compressed_responses_come_back_in_order(server: Served) -> None:
-    sizes = [OFFLOAD_BYTES, 3000, 100_000, 2000]
-    with server.client() as c:
+    sizes = [SLICED_BYTES, 3000, 100_000, 2000]
+    with server.wire() as c:
         c.send(b"".join(request(text_path(n), "Accept-Encoding: gzip") for n in sizes))
         for n in sizes:
             resp = c.read_response()
@@ -874,20 +680,20 @@ def test_pipelined_compressed_responses_come_back_in_order(server: Served) -> No
             assert gzip.decompress(resp.body) == text_body(n)
 
 
-@pytest.mark.parametrize("n", [20_000, OFFLOAD_BYTES], ids=["on-loop", "offloaded"])
+@pytest.mark.parametrize("n", [20_000, SLICED_BYTES], ids=["on-loop", "sliced"])
 def test_http10_client_gets_compressed_fixed_bodies(both_parsers: Served, n: int) -> None:
-    with both_parsers.client() as c:
+    with both_parsers.wire() as c:
         c.send(request(text_path(n), "Accept-Encoding: gzip", version="1.0"))
         resp = c.read_response()
         assert resp.header("content-encoding") == "gzip"
         assert resp.values("content-length") == [str(len(resp.body))]
         assert gzip.decompress(resp.body) == text_body(n)
-        assert c.read_to_close() == b""
+        assert c.read_until_close() == b""
 
 
 def test_http10_keep_alive_after_a_compressed_body(default: Served) -> None:
-    with default.client() as c:
-        for n in (20_000, OFFLOAD_BYTES, 3000):
+    with default.wire() as c:
+        for n in (20_000, SLICED_BYTES, 3000):
             c.send(
                 request(
                     text_path(n),
@@ -902,12 +708,12 @@ def test_http10_keep_alive_after_a_compressed_body(default: Served) -> None:
 
 
 LIMIT_CASES = [
-    pytest.param(text_path(OFFLOAD_BYTES, type="image/png"), None, id="identity-big"),
+    pytest.param(text_path(SLICED_BYTES, type="image/png"), None, id="identity-big"),
     pytest.param(text_path(20_000), "gzip", id="compressed-on-loop"),
     pytest.param(
-        text_path(OFFLOAD_BYTES),
+        text_path(SLICED_BYTES),
         "gzip",
-        id="compressed-offloaded",
+        id="compressed-sliced",
     ),
     pytest.param(
         "/pieces?count=2",
@@ -923,7 +729,7 @@ def test_requests_per_connection_counts_compressed_responses(
 ) -> None:
     """requests_per_connection = 3, sync handler: the third response closes, whatever it is."""
     served = pool.get("limited")
-    with served.client() as c:
+    with served.wire() as c:
         for path in (text_path(10), text_path(10)):
             c.send(request(path, "Accept-Encoding: gzip"))
             assert c.read_response().header("connection") is None
@@ -931,7 +737,7 @@ def test_requests_per_connection_counts_compressed_responses(
         resp = c.read_response()
         assert resp.header("content-encoding") == coding
         assert (resp.header("connection") or "").lower() == "close"
-        assert c.read_to_close() == b""
+        assert c.read_until_close() == b""
 
 
 # -- a big body is compressed off the event loop ------------------------------------
@@ -953,7 +759,7 @@ def test_big_body_is_compressed_in_slices_while_others_are_served(pool: Pool) ->
 
     def fetch_big() -> None:
         try:
-            with served.client(timeout=30.0) as c:
+            with served.wire(timeout=30.0) as c:
                 download["sent"] = time.perf_counter()
                 c.send(request("/big", "Accept-Encoding: gzip"))
                 head = c.read_head()
@@ -964,7 +770,7 @@ def test_big_body_is_compressed_in_slices_while_others_are_served(pool: Pool) ->
             download["error"] = exc
 
     small: list[tuple[float, float]] = []  # (start, latency)
-    with served.client() as c:
+    with served.wire() as c:
         c.send(request(text_path(10)))
         c.read_response()
         reader = threading.Thread(target=fetch_big, daemon=True)
@@ -995,11 +801,11 @@ def test_big_body_is_compressed_in_slices_while_others_are_served(pool: Pool) ->
     )
 
 
-def test_client_gone_during_offloaded_compression_leaves_the_worker_serving(pool: Pool) -> None:
+def test_client_gone_during_sliced_compression_leaves_the_worker_serving(pool: Pool) -> None:
     served = pool.get("max")
     assert served.get("/big?prepare=1").body == b"ready"
     spawned = served.proc.log().count("spawned")
-    with served.client() as c:
+    with served.wire() as c:
         c.send(request("/big", "Accept-Encoding: gzip"))
     # The compression finishes (slice by slice) and the write finds the peer gone.
     for _ in range(3):

@@ -26,7 +26,8 @@ import uvloop
 from prefork.apps.handler import Context
 from prefork.apps.native import NativeApp
 from prefork.config import Config
-from prefork.engine.connection import Connection, serve_connection
+from prefork.engine.connection import Connection
+from prefork.engine.serve import serve_connection
 from prefork.engine.shared import Shared
 
 pytestmark = pytest.mark.e2e

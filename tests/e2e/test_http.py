@@ -19,7 +19,6 @@ import textwrap
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,8 @@ import pytest
 
 from tests.conftest import wait_until
 from tests.e2e.conftest import ServerProcess, StartServer, launch_server
+from tests.e2e.helpers import Response, Served, ServerPool, Wire
+from tests.e2e.helpers import request as get
 
 pytestmark = pytest.mark.e2e
 
@@ -211,198 +212,7 @@ async def handle(method, query, args, headers, body, ctx):
 """
 
 
-# -- a raw HTTP/1.1 client ------------------------------------------------------
-
-
-@dataclass
-class Response:
-    """One response as it came over the wire."""
-
-    version: str
-    status: int
-    reason: str
-    headers: list[tuple[str, str]]
-    body: bytes = b""
-    raw_head: bytes = b""
-    raw_body: bytes = b""  # the body bytes as framed (chunk sizes included)
-    chunks: list[bytes] = field(default_factory=list)
-
-    def header(self, name: str) -> str | None:
-        values = [v for n, v in self.headers if n.lower() == name.lower()]
-        return ", ".join(values) if values else None
-
-    def has(self, name: str) -> bool:
-        return any(n.lower() == name.lower() for n, _ in self.headers)
-
-    @property
-    def closes(self) -> bool:
-        value = self.header("connection")
-        return value is not None and "close" in value.lower()
-
-
-class Wire:
-    """A client socket that sends raw bytes and reads exactly one response at a time."""
-
-    def __init__(self, port: int, timeout: float = 5.0, rcvbuf: int | None = None) -> None:
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        if rcvbuf is not None:
-            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-        self.sock.settimeout(timeout)
-        self.sock.connect(("127.0.0.1", port))
-        self.timeout = timeout
-        self.buf = b""
-        self.eof = False
-
-    def __enter__(self) -> Wire:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        self.sock.close()
-
-    def send(self, data: bytes) -> None:
-        self.sock.sendall(data)
-
-    def _fill(self) -> None:
-        if self.eof:
-            raise EOFError(f"connection closed; unread: {self.buf!r}")
-        try:
-            chunk = self.sock.recv(65536)
-        except ConnectionResetError:
-            chunk = b""
-        if not chunk:
-            self.eof = True
-            raise EOFError(f"connection closed; unread: {self.buf!r}")
-        self.buf += chunk
-
-    def _line(self) -> bytes:
-        for _ in range(10_000):
-            i = self.buf.find(b"\r\n")
-            if i >= 0:
-                line, self.buf = self.buf[:i], self.buf[i + 2 :]
-                return line
-            self._fill()
-        raise AssertionError("no line end")
-
-    def _exact(self, n: int) -> bytes:
-        for _ in range(100_000):
-            if len(self.buf) >= n:
-                data, self.buf = self.buf[:n], self.buf[n:]
-                return data
-            self._fill()
-        raise AssertionError("body never arrived")
-
-    def read_response(self, *, head: bool = False) -> Response:
-        """One response: status line, headers, then a body framed as RFC 9112 §6.3 says."""
-        status_line = self._line()
-        version, status, reason = [*status_line.decode("latin-1").split(" ", 2), ""][:3]
-        headers: list[tuple[str, str]] = []
-        raw_head = status_line + b"\r\n"
-        for _ in range(1000):
-            line = self._line()
-            raw_head += line + b"\r\n"
-            if not line:
-                break
-            name, _, value = line.decode("latin-1").partition(":")
-            headers.append((name, value.strip(" \t")))
-        resp = Response(version, int(status), reason, headers, raw_head=raw_head)
-        code = resp.status
-        if head or code < 200 or code in (204, 304):
-            return resp
-        te = resp.header("transfer-encoding")
-        if te is not None and te.lower() == "chunked":
-            raw = b""
-            for _ in range(100_000):
-                size_line = self._line()
-                raw += size_line + b"\r\n"
-                size = int(size_line.split(b";")[0], 16)
-                if size == 0:
-                    for _ in range(100):
-                        trailer = self._line()
-                        raw += trailer + b"\r\n"
-                        if not trailer:
-                            break
-                    break
-                data = self._exact(size)
-                crlf = self._exact(2)
-                assert crlf == b"\r\n", f"chunk not followed by CRLF: {crlf!r}"
-                raw += data + crlf
-                resp.chunks.append(data)
-            resp.body = b"".join(resp.chunks)
-            resp.raw_body = raw
-        elif resp.header("content-length") is not None:
-            resp.body = resp.raw_body = self._exact(int(resp.header("content-length") or 0))
-        else:
-            resp.body = resp.raw_body = self.read_until_close()
-        return resp
-
-    def read_until_close(self, timeout: float | None = None) -> bytes:
-        """Everything until the server closes (or resets) the connection."""
-        deadline = time.monotonic() + (timeout or self.timeout)
-        data, self.buf = self.buf, b""
-        while not self.eof and time.monotonic() < deadline:
-            try:
-                chunk = self.sock.recv(65536)
-            except ConnectionResetError:
-                chunk = b""
-            except TimeoutError:
-                break
-            if not chunk:
-                self.eof = True
-                break
-            data += chunk
-        assert self.eof, f"server did not close the connection; got {data!r}"
-        return data
-
-    def closed_within(self, timeout: float) -> bool:
-        """True when the server closes the connection (with nothing more to read) in time."""
-        if self.buf:
-            return False
-        ready, _, _ = select.select([self.sock], [], [], timeout)
-        if not ready:
-            return False
-        try:
-            chunk = self.sock.recv(65536)
-        except ConnectionResetError:
-            return True
-        self.buf += chunk
-        return not chunk
-
-
-def get(path: str, *extra: str, version: str = "1.1", method: str = "GET") -> bytes:
-    lines = [f"{method} {path} HTTP/{version}", *(["Host: test"] if version == "1.1" else [])]
-    lines.extend(extra)
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-
-
 # -- servers ---------------------------------------------------------------------
-
-
-@dataclass
-class Served:
-    """A running server, its directory and the handler calls it recorded."""
-
-    proc: ServerProcess
-    directory: Path
-
-    @property
-    def port(self) -> int:
-        return self.proc.port
-
-    def wire(self, **kwargs: Any) -> Wire:
-        return Wire(self.port, **kwargs)
-
-    def calls(self) -> str:
-        path = self.directory / "calls.log"
-        return path.read_text(encoding="utf-8") if path.exists() else ""
-
-    def exchange(self, data: bytes, *, head: bool = False) -> Response:
-        """Send ``data`` on a fresh connection and read one response."""
-        with self.wire() as w:
-            w.send(data)
-            return w.read_response(head=head)
 
 
 def launch(directory: Path, *args: str, target: str = "app:handle") -> ServerProcess:
@@ -412,41 +222,20 @@ def launch(directory: Path, *args: str, target: str = "app:handle") -> ServerPro
     return launch_server(directory, *args, target=target)
 
 
-def _accepts(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1):
-            return True
-    except OSError:
-        return False
+def launch_pooled(directory: Path, key: tuple[str, str]) -> ServerProcess:
+    """The pool's server for (parser backend, handler flavour)."""
+    backend, flavour = key
+    target = "app:handle" if flavour == "async" else "app:handle_sync"
+    return launch(directory, "-c", "cfg.toml", "--http", backend, target=target)
 
 
-class Pool:
-    """Module-scoped servers, started on first use: one per (backend, handler flavour)."""
-
-    def __init__(self, base: Path) -> None:
-        self.base = base
-        self.servers: dict[tuple[str, str], Served] = {}
-
-    def get(self, backend: str, flavour: str = "async") -> Served:
-        key = (backend, flavour)
-        if key not in self.servers:
-            directory = self.base / f"{backend}-{flavour}"
-            directory.mkdir()
-            target = "app:handle" if flavour == "async" else "app:handle_sync"
-            proc = launch(directory, "-c", "cfg.toml", "--http", backend, target=target)
-            self.servers[key] = Served(proc, directory)
-        return self.servers[key]
-
-    def stop(self) -> None:
-        for served in self.servers.values():
-            served.proc.stop()
-            if served.proc.proc.stderr is not None:
-                served.proc.proc.stderr.close()
+Pool = ServerPool[tuple[str, str]]
 
 
 @pytest.fixture(scope="module")
 def pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pool]:
-    servers = Pool(tmp_path_factory.mktemp("http"))
+    """Module-scoped servers, started on first use: one per (backend, handler flavour)."""
+    servers = Pool(tmp_path_factory.mktemp("http"), launch_pooled)
     yield servers
     servers.stop()
 
@@ -458,19 +247,19 @@ def pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pool]:
 def server(request: pytest.FixtureRequest, pool: Pool) -> Served:
     """The app on each parser backend, and as a sync handler (served by its own code path)."""
     backend, flavour = request.param
-    return pool.get(backend, flavour)
+    return pool.get((backend, flavour))
 
 
 @pytest.fixture(params=["async", "sync"])
 def any_handler(request: pytest.FixtureRequest, pool: Pool) -> Served:
     """The app as an ``async def`` handler and as a plain ``def`` handler."""
-    return pool.get("httptools", request.param)
+    return pool.get(("httptools", request.param))
 
 
 @pytest.fixture
 def default(pool: Pool) -> Served:
     """The async app on the default parser, for behaviour that does not concern parsing."""
-    return pool.get("httptools")
+    return pool.get(("httptools", "async"))
 
 
 def unique() -> str:
@@ -488,7 +277,7 @@ def echo_of(resp: Response) -> dict[str, Any]:
 
 @pytest.mark.parametrize("flavour", ["async", "sync"])
 def test_sync_and_async_handlers_are_both_called(pool: Pool, flavour: str) -> None:
-    resp = pool.get("httptools", flavour).exchange(get("/echo/flavour"))
+    resp = pool.get(("httptools", flavour)).exchange(get("/echo/flavour"))
     assert resp.status == 200
     assert resp.header("x-flavour") == flavour
     assert echo_of(resp)["query"] == "/echo/flavour"
@@ -561,7 +350,7 @@ def test_headers_are_lower_case_and_repeats_joined(server: Served) -> None:
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_header_value_whitespace_around_it_is_not_part_of_it(pool: Pool, backend: str) -> None:
     data = get("/echo/ows", "X-Spaced:   padded  ", "X-Tabbed:\tin\t side\t")
-    headers = echo_of(pool.get(backend).exchange(data))["headers"]
+    headers = echo_of(pool.get((backend, "async")).exchange(data))["headers"]
     assert headers["x-spaced"] == "padded"
     assert headers["x-tabbed"] == "in\t side"
 
@@ -569,7 +358,7 @@ def test_header_value_whitespace_around_it_is_not_part_of_it(pool: Pool, backend
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_header_values_reach_the_handler_as_sent(pool: Pool, backend: str) -> None:
     data = get("/echo/as-sent", "Transfer-Encoding: Chunked", "X-Case: MiXeD", method="POST")
-    doc = echo_of(pool.get(backend).exchange(data + b"3\r\nabc\r\n0\r\n\r\n"))
+    doc = echo_of(pool.get((backend, "async")).exchange(data + b"3\r\nabc\r\n0\r\n\r\n"))
     assert bytes.fromhex(doc["body"]) == b"abc"
     assert doc["headers"]["x-case"] == "MiXeD"
     assert doc["headers"]["transfer-encoding"] == "Chunked"
@@ -940,6 +729,18 @@ BAD_REQUESTS = [
         400,
     ),
     ("nul-in-value", b"GET /bad/nul HTTP/1.1\r\nHost: a\r\nX-A: a\x00b\r\n\r\n", 400),
+    # RFC 9110 §5.3: one-value fields cannot be joined; a repeat is refused.
+    (
+        "two-content-types",
+        b"POST /bad/two-ct HTTP/1.1\r\nHost: a\r\nContent-Type: a/b\r\n"
+        b"Content-Type: c/d\r\nContent-Length: 0\r\n\r\n",
+        400,
+    ),
+    (
+        "two-authorizations",
+        b"GET /bad/two-auth HTTP/1.1\r\nHost: a\r\nAuthorization: x\r\nAuthorization: y\r\n\r\n",
+        400,
+    ),
 ]
 
 
@@ -963,6 +764,39 @@ def test_bad_request_is_rejected_and_closed_without_calling_the_handler(
     assert "/bad/" not in calls
     assert "CONNECT" not in calls
     assert "/echo/after-bad" not in calls
+
+
+@pytest.mark.parametrize(
+    ("fields", "status", "text"),
+    [
+        (("Expect: bogus",), 417, "unsupported Expect"),
+        (("Content-Length: 999999",), 413, "request body too large"),
+        (("X-A: 1", "X-A: 2", "If-Range: a", "If-Range: b"), 400, "more than one If-Range header"),
+    ],
+    ids=["417", "413", "400"],
+)
+def test_error_answer_to_head_has_no_body(
+    server: Served, fields: tuple[str, ...], status: int, text: str
+) -> None:
+    """RFC 9110 §9.3.2: a response to HEAD has no content, an error's neither."""
+    with server.wire() as w:
+        w.send(get("/bad/head", *fields, method="HEAD"))
+        resp = w.read_response(head=True)
+        assert (resp.status, resp.closes) == (status, True)
+        # Content-Length says what a GET would have got; nothing follows.
+        assert resp.header("content-length") == str(len(text) + 1)
+        assert w.read_until_close() == b""
+    with server.wire() as w:
+        w.send(get("/bad/get", *fields))
+        assert w.read_response().body == f"{text}\n".encode()
+
+
+def test_absolute_form_target_authority_is_the_host(server: Served) -> None:
+    """RFC 9112 §3.2.2: with an absolute-form target the Host field is ignored."""
+    resp = server.exchange(get("http://a.example:8080/echo/abs?x=1"))
+    doc = echo_of(resp)
+    assert doc["headers"]["host"] == "a.example:8080"
+    assert (doc["query"], doc["args"]) == ("/echo/abs", {"x": "1"})
 
 
 def test_good_request_then_bad_one_answers_the_first_then_rejects(server: Served) -> None:
@@ -1165,7 +999,7 @@ def _worker_holds(served: Served, client_port: int) -> bool:
 def test_client_that_never_reads_a_last_response_is_dropped_after_response_write_timeout(
     pool: Pool, flavour: str
 ) -> None:
-    served = pool.get("httptools", flavour)
+    served = pool.get(("httptools", flavour))
     with served.wire(timeout=10, rcvbuf=4096) as w:
         # A first request, so that the second one reaches the handler the same way every
         # time (a sync handler is then called inline, an async one from the coroutine).

@@ -30,7 +30,8 @@ import pytest
 from prefork.config import Config
 from prefork.master.systemd import monotonic_usec
 from tests.conftest import free_port, wait_until
-from tests.e2e.conftest import ServerProcess, StartServer, http_exchange
+from tests.e2e.conftest import ServerProcess, StartServer
+from tests.e2e.helpers import http_exchange
 
 pytestmark = pytest.mark.e2e
 

@@ -16,15 +16,17 @@ from prefork.master.listeners import bind_spec, parse_address
         ("0.0.0.0:0", ("0.0.0.0", 0)),
         ("[::1]:443", ("::1", 443)),
         ("localhost:80", ("localhost", 80)),
-        (":9000", ("0.0.0.0", 9000)),
+        # The same reading as -b and the config's: no host is 127.0.0.1.
+        (":9000", ("127.0.0.1", 9000)),
+        ("8080", ("127.0.0.1", 8080)),
     ],
-    ids=["ipv4", "port-0", "ipv6", "name", "no-host"],
+    ids=["ipv4", "port-0", "ipv6", "name", "no-host", "port-only"],
 )
 def test_parse_address(text: str, expected: tuple[str, int]) -> None:
     assert parse_address(text) == expected
 
 
-@pytest.mark.parametrize("text", ["8080", "host:", "host:http", "host:70000"])
+@pytest.mark.parametrize("text", ["", "host:", "host:http", "host:70000", "[::1]"])
 def test_parse_address_rejects(text: str) -> None:
     with pytest.raises(BindError, match="expected HOST:PORT"):
         parse_address(text)

@@ -221,21 +221,28 @@ CASES = [
         get(b"Upgrade: websocket", b"Connection: upgrade") + get(target=b"/2"),
         req(headers={"host": "a", "upgrade": "websocket", "connection": "upgrade"}),
     ),
+    # RFC 9112 §3.2.2: the authority of an absolute-form target replaces Host.
     ok(
         "absolute-form",
         get(target=b"http://example.com/x?y=1"),
-        req("http://example.com/x?y=1", path="/x", query="y=1"),
+        req("http://example.com/x?y=1", path="/x", query="y=1", headers={"host": "example.com"}),
     ),
     ok(
         "absolute-form-without-path",
         get(target=b"HTTPS://example.com:8443"),
-        req("HTTPS://example.com:8443", path="/"),
+        req("HTTPS://example.com:8443", path="/", headers={"host": "example.com:8443"}),
     ),
     ok(
         "absolute-form-query-without-path",
         get(target=b"http://[::1]?y"),
-        req("http://[::1]?y", path="/", query="y"),
+        req("http://[::1]?y", path="/", query="y", headers={"host": "[::1]"}),
     ),
+    ok(
+        "absolute-form-http10-without-host",
+        head(b"GET http://b:81/ HTTP/1.0"),
+        req("http://b:81/", path="/", version="1.0", headers={"host": "b:81"}),
+    ),
+    fail("absolute-form-still-needs-host", head(b"GET http://b/ HTTP/1.1"), 400),
     ok("asterisk-form-options", get(target=b"*").replace(b"GET", b"OPTIONS"), req("*", "OPTIONS")),
     ok("host-with-port", head(b"GET / HTTP/1.1", b"Host: a:80"), req(headers={"host": "a:80"})),
     ok(
@@ -368,6 +375,24 @@ CASES = [
     fail("host-bad-port", head(b"GET / HTTP/1.1", b"Host: a:b"), 400),
     fail("host-with-path", head(b"GET / HTTP/1.1", b"Host: a/b"), 400),
     fail("http10-bad-host", head(b"GET / HTTP/1.0", b"Host: u@a"), 400),
+    # RFC 9110 §5.3: a field whose value is one item cannot be joined; a repeat is refused.
+    *(
+        fail(f"repeated-{name.lower()}", get(f"{name}: x".encode(), f"{name}: y".encode()), 400)
+        for name in (
+            "Content-Type",
+            "Content-Encoding",
+            "Content-Location",
+            "Content-Range",
+            "Authorization",
+            "Proxy-Authorization",
+            "If-Modified-Since",
+            "If-Unmodified-Since",
+            "If-Range",
+            "Range",
+            "Max-Forwards",
+        )
+    ),
+    fail("repeated-content-type-any-case", get(b"Content-Type: a/b", b"content-TYPE: a/b"), 400),
     # -- the request line and target ---------------------------------------------
     fail("fragment-in-target", get(target=b"/a#b"), 400),
     fail("asterisk-form-for-get", get(target=b"*"), 400),
@@ -731,6 +756,86 @@ def test_error_response_is_a_complete_close_delimited_message() -> None:
     assert b"Server: prefork" in lines
     assert any(line.startswith(b"Date: ") for line in lines)
     assert body == b"header line too long\n"
+
+
+def test_error_response_to_head_is_the_head_alone() -> None:
+    # RFC 9110 §9.3.2: no content in a response to HEAD, whatever the status.
+    full = error_response(417, "unsupported Expect", "GET")
+    assert error_response(417, "unsupported Expect", "HEAD") == full[: full.index(b"\r\n\r\n") + 4]
+    assert error_response(417, "unsupported Expect") == full
+
+
+def error_of(backend: str, pieces: list[bytes], eof: bool = False) -> ProtocolError | None:
+    reader = RequestReader(make_parser(backend), small_limits())
+    try:
+        for piece in pieces:
+            reader.feed(piece)
+            reader.requests.clear()
+        if eof:
+            reader.eof()
+    except ProtocolError as exc:
+        return exc
+    return None
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize(
+    ("raw", "eof", "status"),
+    [
+        (head(b"HEAD / HTTP/1.1", b"Host: a", b"Expect: nope"), False, 417),
+        (head(b"HEAD / HTTP/1.1", b"Host: a", b"Content-Length: 999"), False, 413),
+        (head(b"HEAD / HTTP/1.1", b"Host: a", b"Content-Type: a", b"Content-Type: b"), False, 400),
+        (head(b"HEAD /a#b HTTP/1.1", b"Host: a"), False, 400),
+        (head(b"HEAD / HTTP/1.1", b"Host: a", TE) + b"zz\r\n", False, 400),
+        (head(b"HEAD / HTTP/1.1", b"Host: a", CL5) + b"hel", True, 400),
+        (get() + head(b"HEAD / HTTP/1.1", b"Host: a", b"Expect: nope"), False, 417),
+    ],
+    ids=[
+        "expect",
+        "too-large",
+        "repeated-field",
+        "bad-target",
+        "bad-chunk",
+        "eof-in-body",
+        "second",
+    ],
+)
+def test_an_error_in_a_head_request_names_the_method(
+    backend: str, raw: bytes, eof: bool, status: int
+) -> None:
+    """The reader tells the connection the refused request was HEAD, so no body is sent."""
+    for how, pieces in splits(raw):
+        exc = error_of(backend, pieces, eof)
+        assert exc is not None, how
+        assert (exc.status, exc.method) == (status, "HEAD"), how
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_an_error_before_the_method_is_known_names_none(backend: str) -> None:
+    exc = error_of(backend, [b"HEAD / HTTP/1.1\r\nHost: a\r\nBad\x01: x\r\n\r\n"])
+    assert exc is not None
+    assert exc.status == 400
+    exc = error_of(backend, [b"HEAD / HTTP/2.0\r\nHost: a\r\n\r\n"])
+    assert exc is not None
+    assert (exc.status, exc.method) == (505, None)
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c.status], ids=lambda c: c.id)
+def test_error_text_is_one_plain_line_the_same_on_both_backends(case: Case) -> None:
+    texts = set()
+    for backend in BACKENDS:
+        for how, pieces in splits(case.raw):
+            exc = error_of(backend, pieces, case.eof)
+            assert exc is not None, (backend, how)
+            texts.add(str(exc))
+    assert len(texts) == 1, texts
+    text = texts.pop()
+    # Plain words: no line breaks, no reprs of the backends' buffers.
+    assert text.isascii(), text
+    assert text.isprintable(), text
+    assert text.strip() == text, text
+    for leak in ("bytearray", "b'", "("):
+        assert leak not in text, text
 
 
 def test_error_response_of_an_unnamed_status() -> None:

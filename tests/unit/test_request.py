@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from prefork.http.request import Limits, build_request, parse_args
+from prefork.errors import ProtocolError
+from prefork.http.request import Limits, build_request, diagnose, parse_args
 
 
 def small_limits() -> Limits:
@@ -61,3 +62,31 @@ def test_build_request_joins_and_decides_keep_alive() -> None:
 )
 def test_parse_args(query: str, expected: dict[str, Any]) -> None:
     assert parse_args(query) == expected
+
+
+def test_build_request_refuses_a_repeated_singleton_field() -> None:
+    raw = [(b"Host", b"a"), (b"Authorization", b"Basic x"), (b"authorization", b"Basic y")]
+    with pytest.raises(ProtocolError, match=r"^more than one Authorization header$") as info:
+        build_request("GET", "/", "1.1", raw, small_limits(), check_fields=True)
+    assert info.value.status == 400
+
+
+def test_build_request_takes_host_from_an_absolute_form_target() -> None:
+    raw = [(b"Host", b"b")]
+    r = build_request("GET", "http://a:81/x?q", "1.1", raw, small_limits(), check_fields=True)
+    assert (r.headers["host"], r.path, r.query) == ("a:81", "/x", "q")
+
+
+@pytest.mark.parametrize(
+    ("head", "text"),
+    [
+        (b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", "more than one Host header"),
+        (b"GET / HTTP/1.1\r\nX: y\r\n\r\n", "missing Host header"),
+        (b"GET  / HTTP/1.1\r\nHost: a\r\n\r\n", "malformed request line"),
+        (b"GET / HTTP/1.1\r\nHost: a\r\nBad Name: y\r\n\r\n", "malformed request head"),
+        (b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", "malformed request head"),
+    ],
+)
+def test_diagnose_names_a_refused_head_in_the_shared_words(head: bytes, text: str) -> None:
+    exc = diagnose(head, small_limits())
+    assert (exc.status, str(exc)) == (400, text)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import h11
 
 from prefork.errors import ProtocolError
-from prefork.http.request import RawHeaders
+from prefork.http.request import MALFORMED_HEAD, RawHeaders
 
 # Fields h11 rewrites: it folds repeated or list-form Content-Length ("5, 5")
 # into one value and lower-cases Transfer-Encoding.
@@ -25,10 +25,12 @@ class H11HeadParser:
         try:
             conn.receive_data(head)
             event = conn.next_event()
-        except h11.RemoteProtocolError as exc:
-            raise ProtocolError(400, f"malformed request: {exc}") from None
+        except h11.RemoteProtocolError:
+            # h11's texts show its internals (reprs of its buffers): the same
+            # plain line as llhttp's instead.
+            raise ProtocolError(400, MALFORMED_HEAD) from None
         if not isinstance(event, h11.Request):
-            raise ProtocolError(400, "malformed request head")
+            raise ProtocolError(400, MALFORMED_HEAD)
         try:
             target = event.target.decode("ascii")
         except UnicodeDecodeError:
@@ -45,6 +47,6 @@ class H11HeadParser:
                 value = value.lstrip(b" \t")
                 if b"\t" in value and name.lower() == b"transfer-encoding":
                     # llhttp refuses "chunked<HTAB>"; the stricter answer for both.
-                    raise ProtocolError(400, "HTAB in Transfer-Encoding")
+                    raise ProtocolError(400, MALFORMED_HEAD)
                 raw.append((name, value.rstrip(b" \t")))
         return event.method.decode("ascii"), target, event.http_version.decode("ascii"), raw

@@ -5,11 +5,11 @@ from __future__ import annotations
 import httptools
 
 from prefork.errors import ProtocolError
-from prefork.http.request import RawHeaders
+from prefork.http.request import MALFORMED_HEAD, RawHeaders
 
 
 class HttptoolsHeadParser:
-    """Parses request heads with one reusable llhttp parser per connection."""
+    """Parses request heads with one reusable llhttp parser (one per worker: see ServerState)."""
 
     __slots__ = ("_complete", "_headers", "_parser", "_reused", "_url")
 
@@ -61,7 +61,8 @@ class HttptoolsHeadParser:
             message = str(exc)
             if "HTTP version" in message:
                 raise ProtocolError(505, "HTTP version not supported") from None
-            raise ProtocolError(400, f"malformed request: {message}") from None
+            # llhttp's own texts name its internals; the same plain line as h11's.
+            raise ProtocolError(400, MALFORMED_HEAD) from None
         self._reused = True
         try:
             target = self._url.decode("ascii")
