@@ -29,7 +29,7 @@ from prometheus_client.openmetrics.parser import (
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import wait_until
-from tests.e2e.conftest import ServerProcess, StartServer
+from tests.e2e.conftest import PROBE, ServerProcess, StartServer
 
 pytestmark = pytest.mark.e2e
 
@@ -119,7 +119,14 @@ def serve(start_server: StartServer, tmp_path: Path) -> Any:
         conf.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in values.items()))
         server = start_server(APP, "-c", str(conf), *args)
         wait_until(lambda: len(READY_RE.findall(server.log())) >= workers, timeout=15)
-        return server, Scraper(server)
+        scraper = Scraper(server)
+        # The fixture's readiness probe: a request without Host (400, method unknown),
+        # or over TLS a handshake. Counted before the test's own traffic.
+        if server.scheme == "https":
+            scraper.wait_value(1, "prefork_tls_handshakes_total")
+        else:
+            scraper.wait_value(1, "prefork_requests_total", method="other", status="4xx")
+        return server, scraper
 
     return start
 
@@ -158,15 +165,22 @@ def test_requests_of_two_workers_are_counted_by_method_and_status(serve: Any) ->
     assert len(set(bodies)) == 2, "one worker took every connection"
     send(server.port, 7, path="/missing")
     send(server.port, 5, method="POST", path="/echo", body=b"x" * 1000)
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(PROBE)  # what the readiness probe sent: a 400 before any handler
+        answer = b""
+        while chunk := sock.recv(4096):
+            answer += chunk
+    rejected = len(answer.partition(b"\r\n\r\n")[2])
     scraper.wait_value(gets, "prefork_requests_total", method="GET", status="2xx")
     scraper.wait_value(7, "prefork_requests_total", method="GET", status="4xx")
     scraper.wait_value(5, "prefork_requests_total", method="POST", status="2xx")
+    scraper.wait_value(2, "prefork_requests_total", method="other", status="4xx")
     samples = scraper.scrape()
-    total = gets + 7 + 5
+    total = gets + 7 + 5 + 2
     assert samples[("prefork_request_duration_seconds_count", ())] == total
     assert samples[("prefork_request_duration_seconds_bucket", (("le", "+Inf"),))] == total
     assert samples[("prefork_request_body_bytes_total", ())] == 5 * 1000
-    body_out = sum(map(len, bodies)) + 7 * len("no") + 5 * 1000
+    body_out = sum(map(len, bodies)) + 7 * len("no") + 5 * 1000 + 2 * rejected
     assert samples[("prefork_response_body_bytes_total", ())] == body_out
     assert samples[("prefork_workers", (("state", "serving"),))] == 2
     assert samples[("prefork_generation", ())] == 1
@@ -289,9 +303,6 @@ def test_tls_handshakes_and_failures(serve: Any, tmp_path: Path) -> None:
     server, scraper = serve(1, "--certfile", pem, "--keyfile", pem, tls_handshake_timeout=1)
     context = ssl.create_default_context()
     ca.configure_trust(context)
-    # The fixture's readiness probe connected and closed without a handshake: a failure.
-    wait_until(lambda: scraper.value("prefork_tls_handshake_failures_total") >= 1, timeout=10)
-    failed = scraper.value("prefork_tls_handshake_failures_total")
     for _ in range(3):
         with (
             socket.create_connection(("127.0.0.1", server.port), timeout=10) as raw,
@@ -303,8 +314,8 @@ def test_tls_handshakes_and_failures(serve: Any, tmp_path: Path) -> None:
         with socket.create_connection(("127.0.0.1", server.port), timeout=10) as raw:
             raw.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
             raw.recv(4096)
-    scraper.wait_value(3, "prefork_tls_handshakes_total")
-    scraper.wait_value(failed + 2, "prefork_tls_handshake_failures_total")
+    scraper.wait_value(1 + 3, "prefork_tls_handshakes_total")  # the probe's and ours
+    scraper.wait_value(2, "prefork_tls_handshake_failures_total")
 
 
 # -- the endpoint --------------------------------------------------------------
