@@ -60,7 +60,7 @@ from prefork.config import Config, from_environ, layered, load_toml
 from prefork.errors import BindError, PreforkError
 from prefork.master import systemd
 from prefork.master.listeners import bind_spec, format_host, open_listeners, port_of
-from prefork.master.metrics import MasterMetrics, MasterView, ServerCollector
+from prefork.master.metrics import MasterMetrics, MasterView, ServerCollector, restart_reason
 from prefork.master.wakeups import Wakeups
 from prefork.tls import load_tls
 from prefork.worker import (
@@ -633,21 +633,8 @@ class Master:
         with contextlib.suppress(OSError):
             while worker.pipe_r >= 0 and (data := os.read(worker.pipe_r, 4096)):
                 self._metrics.feed(worker.pid, data)
-        self._metrics.exited(worker.pid, self._restart_reason(worker))
-
-    def _restart_reason(self, worker: Worker) -> str | None:
-        """Why ``worker`` is being replaced; None when it is not (stop, TTOU, boot failure)."""
-        if self._stopping is not None:
-            return None
-        if not worker.expected_exit:
-            if worker.killed_for is not None:
-                return "timeout"  # the watchdog: no heartbeat within worker_timeout
-            return "crash" if worker.ever_ready else None
-        if worker.recycle:
-            return "recycle"
-        if worker.generation < self._generation:
-            return "reload"
-        return None
+        reason = None if self._stopping else restart_reason(worker, self._generation)
+        self._metrics.exited(worker.pid, reason)
 
     # -- stopping -----------------------------------------------------------
 

@@ -25,6 +25,7 @@ from prometheus_client.core import (
 )
 
 from prefork import metrics as m
+from prefork.worker import Worker
 
 # Why a worker was replaced: it died unexpectedly (crash), the master killed it
 # for missing heartbeats (timeout), max_requests (recycle), a new generation
@@ -40,6 +41,19 @@ class MasterView:
     generation: int
     workers: dict[str, int]  # by state: booting, serving, draining
     listen_queues: list[tuple[str, int]]  # (address, connections waiting to be accepted)
+
+
+def restart_reason(worker: Worker, serving_generation: int) -> str | None:
+    """Why an exited ``worker`` is replaced; None when it is not (TTOU, a boot failure)."""
+    if not worker.expected_exit:
+        if worker.killed_for is not None:
+            return "timeout"  # the watchdog: no heartbeat within worker_timeout
+        return "crash" if worker.ever_ready else None
+    if worker.recycle:
+        return "recycle"
+    if worker.generation < serving_generation:
+        return "reload"
+    return None
 
 
 class MasterMetrics:

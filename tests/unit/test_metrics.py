@@ -13,8 +13,9 @@ from prometheus_client.openmetrics.parser import (
 from prometheus_client.parser import text_string_to_metric_families
 
 from prefork import metrics as m
-from prefork.master.metrics import MasterMetrics, MasterView, ServerCollector
-from prefork.worker import MSG_HEARTBEAT, MSG_READY, MSG_RECYCLE
+from prefork.config import Config
+from prefork.master.metrics import MasterMetrics, MasterView, ServerCollector, restart_reason
+from prefork.worker import MSG_HEARTBEAT, MSG_READY, MSG_RECYCLE, Worker
 
 
 def counted(*requests: tuple[str, int, int, int, float]) -> m.WorkerMetrics:
@@ -205,3 +206,30 @@ def test_openmetrics_exposition_parses() -> None:
     families = {family.name: family for family in parse_openmetrics(text)}
     assert families["prefork_requests"].type == "counter"
     assert families["prefork_request_duration_seconds"].type == "histogram"
+
+
+# -- why a worker is replaced -------------------------------------------------------
+
+
+def _worker(generation: int = 2, **fields: object) -> Worker:
+    worker = Worker(Config.build({}), "app:handle", [], None, 1, generation, -1, [])
+    worker.ever_ready = True
+    for name, value in fields.items():
+        setattr(worker, name, value)
+    return worker
+
+
+@pytest.mark.parametrize(
+    ("fields", "reason"),
+    [
+        ({}, "crash"),
+        ({"ever_ready": False}, None),  # a boot failure: not a replacement of a serving one
+        ({"killed_for": "sent no heartbeat for 31.0s (timeout)"}, "timeout"),
+        ({"expected_exit": True, "recycle": True}, "recycle"),
+        ({"expected_exit": True, "generation": 1}, "reload"),
+        ({"expected_exit": True}, None),  # TTOU
+    ],
+    ids=["crash", "boot-failure", "watchdog", "recycle", "reload", "fewer-workers"],
+)
+def test_restart_reason(fields: dict[str, object], reason: str | None) -> None:
+    assert restart_reason(_worker(**fields), serving_generation=2) == reason
