@@ -104,7 +104,7 @@ def setup(level: str) -> None:
         _handler = logging.StreamHandler(sys.stderr)
         _handler.setFormatter(logging.Formatter(_FORMAT))
         root.addHandler(_handler)
-        root.propagate = False
+    root.propagate = False
     root.setLevel(LEVELS[level])
 
 

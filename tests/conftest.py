@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
+import pytest
 from hypothesis import HealthCheck, settings
 
 # Property tests check answers, not speed: no per-example deadline, which a busy
@@ -32,3 +34,12 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+@pytest.fixture(autouse=True)
+def _prefork_logs_reach_caplog() -> Iterator[None]:
+    """``prefork.log.setup()`` (called by ``prefork.new`` in some tests) stops
+    prefork's loggers from propagating, which would hide their records from
+    ``caplog`` in every later test: restore propagation after each test."""
+    yield
+    logging.getLogger("prefork").propagate = True

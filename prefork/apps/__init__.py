@@ -90,4 +90,12 @@ def build_app(app: Any, cfg: Config) -> AppInterface[Any]:
         from prefork.apps.native import NativeApp
 
         return NativeApp(obj)
+    if kind == "asgi":
+        from prefork.apps.asgi import AsgiApp
+
+        return AsgiApp(obj, name, cfg)
+    if kind == "wsgi":
+        from prefork.apps.wsgi import WsgiApp
+
+        return WsgiApp(obj, cfg, name)
     raise ConfigError(f"app {name!r}: the {kind} interface is not available yet")

@@ -116,6 +116,9 @@ class Connection(asyncio.Protocol):
         # Sync handlers are served straight from data_received while the
         # connection coroutine is parked: no wake-up per request.
         self._inline = shared.app.inline
+        # Bodies the app reads piece by piece (``receive_body``): ASGI sets
+        # ``stream_bodies_over``; None (the native handler) reads them whole.
+        self.reader.stream_over = getattr(shared.app, "stream_bodies_over", None)
         self.count = 0
 
     # -- asyncio.Protocol -------------------------------------------------
@@ -164,6 +167,8 @@ class Connection(asyncio.Protocol):
             if reader.want_continue:
                 reader.want_continue = False
                 self.send(CONTINUE_RESPONSE)
+            if self._waiter is not None and not self._parked:
+                self._wake()  # receive_body() waits for a piece of a streamed body
             if reader.in_body:
                 if self.deadline_kind is not Deadline.BODY:
                     self._set_deadline(Deadline.BODY, self.shared.request_body_timeout)
@@ -542,6 +547,50 @@ class Connection(asyncio.Protocol):
             finally:
                 self._waiter = None
                 self._parked = False
+
+    async def receive_body(self) -> tuple[bytes, bool]:
+        """The next piece of the streamed body of the request being answered, and
+        whether more follows (``RequestReader.stream_over``).
+
+        Flow control: between calls nothing is parsed and what arrives waits
+        in ``_pending``, whose bound pauses reading the socket, so a client
+        cannot send faster than the app reads. Raises ProtocolError (413 for
+        a chunked body past max_body_size, 400, 408) or PeerGone.
+        """
+        reader = self.reader
+        while True:
+            data = reader.take_body()
+            if data or reader.body_done:
+                self._reading = False
+                self._clear_deadline()
+                return data, not reader.body_done
+            if self._error is not None:
+                raise self._error
+            if self._pending:
+                data, self._pending = self._pending, b""
+                self._resume_reading()
+                try:
+                    reader.feed(data)
+                except ProtocolError as exc:
+                    self._error = exc
+                continue
+            if self._eof or self._closing:
+                if not self._lost and not self._closing:
+                    try:
+                        reader.eof()
+                    except ProtocolError as exc:
+                        self._error = exc
+                        continue
+                raise PeerGone("connection closed inside a request body")
+            self._reading = True
+            self._resume_reading()
+            if self.deadline_kind is Deadline.NONE:
+                self._set_deadline(Deadline.BODY, self.shared.request_body_timeout)
+            waiter = self._waiter = self._loop.create_future()
+            try:
+                await waiter
+            finally:
+                self._waiter = None
 
     async def wait_disconnect(self) -> None:
         """Return once the peer has gone (closed its side, or the connection was lost).

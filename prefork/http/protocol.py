@@ -87,7 +87,7 @@ class ReaderState(enum.Enum):
     CHUNK_CRLF = 5
     TRAILERS = 6
     FAILED = 7
-    PAUSED = 8  # after an Upgrade request: the bytes behind it may not be HTTP
+    PAUSED = 8  # after an Upgrade request, or a streamed body: parse no further for now
 
 
 class RequestReader:
@@ -99,6 +99,14 @@ class RequestReader:
     part of a head has arrived (for the header deadline); ``in_body`` that the
     body is being read (for the body deadline); ``want_continue`` that a
     ``100 Continue`` should be sent now.
+
+    Streamed bodies (``stream_over``, None for never): a request whose body
+    ``streams_body`` is queued as soon as its head is complete, and its body
+    then comes out piece by piece through ``take_body`` (``body_done`` once
+    the last piece has been parsed). No ``100 Continue`` is asked for: the
+    app reading the body is what warrants one. After a streamed body the
+    reader parses no further (PAUSED, as after an Upgrade) until ``resume``,
+    so a pipelined request's body can never mix with the streamed one.
     """
 
     __slots__ = (
@@ -113,7 +121,10 @@ class RequestReader:
         "_parser",
         "_received",
         "_state",
+        "_streaming",
+        "body_done",
         "requests",
+        "stream_over",
         "want_continue",
     )
 
@@ -135,6 +146,9 @@ class RequestReader:
         # empty deque costs ~600 bytes on every idle connection.
         self.requests: list[Request] = []
         self.want_continue = False
+        self.stream_over: int | None = None
+        self._streaming = False
+        self.body_done = False
 
     def take(self) -> Request:
         """Remove and return the first complete request (``requests`` is not empty).
@@ -179,6 +193,15 @@ class RequestReader:
             data, self._buf = self._buf, b""
             if data:
                 self.feed(data)
+
+    def take_body(self) -> bytes:
+        """The streamed body's bytes parsed since the last call (``b""`` if none yet)."""
+        parts = self._body_parts
+        if not parts:
+            return b""
+        data = parts[0] if len(parts) == 1 else b"".join(parts)
+        parts.clear()
+        return data
 
     def take_unparsed(self) -> bytes:
         """Hand over the bytes not yet parsed (for a handler that proxies the connection)."""
@@ -396,7 +419,21 @@ class RequestReader:
 
     def _begin(self, req: Request) -> None:
         """Start reading the body of ``req``, or queue it when it has none."""
-        if req.chunked:
+        over = self.stream_over
+        if over is not None and streams_body(req, over):
+            # Queued now; the body follows through take_body().
+            self.requests.append(req)
+            self._streaming = True
+            self.body_done = False
+            self._current = req
+            self._body_parts = []
+            if req.chunked:
+                self._received = 0
+                self._state = ReaderState.CHUNK_SIZE
+            else:
+                self._chunk_left = req.content_length
+                self._state = ReaderState.BODY
+        elif req.chunked:
             self._current = req
             self._received = 0
             self._body_parts = []
@@ -418,6 +455,13 @@ class RequestReader:
     def _finish_request(self) -> None:
         req = self._current
         assert req is not None
+        if self._streaming:
+            # The pieces stay for take_body(); nothing more is parsed until resume().
+            self._streaming = False
+            self.body_done = True
+            self._current = None
+            self._state = ReaderState.PAUSED
+            return
         parts = self._body_parts
         req.body = parts[0] if len(parts) == 1 else b"".join(parts)
         self._body_parts = []
@@ -471,6 +515,16 @@ class RequestReader:
             raise ProtocolError(400, "forbidden trailer field")
         # Trailer fields are checked and dropped: never merged into headers
         # (RFC 9112 §7.1.2).
+
+
+def streams_body(req: Request, over: int) -> bool:
+    """Whether a reader with ``stream_over`` set streams ``req``'s body.
+
+    Chunked bodies (their size is unknown), bodies over ``over`` bytes, and
+    bodies behind ``Expect: 100-continue`` (the client waits for the app);
+    smaller bodies are read whole first, one event for the app.
+    """
+    return req.chunked or req.content_length > over or req.expect_continue
 
 
 # -- responses --------------------------------------------------------------

@@ -23,6 +23,7 @@ from urllib.parse import parse_qsl
 from prefork.errors import ProtocolError
 
 RawHeaders = list[tuple[bytes, bytes]]
+_NO_RAW_HEADERS: RawHeaders = []
 
 # The request methods llhttp knows; both backends accept exactly these so they
 # answer alike (h11 alone would take any token).
@@ -94,6 +95,7 @@ class Request:
         "method",
         "path",
         "query",
+        "raw_headers",
         "target",
         "version",
     )
@@ -119,6 +121,9 @@ class Request:
         self.content_length = 0
         self.chunked = False
         self.expect_continue = False
+        # The fields as the parser gave them (names as sent, repeats apart):
+        # ASGI's scope["headers"]. The parser's own list, kept, not copied.
+        self.raw_headers: RawHeaders = _NO_RAW_HEADERS
         # The access log's log_headers values, taken before the handler could change headers.
         self.logged: tuple[str | None, ...] | None = None
 
@@ -139,6 +144,7 @@ class Request:
         other.content_length = self.content_length
         other.chunked = self.chunked
         other.expect_continue = self.expect_continue
+        other.raw_headers = self.raw_headers  # never changed: shared
         other.logged = None
         return other
 
@@ -293,6 +299,7 @@ def build_request(
         keep_alive = "keep-alive" in tokens and "close" not in tokens
 
     req = Request(method, target, path, query, version, headers, keep_alive)
+    req.raw_headers = raw
 
     te = headers.get("transfer-encoding")
     cl = headers.get("content-length")

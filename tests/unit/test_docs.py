@@ -24,10 +24,7 @@ ROOT = Path(__file__).resolve().parents[2]
 REFERENCE = ROOT / "docs" / "reference.md"
 # Pages linked from the docs that other changes are adding (issue 13's siblings).
 PAGES_IN_PROGRESS = {
-    "docs/asgi.md",
-    "docs/wsgi.md",
     "docs/websockets.md",
-    "docs/deployment.md",
     "docs/observability.md",
 }
 # A row of a config table: | `key` | `default` | meaning |

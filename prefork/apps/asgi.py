@@ -1,0 +1,140 @@
+"""The ASGI 3 interface: ``async def app(scope, receive, send)``, spec 2.5.
+
+``AsgiApp`` is what the engine calls (``engine.app.AppInterface``). Each
+request is one ``asgi_exchange.Exchange`` (the ``receive`` and ``send`` the
+app gets), awaited in the connection's own coroutine: no task per request.
+The scope comes from ``asgi_scope``, the lifespan protocol from
+``asgi_lifespan``, the rules of the app's messages from ``asgi_messages``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from prefork import log
+from prefork._types import Action
+from prefork.apps.asgi_exchange import STREAM_BODIES_OVER, Exchange, count_response
+from prefork.apps.asgi_lifespan import Lifespan
+from prefork.apps.asgi_messages import AsgiMessageError, ClientDisconnected
+from prefork.apps.asgi_scope import ASGI_VERSION, SPEC_VERSION, ConnScope, conn_scope, http_scope
+from prefork.config import Config
+from prefork.engine.connection import Connection
+from prefork.engine.shared import Shared
+from prefork.errors import ProtocolError
+from prefork.http.forwarded import forwarded_view
+from prefork.http.protocol import error_response
+from prefork.http.request import Request
+
+logger = logging.getLogger(log.WORKER)
+
+AsgiCallable = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
+
+__all__ = ["AsgiApp", "AsgiMessageError", "ClientDisconnected"]
+
+
+class AsgiApp:
+    """The engine's view of an ASGI 3 app (``engine.app.AppInterface``)."""
+
+    __slots__ = (
+        "app",
+        "asgi",
+        "inline",
+        "lifespan",
+        "name",
+        "root_path",
+        "ssl_cfg",
+        "stream_bodies_over",
+    )
+
+    def __init__(self, app: AsgiCallable, name: str, cfg: Config) -> None:
+        self.app = app
+        self.name = name
+        # The app is awaited in the connection's coroutine, never from the
+        # protocol callback.
+        self.inline = False
+        # Read by the connection's RequestReader (RequestReader.stream_over).
+        self.stream_bodies_over = STREAM_BODIES_OVER
+        self.root_path: str = cfg.root_path
+        self.ssl_cfg = cfg.ssl
+        self.asgi = {"version": ASGI_VERSION, "spec_version": SPEC_VERSION}
+        self.lifespan = Lifespan(app, name, cfg.lifespan, self.asgi)
+
+    async def startup(self) -> None:
+        await self.lifespan.startup()
+
+    async def shutdown(self) -> None:
+        await self.lifespan.shutdown()
+
+    def respond_inline(self, conn: Connection, req: Request) -> bool:
+        return False  # never called: ``inline`` is False
+
+    async def exchange(self, conn: Connection) -> Action:
+        count = conn.count
+        try:
+            req = await conn.receive_request(count)
+        except ProtocolError as exc:
+            _reject(conn, conn.shared, exc)
+            raise
+        if req is None:
+            return "close"  # (no inline path: nothing is ever handed off)
+        started = time.monotonic()
+        nxt = count + 1
+        counts = conn.shared.counts  # shared ints: see Shared.counts
+        conn.count = counts[nxt] if nxt < len(counts) else nxt
+        info: ConnScope | None = conn.ctx
+        if info is None:
+            info = conn.ctx = conn_scope(
+                conn.transport, conn.peername, conn.server_name, self.ssl_cfg
+            )
+        upgrade = req.headers.get("upgrade")
+        if upgrade is not None and upgrade.lower() == "websocket":
+            return websocket_unavailable(conn, req, started)
+        scope = http_scope(req, info, self.root_path, self.lifespan.state, self.asgi)
+        client_ip = conn.client_ip
+        if conn.behind_proxy:
+            client_ip = _forwarded(scope, req, conn)
+        ex = Exchange(self.name, conn, req, count, started, client_ip)
+        try:
+            await self.app(scope, ex.receive, ex.send)
+        except Exception as exc:
+            action = ex.failed(exc)
+        else:
+            action = ex.returned()
+        if action == "keep-alive" and conn.write_paused:
+            await conn.drain()
+        return action
+
+
+def _forwarded(scope: dict[str, Any], req: Request, conn: Connection) -> str:
+    """A trusted proxy's word on the client and the scheme, into ``scope``; the client's address."""
+    client, scheme, _host = forwarded_view(req.headers, conn.shared.trust)
+    if client is not None:
+        scope["client"] = (client, 0)  # (the proxy does not say the client's port)
+    if scheme is not None:
+        scope["scheme"] = "https" if scheme in ("https", "wss") else "http"
+    return client or conn.client_ip
+
+
+# -- the single place WebSocket requests go ---------------------------------
+
+
+def websocket_unavailable(conn: Connection, req: Request, started: float) -> Action:
+    """A WebSocket upgrade to an ASGI app: 501 until ``apps.websocket`` is wired in here.
+
+    (The lead plugs the ASGI ``websocket`` scope in at this call.)
+    """
+    shared = conn.shared
+    data = error_response(501, "WebSocket is not supported by this server yet")
+    conn.send(data)
+    count_response(shared, conn.client_ip, req, 501, 0, started)
+    conn.graceful_close()
+    return "close"
+
+
+def _reject(conn: Connection, shared: Shared, exc: ProtocolError) -> None:
+    logger.debug("rejecting request from %s: %d %s", conn.client_ip, exc.status, exc)
+    sent = conn.reply_error_and_close(exc)
+    shared.access.record(conn.client_ip, None, exc.status, sent, time.monotonic())

@@ -1,0 +1,320 @@
+"""The WSGI interface (PEP 3333): ``app(environ, start_response)`` in a thread pool.
+
+``WsgiApp`` is what the engine calls (``engine.app.AppInterface``). The event
+loop keeps doing all the I/O: it reads and parses every connection's requests,
+hands each whole request to a bounded pool of ``wsgi_threads`` threads, and
+writes what they answer. A thread only runs the app and builds the response
+bytes (``wsgi_call.Call``); while all threads are busy, requests wait in the
+pool's queue (never a 503), and connections that are idle, slow to send or
+slow to read cost no thread.
+
+The hand-off is one ``SimpleQueue.put`` to the pool and, back, one loop
+wake-up for however many calls finished meanwhile (``_deliver``), not one per
+call: measured against ``loop.run_in_executor`` in docs/wsgi.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from prefork import log
+from prefork._types import Action
+from prefork.apps.wsgi_call import Call, Outcome
+from prefork.apps.wsgi_environ import ConnectionEnviron, request_environ
+from prefork.apps.wsgi_headers import Head
+from prefork.config import Config
+from prefork.engine.connection import Connection
+from prefork.errors import PeerGone, ProtocolError
+from prefork.http import compression
+from prefork.http.forwarded import Trust, forwarded_view
+from prefork.http.protocol import error_response
+from prefork.http.request import Request
+from prefork.http.response import NegotiatedCache, body_length
+
+logger = logging.getLogger(log.WORKER)
+app_logger = logging.getLogger(log.APP)
+
+WsgiCallable = Callable[..., Any]
+
+# How long shutdown waits for the pool's threads (they are idle after the drain
+# unless an app call hangs; daemon threads do not keep the worker alive).
+JOIN_TIMEOUT_S = 5.0
+# While the head of a file sent with sendfile waits in the transport's buffer.
+_FLUSH_POLL_S = 0.001
+
+
+class _Job:
+    __slots__ = ("call", "future")
+
+    def __init__(self, call: Call, future: asyncio.Future[Outcome]) -> None:
+        self.call = call
+        self.future = future
+
+
+class WsgiApp:
+    """The engine's view of a WSGI application, with its thread pool (one per worker)."""
+
+    inline = False
+
+    def __init__(self, app: WsgiCallable, cfg: Config, name: str) -> None:
+        self.app = app
+        self.name = name
+        self.threads = cfg.wsgi_threads
+        self.script_name = cfg.root_path
+        self.write_timeout = cfg.response_write_timeout
+        # The pool threads compress bodies themselves (off the loop).
+        self.policy = compression.Policy(cfg.compression)
+        self.compress = self.policy.enabled
+        self.negotiated_cache: NegotiatedCache = {}
+        self.fields_cache: dict[Any, Head] = {}
+        self.tls = False  # set from the first connection (the worker's listeners all agree)
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._done: collections.deque[tuple[asyncio.Future[Outcome], Outcome]] = collections.deque()
+        self._scheduled = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._workers: list[threading.Thread] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # -- AppInterface ---------------------------------------------------------
+
+    async def startup(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        for n in range(self.threads):
+            thread = threading.Thread(target=self._work, name=f"prefork-wsgi-{n}", daemon=True)
+            thread.start()
+            self._workers.append(thread)
+
+    async def shutdown(self) -> None:
+        for _ in self._workers:
+            self._jobs.put(None)
+        # Joined from another thread: one finishing a response still needs the loop.
+        await asyncio.to_thread(self._join, time.monotonic() + JOIN_TIMEOUT_S)
+        busy = sum(thread.is_alive() for thread in self._workers)
+        if busy:
+            logger.warning("app %s: %d WSGI call(s) still running at shutdown", self.name, busy)
+        self._workers = []
+
+    def _join(self, deadline: float) -> None:
+        for thread in self._workers:
+            thread.join(max(0.0, deadline - time.monotonic()))
+
+    def respond_inline(self, conn: Connection, req: Request) -> bool:
+        return False  # never called: ``inline`` is False
+
+    async def exchange(self, conn: Connection) -> Action:
+        count = conn.count
+        try:
+            req = await conn.receive_request(count)
+        except ProtocolError as exc:
+            _reject(conn, exc)
+            raise
+        if req is None:
+            return "close"
+        shared = conn.shared
+        started = time.monotonic()
+        env: ConnectionEnviron | None = conn.ctx
+        if env is None or env.client_ip is not conn.client_ip:
+            env = conn.ctx = self._connection_environ(conn)
+        environ = request_environ(env, req)
+        client = conn.client_ip
+        if conn.behind_proxy:  # a trusted proxy says who the client is
+            client = _forwarded(environ, req, shared.trust) or client
+        keep_alive = (
+            req.keep_alive
+            and count + 1 < shared.requests_per_connection
+            and not shared.draining
+            and not conn.closing
+        )
+        nxt = count + 1
+        counts = shared.counts
+        conn.count = counts[nxt] if nxt < len(counts) else nxt
+        assert self._loop is not None, "WsgiApp.startup was not run"
+        future: asyncio.Future[Outcome] = self._loop.create_future()
+        self._jobs.put(_Job(Call(self, conn, req, environ, keep_alive), future))
+        out = await future
+        kind = out.kind
+        if kind == Outcome.BUFFERED:
+            keep_alive = out.keep_alive
+            conn.write_response(out.head, out.body, keep_alive, False)
+        elif kind == Outcome.STREAMED:
+            keep_alive = out.keep_alive
+        elif kind == Outcome.FAILED:
+            return self._send_500(conn, req, client, started)
+        elif kind == Outcome.BROKEN:
+            # The head went out: cutting the connection is the only honest
+            # signal left (the client sees an incomplete body, not a complete one).
+            conn.abort()
+            self._log(conn, client, req, out.status, out.sent, started)
+            return "close"
+        else:  # GONE
+            conn.close()
+            return "close"
+        self._log(conn, client, req, out.status, out.sent, started)
+        if keep_alive:
+            if conn.write_paused:
+                await conn.drain()
+            return "keep-alive"
+        conn.close_after_response(asked=not req.keep_alive)
+        return "close"
+
+    # -- the loop's side ------------------------------------------------------
+
+    def _connection_environ(self, conn: Connection) -> ConnectionEnviron:
+        transport = conn.transport
+        sockname = transport.get_extra_info("sockname") if transport is not None else None
+        shared = conn.shared
+        self.tls = shared.ssl_context is not None
+        return ConnectionEnviron(
+            self.script_name,
+            shared.scheme,
+            conn.client_ip,
+            conn.peername,
+            sockname,
+        )
+
+    def _log(
+        self, conn: Connection, client: str, req: Request, status: int, sent: int, started: float
+    ) -> None:
+        shared = conn.shared
+        shared.requests_served += 1
+        shared.access.record(client, req, status, sent, started)
+
+    def _send_500(self, conn: Connection, req: Request, client: str, started: float) -> Action:
+        data = error_response(500, "Internal Server Error", req.method)
+        conn.send(data)
+        self._log(conn, client, req, 500, body_length(data), started)
+        conn.graceful_close()
+        return "close"
+
+    def _deliver(self) -> None:
+        """Hand finished calls back to their connections (one wake-up for all of them)."""
+        self._scheduled = False  # before draining: a call finishing now schedules again
+        done = self._done
+        while done:
+            future, outcome = done.popleft()
+            if not future.done():
+                future.set_result(outcome)
+
+    def _send_then_drain(
+        self, conn: Connection, data: bytes, reply: concurrent.futures.Future[None]
+    ) -> None:
+        if conn.lost:
+            reply.set_exception(PeerGone("connection lost"))
+            return
+        if data:
+            conn.send(data)
+        if conn.write_paused:
+            self._spawn(self._drain(conn, reply))
+        else:
+            reply.set_result(None)
+
+    async def _drain(self, conn: Connection, reply: concurrent.futures.Future[None]) -> None:
+        try:
+            await conn.drain()
+        except PeerGone as exc:
+            reply.set_exception(exc)
+        else:
+            reply.set_result(None)
+
+    async def _flush(self, conn: Connection, reply: concurrent.futures.Future[None]) -> None:
+        """Resolve ``reply`` once the transport's buffer is empty (for sendfile)."""
+        transport = conn.transport
+        deadline = time.monotonic() + self.write_timeout
+        try:
+            await conn.drain()
+            while transport is not None and transport.get_write_buffer_size():
+                if conn.lost or time.monotonic() > deadline:
+                    raise PeerGone("the peer stopped reading")
+                await asyncio.sleep(_FLUSH_POLL_S)
+        except PeerGone as exc:
+            reply.set_exception(exc)
+        else:
+            reply.set_result(None)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- what pool threads call -----------------------------------------------
+
+    def _work(self) -> None:
+        get = self._jobs.get
+        done = self._done
+        loop = self._loop
+        assert loop is not None
+        while True:
+            job = get()
+            if job is None:
+                return
+            try:
+                outcome = job.call.run()
+            except BaseException:  # the app's SystemExit, say: the thread stays
+                app_logger.exception("app %s: the WSGI call failed", self.name)
+                outcome = Outcome(Outcome.FAILED)
+            done.append((job.future, outcome))
+            if not self._scheduled:
+                self._scheduled = True
+                try:
+                    loop.call_soon_threadsafe(self._deliver)
+                except RuntimeError:  # the loop is closed: the worker is exiting
+                    return
+
+    def send_soon(self, conn: Connection, data: bytes) -> None:
+        """From a pool thread: the loop writes ``data`` (in order), no waiting."""
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(conn.send, data)
+
+    def send_and_wait(self, conn: Connection, data: bytes) -> None:
+        """From a pool thread: the loop writes ``data``; return once the peer keeps up.
+
+        Raises PeerGone when the connection is lost or the peer stops reading
+        (``response_write_timeout``, enforced by the loop).
+        """
+        reply: concurrent.futures.Future[None] = concurrent.futures.Future()
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(self._send_then_drain, conn, data, reply)
+        self._wait(reply)
+
+    def flush(self, conn: Connection) -> None:
+        """From a pool thread: return once everything written on ``conn`` reached the kernel."""
+        reply: concurrent.futures.Future[None] = concurrent.futures.Future()
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(self._spawn, self._flush(conn, reply))
+        self._wait(reply)
+
+    def _wait(self, reply: concurrent.futures.Future[None]) -> None:
+        try:
+            # The loop bounds the wait (the write deadline aborts the
+            # connection); this bound is for a loop that stopped.
+            reply.result(timeout=self.write_timeout + 5.0)
+        except concurrent.futures.TimeoutError:
+            raise PeerGone("the loop did not answer") from None
+
+
+def _forwarded(environ: dict[str, Any], req: Request, trust: Trust) -> str | None:
+    """Apply a trusted proxy's forwarded fields to ``environ``; the client address they name."""
+    client, scheme, host = forwarded_view(req.headers, trust)
+    if client is not None:
+        environ["REMOTE_ADDR"] = client
+        environ.pop("REMOTE_PORT", None)  # the proxy's port, not the client's
+    if scheme is not None:
+        environ["wsgi.url_scheme"] = scheme
+    if host is not None:
+        environ["HTTP_HOST"] = host
+    return client
+
+
+def _reject(conn: Connection, exc: ProtocolError) -> None:
+    logger.debug("rejecting request from %s: %d %s", conn.client_ip, exc.status, exc)
+    sent = conn.reply_error_and_close(exc)
+    shared = conn.shared
+    shared.access.record(conn.client_ip, None, exc.status, sent, time.monotonic())

@@ -1,0 +1,245 @@
+"""The WSGI ``environ`` (PEP 3333): CGI variables, ``wsgi.*`` keys, input and errors.
+
+``ConnectionEnviron`` holds what is the same for every request of a connection
+(the server's and the peer's addresses, the scheme, the ``wsgi.*`` keys); a
+request's environ is a copy of it plus the request's own keys
+(``request_environ``). Strings are "native strings" as PEP 3333 says: bytes
+decoded as latin-1 (``PATH_INFO`` is percent-decoded first).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import Iterable, Iterator
+from typing import IO, Any
+from urllib.parse import unquote_to_bytes
+
+from prefork import log
+from prefork.http.request import Request
+
+app_logger = logging.getLogger(log.APP)
+
+Environ = dict[str, Any]
+
+# ``HTTP_*`` keys by lower-case field name; most traffic repeats a few names.
+_KEYS: dict[str, str | None] = {
+    # CGI gives these their own keys; PEP 3333 (and wsgiref.validate) forbid
+    # HTTP_CONTENT_TYPE and HTTP_CONTENT_LENGTH.
+    "content-type": None,
+    "content-length": None,
+}
+_KEYS_MAX = 512
+# Percent-decoded paths by raw path (most requests repeat a few).
+_PATHS: dict[str, str] = {}
+_PATHS_MAX = 1024
+
+
+def header_key(name: str) -> str | None:
+    """``HTTP_ACCEPT_ENCODING`` for ``accept-encoding``; None for a field the app must not see.
+
+    A field name with ``_`` is dropped (as gunicorn, nginx and Apache do): its
+    key would be the same as that of the name with ``-`` instead, so a client
+    could pass off ``X_Forwarded_For`` as ``X-Forwarded-For``.
+    """
+    key = _KEYS.get(name, "")
+    if key == "":
+        key = None if "_" in name else "HTTP_" + name.upper().replace("-", "_")
+        if len(_KEYS) < _KEYS_MAX:
+            _KEYS[name] = key
+    return key
+
+
+def path_info(raw: str, script_name: str) -> str:
+    """The percent-decoded path as a latin-1 str, without the ``script_name`` prefix."""
+    path = _PATHS.get(raw)
+    if path is None:
+        path = unquote_to_bytes(raw).decode("latin-1") if "%" in raw else raw
+        if len(_PATHS) < _PATHS_MAX and len(raw) <= 256:
+            _PATHS[raw] = path
+    if script_name and path.startswith(script_name):
+        rest = path[len(script_name) :]
+        if not rest or rest[0] == "/":
+            return rest
+    return path
+
+
+class Input:
+    """``wsgi.input``: the request body as a binary file-like object.
+
+    Reads the whole body the request arrived with (``Request.body``); the
+    engine will one day hand bodies over as they stream in, and only this class
+    changes then. ``read()`` past the end returns ``b""``
+    (``wsgi.input_terminated``).
+    """
+
+    __slots__ = ("_buf",)
+
+    def __init__(self, body: bytes) -> None:
+        self._buf = io.BytesIO(body)
+
+    def read(self, size: int | None = -1) -> bytes:
+        return self._buf.read(-1 if size is None else size)
+
+    def readline(self, size: int | None = -1) -> bytes:
+        return self._buf.readline(-1 if size is None else size)
+
+    def readlines(self, hint: int | None = -1) -> list[bytes]:
+        return self._buf.readlines(-1 if hint is None else hint)
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self._buf)
+
+    def close(self) -> None:
+        self._buf.close()
+
+
+class _EmptyInput(Input):
+    """``wsgi.input`` of a request without a body: nothing to read, no state, one for all."""
+
+    __slots__ = ()
+
+    def __init__(self) -> None:
+        pass
+
+    def read(self, size: int | None = -1) -> bytes:
+        return b""
+
+    def readline(self, size: int | None = -1) -> bytes:
+        return b""
+
+    def readlines(self, hint: int | None = -1) -> list[bytes]:
+        return []
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(())
+
+    def close(self) -> None:
+        pass
+
+
+EMPTY_INPUT = _EmptyInput()
+
+
+class Errors:
+    """``wsgi.errors``: text written here goes to the app log (``prefork.app``), line by line."""
+
+    __slots__ = ("_partial",)
+
+    def __init__(self) -> None:
+        self._partial = ""
+
+    def write(self, text: str) -> int:
+        if not isinstance(text, str):
+            raise TypeError(f"wsgi.errors takes str, not {type(text).__name__}")
+        data = self._partial + text
+        *lines, self._partial = data.split("\n")
+        for line in lines:
+            app_logger.error("%s", line)
+        return len(text)
+
+    def writelines(self, seq: Iterable[str]) -> None:
+        for text in seq:
+            self.write(text)
+
+    def flush(self) -> None:
+        if self._partial:
+            app_logger.error("%s", self._partial)
+            self._partial = ""
+
+
+class FileWrapper:
+    """``wsgi.file_wrapper``: a file the server may send with ``os.sendfile``.
+
+    Iterating it reads ``block_size`` bytes at a time (what the server does
+    when it cannot send the file itself: TLS, or a file object without a
+    descriptor). ``close()`` closes the file, as PEP 3333 asks.
+    """
+
+    __slots__ = ("block_size", "filelike")
+
+    def __init__(self, filelike: IO[bytes], block_size: int = 64 * 1024) -> None:
+        self.filelike = filelike
+        self.block_size = block_size
+
+    def __iter__(self) -> Iterator[bytes]:
+        read = self.filelike.read
+        size = self.block_size
+        while True:
+            data = read(size)
+            if not data:
+                return
+            yield data
+
+    def fileno(self) -> int | None:
+        """The descriptor to send from, or None when the file has none."""
+        try:
+            return int(self.filelike.fileno())
+        except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+            return None
+
+    def close(self) -> None:
+        closer = getattr(self.filelike, "close", None)
+        if closer is not None:
+            closer()
+
+
+class ConnectionEnviron:
+    """What every request's environ on one connection shares (the ``wsgi.*`` keys, addresses)."""
+
+    __slots__ = ("base", "client_ip")
+
+    def __init__(
+        self,
+        script_name: str,
+        scheme: str,
+        client_ip: str,
+        peername: tuple[str, int] | None,
+        sockname: object,
+    ) -> None:
+        self.client_ip = client_ip
+        if isinstance(sockname, tuple):
+            server_name, server_port = str(sockname[0]), str(sockname[1])
+        else:  # a Unix socket, or not known
+            server_name, server_port = "localhost", "443" if scheme == "https" else "80"
+        self.base: Environ = {
+            "SCRIPT_NAME": script_name,
+            "SERVER_NAME": server_name,
+            "SERVER_PORT": server_port,
+            "REMOTE_ADDR": client_ip,
+            "REMOTE_PORT": str(peername[1]) if peername else "",
+            "wsgi.version": (1, 0),
+            "wsgi.url_scheme": scheme,
+            "wsgi.errors": Errors(),
+            "wsgi.multithread": True,
+            "wsgi.multiprocess": True,
+            "wsgi.run_once": False,
+            "wsgi.input_terminated": True,
+            "wsgi.file_wrapper": FileWrapper,
+        }
+
+
+def request_environ(conn_env: ConnectionEnviron, req: Request) -> Environ:
+    """The environ of one request on the connection ``conn_env`` describes."""
+    environ = conn_env.base.copy()
+    environ["REQUEST_METHOD"] = req.method
+    environ["PATH_INFO"] = path_info(req.path, environ["SCRIPT_NAME"])
+    environ["QUERY_STRING"] = req.query
+    environ["SERVER_PROTOCOL"] = "HTTP/1.0" if req.version == "1.0" else "HTTP/1.1"
+    body = req.body
+    environ["wsgi.input"] = Input(body) if body else EMPTY_INPUT
+    headers = req.headers
+    for name, value in headers.items():
+        key = _KEYS.get(name, "")
+        if key == "":
+            key = header_key(name)
+        if key is not None:
+            environ[key] = value
+    ctype = headers.get("content-type")
+    if ctype is not None:
+        environ["CONTENT_TYPE"] = ctype
+    # The whole body is there: its length is known even when it came chunked
+    # (an app that reads CONTENT_LENGTH bytes, as Django does, gets all of it).
+    if body or "content-length" in headers or req.chunked:
+        environ["CONTENT_LENGTH"] = str(len(body))
+    return environ

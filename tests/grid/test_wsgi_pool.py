@@ -1,0 +1,125 @@
+"""The WSGI thread pool, served: busy threads stall no I/O and cause no 503, a graceful
+stop lets a call finish, throughput scales with ``wsgi_threads``."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.conftest import ServerProcess, StartServer, start_server
+from tests.grid.wsgi_client import get, read_all
+
+__all__ = ["start_server"]  # the fixture, for the tests below
+
+pytestmark = pytest.mark.e2e
+
+
+SLEEPY_APP = """
+import threading, time
+
+lock = threading.Lock()
+running = 0
+most = 0  # the most calls in the app at once
+
+def app(environ, start_response):
+    global running, most
+    body = b"ok"
+    if environ["PATH_INFO"] == "/slow":
+        with lock:
+            running += 1
+            most = max(most, running)
+        time.sleep(float(environ["QUERY_STRING"] or "0.05"))
+        with lock:
+            running -= 1
+    elif environ["PATH_INFO"] == "/most":
+        body = str(most).encode()
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+    return [body]
+"""
+
+
+def _start_sleepy(start_server: StartServer, tmp_path: Path, threads: int) -> ServerProcess:
+    config = tmp_path / f"threads{threads}.toml"
+    config.write_text(f"wsgi_threads = {threads}\n")
+    return start_server(SLEEPY_APP, "-w", "1", "-c", str(config), target="app:app")
+
+
+def test_busy_threads_stall_no_io_and_no_503(start_server: StartServer, tmp_path: Path) -> None:
+    server = _start_sleepy(start_server, tmp_path, threads=2)
+    events: list[str] = []
+    lock = threading.Lock()
+
+    def slow(n: int) -> None:
+        resp, _body = get(server, "/slow?1.5")
+        with lock:
+            events.append(f"slow {resp.status}")
+
+    workers = [threading.Thread(target=slow, args=(n,)) for n in range(2)]
+    for t in workers:
+        t.start()
+    time.sleep(0.3)  # both threads are in the app now
+    # A third connection: the loop still reads, parses and answers what needs no thread ...
+    with server.connect() as s:
+        s.sendall(b"GET / HTTP/1.1\r\n\r\n")  # no Host: 400 from the loop
+        answer = read_all(s)
+    with lock:
+        events.append("bad request " + answer.split(b" ", 2)[1].decode())
+    # ... and a request that needs a thread waits for one: no 503.
+    resp, _body = get(server, "/fast")
+    with lock:
+        events.append(f"fast {resp.status}")
+    for t in workers:
+        t.join(timeout=20)
+    assert events[0] == "bad request 400", events
+    assert sorted(events[1:]) == ["fast 200", "slow 200", "slow 200"], events
+
+
+def test_graceful_stop_lets_a_running_call_finish(
+    start_server: StartServer, tmp_path: Path
+) -> None:
+    import signal
+
+    server = _start_sleepy(start_server, tmp_path, threads=2)
+    got: list[tuple[int, bytes]] = []
+
+    def slow() -> None:
+        resp, body = get(server, "/slow?1.0")
+        got.append((resp.status, body))
+
+    client = threading.Thread(target=slow)
+    client.start()
+    time.sleep(0.3)  # the call is in the app
+    assert server.stop(signal.SIGTERM) == 0
+    client.join(timeout=20)
+    assert got == [(200, b"ok")]
+    assert "still running at shutdown" not in server.log()
+
+
+def test_throughput_scales_with_threads(start_server: StartServer, tmp_path: Path) -> None:
+    def run(threads: int) -> tuple[float, int]:
+        server = _start_sleepy(start_server, tmp_path, threads)
+
+        def one() -> None:
+            for _ in range(2):
+                resp, _ = get(server, "/slow?0.1")
+                assert resp.status == 200
+
+        clients = [threading.Thread(target=one) for _ in range(8)]
+        started = time.monotonic()
+        for t in clients:
+            t.start()
+        for t in clients:
+            t.join(timeout=30)
+        elapsed = time.monotonic() - started
+        return elapsed, int(get(server, "/most")[1])
+
+    one_thread, most_one = run(1)
+    eight_threads, most_eight = run(8)
+    # 16 calls of 100 ms from 8 clients: one at a time, then eight at a time.
+    assert most_one == 1
+    assert 4 <= most_eight <= 8  # (all 8 at once unless the machine is very busy)
+    assert one_thread >= 1.6
+    assert eight_threads < one_thread / 2, (one_thread, eight_threads)

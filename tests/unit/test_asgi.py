@@ -1,0 +1,286 @@
+"""The ASGI interface's rules without sockets: the scope, response headers,
+the reader's streamed bodies, lifespan, and telling an ASGI app apart."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from prefork.apps import detect_interface
+from prefork.apps.asgi_lifespan import Lifespan, LifespanFailed
+from prefork.apps.asgi_messages import AsgiMessageError, response_fields
+from prefork.apps.asgi_scope import ConnScope, decode_path, http_scope, lower_headers
+from prefork.errors import ProtocolError
+from prefork.http.parsers import make_parser
+from prefork.http.protocol import RequestReader, streams_body
+from prefork.http.request import Limits, Request
+
+ASGI = {"version": "3.0", "spec_version": "2.5"}
+
+
+@pytest.fixture(params=["httptools", "h11"])
+def reader(request: pytest.FixtureRequest) -> RequestReader:
+    return RequestReader(make_parser(request.param), Limits(8190, 100, 1000))
+
+
+def parse(reader: RequestReader, data: bytes) -> Request:
+    reader.feed(data)
+    return reader.take()
+
+
+# -- the scope ----------------------------------------------------------------
+
+
+def test_scope_of_a_parsed_request(reader: RequestReader) -> None:
+    req = parse(
+        reader,
+        b"GET /a%2Fb/caf%C3%A9?x=1&y=%20 HTTP/1.1\r\nHost: h\r\nX-Rep: 1\r\n"
+        b"Content-Type: text/plain\r\nx-rep: 2\r\n\r\n",
+    )
+    conn = ConnScope(("10.0.0.1", 5000), ("10.0.0.2", 80), "http", {})
+    state = {"db": "pool"}
+    scope = http_scope(req, conn, "", state, ASGI)
+    assert scope["type"] == "http"
+    assert scope["http_version"] == "1.1"
+    assert scope["method"] == "GET"
+    assert scope["path"] == "/a/b/café"
+    assert scope["raw_path"] == b"/a%2Fb/caf%C3%A9"
+    assert scope["query_string"] == b"x=1&y=%20"
+    assert scope["headers"] == [
+        (b"host", b"h"),
+        (b"x-rep", b"1"),
+        (b"content-type", b"text/plain"),
+        (b"x-rep", b"2"),
+    ]
+    assert scope["client"] == ("10.0.0.1", 5000)
+    assert scope["server"] == ("10.0.0.2", 80)
+    assert scope["state"] == state
+    assert scope["state"] is not state
+
+
+def test_scope_with_root_path(reader: RequestReader) -> None:
+    req = parse(reader, b"GET /x%20y HTTP/1.1\r\nHost: h\r\n\r\n")
+    scope = http_scope(req, ConnScope(None, None, "https", {}), "/api", {}, ASGI)
+    assert scope["root_path"] == "/api"
+    assert scope["path"] == "/api/x y"
+    assert scope["raw_path"] == b"/api/x%20y"
+    assert scope["scheme"] == "https"
+
+
+def test_headers_are_a_new_list_each_time(reader: RequestReader) -> None:
+    req = parse(reader, b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+    first = lower_headers(req.raw_headers)
+    first.append((b"x", b"y"))
+    assert lower_headers(req.raw_headers) == [(b"host", b"h")]
+
+
+def test_decode_path_invalid_utf8() -> None:
+    assert decode_path("/%FF") == "/\ufffd"
+    assert decode_path("/plain") == "/plain"
+
+
+# -- response headers ---------------------------------------------------------
+
+
+def test_response_fields_keep_order_and_repeats() -> None:
+    text, lower, has_server, close, length = response_fields(
+        [(b"Set-Cookie", b"a=1"), (b"set-cookie", b"b=2"), (b"Server", b"mine")]
+    )
+    assert text == "Set-Cookie: a=1\r\nset-cookie: b=2\r\nServer: mine\r\n"
+    assert lower["set-cookie"] == "a=1, b=2"
+    assert has_server
+    assert not close
+    assert length is None
+
+
+def test_response_fields_framing_is_the_servers() -> None:
+    text, _, _, close, length = response_fields(
+        [
+            (b"content-length", b"12"),
+            (b"Transfer-Encoding", b"chunked"),
+            (b"Connection", b"close"),
+            (b"date", b"yesterday"),
+            (b"x-a", b"1"),
+        ]
+    )
+    assert text == "x-a: 1\r\n"
+    assert close
+    assert length == 12
+
+
+@pytest.mark.parametrize(
+    ("headers", "message"),
+    [
+        ([("x-a", b"1")], "is not bytes"),
+        ([(b"x-a", "1")], "is not bytes"),
+        ([(b"x a", b"1")], "is not a token"),
+        ([(b"x:a", b"1")], "is not a token"),
+        ([(b"", b"1")], "is not a token"),
+        ([(b"x-a", b"1\r\nx-b: 2")], "CR, LF or NUL"),
+        ([(b"x-a", b"1\x00")], "CR, LF or NUL"),
+        ([(b"content-length", b"ten")], "bad Content-Length"),
+        ([(b"content-length", b"1"), (b"content-length", b"2")], "bad Content-Length"),
+        ([(b"x-a",)], "pairs of bytes"),
+        (5, "pairs of bytes"),
+    ],
+)
+def test_response_fields_refuse(headers: Any, message: str) -> None:
+    with pytest.raises(AsgiMessageError, match=message):
+        response_fields(headers)
+
+
+# -- the reader's streamed bodies ---------------------------------------------
+
+
+def test_streams_body_rule(reader: RequestReader) -> None:
+    small = parse(reader, b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\n\r\nabc")
+    assert not streams_body(small, 64)
+    assert streams_body(small, 2)
+    reader2 = RequestReader(make_parser("h11"), Limits(8190, 100, 1000))
+    chunked = parse(
+        reader2, b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+    )
+    assert streams_body(chunked, 10**9)
+
+
+def test_streamed_body_in_pieces_then_the_next_request(reader: RequestReader) -> None:
+    reader.stream_over = 4
+    reader.feed(b"POST /up HTTP/1.1\r\nHost: h\r\nContent-Length: 10\r\n\r\nhello")
+    req = reader.take()  # queued at its head
+    assert req.path == "/up"
+    assert not reader.want_continue
+    assert reader.take_body() == b"hello"
+    assert not reader.body_done
+    assert reader.take_body() == b""
+    reader.feed(b"world" + b"GET /next HTTP/1.1\r\nHost: h\r\n\r\n")
+    assert reader.take_body() == b"world"
+    assert reader.body_done
+    # Nothing past the body is parsed until the exchange is over.
+    assert not reader.requests
+    assert reader.paused
+    reader.resume()
+    assert reader.take().path == "/next"
+
+
+def test_streamed_chunked_body_and_its_limit(reader: RequestReader) -> None:
+    reader.stream_over = 0
+    reader.feed(b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
+    reader.take()
+    assert reader.take_body() == b"hello"
+    with pytest.raises(ProtocolError) as info:
+        reader.feed(b"3e8\r\n")  # 1000 more: past the 1000-byte limit
+    assert info.value.status == 413
+
+
+def test_expect_continue_is_left_to_the_app(reader: RequestReader) -> None:
+    reader.stream_over = 1 << 20
+    reader.feed(b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\nExpect: 100-continue\r\n\r\n")
+    req = reader.take()
+    assert req.expect_continue
+    assert not reader.want_continue
+    assert reader.in_body
+
+
+def test_whole_bodies_without_stream_over(reader: RequestReader) -> None:
+    reader.feed(b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 300\r\n\r\n" + b"x" * 300)
+    assert reader.take().body == b"x" * 300
+
+
+# -- lifespan -----------------------------------------------------------------
+
+
+def make_app(behaviour: str) -> Any:
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        assert scope["type"] == "lifespan"
+        message = await receive()
+        assert message["type"] == "lifespan.startup"
+        if behaviour == "raise":
+            raise ValueError("no lifespan here")
+        if behaviour == "return":
+            return
+        if behaviour == "fail":
+            await send({"type": "lifespan.startup.failed", "message": "db down"})
+            return
+        scope["state"]["pool"] = "ready"
+        await send({"type": "lifespan.startup.complete"})
+        message = await receive()
+        assert message["type"] == "lifespan.shutdown"
+        scope["state"]["shut"] = True
+        await send({"type": "lifespan.shutdown.complete"})
+
+    return app
+
+
+def run_lifespan(behaviour: str, mode: str) -> Lifespan:
+    async def main() -> Lifespan:
+        lifespan = Lifespan(make_app(behaviour), "t:app", mode, ASGI)
+        await lifespan.startup()
+        await lifespan.shutdown()
+        return lifespan
+
+    return asyncio.run(main())
+
+
+def test_lifespan_complete_fills_state_and_shuts_down() -> None:
+    lifespan = run_lifespan("ok", "auto")
+    assert lifespan.state == {"pool": "ready", "shut": True}
+
+
+@pytest.mark.parametrize("behaviour", ["raise", "return"])
+def test_lifespan_auto_serves_without(behaviour: str) -> None:
+    assert run_lifespan(behaviour, "auto").state == {}
+
+
+@pytest.mark.parametrize("behaviour", ["raise", "return"])
+def test_lifespan_on_fails_the_boot(behaviour: str) -> None:
+    with pytest.raises(LifespanFailed):
+        run_lifespan(behaviour, "on")
+
+
+@pytest.mark.parametrize("mode", ["auto", "on"])
+def test_lifespan_startup_failed_fails_the_boot(mode: str) -> None:
+    with pytest.raises(LifespanFailed, match="db down"):
+        run_lifespan("fail", mode)
+
+
+def test_lifespan_off_never_calls_the_app() -> None:
+    assert run_lifespan("raise", "off").state == {}
+
+
+# -- auto-detection -----------------------------------------------------------
+
+
+def test_detect_asgi_shapes() -> None:
+    async def func(scope: Any, receive: Any, send: Any) -> None: ...
+
+    class Instance:
+        async def __call__(self, scope: Any, receive: Any, send: Any) -> None: ...
+
+    assert detect_interface(func, "f") == "asgi"
+    assert detect_interface(Instance(), "i") == "asgi"
+
+
+def test_lifespan_message_out_of_turn_is_ignored_unknown_one_refused() -> None:
+    seen: list[str] = []
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await receive()
+        await send({"type": "lifespan.startup.complete"})
+        await send({"type": "lifespan.shutdown.failed", "message": "cancelled"})  # not asked
+        try:
+            await send({"type": "lifespan.bogus"})
+        except RuntimeError as exc:
+            seen.append(str(exc))
+        await receive()
+        await send({"type": "lifespan.shutdown.complete"})
+
+    async def main() -> None:
+        lifespan = Lifespan(app, "t:app", "on", ASGI)
+        await lifespan.startup()
+        await asyncio.sleep(0)
+        await lifespan.shutdown()
+
+    asyncio.run(main())
+    assert seen == ["unexpected ASGI lifespan message 'lifespan.bogus'"]
