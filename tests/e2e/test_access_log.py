@@ -248,3 +248,40 @@ def test_usr1_reopens_the_log_file_after_a_rotation(logged_to_file: Any, fmt: st
     old = rotated.read_text()
     assert "/before?t=rotate" in old
     assert "/after?t=rotate" not in old
+
+
+# -- the other app interfaces --------------------------------------------------
+
+INTERFACE_APPS = """
+import os
+
+
+async def asgi(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    body = str(os.getpid()).encode()
+    await send({"type": "http.response.start", "status": 201, "headers": []})
+    await send({"type": "http.response.body", "body": body})
+
+
+def wsgi(environ, start_response):
+    start_response("201 Created", [("Content-Type", "text/plain")])
+    return [str(os.getpid()).encode()]
+"""
+
+
+@pytest.mark.parametrize("interface", ["asgi", "wsgi"])
+def test_json_line_of_an_asgi_and_a_wsgi_app(
+    start_server: StartServer, tmp_path: Path, interface: str
+) -> None:
+    conf = tmp_path / "prefork.toml"
+    conf.write_text('access_log_format = "json"\nlog_headers = ["x-trace"]\n')
+    server = start_server(
+        INTERFACE_APPS, "-c", str(conf), "--interface", interface, target=f"app:{interface}"
+    )
+    status, body = get(server.port, f"/{interface}?t=iface", "X-Trace: t-3")
+    assert status.startswith(b"HTTP/1.1 201")
+    (doc,) = json_lines(server, "t=iface")
+    assert (doc["pid"], doc["status"], doc["bytes"]) == (int(body), 201, len(body))
+    assert (doc["target"], doc["query"]) == (f"/{interface}?t=iface", "t=iface")
+    assert doc["headers"] == {"x-trace": "t-3"}

@@ -352,3 +352,33 @@ def test_a_silent_scrape_connection_does_not_stall_the_master(serve: Any) -> Non
         # The master keeps supervising and answering other scrapes meanwhile.
         send(server.port, 2)
         scraper.wait_value(2, "prefork_requests_total", method="GET", status="2xx")
+
+
+INTERFACE_APPS = """
+async def asgi(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    await send({"type": "http.response.start", "status": 404, "headers": []})
+    await send({"type": "http.response.body", "body": b"gone"})
+
+
+def wsgi(environ, start_response):
+    start_response("404 Not Found", [("Content-Type", "text/plain")])
+    return [b"gone"]
+"""
+
+
+@pytest.mark.parametrize("interface", ["asgi", "wsgi"])
+def test_responses_of_an_asgi_and_a_wsgi_app_are_counted(
+    start_server: StartServer, tmp_path: Path, interface: str
+) -> None:
+    conf = tmp_path / "prefork.toml"
+    conf.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in BASE_CONFIG.items()))
+    server = start_server(
+        INTERFACE_APPS, "-c", str(conf), "--interface", interface, target=f"app:{interface}"
+    )
+    scraper = Scraper(server)
+    scraper.wait_value(1, "prefork_requests_total", method="other", status="4xx")  # the probe
+    send(server.port, 6, method="DELETE", path="/x")
+    scraper.wait_value(6, "prefork_requests_total", method="DELETE", status="4xx")
+    assert scraper.value("prefork_request_duration_seconds_count") == 7
