@@ -25,6 +25,7 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
 from prefork import log
+from prefork.errors import BindError
 from prefork.master.listeners import format_host, listen, parse_address
 from prefork.master.wakeups import Wakeups
 
@@ -53,8 +54,11 @@ class MetricsEndpoint:
     """The listening socket of ``metrics_bind`` and its scrapes, on the master's selector."""
 
     def __init__(self, address: str, collector: Collector, wakeups: Wakeups) -> None:
-        host, port = parse_address(address)
-        self._sock = listen(host, port, LISTEN_BACKLOG)  # raises BindError
+        try:
+            host, port = parse_address(address)
+            self._sock = listen(host, port, LISTEN_BACKLOG)
+        except BindError as exc:
+            raise BindError(f"metrics_bind: {exc}") from None
         self._sock.setblocking(False)
         self._registry = CollectorRegistry(auto_describe=False)
         self._registry.register(collector)

@@ -382,3 +382,17 @@ def test_responses_of_an_asgi_and_a_wsgi_app_are_counted(
     send(server.port, 6, method="DELETE", path="/x")
     scraper.wait_value(6, "prefork_requests_total", method="DELETE", status="4xx")
     assert scraper.value("prefork_request_duration_seconds_count") == 7
+
+
+def test_a_metrics_port_in_use_stops_the_start_with_a_clear_message(
+    start_server: StartServer, tmp_path: Path
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        conf = tmp_path / "prefork.toml"
+        conf.write_text(f'metrics_bind = "127.0.0.1:{port}"\n')
+        server = start_server(APP, "-c", str(conf), wait=False)
+        assert server.proc.wait(timeout=20) != 0
+    server.wait_log(rf"metrics_bind: cannot bind 127\.0\.0\.1:{port}")
