@@ -2,6 +2,8 @@
 
     python bench/micro.py                 # varied heads: the cost split by stage, both parsers
     python bench/micro.py --access        # the same with the access log on (to /dev/null)
+    python bench/micro.py --access --json # ... as JSON lines (access_log_format = "json")
+    python bench/micro.py --metrics       # with the metrics counted (metrics_bind set)
     python bench/micro.py --memory        # bytes per parked keep-alive connection (tracemalloc)
     python bench/micro.py -n 5000         # fewer distinct heads per round
 
@@ -114,8 +116,12 @@ def best_per_item(items: list[Any], work: Callable[[list[Any]], object]) -> floa
     return best * 1e6
 
 
+EXTRA: dict[str, Any] = {}  # config keys from the flags (--json, --metrics)
+
+
 def _config(backend: str, level: str = "info") -> Any:
-    return Config.build({"http": backend, "log_level": level, "requests_per_connection": 10**9})
+    raw = {"http": backend, "log_level": level, "requests_per_connection": 10**9, **EXTRA}
+    return Config.build(raw)
 
 
 def sans_io_stages(backend: str, varied: list[bytes]) -> dict[str, float]:
@@ -220,7 +226,9 @@ def report(backend: str, level: str, count: int) -> list[str]:
     lines += [
         f"  response   {whole - st['reader'] - st['args']:6.2f}   handler call, response bytes,"
         " write, exchange (whole - reader - query args)",
-        f"  whole path {whole:6.2f}   (identical heads, cache hits: {same:.2f}; log level {level})",
+        f"  whole path {whole:6.2f}   (identical heads, cache hits: {same:.2f}; log level {level}"
+        + "".join(f", {key} {value}" for key, value in EXTRA.items())
+        + ")",
     ]
     return lines
 
@@ -228,6 +236,8 @@ def report(backend: str, level: str, count: int) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--access", action="store_true", help="access log on (to /dev/null)")
+    parser.add_argument("--json", action="store_true", help='access_log_format = "json"')
+    parser.add_argument("--metrics", action="store_true", help="count metrics (metrics_bind)")
     parser.add_argument("--memory", action="store_true", help="bytes per parked connection")
     parser.add_argument(
         "-n", type=int, default=heads.DEFAULT_COUNT, help="distinct heads per round (20000)"
@@ -239,6 +249,10 @@ def main() -> None:
         print(f"{uvloop.run(per_connection(1000)):.0f} bytes per parked keep-alive connection")
         return
     level = "access" if args.access else "info"
+    if args.json:
+        EXTRA["access_log_format"] = "json"
+    if args.metrics:
+        EXTRA["metrics_bind"] = "127.0.0.1:0"  # only counted here: nothing is bound
     if args.access:
         sys.stderr = open(os.devnull, "w")  # noqa: SIM115 - the access log's stream
     log.setup(level)

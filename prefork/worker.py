@@ -17,7 +17,9 @@ The pipe to the master carries one byte per message (see ``MSG_*``): READY
 once, a HEARTBEAT from the event loop every ``heartbeat_interval()`` seconds (a
 blocked loop stops them and the master kills the worker after
 ``worker_timeout``), and RECYCLE once ``max_requests`` (plus jitter) responses
-were sent. The same timer notices an orphaned worker (the master died: its
+were sent. With ``metrics_bind`` set, each heartbeat is followed by a snapshot
+of the worker's counters (prefork.metrics), and a draining worker sends a last
+one before it exits. The same timer notices an orphaned worker (the master died: its
 parent pid changed) and stops it gracefully, so no orphan keeps the port.
 """
 
@@ -352,6 +354,7 @@ class Worker:
             await app.shutdown()
         except Exception:
             logger.exception("worker %d (pid %d): app shutdown failed", self.number, os.getpid())
+        self._send(self._metrics_snapshot())  # the final counts, for the master's totals
         return WORKER_EXIT_OK
 
     def _boot(self) -> AppInterface[Any] | None:
@@ -417,10 +420,18 @@ class Worker:
         with contextlib.suppress(BlockingIOError, BrokenPipeError, OSError):
             os.write(self.pipe_fd, msg)
 
+    def _metrics_snapshot(self) -> bytes:
+        """This worker's counters for the master; empty when metrics are off."""
+        state = self._state
+        acceptor = self._acceptor
+        if state is None or acceptor is None or state.access.metrics is None:
+            return b""
+        return state.access.metrics.snapshot(acceptor.active, state.idle_connections())
+
     def _tick(self) -> None:
         """Heartbeat, orphan check and max_requests check, driven by the event loop."""
         assert self._loop is not None
-        self._send(MSG_HEARTBEAT)
+        self._send(MSG_HEARTBEAT + self._metrics_snapshot())
         if os.getppid() != self.master_pid and self.state is not WorkerState.DRAINING:
             logger.warning("worker %d (pid %d): master is gone; stopping", self.number, os.getpid())
             self._request_stop(Stop.GRACEFUL)

@@ -175,5 +175,4 @@ async def _serve_websocket(
 def _reject(conn: Connection, shared: Shared, exc: ProtocolError) -> None:
     logger.debug("rejecting request from %s: %d %s", conn.client_ip, exc.status, exc)
     sent = conn.reply_error_and_close(exc)
-    if shared.access.enabled():
-        shared.access.log(conn.client_ip, "-", "-", "1.1", exc.status, sent, time.monotonic(), {})
+    shared.access.record(conn.client_ip, None, exc.status, sent, time.monotonic())

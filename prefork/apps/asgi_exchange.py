@@ -56,12 +56,9 @@ IDLE, STARTED, STREAMING, DONE = 0, 1, 2, 3
 def count_response(
     shared: Shared, client_ip: str, req: Request, status: int, size: int, started: float
 ) -> None:
-    """Count a response and write its access log line."""
+    """Count a response and write its access log line (and its metrics)."""
     shared.requests_served += 1
-    if shared.access.enabled():
-        shared.access.log(
-            client_ip, req.method, req.path, req.version, status, size, started, req.headers
-        )
+    shared.access.record(client_ip, req, status, size, started)
 
 
 class Exchange:
@@ -458,17 +455,7 @@ class Exchange:
         req = self.req
         shared = conn.shared
         shared.requests_served += 1
-        if shared.access.enabled():
-            shared.access.log(
-                self.client_ip,
-                req.method,
-                req.path,
-                req.version,
-                self.status,
-                self.sent,
-                self.started,
-                req.headers,
-            )
+        shared.access.record(self.client_ip, req, self.status, self.sent, self.started)
         if self.keep_alive:
             self.action = "keep-alive"
         else:

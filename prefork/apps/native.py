@@ -82,6 +82,8 @@ class NativeApp:
     def respond_inline(self, conn: Connection, req: Request) -> bool:
         """Call the (sync) handler from the protocol callback and answer if it can be done now."""
         shared = conn.shared
+        if shared.access.header_names:
+            shared.access.capture(req)
         ctx = conn.ctx
         if conn.behind_proxy:
             ctx = context(conn, conn.client_ip, shared.redis_module, req)
@@ -174,6 +176,8 @@ async def exchange(
             except Exception:
                 return handler_failed(conn, state, req, _client(conn), started)
     else:
+        if state.access.header_names:
+            state.access.capture(req)
         started = time.monotonic()
         ctx = context(conn, client_ip, redis_module, req if conn.behind_proxy else None)
         client_ip = ctx.client_ip
@@ -211,8 +215,7 @@ async def exchange(
 def _reject(conn: Connection, state: Shared, client_ip: str, exc: ProtocolError) -> None:
     logger.debug("rejecting request from %s: %d %s", client_ip, exc.status, exc)
     sent = conn.reply_error_and_close(exc)
-    if state.access.enabled():
-        state.access.log(client_ip, "-", "-", "1.1", exc.status, sent, time.monotonic(), {})
+    state.access.record(client_ip, None, exc.status, sent, time.monotonic())
 
 
 def handler_failed(
@@ -247,9 +250,7 @@ def _log_websocket(conn: Connection, state: Shared, req: Request, started: float
     ws, conn.ctx.upgraded = conn.ctx.upgraded, None
     conn.count += 1
     state.requests_served += 1
-    if state.access.enabled():
-        client, sent = _client(conn), ws.bytes_sent
-        state.access.log(client, req.method, req.path, req.version, 101, sent, started, req.headers)
+    state.access.record(_client(conn), req, 101, ws.bytes_sent, started)
 
 
 def _send_500(
@@ -258,11 +259,7 @@ def _send_500(
     data = error_response(500, "Internal Server Error", req.method)
     conn.send(data)
     state.requests_served += 1
-    if state.access.enabled():
-        size = body_length(data)
-        state.access.log(
-            client_ip, req.method, req.path, req.version, 500, size, started, req.headers
-        )
+    state.access.record(client_ip, req, 500, body_length(data), started)
     conn.graceful_close()
     return "close"
 
@@ -370,10 +367,7 @@ def _done(
 ) -> Action:
     """Count and log a response that went out; close the connection if it said so."""
     state.requests_served += 1
-    if state.access.enabled():
-        state.access.log(
-            _client(conn), req.method, req.path, req.version, status, sent, started, req.headers
-        )
+    state.access.record(_client(conn), req, status, sent, started)
     if keep_alive:
         return "keep-alive"
     conn.close_after_response(asked=not req.keep_alive)

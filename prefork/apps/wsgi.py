@@ -283,17 +283,7 @@ class WsgiApp:
     ) -> None:
         shared = conn.shared
         shared.requests_served += 1
-        if shared.access.enabled():
-            shared.access.log(
-                client,
-                req.method,
-                req.path,
-                req.version,
-                status,
-                sent,
-                started,
-                req.headers,
-            )
+        shared.access.record(client, req, status, sent, started)
 
     def _send_500(self, conn: Connection, req: Request, client: str, started: float) -> Action:
         data = error_response(500, "Internal Server Error", req.method)
@@ -447,5 +437,4 @@ def _reject(conn: Connection, exc: ProtocolError) -> None:
     logger.debug("rejecting request from %s: %d %s", conn.client_ip, exc.status, exc)
     sent = conn.reply_error_and_close(exc)
     shared = conn.shared
-    if shared.access.enabled():
-        shared.access.log(conn.client_ip, "-", "-", "1.1", exc.status, sent, time.monotonic(), {})
+    shared.access.record(conn.client_ip, None, exc.status, sent, time.monotonic())

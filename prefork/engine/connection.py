@@ -343,12 +343,14 @@ class Connection(asyncio.Protocol):
         if kind is Deadline.HEADER and not self.reader.head_started and not self.reader.in_body:
             # A connection that never started a request is closed without a response.
             logger.debug("closing a silent connection from %s", self.client_ip)
+            self.shared.access.slow_closed("header")
             self.reader.feed_failed()
             self._close_transport()
             self._wake()
         elif kind is Deadline.HEADER or kind is Deadline.BODY:
             what = "head" if kind is Deadline.HEADER else "body"
             logger.debug("request %s timeout from %s", what, self.client_ip)
+            self.shared.access.slow_closed(what if what == "body" else "header")
             self._fail_request(f"request {what} timeout")
         elif kind is Deadline.WRITE:
             transport = self.transport
@@ -356,6 +358,7 @@ class Connection(asyncio.Protocol):
                 self._set_deadline(Deadline.LINGER, LINGER_S)  # flushed meanwhile
             else:
                 logger.debug("response write timeout to %s", self.client_ip)
+                self.shared.access.slow_closed("write")
                 self.abort()
         elif kind is Deadline.IDLE and unread_bytes(self.transport):
             # Idle for keepalive_idle_timeout, but a request came in just now
@@ -422,6 +425,7 @@ class Connection(asyncio.Protocol):
                 now - self._rx_at,
                 rate,
             )
+            self.shared.access.slow_closed(what if what == "body" else "header")
             self._fail_request(f"request {what} too slow")
         else:
             logger.info(
@@ -431,6 +435,7 @@ class Connection(asyncio.Protocol):
                 now - self._tx_at,
                 rate,
             )
+            self.shared.access.slow_closed("write")
             self.abort()
 
     @property

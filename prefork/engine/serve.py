@@ -56,11 +56,14 @@ async def serve_connection(sock: socket.socket, shared: Shared, peer: object) ->
             await loop.connect_accepted_socket(lambda: conn, sock)
     except (OSError, ssl.SSLError, TimeoutError) as exc:
         logger.debug("connection setup failed: %s", exc)
+        if ssl_context is not None:
+            shared.access.tls_handshake(False)
         sock.close()
         return
     if ssl_context is not None and conn.transport is not None:
         from prefork.tls import server_name_of
 
+        shared.access.tls_handshake(True)
         conn.server_name = server_name_of(conn.transport.get_extra_info("ssl_object"))
     client_ip = conn.client_ip
     exchange = shared.app.exchange

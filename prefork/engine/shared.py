@@ -34,6 +34,7 @@ from prefork.http.parsers import make_parser, resolve
 from prefork.http.protocol import DATE, HeadCache
 from prefork.http.request import Limits
 from prefork.http.response import FieldsCache, NegotiatedCache
+from prefork.metrics import WorkerMetrics
 
 if TYPE_CHECKING:
     from prefork.engine.app import AppInterface
@@ -77,6 +78,7 @@ class Served(Protocol):
 
     deadline: float
     client_ip: str
+    deadline_kind: Deadline
 
     def on_deadline(self) -> None: ...
 
@@ -129,7 +131,10 @@ class Shared:
         # Response header texts (http.response.fields, http.response.negotiate).
         self.fields_cache: FieldsCache = {}
         self.negotiated_cache: NegotiatedCache = {}
-        self.access = log.AccessLog(cfg.log_headers)
+        # The access line and the metrics of every finished request (one call: record).
+        self.access = log.AccessLog(
+            cfg.log_headers, cfg.access_log_format, WorkerMetrics() if cfg.metrics_bind else None
+        )
         self.requests_per_connection = cfg.requests_per_connection
         self.keepalive_idle_timeout = cfg.keepalive_idle_timeout
         self.request_header_timeout = cfg.request_header_timeout
@@ -173,6 +178,10 @@ class Shared:
     @property
     def open_connections(self) -> int:
         return len(self.connections)
+
+    def idle_connections(self) -> int:
+        """Keep-alive connections waiting for their next request (for the metrics, ~1/s)."""
+        return sum(1 for conn in self.connections if conn.deadline_kind is Deadline.IDLE)
 
     def start(self) -> None:
         """Start the deadline sweeper; call once inside the running loop."""

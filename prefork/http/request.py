@@ -91,6 +91,7 @@ class Request:
         "expect_continue",
         "headers",
         "keep_alive",
+        "logged",
         "method",
         "path",
         "query",
@@ -123,6 +124,8 @@ class Request:
         # The fields as the parser gave them (names as sent, repeats apart):
         # ASGI's scope["headers"]. The parser's own list, kept, not copied.
         self.raw_headers: RawHeaders = _NO_RAW_HEADERS
+        # The access log's log_headers values, taken before the handler could change headers.
+        self.logged: tuple[str | None, ...] | None = None
 
     def __repr__(self) -> str:
         return f"<Request {self.method} {self.target} HTTP/{self.version}>"
@@ -142,6 +145,7 @@ class Request:
         other.chunked = self.chunked
         other.expect_continue = self.expect_continue
         other.raw_headers = self.raw_headers  # never changed: shared
+        other.logged = None
         return other
 
 

@@ -50,16 +50,18 @@ import ssl
 import sys
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import setproctitle
 
 from prefork import log
 from prefork._types import Handler
 from prefork.config import Config, from_environ, layered, load_toml
+from prefork.engine.accept import accept_queue_length
 from prefork.errors import BindError, PreforkError
 from prefork.master import systemd
-from prefork.master.listeners import bind_spec, open_listeners, port_of
+from prefork.master.listeners import bind_spec, format_host, open_listeners, port_of
+from prefork.master.metrics import MasterMetrics, MasterView, ServerCollector, restart_reason
 from prefork.master.wakeups import Wakeups
 from prefork.tls import load_tls
 from prefork.worker import (
@@ -75,6 +77,9 @@ from prefork.worker import (
     boot_timeout,
     describe_status,
 )
+
+if TYPE_CHECKING:
+    from prefork.master.scrape import MetricsEndpoint
 
 logger = logging.getLogger(log.MASTER)
 
@@ -134,6 +139,8 @@ class Master:
         self._respawn_at = 0.0
         self._respawn_delay = RESPAWN_BACKOFF_MIN_S
         self._pid_written = False
+        self._metrics = MasterMetrics()  # fed by the workers' heartbeats
+        self._metrics_endpoint: MetricsEndpoint | None = None  # when metrics_bind is set
         self._notify = systemd.Notifier(None)  # run() reads NOTIFY_SOCKET
         self._activated = False  # serving on sockets systemd passed (LISTEN_FDS)
         self._ready_sent = False  # READY=1 told for the first generation
@@ -147,6 +154,7 @@ class Master:
         self._notify = systemd.Notifier.from_environ()
         self._bind()
         try:
+            self._start_metrics()
             setproctitle.setproctitle(f"prefork: master [{app_label(self.app)}]")
             self._write_pidfile()
             self._wakeups.install(MASTER_SIGNALS)
@@ -177,6 +185,9 @@ class Master:
         self._pid_written = True
 
     def _cleanup(self) -> None:
+        if self._metrics_endpoint is not None:
+            self._metrics_endpoint.close()
+            self._metrics_endpoint = None
         self._wakeups.restore_signals()
         for worker in self._workers.values():
             self._wakeups.close_pipe(worker)
@@ -223,6 +234,7 @@ class Master:
             self._wakeups.unwatch(worker)
             return
         worker.last_seen = time.monotonic()  # every message, MSG_HEARTBEAT included
+        data = self._metrics.feed(worker.pid, data)
         if MSG_READY in data:
             self._on_ready(worker)
         if MSG_RECYCLE in data:
@@ -301,7 +313,10 @@ class Master:
         except PreforkError as exc:
             logger.error("reload failed: %s; generation %d keeps serving", exc, self._generation)
             self._notify_reload_done(f"reload failed: {exc}")
+            self._metrics.reloaded(False)
             return
+        if cfg.metrics_bind != self.cfg.metrics_bind:
+            logger.warning("reload: metrics_bind changed: that needs a restart")
         if spec != self._bind_spec and not self._activated:
             logger.warning("reload: ip, port, binds or backlog changed: that needs a restart")
         target = cfg.workers if cfg.workers != self.cfg.workers else self._target
@@ -353,6 +368,8 @@ class Master:
         # The child keeps its own pipe's write end only: no sibling's pipe, no wakeup pipe.
         close_fds = [read_fd, self._wakeups.wakeup_r, self._wakeups.wakeup_w]
         close_fds += [w.pipe_r for w in self._workers.values() if w.pipe_r >= 0]
+        if self._metrics_endpoint is not None:
+            close_fds += self._metrics_endpoint.fds()
         worker = Worker(cfg, self.app, self.listeners, tls, number, generation, write_fd, close_fds)
         _flush_std_streams()  # or the child would write the master's buffered output again
         # What the master holds goes to the GC's permanent generation: a worker's
@@ -448,6 +465,7 @@ class Master:
             if worker.generation < reload.generation:
                 self._stop_worker(worker, f"generation {reload.generation} is serving")
         self._notify_reload_done("reloaded")
+        self._metrics.reloaded(True)
         self._reload_queued()
 
     def _abort_reload(self, reason: str) -> None:
@@ -464,6 +482,7 @@ class Master:
                 else:
                     self._stop_worker(worker, "reload aborted")
         self._notify_reload_done(f"reload failed: {reason}")
+        self._metrics.reloaded(False)
         self._reload_queued()
 
     def _reload_queued(self) -> None:
@@ -501,6 +520,7 @@ class Master:
             if worker is None:  # e.g. re-parented to us as PID 1: reaped, nothing more
                 logger.debug("reaped pid %d (not a worker): %s", pid, describe_status(status))
                 continue
+            self._metrics_exited(worker)
             self._wakeups.close_pipe(worker)
             self._on_exit(worker, status)
 
@@ -583,6 +603,38 @@ class Master:
                     # A max_requests replacement still booting: the worker it was to
                     # replace holds the same slot; left serving, it would ask again.
                     self._stop_worker(worker.replaces, "fewer workers wanted")
+
+    # -- metrics ------------------------------------------------------------
+
+    def _start_metrics(self) -> None:
+        """Serve /metrics on metrics_bind from this loop (scrape.py); raises BindError."""
+        if self.cfg.metrics_bind is None:
+            return
+        from prefork.master.scrape import MetricsEndpoint  # prometheus_client: only when used
+
+        collector = ServerCollector(self._metrics, self._metrics_view)
+        self._metrics_endpoint = MetricsEndpoint(self.cfg.metrics_bind, collector, self._wakeups)
+        logger.info("metrics on %s", self._metrics_endpoint.url)
+
+    def _metrics_view(self) -> MasterView:
+        workers = dict.fromkeys((s.value for s in WorkerState), 0)
+        for worker in self._workers.values():
+            workers[worker.state.value] += 1
+        queues = []
+        for sock in self.listeners:
+            waiting = accept_queue_length(sock)  # TCP on Linux only
+            if waiting is not None:
+                host, port = sock.getsockname()[:2]
+                queues.append((f"{format_host(host)}:{port}", waiting))
+        return MasterView(self._generation, workers, queues)
+
+    def _metrics_exited(self, worker: Worker) -> None:
+        """A reaped worker: read what it sent last (its final counts), count the restart."""
+        with contextlib.suppress(OSError):
+            while worker.pipe_r >= 0 and (data := os.read(worker.pipe_r, 4096)):
+                self._metrics.feed(worker.pid, data)
+        reason = None if self._stopping else restart_reason(worker, self._generation)
+        self._metrics.exited(worker.pid, reason)
 
     # -- stopping -----------------------------------------------------------
 

@@ -5,6 +5,8 @@ Signal handlers only enqueue the signal number (no logging, no forking there);
 a signal ends the master's wait at once and its loop then drains ``signals``.
 Each worker's pipe is watched as well: a message (READY, HEARTBEAT, RECYCLE;
 see worker.py) or EOF wakes the master the same way, and the master reads it.
+Other fds (the metrics endpoint's, scrape.py) are watched with a callback,
+which ``wait`` calls: they must never block.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import contextlib
 import os
 import selectors
 import signal
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from prefork.worker import Worker
@@ -51,9 +53,22 @@ class Wakeups:
                 with contextlib.suppress(BlockingIOError):
                     while os.read(self.wakeup_r, 4096):
                         pass
-            else:
+            elif isinstance(key.data, Worker):
                 readable.append(key.data)
+            else:
+                key.data(_events)
         return readable
+
+    def watch_fd(self, fd: int, events: int, callback: Callable[[int], None]) -> None:
+        """Call ``callback(events)`` from ``wait`` when ``fd`` is ready."""
+        self._selector.register(fd, events, callback)
+
+    def modify_fd(self, fd: int, events: int, callback: Callable[[int], None]) -> None:
+        self._selector.modify(fd, events, callback)
+
+    def unwatch_fd(self, fd: int) -> None:
+        with contextlib.suppress(KeyError, ValueError):
+            self._selector.unregister(fd)
 
     def watch(self, worker: Worker) -> None:
         self._selector.register(worker.pipe_r, selectors.EVENT_READ, worker)

@@ -65,7 +65,7 @@ async def test_echo_subprotocol_headers_close_code_and_access_log(server: Server
             await asyncio.wait_for(ws.recv(), 5)
         assert info.value.rcvd is not None
         assert (info.value.rcvd.code, info.value.rcvd.reason) == (4000, "bye")
-    server.wait_log(r'"GET /chat HTTP/1\.1" 101 ')
+    server.wait_log(r'"GET /chat\?token=ok HTTP/1\.1" 101 ')
 
 
 @pytest.mark.parametrize(("token", "status"), [("deny", 401), ("none", 403)])
