@@ -311,7 +311,8 @@ def command(name: str, port: int, workdir: Path) -> list[str]:
         return [
             peer_python(), "-m", "uvicorn", "ws_app:app", "--host", HOST, "--port", str(port),
             "--workers", "1", "--loop", "uvloop", "--http", "httptools", "--ws", "websockets",
-            "--ws-ping-interval", "0", "--ws-per-message-deflate", "false",
+            # 0 would make websockets ping without pause: an hour is "off" here.
+            "--ws-ping-interval", "3600", "--ws-per-message-deflate", "false",
             "--no-access-log", "--log-level", "warning", "--backlog", "4096",
         ]  # fmt: skip
     if name == "granian":
