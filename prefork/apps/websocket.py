@@ -23,8 +23,9 @@ import asyncio
 import codecs
 import contextlib
 import logging
+import math
 import os
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -84,6 +85,70 @@ class Options:
         )
 
 
+class _PingWheel:
+    """The keep-alive ping deadlines of one event loop's WebSockets, on one timer.
+
+    A ``TimerHandle`` per connection costs ~550 bytes on every idle
+    WebSocket; here a connection costs a set entry. Deadlines are rounded up
+    to a tick (an eighth of the interval, 50 ms to 1 s), so a ping leaves at
+    most one tick late.
+    """
+
+    __slots__ = ("_buckets", "_timer", "_timer_at", "loop")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self._buckets: dict[float, set[WebSocket]] = {}
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = math.inf
+
+    def add(self, ws: WebSocket, interval: float) -> float:
+        """Call ``ws._ping_due()`` in ``interval`` seconds; returns the key for ``discard``."""
+        tick = min(1.0, max(0.05, interval / 8))
+        at = math.ceil((self.loop.time() + interval) / tick) * tick
+        bucket = self._buckets.get(at)
+        if bucket is None:
+            bucket = self._buckets[at] = set()
+        bucket.add(ws)
+        if at < self._timer_at:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = self.loop.call_at(at, self._fire)
+            self._timer_at = at
+        return at
+
+    def discard(self, ws: WebSocket, at: float) -> None:
+        bucket = self._buckets.get(at)
+        if bucket is not None:
+            bucket.discard(ws)
+            if not bucket:
+                del self._buckets[at]
+
+    def _fire(self) -> None:
+        self._timer, self._timer_at = None, math.inf
+        # uvloop's timers have millisecond resolution and may fire that early.
+        now = self.loop.time() + 0.001
+        for at in sorted(at for at in self._buckets if at <= now):
+            for ws in self._buckets.pop(at):
+                ws._ping_due()  # the wheel is this module's helper of WebSocket
+        if self._buckets:
+            at = min(self._buckets)
+            self._timer = self.loop.call_at(at, self._fire)
+            self._timer_at = at
+
+
+_wheel: _PingWheel | None = None
+
+
+def _ping_wheel() -> _PingWheel:
+    """The running loop's wheel (a worker runs one loop; tests run one at a time)."""
+    global _wheel
+    loop = asyncio.get_running_loop()
+    if _wheel is None or _wheel.loop is not loop:
+        _wheel = _PingWheel(loop)
+    return _wheel
+
+
 class WebSocketClosed(ConnectionError):
     """The WebSocket is closed: ``code`` and ``reason`` say how (1006: lost)."""
 
@@ -120,6 +185,11 @@ class _ServerProtocol(ServerProtocol):
             self.current_size = None  # the unfinished message is abandoned
         super().recv_frame(frame)
 
+    def select_subprotocol(self, subprotocols: Sequence[str]) -> None:
+        # The app chooses when it accepts (see ``WebSocket.accept``). A method,
+        # not the constructor's callback: that one is bound per connection.
+        return None
+
 
 class Handshake:
     """The opening handshake of one request, checked, and the protocol it starts.
@@ -141,8 +211,6 @@ class Handshake:
         extensions = enable_server_permessage_deflate(None) if opts.per_message_deflate else None
         self.protocol = _ServerProtocol(
             extensions=extensions,
-            # The app chooses when it accepts: see ``accept``.
-            select_subprotocol=lambda _proto, _offered: None,
             max_size=opts.max_message_size,
             logger=_protocol_logger,
         )
@@ -215,8 +283,8 @@ class WebSocket:
         "_messages",
         "_opts",
         "_parts",
+        "_ping_at",
         "_ping_payload",
-        "_ping_timer",
         "_pinger",
         "_proto",
         "_reader",
@@ -246,8 +314,9 @@ class WebSocket:
         self._decoder: codecs.IncrementalDecoder | None = None
         self._text = False
         self._ping_payload: bytes | None = None
-        # Between pings only a timer waits (no task: an idle connection stays small).
-        self._ping_timer: asyncio.TimerHandle | None = None
+        # Between pings only a deadline on the loop's shared wheel (no task,
+        # no timer: an idle connection stays small).
+        self._ping_at: float | None = None
         self._pinger: asyncio.Task[None] | None = None
         self._going_away: asyncio.Task[None] | None = None
         self._done = False
@@ -292,15 +361,21 @@ class WebSocket:
         self._buffered -= len(message)
         return message
 
-    def __aiter__(self) -> AsyncIterator[str | bytes]:
-        return self._iterate()
+    def __aiter__(self) -> WebSocket:
+        return self
 
-    async def _iterate(self) -> AsyncIterator[str | bytes]:
-        while True:
-            try:
-                yield await self.receive()
-            except WebSocketClosed:
-                return
+    async def __anext__(self) -> str | bytes:
+        # ``receive`` again rather than an async generator around it: that
+        # object (~200 bytes) would live as long as an idle connection.
+        while not self._messages:
+            if self._done:
+                raise StopAsyncIteration
+            async with self._reader:
+                if not self._messages and not self._done:
+                    await self._read_once()
+        message = self._messages.pop(0)
+        self._buffered -= len(message)
+        return message
 
     async def _read_once(self) -> None:
         """Read once from the connection, parse, queue whole messages, answer pings."""
@@ -467,9 +542,9 @@ class WebSocket:
         self._done = True
         self._conn.on_drain(None)
         self._conn.close()
-        if self._ping_timer is not None:
-            self._ping_timer.cancel()
-            self._ping_timer = None
+        if self._ping_at is not None:
+            _ping_wheel().discard(self, self._ping_at)
+            self._ping_at = None
         pinger = self._pinger
         if pinger is not None and pinger is not asyncio.current_task():
             pinger.cancel()
@@ -498,11 +573,10 @@ class WebSocket:
     def _schedule_ping(self) -> None:
         interval = self._opts.ping_interval
         if interval and not self._done:
-            loop = asyncio.get_running_loop()
-            self._ping_timer = loop.call_later(interval, self._ping_due)
+            self._ping_at = _ping_wheel().add(self, interval)
 
     def _ping_due(self) -> None:
-        self._ping_timer = None
+        self._ping_at = None
         if not self._done:
             self._pinger = asyncio.create_task(self._ping())
 

@@ -8,6 +8,7 @@ library's own asyncio client on the other socket.
 from __future__ import annotations
 
 import asyncio
+import gc
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -349,3 +350,43 @@ async def test_native_session_receive_raises_once_closed() -> None:
         await ws.send(b"two")
     await asyncio.wait_for(task, 10)
     assert got == ["one", b"two", 1000]
+
+
+async def test_idle_sessions_share_the_ping_timer_and_a_closed_one_is_let_go() -> None:
+    """Three idle sessions are pinged on the loop's one ping timer, and keep being
+    pinged (each pong re-arms the next); a closed session is not kept by it."""
+    pings = Options(ping_interval=0.1, ping_timeout=2.0)
+    gc.collect()
+    alive_before = _live_sessions()
+    sent: list[int] = []
+
+    async def serve(server_sock: socket.socket) -> None:
+        reader, writer = await asyncio.open_connection(sock=server_sock)
+        conn = StreamConnection(reader, writer)
+        req, _ = await read_request(reader)
+        pairs = [(n.decode(), v.decode()) for n, v in req.headers]
+        session = WebSocket(conn, Handshake("GET", "/", pairs, pings), pings)
+        await session.accept()
+        after_101 = session.bytes_sent
+        async for _ in session:
+            pass
+        sent.append(session.bytes_sent - after_101)
+
+    pairs = [socket.socketpair() for _ in range(3)]
+    tasks = [asyncio.create_task(serve(server)) for server, _ in pairs]
+    clients = [await connect("ws://test/", sock=client, ping_interval=None) for _, client in pairs]
+    await asyncio.sleep(0.8)  # ~7 intervals of silence from the clients
+    for ws in clients:
+        assert ws.state.name == "OPEN"
+        await ws.close()
+    await asyncio.wait_for(asyncio.gather(*tasks), 10)
+    # A ping frame is 6 bytes (4 of payload) and a close frame 4; at least
+    # three pings each means the timer was re-armed after every pong.
+    assert all(n >= 3 * 6 for n in sent), sent
+    del tasks
+    gc.collect()
+    assert _live_sessions() == alive_before
+
+
+def _live_sessions() -> int:
+    return sum(isinstance(o, WebSocket) for o in gc.get_objects())
