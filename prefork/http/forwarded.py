@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import re
 from collections.abc import Iterable, Mapping
 
 logger = logging.getLogger("prefork.worker")
@@ -72,7 +73,17 @@ class Trust:
         return hit
 
 
+# A dotted-quad IPv4 address as ipaddress accepts it (decimal octets 0-255,
+# no leading zeros), matched without building an IPv4Address: behind a load
+# balancer every request names a client address of its own, and the parse
+# costs ~2 us where this costs ~0.2 us. Anything else goes to ipaddress.
+_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+_IPV4_RE = re.compile(rf"(?:{_OCTET}\.){{3}}{_OCTET}")
+
+
 def _valid_address(text: str) -> bool:
+    if _IPV4_RE.fullmatch(text) is not None:
+        return True
     try:
         ipaddress.ip_address(text)
     except ValueError:
