@@ -7,8 +7,11 @@ on both parser backends, in test_protocol.py's table.
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import parse_qsl
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from prefork.errors import ProtocolError
 from prefork.http.request import Limits, build_request, diagnose, parse_args
@@ -62,6 +65,35 @@ def test_build_request_joins_and_decides_keep_alive() -> None:
 )
 def test_parse_args(query: str, expected: dict[str, Any]) -> None:
     assert parse_args(query) == expected
+
+
+def _args_by_parse_qsl(query: str) -> dict[str, Any]:
+    """API.md's definition of the args: parse_qsl's pairs, a repeated name to a list."""
+    args: dict[str, Any] = {}
+    for name, value in parse_qsl(query, keep_blank_values=True):
+        if name not in args:
+            args[name] = value
+        elif isinstance(args[name], list):
+            args[name].append(value)
+        else:
+            args[name] = [args[name], value]
+    return args
+
+
+# The characters that steer parse_args between its paths (no "%" or "+": split
+# in C; a pair without "=", an empty pair, a repeated name: parse_qsl).
+_PAIRS = ["a", "b", "a=1", "a=2", "b=", "=x", "a=b=c", "", "%41=1", "a+b=c", "é=1", "b=;"]
+_QUERIES = st.one_of(
+    st.lists(st.sampled_from(_PAIRS), max_size=5).map("&".join),
+    st.text(alphabet="ab=&%+2C3;é ", max_size=24),
+)
+
+
+@given(_QUERIES)
+def test_parse_args_is_parse_qsl_folded(query: str) -> None:
+    args = parse_args(query)
+    assert args == _args_by_parse_qsl(query)
+    assert list(args) == list(_args_by_parse_qsl(query))  # the same order
 
 
 def test_build_request_refuses_a_repeated_singleton_field() -> None:
