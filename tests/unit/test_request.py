@@ -14,7 +14,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from prefork.errors import ProtocolError
-from prefork.http.request import Limits, build_request, diagnose, parse_args
+from prefork.http.request import (
+    BAD_FIELD_BYTES,
+    Limits,
+    build_request,
+    diagnose,
+    has_field_controls,
+    parse_args,
+)
 
 
 def small_limits() -> Limits:
@@ -122,3 +129,11 @@ def test_build_request_takes_host_from_an_absolute_form_target() -> None:
 def test_diagnose_names_a_refused_head_in_the_shared_words(head: bytes, text: str) -> None:
     exc = diagnose(head, small_limits())
     assert (exc.status, str(exc)) == (400, text)
+
+
+@pytest.mark.parametrize("byte", [b for b in range(256) if b not in (0x0A, 0x0D)])
+def test_has_field_controls_finds_what_the_value_search_finds(byte: int) -> None:
+    # The one-pass test on a whole head stands in for the search of each value:
+    # it must find every byte that search refuses, and no other.
+    head = b"GET / HTTP/1.1\r\nHost: a\r\nX: a" + bytes((byte,)) + b"b\r\n\r\n"
+    assert has_field_controls(head) is bool(BAD_FIELD_BYTES.search(bytes((byte,))))
