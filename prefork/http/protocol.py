@@ -31,6 +31,7 @@ from prefork.http.request import (
     build_request,
     diagnose,
     first_fault,
+    has_field_controls,
     request_line_error,
 )
 
@@ -383,8 +384,11 @@ class RequestReader:
                 method, target, version, raw = self._parser.parse(head)
             except ProtocolError as exc:
                 raise self._named(exc, head) from None
+        # (A backend that lets control characters through has its values
+        # searched one by one only when the head holds one somewhere.)
+        check_fields = self._head_prescan and has_field_controls(head)
         try:
-            req = build_request(method, target, version, raw, self._limits, self._head_prescan)
+            req = build_request(method, target, version, raw, self._limits, check_fields)
         except ProtocolError as exc:
             exc.method = method
             raise
