@@ -102,6 +102,27 @@ def _client_from_chain(hops: list[str], trust: Trust) -> str | None:
     return hops[0] if hops else None
 
 
+def _client_from_xff(xff: str, trust: Trust) -> str | None:
+    """``_client_from_chain`` of an X-Forwarded-For value, read from its right end.
+
+    Usually only the last hop or two are looked at: no list of them all.
+    """
+    rest = xff
+    while True:
+        rest, comma, hop = rest.rpartition(",")
+        hop = hop.strip()
+        if not _valid_address(hop):
+            if "," in xff:
+                logger.debug("ignoring a malformed forwarded address %r", hop)
+            else:
+                logger.debug("ignoring a malformed X-Forwarded-For %r", xff)
+            return None
+        if not comma:
+            return hop  # the left-most: the client whether or not it is trusted
+        if not trust.trusts(hop):
+            return hop
+
+
 def _strip_port(node: str) -> str:
     """A Forwarded ``for=`` node without quotes, brackets or port."""
     node = node.strip().strip('"')
@@ -147,13 +168,7 @@ def resolve(headers: Mapping[str, str], trust: Trust) -> tuple[str | None, str |
     else:
         xff = headers.get("x-forwarded-for")
         if xff is not None:
-            if "," in xff:
-                client = _client_from_chain([h.strip() for h in xff.split(",")], trust)
-            else:
-                hop = xff.strip()
-                client = hop if _valid_address(hop) else None
-                if client is None:
-                    logger.debug("ignoring a malformed X-Forwarded-For %r", xff)
+            client = _client_from_xff(xff, trust)
         proto = headers.get("x-forwarded-proto")
         if proto is not None:
             # A list when several proxies appended: the client's is the first.

@@ -114,3 +114,22 @@ def test_forwarded_address_validity_matches_ipaddress(address: str) -> None:
 @given(st.from_regex(r"[0-9]{1,4}(\.[0-9]{1,4}){2,4}", fullmatch=True))
 def test_dotted_numbers_judged_as_ipaddress_does(address: str) -> None:
     assert resolve({"x-forwarded-for": address}, TRUST)[0] == _ipaddress_says(address)
+
+
+def _client_by_the_rule(hops: list[str]) -> str | None:
+    """The module's rule: the right-most hop not trusted, else the left-most; None when
+    a hop looked at on the way is not an address."""
+    for hop in reversed(hops):
+        if _ipaddress_says(hop) is None:
+            return None
+        if not TRUST.trusts(hop):
+            return hop
+    return hops[0]
+
+
+_HOPS = ["10.0.0.5", "127.0.0.1", "::1", "203.0.113.7", "198.51.100.1", "junk", "", "1.2.3.04"]
+
+
+@given(st.lists(st.sampled_from(_HOPS), min_size=1, max_size=5), st.sampled_from([",", ", "]))
+def test_x_forwarded_for_chain_follows_the_rule(hops: list[str], sep: str) -> None:
+    assert resolve({"x-forwarded-for": sep.join(hops)}, TRUST)[0] == _client_by_the_rule(hops)
