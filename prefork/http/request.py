@@ -330,7 +330,12 @@ def build_request(
     if headers is None or len(headers) != len(raw):
         headers = _join_fields(raw, check_fields)
 
-    path, query, authority = _split_target(method, target)
+    if target[:1] == "/" and "#" not in target:
+        # origin-form, nearly every request: what _split_target gives, inline.
+        path, _, query = target.partition("?")
+        authority = None
+    else:
+        path, query, authority = _split_target(method, target)
 
     host = headers.get("host")
     if host is None:
