@@ -170,7 +170,9 @@ def resolve(headers: Mapping[str, str], trust: Trust) -> tuple[str | None, str |
         if xff is not None:
             client = _client_from_xff(xff, trust)
         proto = headers.get("x-forwarded-proto")
-        if proto is not None:
+        if proto == "https" or proto == "http":
+            scheme = proto  # what nearly every proxy sends, as is
+        elif proto is not None:
             # A list when several proxies appended: the client's is the first.
             scheme = proto.partition(",")[0].strip().lower()
         xfh = headers.get("x-forwarded-host")
