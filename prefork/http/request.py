@@ -326,7 +326,7 @@ def build_request(
         try:
             headers = {_NAME_CACHE[bname]: bvalue.decode("latin-1") for bname, bvalue in raw}
         except KeyError:  # a name not seen yet
-            pass
+            headers = None
     if headers is None or len(headers) != len(raw):
         headers = _join_fields(raw, check_fields)
 

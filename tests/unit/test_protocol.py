@@ -906,7 +906,8 @@ def test_head_cache_gives_equal_independent_requests(backend: str) -> None:
     reader.feed(head[10:] + b"cd")
     second = reader.requests.pop(0)
     assert list(cache) == [head]
-    assert second is not first and second is not kept
+    assert second is not first
+    assert second is not kept
     assert (second.path, second.query, second.body) == ("/p", "a=1", b"cd")
     assert second.headers == {"host": "a", "content-length": "2"}
     with pytest.raises(ProtocolError):  # a bad head is never cached
