@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import re
 from collections.abc import Iterable, Mapping
 
 logger = logging.getLogger("prefork.worker")
@@ -72,7 +73,17 @@ class Trust:
         return hit
 
 
+# A dotted-quad IPv4 address as ipaddress accepts it (decimal octets 0-255,
+# no leading zeros), matched without building an IPv4Address: behind a load
+# balancer every request names a client address of its own, and the parse
+# costs ~2 us where this costs ~0.2 us. Anything else goes to ipaddress.
+_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+_IPV4_RE = re.compile(rf"(?:{_OCTET}\.){{3}}{_OCTET}")
+
+
 def _valid_address(text: str) -> bool:
+    if _IPV4_RE.fullmatch(text) is not None:
+        return True
     try:
         ipaddress.ip_address(text)
     except ValueError:
@@ -89,6 +100,27 @@ def _client_from_chain(hops: list[str], trust: Trust) -> str | None:
         if not trust.trusts(hop):
             return hop
     return hops[0] if hops else None
+
+
+def _client_from_xff(xff: str, trust: Trust) -> str | None:
+    """``_client_from_chain`` of an X-Forwarded-For value, read from its right end.
+
+    Usually only the last hop or two are looked at: no list of them all.
+    """
+    rest = xff
+    while True:
+        rest, comma, hop = rest.rpartition(",")
+        hop = hop.strip()
+        if not _valid_address(hop):
+            if "," in xff:
+                logger.debug("ignoring a malformed forwarded address %r", hop)
+            else:
+                logger.debug("ignoring a malformed X-Forwarded-For %r", xff)
+            return None
+        if not comma:
+            return hop  # the left-most: the client whether or not it is trusted
+        if not trust.trusts(hop):
+            return hop
 
 
 def _strip_port(node: str) -> str:
@@ -136,15 +168,11 @@ def resolve(headers: Mapping[str, str], trust: Trust) -> tuple[str | None, str |
     else:
         xff = headers.get("x-forwarded-for")
         if xff is not None:
-            if "," in xff:
-                client = _client_from_chain([h.strip() for h in xff.split(",")], trust)
-            else:
-                hop = xff.strip()
-                client = hop if _valid_address(hop) else None
-                if client is None:
-                    logger.debug("ignoring a malformed X-Forwarded-For %r", xff)
+            client = _client_from_xff(xff, trust)
         proto = headers.get("x-forwarded-proto")
-        if proto is not None:
+        if proto == "https" or proto == "http":
+            scheme = proto  # what nearly every proxy sends, as is
+        elif proto is not None:
             # A list when several proxies appended: the client's is the first.
             scheme = proto.partition(",")[0].strip().lower()
         xfh = headers.get("x-forwarded-host")

@@ -31,6 +31,7 @@ from prefork.http.request import (
     build_request,
     diagnose,
     first_fault,
+    has_field_controls,
     request_line_error,
 )
 
@@ -74,9 +75,12 @@ _TOO_LARGE_CONTENT_LENGTH = b"1" + b"0" * 19
 # the requests it built for up to this many distinct heads and reuses them.
 # Full, it starts over, so varied traffic cannot pin stale entries; heads
 # longer than HEAD_CACHE_MAX_HEAD_BYTES are not kept (at most 2 MiB in all).
+# A head seen once is only noted (None); its request is kept when it comes
+# again: where every head differs (behind a load balancer) no request is
+# copied for a cache that never hits. It flatters traffic that repeats heads.
 HEAD_CACHE_MAX_ENTRIES = 512
 HEAD_CACHE_MAX_HEAD_BYTES = 4096
-HeadCache = dict[bytes, "Request"]
+HeadCache = dict[bytes, "Request | None"]
 
 
 class ReaderState(enum.Enum):
@@ -406,16 +410,27 @@ class RequestReader:
                 method, target, version, raw = self._parser.parse(head)
             except ProtocolError as exc:
                 raise self._named(exc, head) from None
+        # (A backend that lets control characters through has its values
+        # searched one by one only when the head holds one somewhere.)
+        check_fields = self._head_prescan and has_field_controls(head)
         try:
-            req = build_request(method, target, version, raw, self._limits, self._head_prescan)
+            req = build_request(method, target, version, raw, self._limits, check_fields)
         except ProtocolError as exc:
             exc.method = method
             raise
         if cache is not None and len(head) <= HEAD_CACHE_MAX_HEAD_BYTES:
-            if len(cache) >= HEAD_CACHE_MAX_ENTRIES:
-                cache.clear()
-            cache[head] = req.clone()
+            self._remember(cache, head, req)
         self._begin(req)
+
+    @staticmethod
+    def _remember(cache: HeadCache, head: bytes, req: Request) -> None:
+        """Note a head seen for the first time; keep its request when it comes again."""
+        if head in cache:
+            cache[head] = req.clone()
+            return
+        if len(cache) >= HEAD_CACHE_MAX_ENTRIES:
+            cache.clear()
+        cache[head] = None
 
     def _begin(self, req: Request) -> None:
         """Start reading the body of ``req``, or queue it when it has none."""

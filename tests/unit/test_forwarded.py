@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import ipaddress
+
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from prefork.http.forwarded import Trust, resolve
 
@@ -64,3 +68,68 @@ def test_star_trusts_everyone_and_empty_nobody() -> None:
 )
 def test_resolve(headers: dict[str, str], expected: tuple[str | None, ...]) -> None:
     assert resolve(headers, TRUST) == expected
+
+
+def _ipaddress_says(text: str) -> str | None:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    return text
+
+
+# Addresses near the edges of the dotted-quad fast path: each must be judged
+# exactly as ipaddress judges it.
+EDGE_ADDRESSES = [
+    "0.0.0.0",
+    "255.255.255.255",
+    "256.1.1.1",
+    "1.2.3.256",
+    "01.2.3.4",
+    "1.2.3.04",
+    "1.2.3.00",
+    "1.2.3",
+    "1.2.3.4.5",
+    "1.2.3.4.",
+    ".1.2.3.4",
+    "1..2.3",
+    "1.2.3.4 ",
+    "1.2.3.4\n",
+    "\u0661.2.3.4",  # an Arabic-Indic digit: not ASCII, refused
+    "1.2.3.4:80",
+    "::ffff:1.2.3.4",
+    "2001:db8::1",
+    "fe80::1%eth0",
+    "",
+]
+
+
+@pytest.mark.parametrize("address", EDGE_ADDRESSES)
+def test_forwarded_address_validity_matches_ipaddress(address: str) -> None:
+    # A single hop (stripped) from a trusted proxy is the client when, and only
+    # when, it is an address.
+    assert resolve({"x-forwarded-for": address}, TRUST)[0] == _ipaddress_says(address.strip())
+
+
+@given(st.from_regex(r"[0-9]{1,4}(\.[0-9]{1,4}){2,4}", fullmatch=True))
+def test_dotted_numbers_judged_as_ipaddress_does(address: str) -> None:
+    assert resolve({"x-forwarded-for": address}, TRUST)[0] == _ipaddress_says(address)
+
+
+def _client_by_the_rule(hops: list[str]) -> str | None:
+    """The module's rule: the right-most hop not trusted, else the left-most; None when
+    a hop looked at on the way is not an address."""
+    for hop in reversed(hops):
+        if _ipaddress_says(hop) is None:
+            return None
+        if not TRUST.trusts(hop):
+            return hop
+    return hops[0]
+
+
+_HOPS = ["10.0.0.5", "127.0.0.1", "::1", "203.0.113.7", "198.51.100.1", "junk", "", "1.2.3.04"]
+
+
+@given(st.lists(st.sampled_from(_HOPS), min_size=1, max_size=5), st.sampled_from([",", ", "]))
+def test_x_forwarded_for_chain_follows_the_rule(hops: list[str], sep: str) -> None:
+    assert resolve({"x-forwarded-for": sep.join(hops)}, TRUST)[0] == _client_by_the_rule(hops)

@@ -895,13 +895,19 @@ def test_head_cache_gives_equal_independent_requests(backend: str) -> None:
     reader = RequestReader(make_parser(backend), Limits(8192, 100, 1024), cache)
     head = b"POST /p?a=1 HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\n"
     reader.feed(head + b"ab")
+    assert cache == {head: None}  # noted as seen: no copy for a head that may not come again
+    reader.feed(head + b"ab")
+    assert cache[head] is not None  # seen again: its request is kept
     first = reader.requests.pop(0)
-    first.headers["host"] = "changed by a handler"
+    kept = reader.requests.pop(0)
+    first.headers["host"] = kept.headers["host"] = "changed by a handler"
+    assert list(cache) == [head]
     reader.feed(head[:10])  # a head in pieces, then the same head whole from the cache
     reader.feed(head[10:] + b"cd")
     second = reader.requests.pop(0)
     assert list(cache) == [head]
     assert second is not first
+    assert second is not kept
     assert (second.path, second.query, second.body) == ("/p", "a=1", b"cd")
     assert second.headers == {"host": "a", "content-length": "2"}
     with pytest.raises(ProtocolError):  # a bad head is never cached

@@ -7,11 +7,21 @@ on both parser backends, in test_protocol.py's table.
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import parse_qsl
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from prefork.errors import ProtocolError
-from prefork.http.request import Limits, build_request, diagnose, parse_args
+from prefork.http.request import (
+    BAD_FIELD_BYTES,
+    Limits,
+    build_request,
+    diagnose,
+    has_field_controls,
+    parse_args,
+)
 
 
 def small_limits() -> Limits:
@@ -64,6 +74,35 @@ def test_parse_args(query: str, expected: dict[str, Any]) -> None:
     assert parse_args(query) == expected
 
 
+def _args_by_parse_qsl(query: str) -> dict[str, Any]:
+    """API.md's definition of the args: parse_qsl's pairs, a repeated name to a list."""
+    args: dict[str, Any] = {}
+    for name, value in parse_qsl(query, keep_blank_values=True):
+        if name not in args:
+            args[name] = value
+        elif isinstance(args[name], list):
+            args[name].append(value)
+        else:
+            args[name] = [args[name], value]
+    return args
+
+
+# The characters that steer parse_args between its paths (no "%" or "+": split
+# in C; a pair without "=", an empty pair, a repeated name: parse_qsl).
+_PAIRS = ["a", "b", "a=1", "a=2", "b=", "=x", "a=b=c", "", "%41=1", "a+b=c", "é=1", "b=;"]
+_QUERIES = st.one_of(
+    st.lists(st.sampled_from(_PAIRS), max_size=5).map("&".join),
+    st.text(alphabet="ab=&%+2C3;é ", max_size=24),
+)
+
+
+@given(_QUERIES)
+def test_parse_args_is_parse_qsl_folded(query: str) -> None:
+    args = parse_args(query)
+    assert args == _args_by_parse_qsl(query)
+    assert list(args) == list(_args_by_parse_qsl(query))  # the same order
+
+
 def test_build_request_refuses_a_repeated_singleton_field() -> None:
     raw = [(b"Host", b"a"), (b"Authorization", b"Basic x"), (b"authorization", b"Basic y")]
     with pytest.raises(ProtocolError, match=r"^more than one Authorization header$") as info:
@@ -90,3 +129,11 @@ def test_build_request_takes_host_from_an_absolute_form_target() -> None:
 def test_diagnose_names_a_refused_head_in_the_shared_words(head: bytes, text: str) -> None:
     exc = diagnose(head, small_limits())
     assert (exc.status, str(exc)) == (400, text)
+
+
+@pytest.mark.parametrize("byte", [b for b in range(256) if b not in (0x0A, 0x0D)])
+def test_has_field_controls_finds_what_the_value_search_finds(byte: int) -> None:
+    # The one-pass test on a whole head stands in for the search of each value:
+    # it must find every byte that search refuses, and no other.
+    head = b"GET / HTTP/1.1\r\nHost: a\r\nX: a" + bytes((byte,)) + b"b\r\n\r\n"
+    assert has_field_controls(head) is bool(BAD_FIELD_BYTES.search(bytes((byte,))))

@@ -8,8 +8,10 @@ from prefork.errors import ProtocolError
 from prefork.http.request import MALFORMED_HEAD, RawHeaders
 
 # Fields h11 rewrites: it folds repeated or list-form Content-Length ("5, 5")
-# into one value and lower-cases Transfer-Encoding.
-_FRAMING_FIELDS = (b"content-length", b"transfer-encoding")
+# into one value and lower-cases Transfer-Encoding. Found as the start of a
+# line of the lower-cased head: h11 allows no space before the colon, and the
+# reader refused bare CR/LF and obs-fold, so each CRLF starts one field line.
+_FRAMING_LINES = (b"\r\ncontent-length:", b"\r\ntransfer-encoding:")
 
 
 class H11HeadParser:
@@ -35,8 +37,9 @@ class H11HeadParser:
             target = event.target.decode("ascii")
         except UnicodeDecodeError:
             raise ProtocolError(400, "non-ASCII request target") from None
-        raw = list(event.headers.raw_items())
-        if any(name in _FRAMING_FIELDS for name, _ in event.headers):
+        raw = event.headers.raw_items()
+        lowered = head.lower()
+        if _FRAMING_LINES[0] in lowered or _FRAMING_LINES[1] in lowered:
             # The shared checks must see these lines as sent. h11 has checked
             # every line's syntax (and the reader refused obs-fold), so each
             # line is name ":" OWS value OWS.
