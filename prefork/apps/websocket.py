@@ -23,7 +23,6 @@ import asyncio
 import codecs
 import contextlib
 import logging
-import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -38,6 +37,7 @@ from websockets.server import ServerProtocol
 
 from prefork import log
 from prefork._types import ConnectionLike
+from prefork.apps.websocket_ping import ping_wheel
 from prefork.errors import PreforkError
 
 logger = logging.getLogger(log.WORKER)
@@ -83,70 +83,6 @@ class Options:
             ping_timeout=get("ws_ping_timeout") or None,
             per_message_deflate=bool(get("ws_per_message_deflate")),
         )
-
-
-class _PingWheel:
-    """The keep-alive ping deadlines of one event loop's WebSockets, on one timer.
-
-    A ``TimerHandle`` per connection costs ~550 bytes on every idle
-    WebSocket; here a connection costs a set entry. Deadlines are rounded up
-    to a tick (an eighth of the interval, 50 ms to 1 s), so a ping leaves at
-    most one tick late.
-    """
-
-    __slots__ = ("_buckets", "_timer", "_timer_at", "loop")
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
-        self._buckets: dict[float, set[WebSocket]] = {}
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_at = math.inf
-
-    def add(self, ws: WebSocket, interval: float) -> float:
-        """Call ``ws._ping_due()`` in ``interval`` seconds; returns the key for ``discard``."""
-        tick = min(1.0, max(0.05, interval / 8))
-        at = math.ceil((self.loop.time() + interval) / tick) * tick
-        bucket = self._buckets.get(at)
-        if bucket is None:
-            bucket = self._buckets[at] = set()
-        bucket.add(ws)
-        if at < self._timer_at:
-            if self._timer is not None:
-                self._timer.cancel()
-            self._timer = self.loop.call_at(at, self._fire)
-            self._timer_at = at
-        return at
-
-    def discard(self, ws: WebSocket, at: float) -> None:
-        bucket = self._buckets.get(at)
-        if bucket is not None:
-            bucket.discard(ws)
-            if not bucket:
-                del self._buckets[at]
-
-    def _fire(self) -> None:
-        self._timer, self._timer_at = None, math.inf
-        # uvloop's timers have millisecond resolution and may fire that early.
-        now = self.loop.time() + 0.001
-        for at in sorted(at for at in self._buckets if at <= now):
-            for ws in self._buckets.pop(at):
-                ws._ping_due()  # the wheel is this module's helper of WebSocket
-        if self._buckets:
-            at = min(self._buckets)
-            self._timer = self.loop.call_at(at, self._fire)
-            self._timer_at = at
-
-
-_wheel: _PingWheel | None = None
-
-
-def _ping_wheel() -> _PingWheel:
-    """The running loop's wheel (a worker runs one loop; tests run one at a time)."""
-    global _wheel
-    loop = asyncio.get_running_loop()
-    if _wheel is None or _wheel.loop is not loop:
-        _wheel = _PingWheel(loop)
-    return _wheel
 
 
 class WebSocketClosed(ConnectionError):
@@ -543,7 +479,7 @@ class WebSocket:
         self._conn.on_drain(None)
         self._conn.close()
         if self._ping_at is not None:
-            _ping_wheel().discard(self, self._ping_at)
+            ping_wheel().discard(self, self._ping_at)
             self._ping_at = None
         pinger = self._pinger
         if pinger is not None and pinger is not asyncio.current_task():
@@ -573,9 +509,9 @@ class WebSocket:
     def _schedule_ping(self) -> None:
         interval = self._opts.ping_interval
         if interval and not self._done:
-            self._ping_at = _ping_wheel().add(self, interval)
+            self._ping_at = ping_wheel().add(self, interval)
 
-    def _ping_due(self) -> None:
+    def ping_due(self) -> None:
         self._ping_at = None
         if not self._done:
             self._pinger = asyncio.create_task(self._ping())
