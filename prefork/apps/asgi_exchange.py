@@ -30,9 +30,16 @@ from prefork.engine.shared import Shared
 from prefork.engine.slices import compress_in_slices
 from prefork.errors import PeerGone, ProtocolError
 from prefork.http import compression
-from prefork.http.protocol import CONTINUE_RESPONSE, bodyless_status, error_response
 from prefork.http.request import Request
-from prefork.http.response import LAST_CHUNK, chunk, encode_head, negotiate
+from prefork.http.response import (
+    CONTINUE_RESPONSE,
+    LAST_CHUNK,
+    bodyless_status,
+    chunk,
+    encode_head,
+    error_response,
+    negotiate,
+)
 
 logger = logging.getLogger(log.WORKER)
 app_logger = logging.getLogger(log.APP)

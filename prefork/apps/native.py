@@ -33,14 +33,15 @@ from prefork.engine.slices import compress_in_slices
 from prefork.errors import PeerGone, PreforkError, ProtocolError
 from prefork.http import compression
 from prefork.http.forwarded import forwarded_view
-from prefork.http.protocol import bodyless_status, error_response
 from prefork.http.request import Request, parse_args
 from prefork.http.response import (
     LAST_CHUNK,
     BadHeader,
     body_length,
+    bodyless_status,
     chunk,
     encode_head,
+    error_response,
     fields,
     negotiate,
 )

@@ -31,7 +31,7 @@ from prefork import log
 from prefork._types import ConnectionLike
 from prefork.apps.websocket import Handshake, Options, WebSocket, WebSocketClosed
 from prefork.errors import PreforkError
-from prefork.http.protocol import DATE, SERVER_HEADER, error_response, status_line
+from prefork.http.response import DATE, SERVER_HEADER, error_response, status_line
 
 app_logger = logging.getLogger(log.APP)
 

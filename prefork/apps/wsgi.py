@@ -44,9 +44,9 @@ from prefork.engine.connection import Connection
 from prefork.errors import PeerGone, ProtocolError
 from prefork.http import compression
 from prefork.http.forwarded import Trust, forwarded_view
-from prefork.http.protocol import CONTINUE_RESPONSE, error_response, streams_body
+from prefork.http.protocol import streams_body
 from prefork.http.request import Request
-from prefork.http.response import NegotiatedCache, body_length
+from prefork.http.response import CONTINUE_RESPONSE, NegotiatedCache, body_length, error_response
 
 logger = logging.getLogger(log.WORKER)
 app_logger = logging.getLogger(log.APP)

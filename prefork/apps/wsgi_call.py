@@ -32,10 +32,10 @@ from prefork.apps.wsgi_headers import Head, WsgiError, check_headers, check_stat
 from prefork.apps.wsgi_input import StreamedInput
 from prefork.errors import PeerGone
 from prefork.http import compression
-from prefork.http.protocol import bodyless_status
 from prefork.http.response import (
     LAST_CHUNK,
     NegotiatedCache,
+    bodyless_status,
     chunk,
     negotiate,
 )

@@ -9,8 +9,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from prefork.http.protocol import DATE, SERVER_HEADER
-from prefork.http.response import BadHeader, check_text
+from prefork.http.response import DATE, SERVER_HEADER, BadHeader, check_text
 
 # PEP 3333 ("Other HTTP Features") and RFC 9110 §7.6.1: an app must not set
 # these; the server decides the framing and the connection's fate.

@@ -30,9 +30,9 @@ from prefork.engine.app import AppInterface
 from prefork.engine.shared import Deadline, Shared, below_min_rate
 from prefork.engine.sockinfo import held_back, unread_bytes
 from prefork.errors import PeerGone, ProtocolError
-from prefork.http.protocol import CONTINUE_RESPONSE, RequestReader, error_response
+from prefork.http.protocol import RequestReader
 from prefork.http.request import Request
-from prefork.http.response import body_length
+from prefork.http.response import CONTINUE_RESPONSE, body_length, error_response
 
 logger = logging.getLogger(log.WORKER)
 
@@ -103,6 +103,9 @@ class Connection(asyncio.Protocol):
         self.app: AppInterface[Connection] = shared.app
         self.transport: asyncio.Transport | None = None
         self.reader = RequestReader(state.head_parser, state.limits, state.head_cache)
+        # A handler may take the connection over after any request: keep what
+        # follows a waiting request unparsed for its ctx.client.read().
+        self.reader.one_ahead = True
         self.peername: tuple[str, int] | None = None
         self.server_name: str | None = None
         self.client_ip = "-"

@@ -31,9 +31,9 @@ from prefork.engine.batch import WriteBatch
 from prefork.http import compression
 from prefork.http.forwarded import Trust
 from prefork.http.parsers import make_parser, resolve
-from prefork.http.protocol import DATE, HeadCache
+from prefork.http.protocol import HeadCache
 from prefork.http.request import Limits
-from prefork.http.response import FieldsCache, NegotiatedCache
+from prefork.http.response import DATE, FieldsCache, NegotiatedCache
 from prefork.metrics import WorkerMetrics
 
 if TYPE_CHECKING:

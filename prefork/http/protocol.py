@@ -17,9 +17,6 @@ from __future__ import annotations
 
 import enum
 import re
-import time
-from email.utils import formatdate
-from http import HTTPStatus
 
 from prefork.errors import ProtocolError
 from prefork.http.request import (
@@ -111,6 +108,10 @@ class RequestReader:
     app reading the body is what warrants one. After a streamed body the
     reader parses no further (PAUSED, as after an Upgrade) until ``resume``,
     so a pipelined request's body can never mix with the streamed one.
+
+    ``one_ahead`` (the connection sets it): parse no request while a whole one
+    waits to be taken, so that a handler that takes the connection over after
+    a request (``take_unparsed``) gets the bytes that followed it as sent.
     """
 
     __slots__ = (
@@ -127,6 +128,7 @@ class RequestReader:
         "_state",
         "_streaming",
         "body_done",
+        "one_ahead",
         "requests",
         "stream_over",
         "want_continue",
@@ -150,6 +152,7 @@ class RequestReader:
         # empty deque costs ~600 bytes on every idle connection.
         self.requests: list[Request] = []
         self.want_continue = False
+        self.one_ahead = False
         self.stream_over: int | None = None
         self._streaming = False
         self.body_done = False
@@ -256,6 +259,11 @@ class RequestReader:
         while pos < end:
             state = self._state
             if state is ReaderState.HEAD:
+                if self.one_ahead and self.requests:
+                    # A whole request waits for the app: parse no further (see
+                    # ``one_ahead``); ``resume`` goes on once it is answered.
+                    self._state = ReaderState.PAUSED
+                    break
                 # RFC 9112 §2.2: ignore CRLFs before a request line.
                 while buf.startswith(b"\r\n", pos):
                     pos += 2
@@ -540,58 +548,3 @@ def streams_body(req: Request, over: int) -> bool:
     smaller bodies are read whole first, one event for the app.
     """
     return req.chunked or req.content_length > over or req.expect_continue
-
-
-# -- responses --------------------------------------------------------------
-
-STATUS_LINES: dict[int, str] = {s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n" for s in HTTPStatus}
-SERVER_HEADER = "Server: prefork\r\n"
-CONTINUE_RESPONSE = b"HTTP/1.1 100 Continue\r\n\r\n"
-
-
-class DateHeader:
-    """The ``Date`` header line, formatted at most once a second."""
-
-    __slots__ = ("_second", "line")
-
-    def __init__(self) -> None:
-        self._second = -1
-        self.line = ""
-        self.refresh()
-
-    def refresh(self, now: float | None = None) -> None:
-        now = time.time() if now is None else now
-        second = int(now)
-        if second != self._second:
-            self._second = second
-            self.line = f"Date: {formatdate(second, usegmt=True)}\r\n"
-
-
-DATE = DateHeader()
-
-
-def status_line(status: int) -> str:
-    line = STATUS_LINES.get(status)
-    if line is None:
-        line = f"HTTP/1.1 {status} \r\n"
-    return line
-
-
-def bodyless_status(status: int) -> bool:
-    """1xx, 204 and 304 responses never have a body (RFC 9110 §6.4.1)."""
-    return status < 200 or status == 204 or status == 304
-
-
-def error_response(status: int, message: str, method: str | None = None) -> bytes:
-    """A complete close-delimited error response with a short text body.
-
-    ``method``: the refused request's, when known; to HEAD the head alone is
-    sent (RFC 9110 §9.3.2), its Content-Length the size a GET would have got.
-    """
-    body = f"{message}\n".encode("latin-1", "replace")
-    head = (
-        f"{status_line(status)}{SERVER_HEADER}{DATE.line}"
-        f"Content-Type: text/plain; charset=utf-8\r\nContent-Length: {len(body)}\r\n"
-        "Connection: close\r\n\r\n"
-    ).encode("latin-1")
-    return head if method == "HEAD" else head + body

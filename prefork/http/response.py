@@ -8,11 +8,13 @@ job (``prefork.engine.connection``).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
+from email.utils import formatdate
+from http import HTTPStatus
 from typing import Any
 
 from prefork.http import compression
-from prefork.http.protocol import DATE, SERVER_HEADER, bodyless_status, status_line
 
 # Header names the server owns: a handler's value is replaced or interpreted.
 FRAMING = frozenset(("content-length", "transfer-encoding", "connection", "date"))
@@ -177,3 +179,58 @@ def encode_head(
 def chunk(data: bytes) -> bytes:
     """One chunk of a chunked body (``data`` must not be empty)."""
     return b"%x\r\n%b\r\n" % (len(data), data)
+
+
+# -- status lines, the Server and Date fields, error responses ----------------
+
+STATUS_LINES: dict[int, str] = {s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n" for s in HTTPStatus}
+SERVER_HEADER = "Server: prefork\r\n"
+CONTINUE_RESPONSE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+class DateHeader:
+    """The ``Date`` header line, formatted at most once a second."""
+
+    __slots__ = ("_second", "line")
+
+    def __init__(self) -> None:
+        self._second = -1
+        self.line = ""
+        self.refresh()
+
+    def refresh(self, now: float | None = None) -> None:
+        now = time.time() if now is None else now
+        second = int(now)
+        if second != self._second:
+            self._second = second
+            self.line = f"Date: {formatdate(second, usegmt=True)}\r\n"
+
+
+DATE = DateHeader()
+
+
+def status_line(status: int) -> str:
+    line = STATUS_LINES.get(status)
+    if line is None:
+        line = f"HTTP/1.1 {status} \r\n"
+    return line
+
+
+def bodyless_status(status: int) -> bool:
+    """1xx, 204 and 304 responses never have a body (RFC 9110 §6.4.1)."""
+    return status < 200 or status == 204 or status == 304
+
+
+def error_response(status: int, message: str, method: str | None = None) -> bytes:
+    """A complete close-delimited error response with a short text body.
+
+    ``method``: the refused request's, when known; to HEAD the head alone is
+    sent (RFC 9110 §9.3.2), its Content-Length the size a GET would have got.
+    """
+    body = f"{message}\n".encode("latin-1", "replace")
+    head = (
+        f"{status_line(status)}{SERVER_HEADER}{DATE.line}"
+        f"Content-Type: text/plain; charset=utf-8\r\nContent-Length: {len(body)}\r\n"
+        "Connection: close\r\n\r\n"
+    ).encode("latin-1")
+    return head if method == "HEAD" else head + body

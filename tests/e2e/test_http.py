@@ -479,6 +479,19 @@ def test_proxying_handler_reads_bytes_past_the_request(default: Served) -> None:
         assert echo_of(w.read_response())["query"] == "/echo/after-tunnel"
 
 
+def test_a_taken_over_connection_reads_what_followed_in_the_same_packet(
+    default: Served,
+) -> None:
+    # The bytes after the request, then a pipelined request, all in one send:
+    # the handler reads its five bytes (they are not parsed as a request
+    # "helloGET ..."), and the request after them is then served normally.
+    with default.wire() as w:
+        w.send(get("/tunnel") + b"hello" + get("/echo/pipelined-after-tunnel"))
+        resp = w.read_response()
+        assert (resp.status, resp.body) == (200, b"hello")
+        assert echo_of(w.read_response())["query"] == "/echo/pipelined-after-tunnel"
+
+
 def test_handler_raising_gets_500_traceback_and_close(any_handler: Served) -> None:
     marker = unique()
     with any_handler.wire() as w:

@@ -15,7 +15,7 @@ from prefork.config import Config
 from prefork.engine.batch import WRITE_BATCH
 from prefork.engine.connection import Connection
 from prefork.engine.shared import COUNTS_SHARED, DEADLINE_GRAIN, Deadline, Shared
-from prefork.http import protocol
+from prefork.http import response
 
 DATE_LINE = "Date: Wed, 25 Nov 2026 08:00:00 GMT\r\n"
 GET = b"GET /hello HTTP/1.1\r\nHost: example.com\r\n\r\n"
@@ -66,8 +66,8 @@ class FakeTransport:
 
 @pytest.fixture(autouse=True)
 def pinned_date(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(protocol.DATE, "line", DATE_LINE)
-    monkeypatch.setattr(protocol.DateHeader, "refresh", lambda self, now=None: None)
+    monkeypatch.setattr(response.DATE, "line", DATE_LINE)
+    monkeypatch.setattr(response.DateHeader, "refresh", lambda self, now=None: None)
 
 
 def make(

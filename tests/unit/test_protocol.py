@@ -18,17 +18,16 @@ import pytest
 
 from prefork.errors import ProtocolError
 from prefork.http.parsers import make_parser
-from prefork.http.protocol import (
+from prefork.http.protocol import FORBIDDEN_TRAILERS, RequestReader
+from prefork.http.request import Limits
+from prefork.http.response import (
     CONTINUE_RESPONSE,
     DATE,
-    FORBIDDEN_TRAILERS,
     DateHeader,
-    RequestReader,
     bodyless_status,
     error_response,
     status_line,
 )
-from prefork.http.request import Limits
 from tests.unit.conftest import snapshot
 
 BACKENDS = ["httptools", "h11"]
