@@ -32,6 +32,7 @@ from prefork.engine.accept import (
     PRESSURE_CHECK_S,
     Acceptor,
 )
+from prefork.master.workers import WorkerState
 from prefork.worker import (
     BOOT_TIMEOUT_MIN_S,
     MSG_HEARTBEAT,
@@ -40,7 +41,6 @@ from prefork.worker import (
     WORKER_BOOT_ERROR,
     WORKER_CRASHED,
     WORKER_EXIT_OK,
-    WorkerState,
     app_label,
     boot_timeout,
     describe_status,
