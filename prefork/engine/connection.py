@@ -26,7 +26,7 @@ from typing import Any
 
 from prefork import log
 from prefork.engine.app import AppInterface
-from prefork.engine.lifecycle import Lifecycle
+from prefork.engine.lifecycle import CLOSING, HANDLING, INLINE, RECEIVING, WAITING, Lifecycle
 from prefork.engine.shared import Deadline, Shared
 from prefork.errors import PeerGone, ProtocolError
 from prefork.http.protocol import CONTINUE_RESPONSE, RequestReader, error_response
@@ -52,7 +52,6 @@ class Connection(Lifecycle):
 
     # No per-instance __dict__: an idle keep-alive connection should cost little.
     __slots__ = (
-        "_busy",
         "_drain_waiter",
         "_eof",
         "_gone_waiter",
@@ -61,7 +60,6 @@ class Connection(Lifecycle):
         "_loop",
         "_lost",
         "_on_drain",
-        "_parked",
         "_pending",
         "_read_paused",
         "_reading",
@@ -100,13 +98,11 @@ class Connection(Lifecycle):
         self._waiter: asyncio.Future[None] | None = None
         self._eof = False
         self._lost = False
-        self._busy = False
         self._read_paused = False
         self._write_paused = False
         self._drain_waiter: asyncio.Future[None] | None = None
         self._on_drain: Callable[[], None] | None = None
         self._gone_waiter: asyncio.Future[None] | None = None
-        self._parked = False
         self._handoff: object = None
         # Sync handlers are served straight from data_received while the
         # connection coroutine is parked: no wake-up per request.
@@ -134,7 +130,8 @@ class Connection(Lifecycle):
             self.behind_proxy = self.shared.trust.trusts(self.client_ip)
 
     def data_received(self, data: bytes) -> None:
-        if self._closing:
+        phase = self._phase
+        if phase is CLOSING:
             return  # lingering: read and discard
         if not self._reading:
             self._pending += data
@@ -150,7 +147,7 @@ class Connection(Lifecycle):
             self._wake()
             return
         if reader.requests:
-            if self._parked and self._inline:
+            if (phase is WAITING or phase is INLINE) and self._inline:
                 if self._serve_inline() and reader.want_continue:
                     reader.want_continue = False
                     self.send(CONTINUE_RESPONSE)
@@ -163,7 +160,7 @@ class Connection(Lifecycle):
             if reader.want_continue:
                 reader.want_continue = False
                 self.send(CONTINUE_RESPONSE)
-            if self._waiter is not None and not self._parked:
+            if self._waiter is not None and phase is not WAITING and phase is not INLINE:
                 self._wake()  # receive_body() waits for a piece of a streamed body
             if reader.in_body:
                 if self.deadline_kind is not Deadline.BODY:
@@ -175,7 +172,7 @@ class Connection(Lifecycle):
         self._eof = True
         self._wake()
         self._gone()
-        if self._closing:
+        if self._phase is CLOSING:
             self._close_transport()
         # Keep the transport open: a client may half-close after its request
         # and still read the response (TLS cannot half-close: it closes).
@@ -197,7 +194,7 @@ class Connection(Lifecycle):
 
     def resume_writing(self) -> None:
         self._write_paused = False
-        if self._closing and self.deadline_kind is Deadline.WRITE:
+        if self._phase is CLOSING and self.deadline_kind is Deadline.WRITE:
             self._set_deadline(Deadline.WRITE, self.shared.response_write_timeout)
         waiter = self._drain_waiter
         if waiter is not None and not waiter.done():
@@ -244,7 +241,9 @@ class Connection(Lifecycle):
         if transport is None or self._lost:
             raise PeerGone("connection lost before the response")
         if len(body) < JOIN_BODY_MAX_BYTES:
-            if batchable and keep_alive and self._parked:
+            # Batched only while the coroutine is parked (the inline path).
+            phase = self._phase
+            if batchable and keep_alive and (phase is INLINE or phase is WAITING):
                 self.shared.batch.add(transport, head + body)
                 return
             self.write_now(head + body)
@@ -260,7 +259,7 @@ class Connection(Lifecycle):
     @property
     def closing(self) -> bool:
         """A close was asked for: no further response may be written."""
-        return self._closing
+        return self._phase is CLOSING
 
     @property
     def write_paused(self) -> bool:
@@ -296,8 +295,8 @@ class Connection(Lifecycle):
         """
         reader = self.reader
         respond = self.app.respond_inline
-        self._busy = True
-        while reader.requests and not self._closing:
+        self._phase = INLINE
+        while reader.requests and self._phase is not CLOSING:
             if not respond(self, reader.take()):
                 break  # closing, or handed to the coroutine
             if self._write_paused:
@@ -305,9 +304,9 @@ class Connection(Lifecycle):
             if reader.paused and not self._resume_parsing():
                 break
         else:
-            self._busy = False
-            if self._closing:
+            if self._phase is CLOSING:
                 return False
+            self._phase = WAITING
             self._rx_at = 0.0  # the requests answered: what arrives next is timed afresh
             if reader.in_body:
                 self._set_deadline(Deadline.BODY, self.shared.request_body_timeout)
@@ -321,9 +320,10 @@ class Connection(Lifecycle):
                 self.deadline_kind = Deadline.IDLE
                 self.deadline = shared.idle_deadline
             return True
-        # The coroutine takes over: until it runs, bytes that arrive (libuv
-        # may deliver two reads in one loop turn) wait in ``_pending``, so no
-        # later request is answered, nor a 100 Continue sent, before this one.
+        # The coroutine takes over (the phase stays INLINE until it runs): until
+        # it runs, bytes that arrive (libuv may deliver two reads in one loop
+        # turn) wait in ``_pending``, so no later request is answered, nor a
+        # 100 Continue sent, before this one.
         self._reading = False
         self._wake()
         return False
@@ -344,18 +344,41 @@ class Connection(Lifecycle):
         answered before this call).
 
         Raises ProtocolError or PeerGone.
+
+        The checks come in the order of the phases (``lifecycle.Phase``), each
+        of which may have ended while the coroutine was parked or draining:
+
+        1. INLINE, handed over: the inline path took a request and left it to
+           the coroutine (``hand_off``): nothing queued behind it may overtake it.
+        2. CLOSING: a response said "close" (perhaps from the inline path): what
+           was pipelined behind it is never answered, so this comes before any
+           queued request.
+        3. The response of the previous request is still going out: wait
+           (``drain``) before answering more, so a client that does not read
+           cannot make us queue responses; the drain may end in CLOSING.
+        4. HANDLING: a request is complete (parsing resumed first after an
+           Upgrade request the app declined): it is answered before any error
+           or EOF that followed it, as a client that pipelined it expects.
+        5. A request failed to parse: its error, once the requests before it
+           were answered.
+        6. Bytes that came while a request was answered (``_pending``): parse
+           them and look again from the top.
+        7. EOF, or a close since step 2: a request cut short is a 400 (the
+           reader's ``eof``), else the peer is gone.
+        8. WAITING: nothing to do until bytes arrive: send a 100 Continue if
+           asked, arm the deadline (the header, body or idle timeout) and park.
         """
         reader = self.reader
-        self._busy = False
+        if self._phase is not CLOSING:
+            self._phase = RECEIVING
         while True:
             if self._handoff is not None:
-                self._busy = True
+                if self._phase is not CLOSING:
+                    self._phase = HANDLING
                 self._reading = False
                 self._clear_deadline()
                 return None
-            if self._closing:
-                # A response said "close" (perhaps from the inline path): what
-                # was pipelined behind it is never answered.
+            if self._phase is CLOSING:
                 if self.count > count:
                     return None  # the usual end of a Connection: close request
                 raise PeerGone("connection closing")
@@ -366,7 +389,8 @@ class Connection(Lifecycle):
             if reader.requests:
                 req = reader.take()
                 self._reading = False
-                self._busy = True
+                if self._phase is not CLOSING:
+                    self._phase = HANDLING
                 self._clear_deadline()
                 if self._read_paused and len(reader.requests) <= MAX_QUEUED_REQUESTS:
                     self._resume_reading()
@@ -381,8 +405,9 @@ class Connection(Lifecycle):
                 except ProtocolError as exc:
                     self._error = exc
                 continue
-            if self._eof or self._closing:
-                if not self._lost and not self._closing:
+            closing = self._phase is CLOSING
+            if self._eof or closing:
+                if not self._lost and not closing:
                     try:
                         reader.eof()
                     except ProtocolError as exc:
@@ -401,12 +426,18 @@ class Connection(Lifecycle):
                 else:
                     self._set_deadline(Deadline.IDLE, self.shared.keepalive_idle_timeout)
             waiter = self._waiter = self._loop.create_future()
-            self._parked = True
+            # Parked. A request the inline path handed over (step 1) and that
+            # this loop has not taken yet keeps it counted as answered: INLINE.
+            self._phase = INLINE if self._phase is HANDLING else WAITING
             try:
                 await waiter
             finally:
                 self._waiter = None
-                self._parked = False
+                phase = self._phase
+                if phase is WAITING:
+                    self._phase = RECEIVING
+                elif phase is INLINE:
+                    self._phase = HANDLING
 
     async def receive_body(self) -> tuple[bytes, bool]:
         """The next piece of the streamed body of the request being answered, and
@@ -434,8 +465,9 @@ class Connection(Lifecycle):
                 except ProtocolError as exc:
                     self._error = exc
                 continue
-            if self._eof or self._closing:
-                if not self._lost and not self._closing:
+            closing = self._phase is CLOSING
+            if self._eof or closing:
+                if not self._lost and not closing:
                     try:
                         reader.eof()
                     except ProtocolError as exc:

@@ -18,6 +18,7 @@ class uses from there are declared below, for the type checker only.
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 from typing import TYPE_CHECKING
 
@@ -41,13 +42,44 @@ LINGER_S = 2.0
 QUIET_S = 1.0
 
 
+class Phase(enum.Enum):
+    """Where a connection is in its life: whether a request is being answered, whether
+    its coroutine is parked waiting for bytes, whether it closes.
+
+    The first four follow each other for every request; CLOSING is entered from
+    any of them (a response said "close", a deadline passed, the peer went) and
+    never left. What is orthogonal to the phase stays a flag: where bytes that
+    arrive go (``_reading``: the parser, or ``_pending`` while a request is
+    answered), reading or writing paused, the peer's EOF (``_eof``) and the
+    transport's loss (``_lost``: it can come in any phase, and a connection lost
+    without a close is not ``closing``).
+    """
+
+    # The coroutine (``receive_request``) runs, looking for the next request.
+    RECEIVING = "receiving"
+    # Parked in ``receive_request`` until bytes arrive: an idle keep-alive
+    # connection, or a request still arriving.
+    WAITING = "waiting"
+    # A request answered while the coroutine is parked: from ``data_received``
+    # (``AppInterface.inline``), or handed over until the coroutine runs.
+    INLINE = "inline"
+    # The coroutine answers a request (the app interface's ``exchange``).
+    HANDLING = "handling"
+    # A close was asked for: half-closed and lingering, or closed.
+    CLOSING = "closing"
+
+
+# The hot paths compare with these (a global, not an attribute of the enum class).
+RECEIVING, WAITING, INLINE, HANDLING, CLOSING = Phase
+
+
 class Lifecycle(asyncio.Protocol):
     """A connection's deadlines, closes and slow-client rules (``Connection``'s base)."""
 
     # Slots (no per-instance __dict__), the rest are Connection's.
     __slots__ = (
-        "_closing",
         "_error",
+        "_phase",
         "_rx_at",
         "_rx_bytes",
         "_tx_at",
@@ -65,7 +97,6 @@ class Lifecycle(asyncio.Protocol):
     _loop: asyncio.AbstractEventLoop
     _waiter: asyncio.Future[None] | None
     _pending: bytes
-    _busy: bool
     _lost: bool
     _eof: bool
 
@@ -76,7 +107,7 @@ class Lifecycle(asyncio.Protocol):
         def reply_error_and_close(self, exc: ProtocolError) -> int: ...
 
     def __init__(self) -> None:
-        self._closing = False  # a close was asked for (half-closed and lingering, or closed)
+        self._phase = RECEIVING
         self._error: ProtocolError | None = None  # the request failed: answered with its status
         self.deadline = 0.0
         self.deadline_kind = Deadline.NONE
@@ -140,7 +171,11 @@ class Lifecycle(asyncio.Protocol):
             self._fail_request(f"request {what} timeout")
         elif kind is Deadline.WRITE:
             transport = self.transport
-            if self._closing and transport is not None and not transport.get_write_buffer_size():
+            if (
+                self._phase is CLOSING
+                and transport is not None
+                and not transport.get_write_buffer_size()
+            ):
                 self._set_deadline(Deadline.LINGER, LINGER_S)  # flushed meanwhile
             else:
                 logger.debug("response write timeout to %s", self.client_ip)
@@ -229,12 +264,14 @@ class Lifecycle(asyncio.Protocol):
         """No request of this connection is being served: it waits for the client
         (idle, or a request still arriving). Such connections are cheap and do not
         count towards ``connection_limit``."""
-        return not self._busy and not self._closing and self.deadline_kind is not Deadline.WRITE
+        phase = self._phase
+        return (phase is WAITING or phase is RECEIVING) and self.deadline_kind is not Deadline.WRITE
 
     def waiting_since(self) -> float | None:
         """When this connection started waiting for a request that has not begun to
         arrive (idle keep-alive, or fresh and silent); None if it is not such a one."""
-        if self._busy or self._closing or self._rx_at:
+        phase = self._phase
+        if not (phase is WAITING or phase is RECEIVING) or self._rx_at:
             return None
         kind = self.deadline_kind
         if kind is Deadline.IDLE:
@@ -288,10 +325,10 @@ class Lifecycle(asyncio.Protocol):
 
     def graceful_close(self) -> None:
         """Half-close, keep reading for a moment, then close (no reset for a late request)."""
-        if self._closing or self.transport is None:
+        if self._phase is CLOSING or self.transport is None:
             return
         self._flush_batch()
-        self._closing = True
+        self._phase = CLOSING
         self._resume_reading()
         transport = self.transport
         if transport.can_write_eof() and not self._eof and not self._lost:
@@ -312,14 +349,14 @@ class Lifecycle(asyncio.Protocol):
 
     def _close_transport(self) -> None:
         self._flush_batch()
-        self._closing = True
+        self._phase = CLOSING
         self._clear_deadline()
         if self.transport is not None and not self.transport.is_closing():
             self.transport.close()
 
     def abort(self) -> None:
         self._flush_batch()
-        self._closing = True
+        self._phase = CLOSING
         self._clear_deadline()
         if self.transport is not None:
             self.transport.abort()
