@@ -1,7 +1,8 @@
 """The worker process: post-fork set-up, the uvloop loop, accepting under a cap, draining.
 
 A :class:`Worker` is built by the master before the fork and only stores
-values; :meth:`Worker.run` runs in the child and returns its exit code.
+values; :meth:`Worker.run` runs in the child and returns its exit code. The
+master's own record of the child is ``master.workers.WorkerRecord``.
 
 In the child, in order: reset the inherited signal dispositions and the
 master's wakeup fd, close the master's and the siblings' private fds, set the
@@ -84,14 +85,6 @@ MASTER_SIGNALS = (
 # Ignored in a worker: HUP, TTIN, TTOU are for the master (a signal to the whole process
 # group must not stop or kill the workers); USR1 until its handler is installed.
 _IGNORED_SIGNALS = (signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGUSR1)
-
-
-class WorkerState(enum.Enum):
-    """A worker's life cycle, as the master tracks it."""
-
-    BOOTING = "booting"
-    SERVING = "serving"
-    DRAINING = "draining"
 
 
 class Stop(enum.Enum):
@@ -199,7 +192,11 @@ def _make_redis(url: str) -> Any:
 
 
 class Worker:
-    """One worker process; built in the master, run in the child."""
+    """One worker process's runtime; built in the master, run in the child.
+
+    The master's record of the child (pid, pipe, state) is
+    ``master.workers.WorkerRecord``: the two are written in one process each.
+    """
 
     def __init__(
         self,
@@ -221,51 +218,15 @@ class Worker:
         self.pipe_fd = pipe_fd
         self.close_fds = tuple(close_fds)
         self.master_pid = os.getpid()
-        self.state = WorkerState.BOOTING
-        # The master's record of this worker (used in the master only, as in a process table).
-        self.pid = 0
-        self.pipe_r = -1  # the master's end of the pipe
-        self.started = self.last_seen = self.stopping_since = 0.0
-        self.ever_ready = False
-        self.expected_exit = False  # stopped on purpose: its death is not a failure
-        self.killed_for: str | None = None  # why the master SIGKILLed it
-        self.replaces: Worker | None = None  # stopped once this one is ready
-        self.replaced_by: Worker | None = None
-        self.recycle = False  # asked to be replaced (max_requests)
-        self.recycle_retry_at = 0.0
-        # Set in the child only.
+        # Set in the child only (the master keeps its own record: master.workers).
+        self._draining = False
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._state: Shared | None = None
+        self._shared: Shared | None = None
         self._redis: Any = None
         self._stop: asyncio.Future[Stop] | None = None
         self._acceptor: Acceptor | None = None
         self._recycle_at = 0
         self._recycle_sent = False
-
-    def label(self) -> str:
-        return f"worker {self.number} (pid {self.pid}, gen {self.generation})"
-
-    def overdue(self, now: float) -> str | None:
-        """In the master: why this worker must be killed now, if it must."""
-        if self.state is WorkerState.BOOTING:
-            limit = boot_timeout(self.cfg.worker_timeout)
-            return f"sent no READY within {limit:.0f}s" if now - self.started > limit else None
-        silent = now - self.last_seen
-        if silent > self.cfg.worker_timeout:  # its event loop is blocked
-            return f"sent no heartbeat for {silent:.1f}s (timeout)"
-        draining = now - self.stopping_since if self.state is WorkerState.DRAINING else 0.0
-        if draining > self.cfg.graceful_timeout + STOP_MARGIN_S:
-            return f"is still draining after {draining:.0f}s (graceful_timeout)"
-        return None
-
-    def wants_replacement(self, now: float) -> bool:
-        """In the master: past max_requests, serving, and no replacement booting yet."""
-        return (
-            self.recycle
-            and self.replaced_by is None
-            and self.state is WorkerState.SERVING
-            and now >= self.recycle_retry_at
-        )
 
     # -- in the child -------------------------------------------------------
 
@@ -317,7 +278,7 @@ class Worker:
             return WORKER_BOOT_ERROR
         state = Shared(self.cfg, app, ssl_context=self.ssl_context, redis_module=self._redis)
         state.start()
-        self._state = state
+        self._shared = state
         # Before READY, so that a reload waits for it (ASGI lifespan startup).
         try:
             await app.startup()
@@ -342,7 +303,6 @@ class Worker:
             sock.setblocking(False)
         acceptor = self._acceptor = Acceptor(self.cfg, self.listeners, loop, state)
         acceptor.start()
-        self.state = WorkerState.SERVING
         self._send(MSG_READY)
         logger.info("worker %d (pid %d, gen %d) ready", self.number, os.getpid(), self.generation)
         self._tick()
@@ -373,7 +333,7 @@ class Worker:
 
     async def _drain(self, state: Shared) -> None:
         """Graceful stop: no new connections, in-flight ones finish, then close Redis."""
-        self.state = WorkerState.DRAINING
+        self._draining = True
         acceptor = self._acceptor
         if acceptor is not None:
             acceptor.stop()
@@ -422,7 +382,7 @@ class Worker:
 
     def _metrics_snapshot(self) -> bytes:
         """This worker's counters for the master; empty when metrics are off."""
-        state = self._state
+        state = self._shared
         acceptor = self._acceptor
         if state is None or acceptor is None or state.access.metrics is None:
             return b""
@@ -432,10 +392,10 @@ class Worker:
         """Heartbeat, orphan check and max_requests check, driven by the event loop."""
         assert self._loop is not None
         self._send(MSG_HEARTBEAT + self._metrics_snapshot())
-        if os.getppid() != self.master_pid and self.state is not WorkerState.DRAINING:
+        if os.getppid() != self.master_pid and not self._draining:
             logger.warning("worker %d (pid %d): master is gone; stopping", self.number, os.getpid())
             self._request_stop(Stop.GRACEFUL)
-        served = self._state.requests_served if self._state is not None else 0
+        served = self._shared.requests_served if self._shared is not None else 0
         if self._recycle_at and not self._recycle_sent and served >= self._recycle_at:
             self._recycle_sent = True
             logger.info(

@@ -5,16 +5,15 @@ arrive. An app interface that can (``AppInterface.inline``: the native handler
 when it is sync) answers complete requests from there while the connection
 coroutine (``serve_connection``) is parked; otherwise that coroutine is woken
 only when a whole request is there and runs the interface's ``exchange`` once
-per request. Reading, writing (and the write batch), backpressure, closing
-(half-close, linger) and what happens when a deadline passes live here, and
-only here; the worker's sweeper that notices a deadline is in ``shared``. So
-are the slow-client rules the sweeper applies (``check_rate``: the minimum
-transfer rate; ``close_if_quiet``: the server closes a connection waiting for
-a request only once its client has been quiet; docs/slow-clients.md).
+per request. Reading and writing (and the write batch) and backpressure
+live here, and only here; what happens when time passes (the deadlines, the
+closes, the slow-client rules the worker's sweeper applies) is the base
+class's, ``lifecycle.Lifecycle``.
 
-App interfaces use the public members below (``receive_request``,
-``write_response``, ``send``, ``drain``, ``close_after_response``,
-``reply_error_and_close``...), never the private ones.
+App interfaces use the public members (``receive_request``,
+``write_response``, ``send``, ``drain``, ``reply_error_and_close`` here;
+``close_after_response``, ``graceful_close``, ``abort`` in ``Lifecycle``...),
+never the private ones.
 """
 
 from __future__ import annotations
@@ -27,8 +26,8 @@ from typing import Any
 
 from prefork import log
 from prefork.engine.app import AppInterface
-from prefork.engine.shared import Deadline, Shared, below_min_rate
-from prefork.engine.sockinfo import held_back, unread_bytes
+from prefork.engine.lifecycle import CLOSING, HANDLING, INLINE, RECEIVING, WAITING, Lifecycle
+from prefork.engine.shared import Deadline, Shared
 from prefork.errors import PeerGone, ProtocolError
 from prefork.http.protocol import RequestReader
 from prefork.http.request import Request
@@ -40,21 +39,11 @@ logger = logging.getLogger(log.WORKER)
 MAX_PENDING_BYTES = 256 * 1024
 # Pipelined requests parsed ahead of the one being answered before reading is paused.
 MAX_QUEUED_REQUESTS = 32
-# How long a closing connection keeps reading (and discarding) after it half-closed,
-# so that a client still sending does not get a reset instead of our response
-# (RFC 9112 §9.6).
-LINGER_S = 2.0
 # Responses with bodies at least this big are written in two calls (no copy).
 JOIN_BODY_MAX_BYTES = 64 * 1024
-# A connection waiting for a request is closed by the server (drain, reclaim at
-# the open-connection cap) only once it has waited this long: a client that
-# just got a response and is sending its next request right now would see the
-# close under that request (docs/slow-clients.md, "Closing without losing a
-# request").
-QUIET_S = 1.0
 
 
-class Connection(asyncio.Protocol):
+class Connection(Lifecycle):
     """An accepted connection: the object handlers see as ``ctx.client``.
 
     Members for handlers that proxy: ``await read(n)``, ``await write(data)``,
@@ -63,25 +52,17 @@ class Connection(asyncio.Protocol):
 
     # No per-instance __dict__: an idle keep-alive connection should cost little.
     __slots__ = (
-        "_busy",
-        "_closing",
         "_drain_waiter",
         "_eof",
-        "_error",
         "_gone_waiter",
         "_handoff",
         "_inline",
         "_loop",
         "_lost",
         "_on_drain",
-        "_parked",
         "_pending",
         "_read_paused",
         "_reading",
-        "_rx_at",
-        "_rx_bytes",
-        "_tx_at",
-        "_tx_mark",
         "_waiter",
         "_write_paused",
         "app",
@@ -89,8 +70,6 @@ class Connection(asyncio.Protocol):
         "client_ip",
         "count",
         "ctx",
-        "deadline",
-        "deadline_kind",
         "peername",
         "reader",
         "server_name",
@@ -99,6 +78,7 @@ class Connection(asyncio.Protocol):
     )
 
     def __init__(self, shared: Shared) -> None:
+        super().__init__()  # the deadline, the close, the rate rule's counts (Lifecycle)
         state = self.shared = shared
         self.app: AppInterface[Connection] = shared.app
         self.transport: asyncio.Transport | None = None
@@ -112,35 +92,21 @@ class Connection(asyncio.Protocol):
         # The peer is a trusted proxy (forwarded_allow_ips): the app interfaces
         # take the client, scheme and host from its fields (http.forwarded).
         self.behind_proxy = False
-        self.deadline = 0.0
-        self.deadline_kind = Deadline.NONE
         # The app interface's per-connection object (the native handler's ``ctx``).
         self.ctx: Any = None
         # (asyncio.get_running_loop() costs a getpid() syscall on Python 3.11.)
         self._loop = state.loop or asyncio.get_running_loop()
         self._reading = True
         self._pending = b""
-        self._error: ProtocolError | None = None
         self._waiter: asyncio.Future[None] | None = None
         self._eof = False
         self._lost = False
-        self._closing = False
-        self._busy = False
         self._read_paused = False
         self._write_paused = False
         self._drain_waiter: asyncio.Future[None] | None = None
         self._on_drain: Callable[[], None] | None = None
         self._gone_waiter: asyncio.Future[None] | None = None
-        self._parked = False
         self._handoff: object = None
-        # The rate rule (``too_slow``): since when a request has been arriving
-        # in pieces and how many bytes came (0.0: no request arriving); since
-        # when the client has held a response back and how many bytes it had
-        # acknowledged then.
-        self._rx_at = 0.0
-        self._rx_bytes = 0
-        self._tx_at = 0.0
-        self._tx_mark = 0
         # Sync handlers are served straight from data_received while the
         # connection coroutine is parked: no wake-up per request.
         self._inline = shared.app.inline
@@ -167,7 +133,8 @@ class Connection(asyncio.Protocol):
             self.behind_proxy = self.shared.trust.trusts(self.client_ip)
 
     def data_received(self, data: bytes) -> None:
-        if self._closing:
+        phase = self._phase
+        if phase is CLOSING:
             return  # lingering: read and discard
         if not self._reading:
             self._pending += data
@@ -183,7 +150,7 @@ class Connection(asyncio.Protocol):
             self._wake()
             return
         if reader.requests:
-            if self._parked and self._inline:
+            if (phase is WAITING or phase is INLINE) and self._inline:
                 if self._serve_inline() and reader.want_continue:
                     reader.want_continue = False
                     self.send(CONTINUE_RESPONSE)
@@ -196,7 +163,7 @@ class Connection(asyncio.Protocol):
             if reader.want_continue:
                 reader.want_continue = False
                 self.send(CONTINUE_RESPONSE)
-            if self._waiter is not None and not self._parked:
+            if self._waiter is not None and phase is not WAITING and phase is not INLINE:
                 self._wake()  # receive_body() waits for a piece of a streamed body
             if reader.in_body:
                 if self.deadline_kind is not Deadline.BODY:
@@ -208,7 +175,7 @@ class Connection(asyncio.Protocol):
         self._eof = True
         self._wake()
         self._gone()
-        if self._closing:
+        if self._phase is CLOSING:
             self._close_transport()
         # Keep the transport open: a client may half-close after its request
         # and still read the response (TLS cannot half-close: it closes).
@@ -230,18 +197,13 @@ class Connection(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self._write_paused = False
-        if self._closing and self.deadline_kind is Deadline.WRITE:
+        if self._phase is CLOSING and self.deadline_kind is Deadline.WRITE:
             self._set_deadline(Deadline.WRITE, self.shared.response_write_timeout)
         waiter = self._drain_waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
     # -- internals --------------------------------------------------------
-
-    def _wake(self) -> None:
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
 
     def _gone(self) -> None:
         waiter = self._gone_waiter
@@ -257,32 +219,6 @@ class Connection(asyncio.Protocol):
         if self._read_paused and self.transport is not None and not self._lost:
             self._read_paused = False
             self.transport.resume_reading()
-
-    def _set_deadline(self, kind: Deadline, seconds: float) -> None:
-        self.deadline_kind = kind
-        self.deadline = self._loop.time() + seconds
-
-    def _clear_deadline(self) -> None:
-        self.deadline_kind = Deadline.NONE
-        self.deadline = 0.0
-        self._rx_at = 0.0
-
-    def _note_received(self, n: int) -> None:
-        """``n`` bytes of a request that is not complete yet: what the rate rule counts."""
-        if not self._rx_at:
-            self._rx_at = self._loop.time()
-            self._rx_bytes = 0
-        self._rx_bytes += n
-
-    def _flush_batch(self) -> None:
-        """Write the responses batched so far (``Shared.batch``, by ``write_response``).
-
-        Every other write, close or abort on any connection calls this first,
-        so bytes and closes happen in the order they were asked for.
-        """
-        batch = self.shared.batch
-        if batch.pending:
-            batch.flush()
 
     def write_now(self, data: bytes) -> None:
         """Write ``data`` after the batched responses (the transport must be open)."""
@@ -308,7 +244,9 @@ class Connection(asyncio.Protocol):
         if transport is None or self._lost:
             raise PeerGone("connection lost before the response")
         if len(body) < JOIN_BODY_MAX_BYTES:
-            if batchable and keep_alive and self._parked:
+            # Batched only while the coroutine is parked (the inline path).
+            phase = self._phase
+            if batchable and keep_alive and (phase is INLINE or phase is WAITING):
                 self.shared.batch.add(transport, head + body)
                 return
             self.write_now(head + body)
@@ -324,7 +262,7 @@ class Connection(asyncio.Protocol):
     @property
     def closing(self) -> bool:
         """A close was asked for: no further response may be written."""
-        return self._closing
+        return self._phase is CLOSING
 
     @property
     def write_paused(self) -> bool:
@@ -338,219 +276,6 @@ class Connection(asyncio.Protocol):
         from ``take_handoff``.
         """
         self._handoff = payload
-
-    def on_deadline(self) -> None:
-        """Called by the sweeper when ``deadline`` has passed."""
-        kind = self.deadline_kind
-        self._clear_deadline()
-        if kind is Deadline.HEADER and not self.reader.head_started and not self.reader.in_body:
-            # A connection that never started a request is closed without a response.
-            logger.debug("closing a silent connection from %s", self.client_ip)
-            self.shared.access.slow_closed("header")
-            self.reader.feed_failed()
-            self._close_transport()
-            self._wake()
-        elif kind is Deadline.HEADER or kind is Deadline.BODY:
-            what = "head" if kind is Deadline.HEADER else "body"
-            logger.debug("request %s timeout from %s", what, self.client_ip)
-            self.shared.access.slow_closed(what if what == "body" else "header")
-            self._fail_request(f"request {what} timeout")
-        elif kind is Deadline.WRITE:
-            transport = self.transport
-            if self._closing and transport is not None and not transport.get_write_buffer_size():
-                self._set_deadline(Deadline.LINGER, LINGER_S)  # flushed meanwhile
-            else:
-                logger.debug("response write timeout to %s", self.client_ip)
-                self.shared.access.slow_closed("write")
-                self.abort()
-        elif kind is Deadline.IDLE and unread_bytes(self.transport):
-            # Idle for keepalive_idle_timeout, but a request came in just now
-            # (this loop turn reads it): serve it rather than close under it.
-            self._set_deadline(Deadline.IDLE, QUIET_S)
-        else:  # IDLE, LINGER
-            self._close_transport()
-
-    def _fail_request(self, reason: str) -> None:
-        """408 for the request being received (too slow); the connection closes."""
-        self._clear_deadline()
-        self._error = ProtocolError(408, reason)
-        self.reader.feed_failed()
-        if self._waiter is not None:
-            self._wake()  # the coroutine answers it (and logs it as a request)
-        else:
-            self.reply_error_and_close(self._error)
-
-    # -- slow clients: the rate rule, reclaiming, draining ------------------
-    # (docs/slow-clients.md; the sweeper in ``shared`` calls these.)
-
-    def too_slow(self, now: float, rate: float, grace: float) -> bool:
-        """Has this connection's request or response fallen below ``rate`` (the rate rule)?
-
-        Each byte buys ``1 / rate`` seconds on top of ``grace`` (mod_reqtimeout's
-        MinRate), counted from the first byte of the request, or from when the
-        client was first seen holding a response back.
-        """
-        kind = self.deadline_kind
-        if kind is Deadline.HEADER or kind is Deadline.BODY:
-            since = self._rx_at
-            return bool(since) and below_min_rate(now - since, self._rx_bytes, rate, grace)
-        if kind is Deadline.IDLE or kind is Deadline.WRITE:
-            return self._holds_back_too_long(now, rate, grace)
-        return False
-
-    def _holds_back_too_long(self, now: float, rate: float, grace: float) -> bool:
-        progress = None if self._lost else held_back(self.transport)
-        if progress is None:
-            return False
-        held, acked = progress
-        if not held:
-            self._tx_at = 0.0
-        elif not self._tx_at:
-            self._tx_at = now
-            self._tx_mark = acked
-        else:
-            return below_min_rate(now - self._tx_at, acked - self._tx_mark, rate, grace)
-        return False
-
-    def check_rate(self, now: float, rate: float, grace: float) -> None:
-        """Cut this connection if it is ``too_slow``: 408 for a request, a reset for a
-        response (as their timeouts do); one line at info with the client's address."""
-        if not self.too_slow(now, rate, grace):
-            return
-        kind = self.deadline_kind
-        if kind is Deadline.HEADER or kind is Deadline.BODY:
-            what = "head" if kind is Deadline.HEADER else "body"
-            logger.info(
-                "%s: request %s too slow (%d bytes in %.1fs, min_transfer_rate %d B/s): 408",
-                self.client_ip,
-                what,
-                self._rx_bytes,
-                now - self._rx_at,
-                rate,
-            )
-            self.shared.access.slow_closed(what if what == "body" else "header")
-            self._fail_request(f"request {what} too slow")
-        else:
-            logger.info(
-                "%s: response read too slowly (held back for %.1fs, below min_transfer_rate"
-                " %d B/s): closing",
-                self.client_ip,
-                now - self._tx_at,
-                rate,
-            )
-            self.shared.access.slow_closed("write")
-            self.abort()
-
-    @property
-    def waiting_for_client(self) -> bool:
-        """No request of this connection is being served: it waits for the client
-        (idle, or a request still arriving). Such connections are cheap and do not
-        count towards ``connection_limit``."""
-        return not self._busy and not self._closing and self.deadline_kind is not Deadline.WRITE
-
-    def waiting_since(self) -> float | None:
-        """When this connection started waiting for a request that has not begun to
-        arrive (idle keep-alive, or fresh and silent); None if it is not such a one."""
-        if self._busy or self._closing or self._rx_at:
-            return None
-        kind = self.deadline_kind
-        if kind is Deadline.IDLE:
-            return self.deadline - self.shared.keepalive_idle_timeout
-        if kind is Deadline.HEADER and not self.count and not self.reader.head_started:
-            return self.deadline - self.shared.request_header_timeout
-        return None
-
-    def close_if_quiet(self, now: float, quiet: float = QUIET_S) -> bool:
-        """Close this connection if it has waited ``quiet`` seconds for a request that
-        has not begun, and nothing unread is in the kernel; True if it was closed.
-
-        A client that waited this long is not sending, so the close does not
-        cross a request in flight (for one that is, the next response carries
-        ``Connection: close`` instead).
-        """
-        since = self.waiting_since()
-        if since is None or now - since < quiet or unread_bytes(self.transport):
-            return False
-        if self.count:
-            self.graceful_close()
-        else:  # never sent a byte: as the header deadline does, no response
-            self.reader.feed_failed()
-            self._close_transport()
-            self._wake()
-        return True
-
-    def begin_drain(self, now: float) -> None:
-        """The worker is stopping: the next response says ``Connection: close``
-        (``Shared.draining``); a connection waiting for a request closes once
-        it has been quiet for ``QUIET_S`` (the sweeper asks again until then).
-        A handler that took the connection over (a WebSocket) hears it through
-        the ``on_drain`` callback it registered."""
-        callback = self._on_drain
-        if callback is not None:
-            self._on_drain = None
-            callback()
-            return
-        self.close_if_quiet(now)
-
-    def close_after_response(self, asked: bool) -> None:
-        """Close once the response is out; ``asked``: the client asked to close.
-
-        A client that asked to close sends nothing more, so with nothing
-        unread (and the response already handed to the kernel) a plain close
-        sends a FIN, not a reset, and skips the half-close, the linger and the
-        wait for the client's FIN.
-        """
-        transport = self.transport
-        if (
-            asked
-            and transport is not None
-            and not transport.get_write_buffer_size()
-            and not self.reader.buffered
-            and not self.reader.requests
-            and not self._pending
-        ):
-            self._close_transport()
-            self._wake()
-        else:
-            self.graceful_close()
-
-    def graceful_close(self) -> None:
-        """Half-close, keep reading for a moment, then close (no reset for a late request)."""
-        if self._closing or self.transport is None:
-            return
-        self._flush_batch()
-        self._closing = True
-        self._resume_reading()
-        transport = self.transport
-        if transport.can_write_eof() and not self._eof and not self._lost:
-            try:
-                transport.write_eof()  # sent once the buffered response is flushed
-            except (OSError, RuntimeError):
-                self._close_transport()
-                return
-            if transport.get_write_buffer_size() > 0:
-                # The last response is still going out: the client must keep
-                # reading it (re-armed on progress), then the linger starts.
-                self._set_deadline(Deadline.WRITE, self.shared.response_write_timeout)
-            else:
-                self._set_deadline(Deadline.LINGER, LINGER_S)
-        else:
-            self._close_transport()
-        self._wake()
-
-    def _close_transport(self) -> None:
-        self._flush_batch()
-        self._closing = True
-        self._clear_deadline()
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.close()
-
-    def abort(self) -> None:
-        self._flush_batch()
-        self._closing = True
-        self._clear_deadline()
-        if self.transport is not None:
-            self.transport.abort()
 
     def reply_error_and_close(self, exc: ProtocolError) -> int:
         """Send the error response for ``exc`` and close; returns the body bytes sent."""
@@ -573,8 +298,8 @@ class Connection(asyncio.Protocol):
         """
         reader = self.reader
         respond = self.app.respond_inline
-        self._busy = True
-        while reader.requests and not self._closing:
+        self._phase = INLINE
+        while reader.requests and self._phase is not CLOSING:
             if not respond(self, reader.take()):
                 break  # closing, or handed to the coroutine
             if self._write_paused:
@@ -582,9 +307,9 @@ class Connection(asyncio.Protocol):
             if reader.paused and not self._resume_parsing():
                 break
         else:
-            self._busy = False
-            if self._closing:
+            if self._phase is CLOSING:
                 return False
+            self._phase = WAITING
             self._rx_at = 0.0  # the requests answered: what arrives next is timed afresh
             if reader.in_body:
                 self._set_deadline(Deadline.BODY, self.shared.request_body_timeout)
@@ -598,9 +323,10 @@ class Connection(asyncio.Protocol):
                 self.deadline_kind = Deadline.IDLE
                 self.deadline = shared.idle_deadline
             return True
-        # The coroutine takes over: until it runs, bytes that arrive (libuv
-        # may deliver two reads in one loop turn) wait in ``_pending``, so no
-        # later request is answered, nor a 100 Continue sent, before this one.
+        # The coroutine takes over (the phase stays INLINE until it runs): until
+        # it runs, bytes that arrive (libuv may deliver two reads in one loop
+        # turn) wait in ``_pending``, so no later request is answered, nor a
+        # 100 Continue sent, before this one.
         self._reading = False
         self._wake()
         return False
@@ -621,18 +347,41 @@ class Connection(asyncio.Protocol):
         answered before this call).
 
         Raises ProtocolError or PeerGone.
+
+        The checks come in the order of the phases (``lifecycle.Phase``), each
+        of which may have ended while the coroutine was parked or draining:
+
+        1. INLINE, handed over: the inline path took a request and left it to
+           the coroutine (``hand_off``): nothing queued behind it may overtake it.
+        2. CLOSING: a response said "close" (perhaps from the inline path): what
+           was pipelined behind it is never answered, so this comes before any
+           queued request.
+        3. The response of the previous request is still going out: wait
+           (``drain``) before answering more, so a client that does not read
+           cannot make us queue responses; the drain may end in CLOSING.
+        4. HANDLING: a request is complete (parsing resumed first after an
+           Upgrade request the app declined): it is answered before any error
+           or EOF that followed it, as a client that pipelined it expects.
+        5. A request failed to parse: its error, once the requests before it
+           were answered.
+        6. Bytes that came while a request was answered (``_pending``): parse
+           them and look again from the top.
+        7. EOF, or a close since step 2: a request cut short is a 400 (the
+           reader's ``eof``), else the peer is gone.
+        8. WAITING: nothing to do until bytes arrive: send a 100 Continue if
+           asked, arm the deadline (the header, body or idle timeout) and park.
         """
         reader = self.reader
-        self._busy = False
+        if self._phase is not CLOSING:
+            self._phase = RECEIVING
         while True:
             if self._handoff is not None:
-                self._busy = True
+                if self._phase is not CLOSING:
+                    self._phase = HANDLING
                 self._reading = False
                 self._clear_deadline()
                 return None
-            if self._closing:
-                # A response said "close" (perhaps from the inline path): what
-                # was pipelined behind it is never answered.
+            if self._phase is CLOSING:
                 if self.count > count:
                     return None  # the usual end of a Connection: close request
                 raise PeerGone("connection closing")
@@ -643,7 +392,8 @@ class Connection(asyncio.Protocol):
             if reader.requests:
                 req = reader.take()
                 self._reading = False
-                self._busy = True
+                if self._phase is not CLOSING:
+                    self._phase = HANDLING
                 self._clear_deadline()
                 if self._read_paused and len(reader.requests) <= MAX_QUEUED_REQUESTS:
                     self._resume_reading()
@@ -658,8 +408,9 @@ class Connection(asyncio.Protocol):
                 except ProtocolError as exc:
                     self._error = exc
                 continue
-            if self._eof or self._closing:
-                if not self._lost and not self._closing:
+            closing = self._phase is CLOSING
+            if self._eof or closing:
+                if not self._lost and not closing:
                     try:
                         reader.eof()
                     except ProtocolError as exc:
@@ -678,12 +429,18 @@ class Connection(asyncio.Protocol):
                 else:
                     self._set_deadline(Deadline.IDLE, self.shared.keepalive_idle_timeout)
             waiter = self._waiter = self._loop.create_future()
-            self._parked = True
+            # Parked. A request the inline path handed over (step 1) and that
+            # this loop has not taken yet keeps it counted as answered: INLINE.
+            self._phase = INLINE if self._phase is HANDLING else WAITING
             try:
                 await waiter
             finally:
                 self._waiter = None
-                self._parked = False
+                phase = self._phase
+                if phase is WAITING:
+                    self._phase = RECEIVING
+                elif phase is INLINE:
+                    self._phase = HANDLING
 
     async def receive_body(self) -> tuple[bytes, bool]:
         """The next piece of the streamed body of the request being answered, and
@@ -711,8 +468,9 @@ class Connection(asyncio.Protocol):
                 except ProtocolError as exc:
                     self._error = exc
                 continue
-            if self._eof or self._closing:
-                if not self._lost and not self._closing:
+            closing = self._phase is CLOSING
+            if self._eof or closing:
+                if not self._lost and not closing:
                     try:
                         reader.eof()
                     except ProtocolError as exc:
@@ -791,6 +549,19 @@ class Connection(asyncio.Protocol):
     def close(self) -> None:
         """Close the connection (after what was written is flushed)."""
         self._close_transport()
+
+    def begin_drain(self, now: float) -> None:
+        """The worker is stopping: the next response says ``Connection: close``
+        (``Shared.draining``); a connection waiting for a request closes once
+        it has been quiet for ``QUIET_S`` (the sweeper asks again until then).
+        A handler that took the connection over (a WebSocket) hears it through
+        the ``on_drain`` callback it registered."""
+        callback = self._on_drain
+        if callback is not None:
+            self._on_drain = None
+            callback()
+            return
+        self.close_if_quiet(now)
 
     def on_drain(self, callback: Callable[[], None] | None) -> None:
         """Have ``callback`` called when the worker starts to stop (at once if it has).

@@ -5,8 +5,9 @@ or serves on the ones systemd passed it (socket activation, systemd.py), and
 pre-parses TLS once, forks the workers, and supervises them from one loop
 (one-second timeout) that waits on the signal queue's wakeup pipe and the
 workers' pipes (wakeups.py; one byte per message: READY, HEARTBEAT, RECYCLE;
-see worker.py). It never imports a ``"MODULE:ATTR"`` app and never opens Redis:
-the workers do, after the fork.
+see worker.py). Its record of each worker is workers.py's; a reload in the
+making, reload.py's. It never imports a ``"MODULE:ATTR"`` app and never opens
+Redis: the workers do, after the fork.
 
 Signals (handlers only enqueue; the loop does the work):
 
@@ -39,15 +40,12 @@ instead of a respawn loop.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import gc
 import itertools
 import logging
 import os
 import signal
 import socket
 import ssl
-import sys
 import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -56,23 +54,29 @@ import setproctitle
 
 from prefork import log
 from prefork._types import Handler
-from prefork.config import Config, from_environ, layered, load_toml
-from prefork.engine.accept import accept_queue_length
-from prefork.errors import BindError, PreforkError
+from prefork.config import Config
+from prefork.errors import PreforkError
 from prefork.master import systemd
-from prefork.master.listeners import bind_spec, format_host, open_listeners, port_of
-from prefork.master.metrics import MasterMetrics, MasterView, ServerCollector, restart_reason
+from prefork.master.listeners import bind_spec, open_listeners, port_of
+from prefork.master.metrics import MasterMetrics, MasterView, ServerCollector, master_view
+from prefork.master.pidfile import PidFile
+from prefork.master.reload import Reload, reread_config
 from prefork.master.wakeups import Wakeups
+from prefork.master.workers import WorkerRecord, WorkerState, WorkerTable, fork
 from prefork.tls import load_tls
+
+# Imported before any fork, on purpose: this brings uvloop, engine.* and http.* into
+# the master, so each worker starts with them loaded, their pages shared
+# copy-on-write (workers.fork freezes the GC first), not imported at each spawn.
+# The app interface chosen (apps.native...), the parser backend and the app are
+# imported in the worker, after the fork (build_app).
 from prefork.worker import (
     MASTER_SIGNALS,
     MSG_READY,
     MSG_RECYCLE,
     STOP_MARGIN_S,
-    WORKER_CRASHED,
     Stop,
     Worker,
-    WorkerState,
     app_label,
     boot_timeout,
     describe_status,
@@ -90,17 +94,6 @@ LOOP_TIMEOUT_S = 1.0  # the supervision loop wakes at least this often
 QUIT_TIMEOUT_S = 2.0  # after SIGQUIT, workers still alive are killed
 RESPAWN_BACKOFF_MIN_S = 1.0  # after a failed boot while others serve; doubles ...
 RESPAWN_BACKOFF_MAX_S = 30.0  # ... up to this
-
-
-@dataclasses.dataclass(eq=False)
-class _Reload:
-    """A generation that is booting; it replaces the serving one once every worker is ready."""
-
-    generation: int
-    cfg: Config
-    tls: ssl.SSLContext | None
-    deadline: float
-    pending: set[int]  # pids not ready yet
 
 
 class Master:
@@ -128,9 +121,9 @@ class Master:
         self._generation = 0  # the serving generation
         self._last_generation = 0
         self._target = cfg.workers
-        self._workers: dict[int, Worker] = {}  # by pid
+        self._workers = WorkerTable()
         self._wakeups = Wakeups()  # the signal queue and the pipes the loop waits on
-        self._reload: _Reload | None = None
+        self._reload: Reload | None = None
         self._reload_again = False
         self._stopping: Stop | None = None
         self._stop_deadline = 0.0
@@ -138,7 +131,7 @@ class Master:
         self._ever_ready = False
         self._respawn_at = 0.0
         self._respawn_delay = RESPAWN_BACKOFF_MIN_S
-        self._pid_written = False
+        self._pidfile = PidFile(pidfile)
         self._metrics = MasterMetrics()  # fed by the workers' heartbeats
         self._metrics_endpoint: MetricsEndpoint | None = None  # when metrics_bind is set
         self._notify = systemd.Notifier(None)  # run() reads NOTIFY_SOCKET
@@ -156,7 +149,7 @@ class Master:
         try:
             self._start_metrics()
             setproctitle.setproctitle(f"prefork: master [{app_label(self.app)}]")
-            self._write_pidfile()
+            self._pidfile.write()
             self._wakeups.install(MASTER_SIGNALS)
             self._generation = self._last_generation = 1
             logger.info("master (pid %d): generation 1, %d worker(s)", os.getpid(), self._target)
@@ -174,16 +167,6 @@ class Master:
         self.listeners, self._activated = open_listeners(self._bind_spec, scheme)
         self.port = port_of(self.listeners[0])
 
-    def _write_pidfile(self) -> None:
-        if self.pidfile is None:
-            return
-        try:
-            with open(self.pidfile, "w") as fh:
-                fh.write(f"{os.getpid()}\n")
-        except OSError as exc:
-            raise BindError(f"pid file {self.pidfile}: {exc.strerror}") from None
-        self._pid_written = True
-
     def _cleanup(self) -> None:
         if self._metrics_endpoint is not None:
             self._metrics_endpoint.close()
@@ -195,14 +178,7 @@ class Master:
         for sock in self.listeners:
             sock.close()
         self.listeners.clear()
-        if self._pid_written and self.pidfile is not None:
-            self._pid_written = False
-            mine = False  # gone already, or unreadable: leave it alone
-            with contextlib.suppress(OSError), open(self.pidfile) as fh:
-                mine = fh.read().strip() == str(os.getpid())
-            if mine:
-                with contextlib.suppress(OSError):
-                    os.unlink(self.pidfile)
+        self._pidfile.remove()
 
     # -- the loop -----------------------------------------------------------
 
@@ -223,7 +199,7 @@ class Master:
             self._check_timeouts()
             self._manage_workers()
 
-    def _read_pipe(self, worker: Worker) -> None:
+    def _read_pipe(self, worker: WorkerRecord) -> None:
         try:
             data = os.read(worker.pipe_r, 4096)
         except BlockingIOError:
@@ -325,7 +301,7 @@ class Master:
         generation = self._last_generation
         logger.info("generation %d starting with %d worker(s)", generation, target)
         deadline = time.monotonic() + boot_timeout(cfg.worker_timeout)
-        reload = _Reload(generation, cfg, tls, deadline, pending=set())
+        reload = Reload(generation, cfg, tls, deadline, pending=set())
         self._reload = reload
         for number in range(1, target + 1):
             worker = self._spawn(number, generation, cfg, tls)
@@ -335,12 +311,7 @@ class Master:
             reload.pending.add(worker.pid)
 
     def _reread_config(self) -> Config:
-        """The file again, under the PREFORK_ variables and the flags (without a file,
-        nothing can have changed: the environment is fixed at the master's start)."""
-        if self.config_file is None:
-            return self.cfg
-        env_cfg, _ = from_environ(os.environ)
-        return Config.build(layered(load_toml(self.config_file), env_cfg, self.overrides))
+        return reread_config(self.cfg, self.config_file, self.overrides)
 
     def _notify_reload_done(self, outcome: str) -> None:
         """READY=1 after RELOADING=1, whether the reload took or not: systemd waits for it."""
@@ -357,8 +328,8 @@ class Master:
         generation: int,
         cfg: Config,
         tls: ssl.SSLContext | None,
-        replaces: Worker | None = None,
-    ) -> Worker | None:
+        replaces: WorkerRecord | None = None,
+    ) -> WorkerRecord | None:
         """Fork one worker; None (logged, retried after a back-off) if the system refuses."""
         try:
             read_fd, write_fd = os.pipe()
@@ -367,40 +338,20 @@ class Master:
             return None
         # The child keeps its own pipe's write end only: no sibling's pipe, no wakeup pipe.
         close_fds = [read_fd, self._wakeups.wakeup_r, self._wakeups.wakeup_w]
-        close_fds += [w.pipe_r for w in self._workers.values() if w.pipe_r >= 0]
+        close_fds += self._workers.pipes()
         if self._metrics_endpoint is not None:
             close_fds += self._metrics_endpoint.fds()
-        worker = Worker(cfg, self.app, self.listeners, tls, number, generation, write_fd, close_fds)
-        _flush_std_streams()  # or the child would write the master's buffered output again
-        # What the master holds goes to the GC's permanent generation: a worker's
-        # collections then never write to those objects' headers, so the pages it
-        # shares with the master stay shared instead of being copied on write.
-        gc.freeze()
-        # Signals wait until the child has put its own dispositions in place
-        # (Worker.run unblocks them); until then the master's handlers would run
-        # in the child and the signal would be lost.
-        mask = signal.pthread_sigmask(signal.SIG_BLOCK, MASTER_SIGNALS)
+        child = Worker(cfg, self.app, self.listeners, tls, number, generation, write_fd, close_fds)
         try:
-            pid = os.fork()
+            pid = fork(child)
         except OSError as exc:  # EAGAIN, ENOMEM
-            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             os.close(read_fd)
             os.close(write_fd)
             self._spawn_failed(exc)
             return None
-        if pid != 0:
-            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-        if pid == 0:  # the child never returns into the master's code
-            code = WORKER_CRASHED
-            try:
-                code = worker.run()
-            finally:
-                _flush_std_streams()
-                os._exit(code)
         os.close(write_fd)
         os.set_blocking(read_fd, False)
-        worker.pid, worker.pipe_r = pid, read_fd
-        worker.started = worker.last_seen = time.monotonic()
+        worker = WorkerRecord(cfg, number, generation, pid, read_fd)
         if replaces is not None:
             worker.replaces, replaces.replaced_by = replaces, worker
         self._workers[pid] = worker
@@ -413,7 +364,7 @@ class Master:
         self._respawn_at = time.monotonic() + self._respawn_delay
         self._bump_backoff()
 
-    def _on_ready(self, worker: Worker) -> None:
+    def _on_ready(self, worker: WorkerRecord) -> None:
         if worker.state is not WorkerState.BOOTING:
             return
         worker.state = WorkerState.SERVING
@@ -443,16 +394,11 @@ class Master:
         """READY=1 once every worker of the first generation serves (reloads tell their own)."""
         if self._ready_sent or self._reload is not None or self._stopping is not None:
             return
-        serving = sum(
-            1
-            for w in self._workers.values()
-            if w.generation == self._generation and w.state is WorkerState.SERVING
-        )
-        if serving >= self._target:
+        if self._workers.serving(self._generation) >= self._target:
             self._ready_sent = True
             self._notify.ready(self._status())
 
-    def _commit_reload(self, reload: _Reload) -> None:
+    def _commit_reload(self, reload: Reload) -> None:
         old_generation, self._generation = self._generation, reload.generation
         self._reload = None
         if reload.cfg.workers != self.cfg.workers:  # else keep any TTIN/TTOU since the start
@@ -490,7 +436,7 @@ class Master:
             self._reload_again = False
             self.handle_hup()
 
-    def _stop_worker(self, worker: Worker, why: str) -> None:
+    def _stop_worker(self, worker: WorkerRecord, why: str) -> None:
         """Graceful stop of one worker (SIGTERM); it no longer counts as serving."""
         worker.expected_exit = True
         if worker.state is not WorkerState.DRAINING:
@@ -499,12 +445,12 @@ class Master:
             worker.stopping_since = time.monotonic()
             self._kill(worker, signal.SIGTERM)
 
-    def _force_kill(self, worker: Worker, why: str) -> None:
+    def _force_kill(self, worker: WorkerRecord, why: str) -> None:
         if worker.killed_for is None:
             worker.killed_for = why
             self._kill(worker, signal.SIGKILL)
 
-    def _kill(self, worker: Worker, signum: int) -> None:
+    def _kill(self, worker: WorkerRecord, signum: int) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.kill(worker.pid, signum)
 
@@ -520,11 +466,11 @@ class Master:
             if worker is None:  # e.g. re-parented to us as PID 1: reaped, nothing more
                 logger.debug("reaped pid %d (not a worker): %s", pid, describe_status(status))
                 continue
-            self._metrics_exited(worker)
+            self._metrics.reaped(worker, None if self._stopping else self._generation)
             self._wakeups.close_pipe(worker)
             self._on_exit(worker, status)
 
-    def _on_exit(self, worker: Worker, status: int) -> None:
+    def _on_exit(self, worker: WorkerRecord, status: int) -> None:
         cause = describe_status(status)
         if worker.killed_for is not None:
             cause = f"{cause}, {worker.killed_for}"
@@ -546,15 +492,12 @@ class Master:
             old.recycle_retry_at = time.monotonic() + self._respawn_delay
             logger.error("%s; %s keeps serving for now", failed, old.label())
             self._bump_backoff()
-        elif not self._ever_ready or not self._serving():
+        elif not self._ever_ready or not self._workers.serving():
             self._halt(f"{failed}; stopping")
         else:
             logger.error("%s; retrying in %.0fs", failed, self._respawn_delay)
             self._respawn_at = time.monotonic() + self._respawn_delay
             self._bump_backoff()
-
-    def _serving(self) -> bool:
-        return any(w.state is WorkerState.SERVING for w in self._workers.values())
 
     def _bump_backoff(self) -> None:
         self._respawn_delay = min(self._respawn_delay * 2, RESPAWN_BACKOFF_MAX_S)
@@ -582,13 +525,7 @@ class Master:
                     is None
                 ):
                     worker.recycle_retry_at = self._respawn_at
-        current = [
-            w
-            for w in self._workers.values()
-            if w.generation == self._generation
-            and w.state is not WorkerState.DRAINING
-            and w.replaced_by is None
-        ]
+        current = self._workers.current(self._generation)
         missing = self._target - len(current)
         if missing > 0 and now >= self._respawn_at:
             used = {w.number for w in current}
@@ -612,29 +549,12 @@ class Master:
             return
         from prefork.master.scrape import MetricsEndpoint  # prometheus_client: only when used
 
-        collector = ServerCollector(self._metrics, self._metrics_view)
+        def view() -> MasterView:
+            return master_view(self._generation, self._workers.values(), self.listeners)
+
+        collector = ServerCollector(self._metrics, view)
         self._metrics_endpoint = MetricsEndpoint(self.cfg.metrics_bind, collector, self._wakeups)
         logger.info("metrics on %s", self._metrics_endpoint.url)
-
-    def _metrics_view(self) -> MasterView:
-        workers = dict.fromkeys((s.value for s in WorkerState), 0)
-        for worker in self._workers.values():
-            workers[worker.state.value] += 1
-        queues = []
-        for sock in self.listeners:
-            waiting = accept_queue_length(sock)  # TCP on Linux only
-            if waiting is not None:
-                host, port = sock.getsockname()[:2]
-                queues.append((f"{format_host(host)}:{port}", waiting))
-        return MasterView(self._generation, workers, queues)
-
-    def _metrics_exited(self, worker: Worker) -> None:
-        """A reaped worker: read what it sent last (its final counts), count the restart."""
-        with contextlib.suppress(OSError):
-            while worker.pipe_r >= 0 and (data := os.read(worker.pipe_r, 4096)):
-                self._metrics.feed(worker.pid, data)
-        reason = None if self._stopping else restart_reason(worker, self._generation)
-        self._metrics.exited(worker.pid, reason)
 
     # -- stopping -----------------------------------------------------------
 
@@ -678,9 +598,3 @@ class Master:
                 if worker.killed_for is None:
                     logger.warning("%s did not stop in time; killing it", worker.label())
                 self._force_kill(worker, "stop deadline passed")
-
-
-def _flush_std_streams() -> None:
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(Exception):
-            stream.flush()

@@ -14,8 +14,11 @@ heartbeat interval old (``min(1 s, worker_timeout / 4)``).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-from collections.abc import Callable, Iterator
+import os
+import socket
+from collections.abc import Callable, Iterable, Iterator
 
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -25,7 +28,9 @@ from prometheus_client.core import (
 )
 
 from prefork import metrics as m
-from prefork.worker import Worker
+from prefork.engine.accept import accept_queue_length
+from prefork.master.listeners import format_host
+from prefork.master.workers import WorkerRecord, WorkerState
 
 # Why a worker was replaced: it died unexpectedly (crash), the master killed it
 # for missing heartbeats (timeout), max_requests (recycle), a new generation
@@ -43,7 +48,7 @@ class MasterView:
     listen_queues: list[tuple[str, int]]  # (address, connections waiting to be accepted)
 
 
-def restart_reason(worker: Worker, serving_generation: int) -> str | None:
+def restart_reason(worker: WorkerRecord, serving_generation: int) -> str | None:
     """Why an exited ``worker`` is replaced; None when it is not (TTOU, a boot failure)."""
     if not worker.expected_exit:
         if worker.killed_for is not None:
@@ -54,6 +59,22 @@ def restart_reason(worker: Worker, serving_generation: int) -> str | None:
     if worker.generation < serving_generation:
         return "reload"
     return None
+
+
+def master_view(
+    generation: int, workers: Iterable[WorkerRecord], listeners: Iterable[socket.socket]
+) -> MasterView:
+    """The master's live view at scrape time: workers by state, listen queue lengths."""
+    states = dict.fromkeys((s.value for s in WorkerState), 0)
+    for worker in workers:
+        states[worker.state.value] += 1
+    queues = []
+    for sock in listeners:
+        waiting = accept_queue_length(sock)  # TCP on Linux only
+        if waiting is not None:
+            host, port = sock.getsockname()[:2]
+            queues.append((f"{format_host(host)}:{port}", waiting))
+    return MasterView(generation, states, queues)
 
 
 class MasterMetrics:
@@ -81,6 +102,17 @@ class MasterMetrics:
         self.totals.retire(pid)
         if restart is not None:
             self.restarts[restart] += 1
+
+    def reaped(self, worker: WorkerRecord, serving_generation: int | None) -> None:
+        """A reaped worker: read what it sent last (its final counts), count the restart
+        (``serving_generation``: None while the master stops, when nothing is replaced)."""
+        with contextlib.suppress(OSError):
+            while worker.pipe_r >= 0 and (data := os.read(worker.pipe_r, 4096)):
+                self.feed(worker.pid, data)
+        reason = None
+        if serving_generation is not None:
+            reason = restart_reason(worker, serving_generation)
+        self.exited(worker.pid, reason)
 
     def reloaded(self, ok: bool) -> None:
         self.reloads["ok" if ok else "failed"] += 1

@@ -19,7 +19,7 @@ import signal
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from prefork.worker import Worker
+from prefork.master.workers import WorkerRecord
 
 
 class Wakeups:
@@ -45,15 +45,15 @@ class Wakeups:
     def _on_signal(self, signum: int, frame: object) -> None:
         self.signals.append(signum)  # only enqueue: no logging, no forking here
 
-    def wait(self, timeout: float) -> list[Worker]:
+    def wait(self, timeout: float) -> list[WorkerRecord]:
         """Wait up to ``timeout`` s; returns the workers whose pipe is readable."""
-        readable: list[Worker] = []
+        readable: list[WorkerRecord] = []
         for key, _events in self._selector.select(timeout):
             if key.data is None:
                 with contextlib.suppress(BlockingIOError):
                     while os.read(self.wakeup_r, 4096):
                         pass
-            elif isinstance(key.data, Worker):
+            elif isinstance(key.data, WorkerRecord):
                 readable.append(key.data)
             else:
                 key.data(_events)
@@ -70,15 +70,15 @@ class Wakeups:
         with contextlib.suppress(KeyError, ValueError):
             self._selector.unregister(fd)
 
-    def watch(self, worker: Worker) -> None:
+    def watch(self, worker: WorkerRecord) -> None:
         self._selector.register(worker.pipe_r, selectors.EVENT_READ, worker)
 
-    def unwatch(self, worker: Worker) -> None:
+    def unwatch(self, worker: WorkerRecord) -> None:
         if worker.pipe_r >= 0:
             with contextlib.suppress(KeyError, ValueError):
                 self._selector.unregister(worker.pipe_r)
 
-    def close_pipe(self, worker: Worker) -> None:
+    def close_pipe(self, worker: WorkerRecord) -> None:
         if worker.pipe_r >= 0:
             self.unwatch(worker)
             os.close(worker.pipe_r)

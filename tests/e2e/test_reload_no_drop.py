@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from prefork.engine.connection import QUIET_S
+from prefork.engine.lifecycle import QUIET_S
 from tests.conftest import wait_until
 from tests.e2e.conftest import ServerProcess, StartServer
 

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from prefork.engine.connection import QUIET_S
+from prefork.engine.lifecycle import QUIET_S
 from tests.e2e.conftest import ServerProcess, StartServer
 
 APP = """

@@ -9,12 +9,12 @@ from __future__ import annotations
 from typing import Any
 
 from prefork.config import Config
-from prefork.worker import Worker, WorkerState
+from prefork.master.workers import WorkerRecord, WorkerState
 
 
-def record(number: int, state: WorkerState = WorkerState.BOOTING, **cfg: Any) -> Worker:
-    """The master's record of an imaginary worker: a Worker never run, with a made-up pid."""
-    worker = Worker(Config.build({"port": 0, **cfg}), "app:handle", [], None, number, 1, -1, [])
+def record(number: int, state: WorkerState = WorkerState.BOOTING, **cfg: Any) -> WorkerRecord:
+    """The master's record of an imaginary worker, with a made-up pid."""
+    worker = WorkerRecord(Config.build({"port": 0, **cfg}), number, 1)
     worker.pid = 10_000 + number  # never signalled: test_master.py replaces Master._kill
     worker.state = state
     worker.ever_ready = state is not WorkerState.BOOTING

@@ -24,9 +24,9 @@ from prefork.master.arbiter import (
     MASTER_BOOT_FAILED,
     RESPAWN_BACKOFF_MIN_S,
     Master,
-    _Reload,
 )
-from prefork.worker import Worker, WorkerState
+from prefork.master.reload import Reload
+from prefork.master.workers import WorkerRecord, WorkerState
 from tests.unit.conftest import record
 
 
@@ -128,7 +128,7 @@ def master(monkeypatch: pytest.MonkeyPatch) -> Iterator[Master]:
     master._generation = master._last_generation = 1
     master.signals_sent = []  # type: ignore[attr-defined]
 
-    def fake_kill(worker: Worker, signum: int) -> None:
+    def fake_kill(worker: WorkerRecord, signum: int) -> None:
         master.signals_sent.append((worker.number, signum))  # type: ignore[attr-defined]
 
     monkeypatch.setattr(master, "_kill", fake_kill)
@@ -212,7 +212,7 @@ def test_reload_whose_worker_fails_to_boot_is_abandoned(master: Master) -> None:
     failed.generation = booting.generation = 2
     booting.pid += 100
     master._workers[booting.pid] = booting
-    master._reload = _Reload(2, master.cfg, None, time.monotonic() + 30, {failed.pid, booting.pid})
+    master._reload = Reload(2, master.cfg, None, time.monotonic() + 30, {failed.pid, booting.pid})
     master._on_exit(failed, EXIT_3)
     assert master._reload is None
     assert master._generation == 1
@@ -224,7 +224,7 @@ def test_reload_not_ready_in_time_is_abandoned(master: Master, master_log: list[
     booting = record(1)
     booting.generation = 2
     master._workers[booting.pid] = booting
-    master._reload = _Reload(2, master.cfg, None, time.monotonic() - 1, {booting.pid})
+    master._reload = Reload(2, master.cfg, None, time.monotonic() - 1, {booting.pid})
     master._check_timeouts()
     assert master._reload is None
     assert master.signals_sent == [(1, signal.SIGKILL)]  # type: ignore[attr-defined]
@@ -232,7 +232,7 @@ def test_reload_not_ready_in_time_is_abandoned(master: Master, master_log: list[
 
 
 def test_hup_during_a_reload_is_queued(master: Master, master_log: list[str]) -> None:
-    master._reload = _Reload(2, master.cfg, None, time.monotonic() + 30, {12345})
+    master._reload = Reload(2, master.cfg, None, time.monotonic() + 30, {12345})
     master.handle_hup()
     assert master._reload_again
     assert "SIGHUP: queued until generation 2 is ready" in master_log
@@ -244,9 +244,9 @@ def test_ttou_while_a_recycling_replacement_boots_does_not_respawn_it(
     # Worker 2 reached max_requests; its replacement is booting when TTOU arrives.
     # The replacement is the one stopped; its old worker must not then ask for
     # another replacement (fork, TERM, fork... as long as it lives).
-    spawned: list[Worker] = []
+    spawned: list[WorkerRecord] = []
 
-    def fake_spawn(number: int, generation: int, *args: Any, **kwargs: Any) -> Worker:
+    def fake_spawn(number: int, generation: int, *args: Any, **kwargs: Any) -> WorkerRecord:
         worker = record(number)
         worker.pid += 1000 + len(spawned)
         spawned.append(worker)

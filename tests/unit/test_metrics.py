@@ -15,7 +15,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from prefork import metrics as m
 from prefork.config import Config
 from prefork.master.metrics import MasterMetrics, MasterView, ServerCollector, restart_reason
-from prefork.worker import MSG_HEARTBEAT, MSG_READY, MSG_RECYCLE, Worker
+from prefork.master.workers import WorkerRecord
+from prefork.worker import MSG_HEARTBEAT, MSG_READY, MSG_RECYCLE
 
 
 def counted(*requests: tuple[str, int, int, int, float]) -> m.WorkerMetrics:
@@ -211,8 +212,8 @@ def test_openmetrics_exposition_parses() -> None:
 # -- why a worker is replaced -------------------------------------------------------
 
 
-def _worker(generation: int = 2, **fields: object) -> Worker:
-    worker = Worker(Config.build({}), "app:handle", [], None, 1, generation, -1, [])
+def _worker(generation: int = 2, **fields: object) -> WorkerRecord:
+    worker = WorkerRecord(Config.build({}), 1, generation)
     worker.ever_ready = True
     for name, value in fields.items():
         setattr(worker, name, value)

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from prefork.engine.connection import QUIET_S
+from prefork.engine.lifecycle import QUIET_S
 from prefork.engine.shared import below_min_rate
 from prefork.errors import ProtocolError
 from tests.unit.test_connection import hello, lose, make, parked

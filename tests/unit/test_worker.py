@@ -1,11 +1,11 @@
-"""prefork.worker: its small functions, its accept loop and its watchdog verdict, in this process.
+"""prefork.worker: its small functions, its accept loop, and the master's watchdog verdict on it.
 
 The accept loop runs against a fake event loop and a fake listener whose
 ``_accept()`` hands out made-up fd numbers; the class the worker wraps an
 accepted fd in is replaced too, so no socket is made here (a real listening
 socket's accept queue is measured in tests/e2e/test_accept_queue.py, and real
-accepts happen in every e2e test). The watchdog verdict (``Worker.overdue``)
-is checked on records of imaginary workers.
+accepts happen in every e2e test). The watchdog verdict
+(``master.workers.WorkerRecord.overdue``) is checked on records of imaginary workers.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from prefork.engine.accept import (
     PRESSURE_CHECK_S,
     Acceptor,
 )
+from prefork.master.workers import WorkerState
 from prefork.worker import (
     BOOT_TIMEOUT_MIN_S,
     MSG_HEARTBEAT,
@@ -40,7 +41,6 @@ from prefork.worker import (
     WORKER_BOOT_ERROR,
     WORKER_CRASHED,
     WORKER_EXIT_OK,
-    WorkerState,
     app_label,
     boot_timeout,
     describe_status,
