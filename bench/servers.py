@@ -173,6 +173,9 @@ def command(name: str, port: int, launch: Launch, workdir: Path, app: str = "ben
         return argv
     if name == "ceiling":
         return [sys.executable, str(BENCH / "ceiling.py"), "--host", HOST, "--port", str(port)]
+    if name == "nginx":
+        conf = nginx_conf(port, launch, workdir)
+        return ["nginx", "-p", str(workdir), "-c", str(conf), "-e", str(workdir / "error.log")]
     target = app_target(name, app)
     if name.startswith("uvicorn"):
         argv = [str(VENV_PYTHON), "-m", "uvicorn", target, "--host", HOST]
@@ -205,9 +208,6 @@ def command(name: str, port: int, launch: Launch, workdir: Path, app: str = "ben
         if tls:
             argv += ["--certfile", tls[0], "--keyfile", tls[1]]
         return [*argv, target]
-    if name == "nginx":
-        conf = nginx_conf(port, launch, workdir)
-        return ["nginx", "-p", str(workdir), "-c", str(conf), "-e", str(workdir / "error.log")]
     raise ValueError(f"unknown server {name!r}")
 
 
