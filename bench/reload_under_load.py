@@ -151,6 +151,42 @@ def _environ(extra: dict[str, str]) -> Iterator[None]:
                 os.environ[key] = value
 
 
+def _timeline(
+    master: int, peer: Peer, steps: list[signal.Signals], duration: float, result: Result
+) -> None:
+    """Send ``steps``, from now (wrk has just started) to at most ``duration`` from now."""
+    started = time.monotonic()
+    end = started + duration
+    gap = duration * 0.8 / (len(steps) + 1)
+    want = 2
+    for i, step in enumerate(steps, 1):
+        time.sleep(max(0.0, started + gap * i - time.monotonic()))
+        label = "kill -9" if step is signal.SIGKILL else step.name.removeprefix("SIG")
+        if step is not signal.SIGKILL and step not in peer.signals:
+            result.not_sent.append(f"{label} n/a")
+            continue
+        if time.monotonic() > end - 0.5:
+            result.not_sent.append(f"{label} late")
+            continue
+        old = set(_workers(master))
+        target = master
+        if step is signal.SIGKILL:
+            if not old:
+                result.not_sent.append(f"{label}: no worker")
+                continue
+            target = min(old)  # any one worker
+            result.killed_sockets = _sockets(target)
+        try:
+            os.kill(target, step)
+        except ProcessLookupError:
+            result.not_sent.append(f"{label}: no such process")
+            continue
+        result.sent.append(label)
+        if step is not signal.SIGKILL:
+            want += {TTIN: 1, TTOU: -1}.get(step, 0)
+            _settle(master, want, old if step is HUP else set(), end)
+
+
 def run_row(name: str, row: str, duration: float, hups: int, connections: int) -> Result:
     peer = PEERS[name]
     result = Result()
@@ -162,6 +198,7 @@ def run_row(name: str, row: str, duration: float, hups: int, connections: int) -
         with _environ(peer.env):
             server = servers.start(name, launch, workdir)
         master = server.proc.pid
+        wrk: subprocess.Popen[str] | None = None
         try:
             # The first workers may still be starting after the first answer.
             _settle(master, 2, set(), time.monotonic() + 20)
@@ -170,38 +207,15 @@ def run_row(name: str, row: str, duration: float, hups: int, connections: int) -
             if row == "post":
                 cmd[1:1] = ["-s", str(workdir / "post.lua")]
             wrk = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
-            started = time.monotonic()
-            end = started + duration
             steps = [HUP] * hups + [TTIN, TTOU] + ([signal.SIGKILL] if row == "kill9" else [])
-            gap = duration * 0.8 / (len(steps) + 1)
-            want = 2
-            for i, step in enumerate(steps, 1):
-                time.sleep(max(0.0, started + gap * i - time.monotonic()))
-                label = step.name.removeprefix("SIG")
-                if step is not signal.SIGKILL and step not in peer.signals:
-                    result.not_sent.append(f"{label} n/a")
-                    continue
-                if time.monotonic() > end - 0.5:
-                    result.not_sent.append(f"{label} late")
-                    continue
-                old = set(_workers(master))
-                if step is signal.SIGKILL:
-                    if not old:
-                        result.not_sent.append(f"{label}: no worker")
-                        continue
-                    victim = min(old)  # any one worker
-                    result.killed_sockets = _sockets(victim)
-                    os.kill(victim, signal.SIGKILL)
-                    result.sent.append(label)
-                    continue
-                os.kill(master, step)
-                result.sent.append(label)
-                want += {TTIN: 1, TTOU: -1}.get(step, 0)
-                _settle(master, want, old if step is HUP else set(), end)
+            _timeline(master, peer, steps, duration, result)
             out, _ = wrk.communicate(timeout=duration + 30)
             if server.proc.poll() is not None:
                 result.note = f"server exited ({server.proc.returncode}) during the run"
         finally:
+            if wrk is not None and wrk.poll() is None:
+                wrk.kill()
+                wrk.wait()
             servers.stop(server)
         _parse_wrk(out, result)
         return result
@@ -253,7 +267,12 @@ def main() -> None:
                 if why:
                     print(f"| {label} | {row} | n/a: {why} | | | | | |", flush=True)
                     continue
-                r = run_row(name, row, args.duration, args.hups, args.connections)
+                try:
+                    r = run_row(name, row, args.duration, args.hups, args.connections)
+                except RuntimeError as exc:  # servers.start: it did not come up
+                    first = str(exc).splitlines()[0]
+                    print(f"| {label} | {row} | did not start: {first} | | | | | |", flush=True)
+                    continue
                 other = r.connect + r.write + r.timeout
                 killed = r.killed_sockets or "-"
                 signals_ = _signals(r) + (f"; {r.note}" if r.note else "")
