@@ -9,7 +9,7 @@ handed to the loop as it comes (``Stream``), chunked on HTTP/1.1 unless the
 app gave a ``Content-Length``, close-delimited on HTTP/1.0; the thread waits
 for the loop only when the peer is slow (backpressure). A
 ``wsgi.file_wrapper`` over a real file on plain TCP goes out with
-``os.sendfile`` from the thread.
+``os.sendfile`` from the thread (``engine.sendfile``).
 
 PEP 3333 rules enforced here (the status and header checks are in
 ``wsgi_headers``): ``start_response`` once unless with ``exc_info`` (re-raised
@@ -22,7 +22,6 @@ from __future__ import annotations
 import itertools
 import logging
 import os
-import select
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -30,6 +29,7 @@ from prefork import log
 from prefork.apps.wsgi_environ import Environ, FileWrapper
 from prefork.apps.wsgi_headers import Head, WsgiError, check_headers, check_status, encode_head
 from prefork.apps.wsgi_input import StreamedInput
+from prefork.engine.sendfile import sendfile_blocking
 from prefork.errors import PeerGone
 from prefork.http import compression
 from prefork.http.response import (
@@ -501,30 +501,13 @@ class Stream:
         return chunk(data) if self.chunked else data
 
     def sendfile(self, fd: int, offset: int, count: int) -> None:
-        """Send ``count`` bytes of the file ``fd`` straight to the socket."""
+        """Send ``count`` bytes of the file ``fd`` straight to the socket (the engine's)."""
         app = self.app
-        conn = self.conn
-        app.flush(conn)  # the head is out of the transport's buffer: the socket is ours
-        transport = conn.transport
-        assert transport is not None
-        sock = transport.get_extra_info("socket")
-        out = sock.fileno()
-        timeout = app.write_timeout
-        while count > 0:
-            if conn.lost:
-                raise PeerGone("the peer left while a file was sent")
-            try:
-                n = os.sendfile(out, fd, offset, count)
-            except BlockingIOError:
-                _, writable, _ = select.select([], [out], [], timeout)
-                if not writable:
-                    raise PeerGone("the peer stopped reading a file") from None
-                continue
-            if n == 0:
-                raise WsgiError("the file ended before its Content-Length")
-            offset += n
-            count -= n
-            self.sent += n
+        app.flush(self.conn)  # the head is out of the transport's buffer: the socket is ours
+        sent = sendfile_blocking(self.conn, fd, offset, count, app.write_timeout)
+        self.sent += sent
+        if sent < count:
+            raise WsgiError("the file ended before its Content-Length")
         self.length = 0
 
     def finish(self, code: int) -> Outcome:
