@@ -398,25 +398,8 @@ class Connection(Lifecycle):
                 if self._read_paused and len(reader.requests) <= MAX_QUEUED_REQUESTS:
                     self._resume_reading()
                 return req
-            if self._error is not None:
-                raise self._error
-            if self._pending:
-                data, self._pending = self._pending, b""
-                self._resume_reading()
-                try:
-                    reader.feed(data)
-                except ProtocolError as exc:
-                    self._error = exc
+            if self._take_input("connection closed by peer"):
                 continue
-            closing = self._phase is CLOSING
-            if self._eof or closing:
-                if not self._lost and not closing:
-                    try:
-                        reader.eof()
-                    except ProtocolError as exc:
-                        self._error = exc
-                        continue
-                raise PeerGone("connection closed by peer")
             self._reading = True
             if reader.want_continue:
                 reader.want_continue = False
@@ -442,6 +425,32 @@ class Connection(Lifecycle):
                 elif phase is INLINE:
                     self._phase = HANDLING
 
+    def _take_input(self, gone: str) -> bool:
+        """Feed the reader what waits in ``_pending`` or, at the end of the stream,
+        its EOF: True when there is something to look at again, False when
+        the caller must wait for the peer. Raises the reader's error, or
+        PeerGone(``gone``) once the stream has ended."""
+        if self._error is not None:
+            raise self._error
+        if self._pending:
+            data, self._pending = self._pending, b""
+            self._resume_reading()
+            try:
+                self.reader.feed(data)
+            except ProtocolError as exc:
+                self._error = exc
+            return True
+        closing = self._phase is CLOSING
+        if self._eof or closing:
+            if not self._lost and not closing:
+                try:
+                    self.reader.eof()
+                except ProtocolError as exc:
+                    self._error = exc
+                    return True
+            raise PeerGone(gone)
+        return False
+
     async def receive_body(self) -> tuple[bytes, bool]:
         """The next piece of the streamed body of the request being answered, and
         whether more follows (``RequestReader.stream_over``).
@@ -458,25 +467,8 @@ class Connection(Lifecycle):
                 self._reading = False
                 self._clear_deadline()
                 return data, not reader.body_done
-            if self._error is not None:
-                raise self._error
-            if self._pending:
-                data, self._pending = self._pending, b""
-                self._resume_reading()
-                try:
-                    reader.feed(data)
-                except ProtocolError as exc:
-                    self._error = exc
+            if self._take_input("connection closed inside a request body"):
                 continue
-            closing = self._phase is CLOSING
-            if self._eof or closing:
-                if not self._lost and not closing:
-                    try:
-                        reader.eof()
-                    except ProtocolError as exc:
-                        self._error = exc
-                        continue
-                raise PeerGone("connection closed inside a request body")
             self._reading = True
             self._resume_reading()
             if self.deadline_kind is Deadline.NONE:
