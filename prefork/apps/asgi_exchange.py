@@ -298,8 +298,7 @@ class Exchange:
                 coding, text = negotiate(
                     policy,
                     shared.negotiated_cache,
-                    req.method,
-                    req.headers.get("accept-encoding"),
+                    req,
                     status,
                     self.lower,
                     text,
@@ -355,8 +354,7 @@ class Exchange:
                 coding, text = negotiate(
                     shared.policy,
                     shared.negotiated_cache,
-                    req.method,
-                    req.headers.get("accept-encoding"),
+                    req,
                     status,
                     self.lower,
                     text,

@@ -325,12 +325,10 @@ def finish(
             return _Slow(content, status, headers, keep_alive)
         else:
             raise BadHeader(f"handler returned content of type {type(content).__name__}")
-        # (Called directly, not through _negotiate: one call less per response.)
         coding, text = negotiate(
             state.policy,
             state.negotiated_cache,
-            req.method,
-            req.headers.get("accept-encoding"),
+            req,
             status,
             lower,
             text,
@@ -356,20 +354,6 @@ def finish(
         app_logger.error("%s %s: %s", req.method, req.path, exc)
         return _send_500(conn, state, req, _client(conn), started)
     return _done(conn, state, req, status, sent, started, keep_alive)
-
-
-def _negotiate(
-    state: Shared,
-    req: Request,
-    status: int,
-    lower: Mapping[str, str],
-    text: str,
-    body_len: int | None,
-) -> tuple[str | None, str]:
-    """``http.response.negotiate`` for this worker and request."""
-    accept = req.headers.get("accept-encoding")
-    policy, cache = state.policy, state.negotiated_cache
-    return negotiate(policy, cache, req.method, accept, status, lower, text, body_len)
 
 
 def _done(
@@ -430,7 +414,9 @@ async def respond_slow(
             )
         else:
             body = content.encode("utf-8") if isinstance(content, str) else bytes(content)
-            coding, text = _negotiate(state, req, status, lower, text, len(body))
+            coding, text = negotiate(
+                state.policy, state.negotiated_cache, req, status, lower, text, len(body)
+            )
             if coding is not None:
                 out = await compress_in_slices(
                     coding, state.policy.level, body, state.compress_turn
@@ -493,7 +479,7 @@ async def _respond_stream(
         conn.send(head)
         return 0, keep_alive
     encoder = None
-    coding, text = _negotiate(state, req, status, lower, text, None)
+    coding, text = negotiate(state.policy, state.negotiated_cache, req, status, lower, text, None)
     if coding is not None:
         encoder = compression.make_encoder(coding, state.policy.level)
     if http10:

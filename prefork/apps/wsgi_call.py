@@ -312,8 +312,7 @@ class Call:
             coding, text = negotiate(
                 app.policy,
                 app.negotiated_cache,
-                req.method,
-                req.headers.get("accept-encoding"),
+                req,
                 code,
                 lower,
                 text,
@@ -366,8 +365,7 @@ class Call:
                 coding, text = negotiate(
                     app.policy,
                     app.negotiated_cache,
-                    req.method,
-                    req.headers.get("accept-encoding"),
+                    req,
                     code,
                     lower,
                     text,

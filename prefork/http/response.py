@@ -15,6 +15,7 @@ from http import HTTPStatus
 from typing import Any
 
 from prefork.http import compression
+from prefork.http.request import Request
 
 # Header names the server owns: a handler's value is replaced or interpreted.
 FRAMING = frozenset(("content-length", "transfer-encoding", "connection", "date"))
@@ -112,19 +113,22 @@ def check_text(text: str, lines: int) -> None:
 def negotiate(
     policy: compression.Policy,
     cache: NegotiatedCache,
-    method: str,
-    accept_encoding: str | None,
+    req: Request,
     status: int,
     lower: Mapping[str, str],
     text: str,
     body_len: int | None,
 ) -> tuple[str | None, str]:
-    """The coding to apply (or None) and the header text, with Vary etc. updated."""
+    """The coding to apply to the response to ``req`` (or None) and the header
+    text, with Vary etc. updated. ``body_len``: None for a stream."""
+    method = req.method
     if not policy.enabled or method == "HEAD" or bodyless_status(status):
         return None, text
     if body_len is not None and body_len < policy.min_size:
         return None, text
-    coding, vary = policy.choose(method, status, accept_encoding, lower, body_len)
+    coding, vary = policy.choose(
+        method, status, req.headers.get("accept-encoding"), lower, body_len
+    )
     if coding is not None or vary:
         key = (text, coding, vary)
         new = cache.get(key)
