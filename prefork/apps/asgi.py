@@ -29,7 +29,6 @@ from prefork.apps.asgi_scope import (
 )
 from prefork.config import Config
 from prefork.engine.connection import Connection
-from prefork.engine.shared import Shared
 from prefork.errors import ProtocolError
 from prefork.http.forwarded import forwarded_view
 from prefork.http.request import Request
@@ -90,7 +89,7 @@ class AsgiApp:
         try:
             req = await conn.receive_request(count)
         except ProtocolError as exc:
-            _reject(conn, conn.shared, exc)
+            conn.reject(exc)
             raise
         if req is None:
             return "close"  # (no inline path: nothing is ever handed off)
@@ -170,9 +169,3 @@ async def _serve_websocket(
     outcome = await serve_asgi_websocket(app.app, ws_req, conn, opts)
     count_response(conn.shared, client_ip, req, outcome.status, outcome.sent, started)
     return "close"
-
-
-def _reject(conn: Connection, shared: Shared, exc: ProtocolError) -> None:
-    logger.debug("rejecting request from %s: %d %s", conn.client_ip, exc.status, exc)
-    sent = conn.reply_error_and_close(exc)
-    shared.access.record(conn.client_ip, None, exc.status, sent, time.monotonic())

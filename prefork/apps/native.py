@@ -161,7 +161,7 @@ async def exchange(
     try:
         req = await conn.receive_request(count)
     except ProtocolError as exc:
-        _reject(conn, state, client_ip, exc)
+        conn.reject(exc)
         raise
     if req is None:
         # Served inline up to a response that needs this coroutine (a stream,
@@ -211,12 +211,6 @@ async def exchange(
     if conn.write_paused and action == "keep-alive":
         await conn.drain()
     return action
-
-
-def _reject(conn: Connection, state: Shared, client_ip: str, exc: ProtocolError) -> None:
-    logger.debug("rejecting request from %s: %d %s", client_ip, exc.status, exc)
-    sent = conn.reply_error_and_close(exc)
-    state.access.record(client_ip, None, exc.status, sent, time.monotonic())
 
 
 def handler_failed(

@@ -129,7 +129,7 @@ class WsgiApp:
         try:
             req = await conn.receive_request(count)
         except ProtocolError as exc:
-            _reject(conn, exc)
+            conn.reject(exc)
             raise
         if req is None:
             return "close"
@@ -431,10 +431,3 @@ def _forwarded(environ: dict[str, Any], req: Request, trust: Trust) -> str | Non
     if host is not None:
         environ["HTTP_HOST"] = host
     return client
-
-
-def _reject(conn: Connection, exc: ProtocolError) -> None:
-    logger.debug("rejecting request from %s: %d %s", conn.client_ip, exc.status, exc)
-    sent = conn.reply_error_and_close(exc)
-    shared = conn.shared
-    shared.access.record(conn.client_ip, None, exc.status, sent, time.monotonic())

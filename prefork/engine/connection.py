@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -283,6 +284,13 @@ class Connection(Lifecycle):
         self.send(data)
         self.graceful_close()
         return body_length(data)
+
+    def reject(self, exc: ProtocolError) -> None:
+        """Refuse a request that could not be read (``exc``: its 4xx) and close;
+        logged at debug and counted in the access log and metrics as a request."""
+        logger.debug("rejecting request from %s: %d %s", self.client_ip, exc.status, exc)
+        sent = self.reply_error_and_close(exc)
+        self.shared.access.record(self.client_ip, None, exc.status, sent, time.monotonic())
 
     def take_handoff(self) -> object:
         """What ``hand_off`` left (None if nothing), once."""

@@ -106,6 +106,8 @@ class Lifecycle(asyncio.Protocol):
 
         def reply_error_and_close(self, exc: ProtocolError) -> int: ...
 
+        def reject(self, exc: ProtocolError) -> None: ...
+
     def __init__(self) -> None:
         self._phase = RECEIVING
         self._error: ProtocolError | None = None  # the request failed: answered with its status
@@ -196,7 +198,7 @@ class Lifecycle(asyncio.Protocol):
         if self._waiter is not None:
             self._wake()  # the coroutine answers it (and logs it as a request)
         else:
-            self.reply_error_and_close(self._error)
+            self.reject(self._error)
 
     # -- slow clients: the rate rule, reclaiming, draining ------------------
     # (docs/slow-clients.md; the sweeper in ``shared`` calls these.)
