@@ -56,6 +56,9 @@ import heads  # noqa: E402
 # -- prefork's pieces: every import of prefork is here -----------------------
 from prefork import log  # noqa: E402
 from prefork.apps.native import NativeApp, exchange  # noqa: E402
+from prefork.apps.wsgi import WsgiApp  # noqa: E402
+from prefork.apps.wsgi_call import Call  # noqa: E402
+from prefork.apps.wsgi_environ import ConnectionEnviron, request_environ  # noqa: E402
 from prefork.config import Config  # noqa: E402
 from prefork.engine.connection import Connection  # noqa: E402
 from prefork.engine.shared import Shared  # noqa: E402
@@ -233,6 +236,156 @@ def report(backend: str, level: str, count: int) -> list[str]:
     return lines
 
 
+# -- WSGI (issue 18): the per-request path of ``interface = "wsgi"`` ----------
+#
+#     python bench/micro.py --wsgi            # plain app and Flask, varied and identical heads
+#     python bench/micro.py --wsgi-requests N [--flask] [--identical]
+#         only the whole path, N requests; for callgrind, instructions per request are
+#         the difference of two runs over the difference of their N:
+#         valgrind --tool=callgrind --callgrind-out-file=/dev/null python bench/micro.py \
+#             --wsgi-requests 500    (then 2500)
+#
+# Stages, us of process time per request (all threads), best of ROUNDS:
+# - reader: the Connection's RequestReader (head cache as in a worker);
+# - environ: ``request_environ`` from the parsed request;
+# - app: the app alone, with a start_response that does nothing;
+# - response: the rest of ``wsgi_call.Call.run`` (start_response's checks,
+#   the head and body bytes), i.e. Call.run less the app;
+# - hand-off: the whole path less all of the above: the connection's wake-up,
+#   the exchange, the pool thread's queue and the loop's wake-up back, the write.
+# The whole path runs WSGI_CONNECTIONS real Connections over a transport
+# that counts writes, each fed one request per round as wrk's connections do,
+# with the interface's real thread pool and event loop.
+
+WSGI_CONNECTIONS = 50
+CALLGRIND_HEADS = 4000
+
+
+class CountingTransport(NullTransport):
+    """Swallows writes, counting them; resolves ``waiter`` at ``target`` writes."""
+
+    def __init__(self, counter: list[Any]) -> None:
+        self.counter = counter
+
+    def write(self, data: bytes) -> None:
+        counter = self.counter
+        counter[0] += 1
+        if counter[0] >= counter[1] and not counter[2].done():
+            counter[2].set_result(None)
+
+
+def _wsgi_apps() -> dict[str, Any]:
+    sys.path.insert(0, str(BENCH / "apps"))
+    import flask_app  # noqa: PLC0415 - bench/apps is on sys.path only now
+    import wsgi_app  # noqa: PLC0415
+
+    return {"plain": wsgi_app.app, "flask": flask_app.app}
+
+
+async def _wsgi_whole_path(app: Any, items: list[bytes], rounds: int) -> float:
+    """us per request (process time, all threads) of ``items`` through real Connections."""
+    cfg = _config("httptools")
+    wsgi = WsgiApp(app, cfg, "bench")
+    state = Shared(cfg, wsgi)
+    state.start()
+    await wsgi.startup()
+    loop = asyncio.get_running_loop()
+    counter: list[Any] = [0, 0, loop.create_future()]
+    conns = []
+    for _ in range(WSGI_CONNECTIONS):
+        conn = Connection(state)
+        conn.connection_made(CountingTransport(counter))
+        conns.append(conn)
+
+        async def serve(conn: Connection = conn) -> None:
+            while await wsgi.exchange(conn) == "keep-alive":
+                pass
+
+        loop.create_task(serve())
+    await asyncio.sleep(0)
+    best = float("inf")
+    per_round = len(items) // WSGI_CONNECTIONS * WSGI_CONNECTIONS
+    for _ in range(rounds):
+        started = time.process_time()
+        for base in range(0, per_round, WSGI_CONNECTIONS):
+            counter[1] = counter[0] + WSGI_CONNECTIONS
+            counter[2] = loop.create_future()
+            for i, conn in enumerate(conns):
+                conn.data_received(items[base + i])
+            await counter[2]
+        best = min(best, (time.process_time() - started) / per_round)
+    for conn in conns:
+        conn.abort()
+    await wsgi.shutdown()
+    return best * 1e6
+
+
+async def _wsgi_stages(app: Any, items: list[bytes]) -> dict[str, float]:
+    """reader, environ, app, Call.run: us per request, on this thread (no loop needed)."""
+    cfg = _config("httptools")
+    wsgi = WsgiApp(app, cfg, "bench")
+    state = Shared(cfg, wsgi)
+
+    def read(heads_: list[bytes]) -> list[Any]:
+        reader = RequestReader(state.head_parser, state.limits, state.head_cache)
+        out = []
+        for h in heads_:
+            reader.feed(h)
+            out.append(reader.take())
+        return out
+
+    requests = read(items)
+    conn = Connection(state)
+    conn.connection_made(NullTransport())
+    env = ConnectionEnviron("", "http", "127.0.0.1", ("127.0.0.1", 40000), ("127.0.0.1", 8080))
+
+    def environs(reqs: list[Any]) -> None:
+        for req in reqs:
+            request_environ(env, req)
+
+    def nothing(status: str, headers: list[Any], exc_info: Any = None) -> Any:
+        return None
+
+    def bare_app(reqs: list[Any]) -> None:
+        for req in reqs:
+            app(request_environ(env, req), nothing)
+
+    def call(reqs: list[Any]) -> None:
+        for req in reqs:
+            Call(wsgi, conn, req, request_environ(env, req), True).run()
+
+    st = {
+        "reader": best_per_item(items, read),
+        "environ": best_per_item(requests, environs),
+    }
+    st["app"] = best_per_item(requests, bare_app) - st["environ"]
+    st["call"] = best_per_item(requests, call) - st["environ"]
+    return st
+
+
+def wsgi_report(count: int) -> list[str]:
+    varied = [heads.for_host(h, "127.0.0.1:8080") for h in heads.generate(count)]
+    lines = []
+    for name, app in _wsgi_apps().items():
+        for kind, items in (("varied", varied), ("identical", [IDENTICAL] * count)):
+            st = uvloop.run(_wsgi_stages(app, items))
+            whole = uvloop.run(_wsgi_whole_path(app, items, ROUNDS))
+            rest = whole - st["reader"] - st["environ"] - st["call"]
+            lines += [
+                f"WSGI {name} app, {kind} heads ({count}, {WSGI_CONNECTIONS} connections),"
+                " us per request",
+                f"  reader     {st['reader']:6.2f}   RequestReader feed + take",
+                f"  environ    {st['environ']:6.2f}   request_environ",
+                f"  app        {st['app']:6.2f}   the app alone",
+                f"  response   {st['call'] - st['app']:6.2f}   start_response, head and body"
+                " (Call.run - app)",
+                f"  hand-off   {rest:6.2f}   wake-ups, exchange, pool queue, write"
+                " (whole - the rest)",
+                f"  whole path {whole:6.2f}",
+            ]
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--access", action="store_true", help="access log on (to /dev/null)")
@@ -242,7 +395,29 @@ def main() -> None:
     parser.add_argument(
         "-n", type=int, default=heads.DEFAULT_COUNT, help="distinct heads per round (20000)"
     )
+    parser.add_argument("--wsgi", action="store_true", help="the WSGI path, by stage")
+    parser.add_argument(
+        "--wsgi-requests", type=int, default=0, help="only the WSGI whole path, N requests"
+    )
+    parser.add_argument("--flask", action="store_true", help="with --wsgi-requests: Flask")
+    parser.add_argument("--identical", action="store_true", help="with --wsgi-requests")
     args = parser.parse_args()
+    if args.wsgi_requests:
+        log.setup("info")
+        app = _wsgi_apps()["flask" if args.flask else "plain"]
+        n = max(args.wsgi_requests, WSGI_CONNECTIONS)
+        if args.identical:
+            items = [IDENTICAL] * n
+        else:
+            # Always as many heads made: only the requests differ between two runs.
+            made = heads.generate(max(n, CALLGRIND_HEADS))
+            items = [heads.for_host(h, "127.0.0.1:8080") for h in made[:n]]
+        uvloop.run(_wsgi_whole_path(app, items, 1))
+        return
+    if args.wsgi:
+        log.setup("info")
+        print("\n".join(wsgi_report(args.n)))
+        return
     if args.memory:
         if WHOLE_PATH_MISSING is not None:
             raise SystemExit(f"the engine is not importable: {WHOLE_PATH_MISSING}")
