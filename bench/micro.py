@@ -258,6 +258,7 @@ def report(backend: str, level: str, count: int) -> list[str]:
 # with the interface's real thread pool and event loop.
 
 WSGI_CONNECTIONS = 50
+WSGI_THREADS = 0  # --wsgi-threads: the pool's size (0: the wsgi_threads default)
 CALLGRIND_HEADS = 4000
 
 
@@ -286,6 +287,8 @@ async def _wsgi_whole_path(app: Any, items: list[bytes], rounds: int) -> float:
     """us per request (process time, all threads) of ``items`` through real Connections."""
     cfg = _config("httptools")
     wsgi = WsgiApp(app, cfg, "bench")
+    if WSGI_THREADS:
+        wsgi.threads = WSGI_THREADS
     state = Shared(cfg, wsgi)
     state.start()
     await wsgi.startup()
@@ -401,7 +404,10 @@ def main() -> None:
     )
     parser.add_argument("--flask", action="store_true", help="with --wsgi-requests: Flask")
     parser.add_argument("--identical", action="store_true", help="with --wsgi-requests")
+    parser.add_argument("--wsgi-threads", type=int, default=0, help="the WSGI pool's size")
     args = parser.parse_args()
+    global WSGI_THREADS  # noqa: PLW0603 - a flag of this script
+    WSGI_THREADS = args.wsgi_threads
     if args.wsgi_requests:
         log.setup("info")
         app = _wsgi_apps()["flask" if args.flask else "plain"]
