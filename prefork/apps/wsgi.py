@@ -10,8 +10,7 @@ A thread only runs the app and builds the response bytes
 queue (never a 503), and connections that are idle, slow to send or slow to
 read cost no thread.
 
-The hand-off is one ``submit`` to the pool (``wsgi_pool``: it wakes a thread
-only when none is awake or the awake ones are stuck) and, back, one loop
+The hand-off is one ``SimpleQueue.put`` to the pool and, back, one loop
 wake-up for however many calls finished meanwhile (``_deliver``), not one per
 call: measured against ``loop.run_in_executor`` in docs/wsgi.md.
 """
@@ -21,8 +20,9 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
-import contextlib
 import logging
+import queue
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -39,7 +39,6 @@ from prefork.apps.wsgi_input import (
     InputError,
     StreamedInput,
 )
-from prefork.apps.wsgi_pool import Pool
 from prefork.config import Config
 from prefork.engine.connection import Connection
 from prefork.errors import PeerGone, ProtocolError
@@ -59,6 +58,14 @@ WsgiCallable = Callable[..., Any]
 JOIN_TIMEOUT_S = 5.0
 # While the head of a file sent with sendfile waits in the transport's buffer.
 _FLUSH_POLL_S = 0.001
+
+
+class _Job:
+    __slots__ = ("call", "future")
+
+    def __init__(self, call: Call, future: asyncio.Future[Outcome]) -> None:
+        self.call = call
+        self.future = future
 
 
 class WsgiApp:
@@ -84,27 +91,35 @@ class WsgiApp:
         self.negotiated_cache: NegotiatedCache = {}
         self.fields_cache: dict[Any, Head] = {}
         self.tls = False  # set from the first connection (the worker's listeners all agree)
-        self._pool: Pool[tuple[Call, asyncio.Future[Outcome]]] = Pool(
-            self.threads, self._run_job, "prefork-wsgi"
-        )
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._done: collections.deque[tuple[asyncio.Future[Outcome], Outcome]] = collections.deque()
         self._scheduled = False
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._workers: list[threading.Thread] = []
         self._tasks: set[asyncio.Task[None]] = set()
 
     # -- AppInterface ---------------------------------------------------------
 
     async def startup(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self._pool.size = self.threads
-        self._pool.start(self._loop)
+        for n in range(self.threads):
+            thread = threading.Thread(target=self._work, name=f"prefork-wsgi-{n}", daemon=True)
+            thread.start()
+            self._workers.append(thread)
 
     async def shutdown(self) -> None:
-        self._pool.stop()
+        for _ in self._workers:
+            self._jobs.put(None)
         # Joined from another thread: one finishing a response still needs the loop.
-        busy = await asyncio.to_thread(self._pool.join, time.monotonic() + JOIN_TIMEOUT_S)
+        await asyncio.to_thread(self._join, time.monotonic() + JOIN_TIMEOUT_S)
+        busy = sum(thread.is_alive() for thread in self._workers)
         if busy:
             logger.warning("app %s: %d WSGI call(s) still running at shutdown", self.name, busy)
+        self._workers = []
+
+    def _join(self, deadline: float) -> None:
+        for thread in self._workers:
+            thread.join(max(0.0, deadline - time.monotonic()))
 
     def respond_inline(self, conn: Connection, req: Request) -> bool:
         return False  # never called: ``inline`` is False
@@ -149,7 +164,7 @@ class WsgiApp:
         conn.count = counts[nxt] if nxt < len(counts) else nxt
         assert self._loop is not None, "WsgiApp.startup was not run"
         future: asyncio.Future[Outcome] = self._loop.create_future()
-        self._pool.submit((Call(self, conn, req, environ, keep_alive, body), future))
+        self._jobs.put(_Job(Call(self, conn, req, environ, keep_alive, body), future))
         out = await future
         kind = out.kind
         if kind == Outcome.BUFFERED:
@@ -332,21 +347,27 @@ class WsgiApp:
 
     # -- what pool threads call -----------------------------------------------
 
-    def _run_job(self, job: tuple[Call, asyncio.Future[Outcome]]) -> None:
-        """Run one call (in a pool thread) and queue its outcome for ``_deliver``."""
-        call, future = job
-        try:
-            outcome = call.run()
-        except BaseException:  # the app's SystemExit, say: the thread stays
-            app_logger.exception("app %s: the WSGI call failed", self.name)
-            outcome = Outcome(Outcome.FAILED)
-        self._done.append((future, outcome))
-        if not self._scheduled:
-            self._scheduled = True
-            assert self._loop is not None
-            # (RuntimeError: the loop is closed, the worker is exiting.)
-            with contextlib.suppress(RuntimeError):
-                self._loop.call_soon_threadsafe(self._deliver)
+    def _work(self) -> None:
+        get = self._jobs.get
+        done = self._done
+        loop = self._loop
+        assert loop is not None
+        while True:
+            job = get()
+            if job is None:
+                return
+            try:
+                outcome = job.call.run()
+            except BaseException:  # the app's SystemExit, say: the thread stays
+                app_logger.exception("app %s: the WSGI call failed", self.name)
+                outcome = Outcome(Outcome.FAILED)
+            done.append((job.future, outcome))
+            if not self._scheduled:
+                self._scheduled = True
+                try:
+                    loop.call_soon_threadsafe(self._deliver)
+                except RuntimeError:  # the loop is closed: the worker is exiting
+                    return
 
     def receive_piece(self, body: StreamedInput) -> tuple[bytes, bool]:
         """From a pool thread: the next piece of a streamed body (``wsgi_input.BodySource``).
