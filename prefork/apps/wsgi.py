@@ -103,6 +103,9 @@ class WsgiApp:
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._done: collections.deque[tuple[_Job, Outcome]] = collections.deque()
         self._scheduled = False
+        # Jobs from the protocol callback, handed to the pool at the end of
+        # the loop turn (``_submit_held``): see ``_submit``.
+        self._held: list[_Job] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._workers: list[threading.Thread] = []
         self._tasks: set[asyncio.Task[None]] = set()
@@ -140,7 +143,7 @@ class WsgiApp:
         if (req.content_length or req.chunked) and streams_body(req, STREAM_BODIES_OVER):
             conn.hand_off(req)
         else:
-            conn.hand_off(self._submit(conn, req, None, time.monotonic()), wake=False)
+            conn.hand_off(self._submit(conn, req, None, time.monotonic(), True), wake=False)
         return False
 
     async def exchange(self, conn: Connection) -> Action:
@@ -211,9 +214,22 @@ class WsgiApp:
         return "close"
 
     def _submit(
-        self, conn: Connection, req: Request, body: StreamedInput | None, started: float
+        self,
+        conn: Connection,
+        req: Request,
+        body: StreamedInput | None,
+        started: float,
+        hold: bool = False,
     ) -> _Job:
-        """Build the environ of ``req`` and hand the call to the pool; counts the request."""
+        """Build the environ of ``req`` and hand the call to the pool; counts the request.
+
+        ``hold``: from the protocol callback, where the job waits for the end
+        of the loop turn. uvloop lets go of the GIL between two sockets'
+        callbacks: a thread woken from one would take it there and run the
+        app between them, and the loop and the thread would pass the GIL back
+        and forth for every request (measured: 3 context switches per request
+        instead of 0.25). Handed over together, the calls run after the turn.
+        """
         shared = conn.shared
         env: ConnectionEnviron | None = conn.ctx
         if env is None or env.client_ip is not conn.client_ip:
@@ -239,8 +255,21 @@ class WsgiApp:
             client,
             started,
         )
-        self._jobs.put(job)
+        if hold:
+            held = self._held
+            held.append(job)
+            if len(held) == 1:
+                self._loop.call_soon(self._submit_held)
+        else:
+            self._jobs.put(job)
         return job
+
+    def _submit_held(self) -> None:
+        held = self._held
+        self._held = []
+        put = self._jobs.put
+        for job in held:
+            put(job)
 
     # -- the loop's side ------------------------------------------------------
 
