@@ -56,9 +56,6 @@ import heads  # noqa: E402
 # -- prefork's pieces: every import of prefork is here -----------------------
 from prefork import log  # noqa: E402
 from prefork.apps.native import NativeApp, exchange  # noqa: E402
-from prefork.apps.wsgi import WsgiApp  # noqa: E402
-from prefork.apps.wsgi_call import Call  # noqa: E402
-from prefork.apps.wsgi_environ import ConnectionEnviron, request_environ  # noqa: E402
 from prefork.config import Config  # noqa: E402
 from prefork.engine.connection import Connection  # noqa: E402
 from prefork.engine.shared import Shared  # noqa: E402
@@ -207,35 +204,6 @@ async def per_connection(n: int) -> float:
     return grown / n
 
 
-def report(backend: str, level: str, count: int) -> list[str]:
-    varied = [heads.for_host(h, "127.0.0.1:8080") for h in heads.generate(count)]
-    st = sans_io_stages(backend, varied)
-    checks = st["reader"] - st["parse"] - st["dict"]
-    arguments = st["dict"] + st["args"]
-    lines = [
-        f"{backend}: varied heads ({count} distinct, ~{sum(map(len, varied)) // count} bytes),"
-        f" us per request",
-        f"  parse      {st['parse']:6.2f}   the {backend} backend alone",
-        f"  checks     {checks:6.2f}   framing, raw-byte and semantic checks"
-        f" (reader {st['reader']:.2f} - parse - header dict)",
-        f"  arguments  {arguments:6.2f}   header dict {st['dict']:.2f} + query args"
-        f" {st['args']:.2f}",
-    ]
-    if WHOLE_PATH_MISSING is not None:
-        lines.append(f"  response   (whole path not available: {WHOLE_PATH_MISSING})")
-        return lines
-    whole = uvloop.run(whole_path(backend, level, varied))
-    same = uvloop.run(whole_path(backend, level, [IDENTICAL] * count))
-    lines += [
-        f"  response   {whole - st['reader'] - st['args']:6.2f}   handler call, response bytes,"
-        " write, exchange (whole - reader - query args)",
-        f"  whole path {whole:6.2f}   (identical heads, cache hits: {same:.2f}; log level {level}"
-        + "".join(f", {key} {value}" for key, value in EXTRA.items())
-        + ")",
-    ]
-    return lines
-
-
 # -- WSGI (issue 18): the per-request path of ``interface = "wsgi"`` ----------
 #
 #     python bench/micro.py --wsgi            # plain app and Flask, varied and identical heads
@@ -264,7 +232,7 @@ WSGI_THREADS = 0  # --wsgi-threads: the pool's size (0: the wsgi_threads default
 CALLGRIND_HEADS = 4000
 
 
-class CountingTransport(NullTransport):
+class WsgiTransport(NullTransport):
     """Swallows writes, counting them; resolves ``waiter`` at ``target`` writes."""
 
     def __init__(self, counter: list[Any]) -> None:
@@ -287,6 +255,8 @@ def _wsgi_apps() -> dict[str, Any]:
 
 async def _wsgi_whole_path(app: Any, items: list[bytes], rounds: int) -> float:
     """us per request (process time, all threads) of ``items`` through real Connections."""
+    from prefork.apps.wsgi import WsgiApp
+
     cfg = _config("httptools")
     wsgi = WsgiApp(app, cfg, "bench")
     if WSGI_THREADS:
@@ -300,7 +270,7 @@ async def _wsgi_whole_path(app: Any, items: list[bytes], rounds: int) -> float:
     tasks = []
     for _ in range(WSGI_CONNECTIONS):
         conn = Connection(state)
-        conn.connection_made(CountingTransport(counter))
+        conn.connection_made(WsgiTransport(counter))
         conns.append(conn)
 
         async def serve(conn: Connection = conn) -> None:
@@ -328,6 +298,10 @@ async def _wsgi_whole_path(app: Any, items: list[bytes], rounds: int) -> float:
 
 async def _wsgi_stages(app: Any, items: list[bytes]) -> dict[str, float]:
     """reader, environ, app, Call.run: us per request, on this thread (no loop needed)."""
+    from prefork.apps.wsgi import WsgiApp
+    from prefork.apps.wsgi_call import Call
+    from prefork.apps.wsgi_environ import ConnectionEnviron, request_environ
+
     cfg = _config("httptools")
     wsgi = WsgiApp(app, cfg, "bench")
     state = Shared(cfg, wsgi)
@@ -396,15 +370,7 @@ def wsgi_report(count: int) -> list[str]:
     return lines
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--access", action="store_true", help="access log on (to /dev/null)")
-    parser.add_argument("--json", action="store_true", help='access_log_format = "json"')
-    parser.add_argument("--metrics", action="store_true", help="count metrics (metrics_bind)")
-    parser.add_argument("--memory", action="store_true", help="bytes per parked connection")
-    parser.add_argument(
-        "-n", type=int, default=heads.DEFAULT_COUNT, help="distinct heads per round (20000)"
-    )
+def wsgi_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--wsgi", action="store_true", help="the WSGI path, by stage")
     parser.add_argument(
         "--wsgi-requests", type=int, default=0, help="only the WSGI whole path, N requests"
@@ -412,7 +378,10 @@ def main() -> None:
     parser.add_argument("--flask", action="store_true", help="with --wsgi-requests: Flask")
     parser.add_argument("--identical", action="store_true", help="with --wsgi-requests")
     parser.add_argument("--wsgi-threads", type=int, default=0, help="the WSGI pool's size")
-    args = parser.parse_args()
+
+
+def wsgi_main(args: argparse.Namespace) -> bool:
+    """Run what the WSGI flags ask for; False when they ask for nothing."""
     global WSGI_THREADS  # a flag of this script
     WSGI_THREADS = args.wsgi_threads
     if args.wsgi_requests:
@@ -426,15 +395,60 @@ def main() -> None:
             made = heads.generate(max(n, CALLGRIND_HEADS))
             items = [heads.for_host(h, "127.0.0.1:8080") for h in made[:n]]
         uvloop.run(_wsgi_whole_path(app, items, 1))
-        return
+        return True
     if args.wsgi:
         log.setup("info")
         print("\n".join(wsgi_report(args.n)))
-        return
+        return True
+    return False
+
+
+def report(backend: str, level: str, count: int) -> list[str]:
+    varied = [heads.for_host(h, "127.0.0.1:8080") for h in heads.generate(count)]
+    st = sans_io_stages(backend, varied)
+    checks = st["reader"] - st["parse"] - st["dict"]
+    arguments = st["dict"] + st["args"]
+    lines = [
+        f"{backend}: varied heads ({count} distinct, ~{sum(map(len, varied)) // count} bytes),"
+        f" us per request",
+        f"  parse      {st['parse']:6.2f}   the {backend} backend alone",
+        f"  checks     {checks:6.2f}   framing, raw-byte and semantic checks"
+        f" (reader {st['reader']:.2f} - parse - header dict)",
+        f"  arguments  {arguments:6.2f}   header dict {st['dict']:.2f} + query args"
+        f" {st['args']:.2f}",
+    ]
+    if WHOLE_PATH_MISSING is not None:
+        lines.append(f"  response   (whole path not available: {WHOLE_PATH_MISSING})")
+        return lines
+    whole = uvloop.run(whole_path(backend, level, varied))
+    same = uvloop.run(whole_path(backend, level, [IDENTICAL] * count))
+    lines += [
+        f"  response   {whole - st['reader'] - st['args']:6.2f}   handler call, response bytes,"
+        " write, exchange (whole - reader - query args)",
+        f"  whole path {whole:6.2f}   (identical heads, cache hits: {same:.2f}; log level {level}"
+        + "".join(f", {key} {value}" for key, value in EXTRA.items())
+        + ")",
+    ]
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    wsgi_arguments(parser)
+    parser.add_argument("--access", action="store_true", help="access log on (to /dev/null)")
+    parser.add_argument("--json", action="store_true", help='access_log_format = "json"')
+    parser.add_argument("--metrics", action="store_true", help="count metrics (metrics_bind)")
+    parser.add_argument("--memory", action="store_true", help="bytes per parked connection")
+    parser.add_argument(
+        "-n", type=int, default=heads.DEFAULT_COUNT, help="distinct heads per round (20000)"
+    )
+    args = parser.parse_args()
     if args.memory:
         if WHOLE_PATH_MISSING is not None:
             raise SystemExit(f"the engine is not importable: {WHOLE_PATH_MISSING}")
         print(f"{uvloop.run(per_connection(1000)):.0f} bytes per parked keep-alive connection")
+        return
+    if wsgi_main(args):
         return
     level = "access" if args.access else "info"
     if args.json:
