@@ -57,7 +57,6 @@ class Connection(Lifecycle):
         "_eof",
         "_gone_waiter",
         "_handoff",
-        "_handoff_wakes",
         "_inline",
         "_loop",
         "_lost",
@@ -66,6 +65,7 @@ class Connection(Lifecycle):
         "_read_paused",
         "_reading",
         "_waiter",
+        "_wake_on_handoff",
         "_write_paused",
         "app",
         "behind_proxy",
@@ -106,10 +106,10 @@ class Connection(Lifecycle):
         self._read_paused = False
         self._write_paused = False
         self._drain_waiter: asyncio.Future[None] | None = None
+        self._wake_on_handoff = True  # hand_off(wake=False) defers the wake-up
         self._on_drain: Callable[[], None] | None = None
         self._gone_waiter: asyncio.Future[None] | None = None
         self._handoff: object = None
-        self._handoff_wakes = True
         # Sync handlers are served straight from data_received while the
         # connection coroutine is parked: no wake-up per request.
         self._inline = shared.app.inline
@@ -283,7 +283,7 @@ class Connection(Lifecycle):
         one wake-up of the coroutine per request instead of two.
         """
         self._handoff = payload
-        self._handoff_wakes = wake
+        self._wake_on_handoff = wake
 
     def resume(self) -> None:
         """Wake the coroutine parked after ``hand_off(payload, wake=False)``."""
@@ -307,7 +307,7 @@ class Connection(Lifecycle):
         """What ``hand_off`` left (None if nothing), once."""
         handoff = self._handoff
         self._handoff = None
-        self._handoff_wakes = True
+        self._wake_on_handoff = True
         return handoff
 
     def _serve_inline(self) -> bool:
@@ -348,7 +348,7 @@ class Connection(Lifecycle):
         # turn) wait in ``_pending``, so no later request is answered, nor a
         # 100 Continue sent, before this one.
         self._reading = False
-        if self._handoff_wakes:
+        if self._wake_on_handoff:
             self._wake()
         else:
             self._clear_deadline()  # answered elsewhere, as if by the coroutine
