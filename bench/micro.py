@@ -7,6 +7,7 @@
     python bench/micro.py --memory        # bytes per parked keep-alive connection (tracemalloc)
     python bench/micro.py -n 5000         # fewer distinct heads per round
     python bench/micro.py --asgi          # the ASGI path (bench/apps/asgi_app.py) split by stage
+    python bench/micro.py --asgi-whole varied --rounds 1 -n 2000   # that path alone (callgrind)
 
 The heads are those of the varied-heads scenario (``heads.py``: every head
 different, ~600 bytes), so prefork's cache of parsed heads never hits, as
@@ -351,6 +352,11 @@ def main() -> None:
     parser.add_argument("--memory", action="store_true", help="bytes per parked connection")
     parser.add_argument("--asgi", action="store_true", help="the ASGI path (asgi_report)")
     parser.add_argument(
+        "--asgi-whole",
+        choices=("varied", "identical"),
+        help="only the ASGI whole path, on -n heads (for callgrind: the difference of two -n)",
+    )
+    parser.add_argument(
         "--rounds", type=int, default=ROUNDS, help="rounds per measure, best kept (5)"
     )
     parser.add_argument(
@@ -358,6 +364,14 @@ def main() -> None:
     )
     args = parser.parse_args()
     ROUNDS = args.rounds
+    if args.asgi_whole:
+        log.setup("info")
+        # At least 4,000 heads made whatever -n: the same set-up cost for two
+        # runs whose difference callgrind is to count (-n 2000 and -n 4000).
+        made = [heads.for_host(h, "127.0.0.1:8080") for h in heads.generate(max(args.n, 4000))]
+        items = made[: args.n] if args.asgi_whole == "varied" else [IDENTICAL] * args.n
+        print(f"{uvloop.run(asgi_whole_path(items)):.2f} us per request")
+        return
     if args.asgi:
         log.setup("info")
         print("\n".join(asgi_report(args.n)))
