@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from prefork.apps import detect_interface
+from prefork.apps.asgi_exchange import whole_head
 from prefork.apps.asgi_lifespan import Lifespan, LifespanFailed
 from prefork.apps.asgi_messages import AsgiMessageError, response_fields
 from prefork.apps.asgi_scope import ConnScope, decode_path, http_scope, lower_headers
@@ -17,6 +18,7 @@ from prefork.errors import ProtocolError
 from prefork.http.parsers import make_parser
 from prefork.http.protocol import RequestReader, streams_body
 from prefork.http.request import Limits, Request
+from prefork.http.response import DATE
 
 ASGI = {"version": "3.0", "spec_version": "2.5"}
 
@@ -147,6 +149,32 @@ def test_response_fields_framing_is_the_servers() -> None:
     assert text == "x-a: 1\r\n"
     assert close
     assert length == 12
+
+
+def test_whole_heads_are_remembered_within_a_second() -> None:
+    DATE.refresh(1_700_000_000.0)
+    first = whole_head(200, "x-a: 1\r\n", False, 13, True, False)
+    assert first == (
+        b"HTTP/1.1 200 OK\r\nServer: prefork\r\nDate: Tue, 14 Nov 2023 22:13:20 GMT\r\n"
+        b"x-a: 1\r\nContent-Length: 13\r\n\r\n"
+    )
+    assert whole_head(200, "x-a: 1\r\n", False, 13, True, False) is first
+    # Each part of the key makes its own head.
+    assert b"Content-Length: 14\r\n" in whole_head(200, "x-a: 1\r\n", False, 14, True, False)
+    assert whole_head(200, "x-a: 1\r\n", False, 13, False, False).endswith(
+        b"Connection: close\r\n\r\n"
+    )
+    assert b"Server:" not in whole_head(200, "x-a: 1\r\n", True, 13, True, False)
+    assert whole_head(404, "x-a: 1\r\n", False, 13, True, False).startswith(b"HTTP/1.1 404 ")
+    assert whole_head(200, "x-a: 1\r\n", False, 13, True, True).endswith(
+        b"Connection: keep-alive\r\n\r\n"
+    )
+    # The next second's Date line: no head of the last second is given out.
+    DATE.refresh(1_700_000_001.0)
+    assert b"Date: Tue, 14 Nov 2023 22:13:21 GMT\r\n" in whole_head(
+        200, "x-a: 1\r\n", False, 13, True, False
+    )
+    DATE.refresh()
 
 
 @pytest.mark.parametrize(
