@@ -322,6 +322,7 @@ class Exchange:
         shared = conn.shared
         text = self.text
         length = self.app_length
+        framing: str | None
         if status < 200 or status == 204 or status == 304:  # (bodyless_status, inline)
             framing = ""
             body = b""
@@ -349,15 +350,13 @@ class Exchange:
                     if compressed is None:
                         return self._whole_compressed(body, coding, text)
                     body = compressed
-            keep_alive = self._decide_keep_alive()
-            http10 = req.version == "1.0"
-            head = whole_head(status, text, self.has_server, len(body), keep_alive, http10)
-            conn.write_response(head, body, keep_alive, False)
-            self.sent = len(body)
-            self._complete()
-            return None
+            framing = None  # Content-Length: len(body), in a head from whole_head
         keep_alive = self._decide_keep_alive()
-        head = encode_head(status, text, self.has_server, framing, keep_alive, req.version == "1.0")
+        http10 = req.version == "1.0"
+        if framing is None:
+            head = whole_head(status, text, self.has_server, len(body), keep_alive, http10)
+        else:
+            head = encode_head(status, text, self.has_server, framing, keep_alive, http10)
         conn.write_response(head, body, keep_alive, False)
         self.sent = len(body)
         self._complete()
