@@ -9,9 +9,11 @@ The scope comes from ``asgi_scope``, the lifespan protocol from
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import time
-from collections.abc import Awaitable, Callable
+import types
+from collections.abc import Awaitable, Callable, Coroutine, Generator
 from typing import Any
 
 from prefork import log
@@ -111,7 +113,12 @@ class AsgiApp:
             client_ip = _forwarded(scope, req, conn)
         ex = Exchange(self.name, conn, req, count, started, client_ip)
         try:
-            await self.app(scope, ex.receive, ex.send)
+            context = contextvars.copy_context()
+            call = context.run(self.app, scope, ex.receive, ex.send)
+            if type(call) is types.CoroutineType:
+                await in_context(call, context)
+            else:  # an awaitable of another kind: awaited as it is
+                await call
         except Exception as exc:
             action = ex.failed(exc)
         else:
@@ -119,6 +126,38 @@ class AsgiApp:
         if action == "keep-alive" and conn.write_paused:
             await conn.drain()
         return action
+
+
+@types.coroutine
+def in_context(
+    coro: Coroutine[Any, Any, None], context: contextvars.Context
+) -> Generator[Any, Any, None]:
+    """Await ``coro`` with each of its steps run in ``context``.
+
+    Each request's call runs in a copy of the connection task's context, as
+    it would in a task of its own (uvicorn, hypercorn, granian make one per
+    request), without the task: what an app sets in a ContextVar (a request
+    id, a user) stays with its request and never shows in the next request
+    on the same keep-alive connection. Results, exceptions and cancellation
+    pass through to ``coro`` as ``await`` would pass them. (A generator, not
+    a class with ``__await__``: no object to set up per request.)
+    """
+    run = context.run
+    value: Any = None
+    error: BaseException | None = None
+    while True:  # one turn per step of the app, as a Task's: ends when the app does
+        try:
+            step = run(coro.send, value) if error is None else run(coro.throw, error)
+        except StopIteration:
+            return
+        value = error = None
+        try:
+            value = yield step
+        except GeneratorExit:
+            coro.close()
+            raise
+        except BaseException as exc:  # (CancelledError too): thrown into the app
+            error = exc
 
 
 def _forwarded(scope: dict[str, Any], req: Request, conn: Connection) -> str:

@@ -4,12 +4,14 @@ the reader's streamed bodies, lifespan, and telling an ASGI app apart."""
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import gc
 from typing import Any
 
 import pytest
 
 from prefork.apps import detect_interface
+from prefork.apps.asgi import in_context
 from prefork.apps.asgi_exchange import whole_head
 from prefork.apps.asgi_lifespan import Lifespan, LifespanFailed
 from prefork.apps.asgi_messages import AsgiMessageError, response_fields
@@ -115,6 +117,50 @@ def test_varied_heads_leave_nothing_behind() -> None:
     serve(1000)
     gc.collect()
     assert len(gc.get_objects()) - before < 50
+
+
+def test_in_context_passes_results_errors_and_cancellation() -> None:
+    """What an awaited app gets through in_context: futures' results, its own
+    context across its awaits (not the caller's), exceptions and cancellation."""
+    mark: contextvars.ContextVar[str] = contextvars.ContextVar("mark", default="caller's")
+    seen: list[object] = []
+
+    async def app(fut: asyncio.Future[int], fail: bool) -> None:
+        mark.set("app's")
+        seen.append(await fut)
+        seen.append(mark.get())
+        if fail:
+            raise ValueError("app failed")
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            seen.append("cancelled")
+            raise
+
+    async def call(fut: asyncio.Future[int], fail: bool) -> None:
+        context = contextvars.copy_context()
+        await in_context(context.run(app, fut, fail), context)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[int] = loop.create_future()
+        task = loop.create_task(call(fut, False))
+        await asyncio.sleep(0)
+        fut.set_result(42)
+        for _ in range(3):
+            await asyncio.sleep(0)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert seen == [42, "app's", "cancelled"]
+        failing: asyncio.Future[int] = loop.create_future()
+        failing.set_result(7)
+        with pytest.raises(ValueError, match="app failed"):
+            await call(failing, True)
+        assert seen[3:] == [7, "app's"]
+        assert mark.get() == "caller's"
+
+    asyncio.run(main())
 
 
 def test_decode_path_invalid_utf8() -> None:
