@@ -116,7 +116,9 @@ class AsgiApp:
             context = contextvars.copy_context()
             call = context.run(self.app, scope, ex.receive, ex.send)
             if type(call) is types.CoroutineType:
-                await in_context(call, context)
+                rest = start_in_context(call, context)
+                if rest is not None:
+                    await rest
             else:  # an awaitable of another kind: awaited as it is
                 await call
         except Exception as exc:
@@ -128,36 +130,48 @@ class AsgiApp:
         return action
 
 
-@types.coroutine
-def in_context(
+def start_in_context(
     coro: Coroutine[Any, Any, None], context: contextvars.Context
-) -> Generator[Any, Any, None]:
-    """Await ``coro`` with each of its steps run in ``context``.
+) -> Awaitable[None] | None:
+    """Run the first step of ``coro`` in ``context``: None when that was all of
+    it (most requests: nothing to wait for), else what to await for the rest.
 
     Each request's call runs in a copy of the connection task's context, as
     it would in a task of its own (uvicorn, hypercorn, granian make one per
     request), without the task: what an app sets in a ContextVar (a request
     id, a user) stays with its request and never shows in the next request
-    on the same keep-alive connection. Results, exceptions and cancellation
-    pass through to ``coro`` as ``await`` would pass them. (A generator, not
-    a class with ``__await__``: no object to set up per request.)
+    on the same keep-alive connection.
     """
+    try:
+        step = context.run(coro.send, None)
+    except StopIteration:
+        return None
+    return _resume_in_context(coro, context, step)
+
+
+@types.coroutine
+def _resume_in_context(
+    coro: Coroutine[Any, Any, None], context: contextvars.Context, step: Any
+) -> Generator[Any, Any, None]:
+    """The rest of ``coro`` after a first ``step``, each step run in ``context``:
+    results, exceptions and cancellation pass through as ``await`` passes them."""
     run = context.run
-    value: Any = None
-    error: BaseException | None = None
     while True:  # one turn per step of the app, as a Task's: ends when the app does
-        try:
-            step = run(coro.send, value) if error is None else run(coro.throw, error)
-        except StopIteration:
-            return
-        value = error = None
         try:
             value = yield step
         except GeneratorExit:
             coro.close()
             raise
         except BaseException as exc:  # (CancelledError too): thrown into the app
-            error = exc
+            try:
+                step = run(coro.throw, exc)
+            except StopIteration:
+                return
+            continue
+        try:
+            step = run(coro.send, value)
+        except StopIteration:
+            return
 
 
 def _forwarded(scope: dict[str, Any], req: Request, conn: Connection) -> str:

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from prefork.apps import detect_interface
-from prefork.apps.asgi import in_context
+from prefork.apps.asgi import start_in_context
 from prefork.apps.asgi_exchange import whole_head
 from prefork.apps.asgi_lifespan import Lifespan, LifespanFailed
 from prefork.apps.asgi_messages import AsgiMessageError, response_fields
@@ -120,7 +120,7 @@ def test_varied_heads_leave_nothing_behind() -> None:
 
 
 def test_in_context_passes_results_errors_and_cancellation() -> None:
-    """What an awaited app gets through in_context: futures' results, its own
+    """What an app run by start_in_context gets: futures' results, its own
     context across its awaits (not the caller's), exceptions and cancellation."""
     mark: contextvars.ContextVar[str] = contextvars.ContextVar("mark", default="caller's")
     seen: list[object] = []
@@ -139,7 +139,9 @@ def test_in_context_passes_results_errors_and_cancellation() -> None:
 
     async def call(fut: asyncio.Future[int], fail: bool) -> None:
         context = contextvars.copy_context()
-        await in_context(context.run(app, fut, fail), context)
+        rest = start_in_context(context.run(app, fut, fail), context)
+        assert rest is not None  # (the app waits for fut)
+        await rest
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
@@ -161,6 +163,18 @@ def test_in_context_passes_results_errors_and_cancellation() -> None:
         assert mark.get() == "caller's"
 
     asyncio.run(main())
+
+
+def test_in_context_an_app_that_does_not_wait() -> None:
+    mark: contextvars.ContextVar[str] = contextvars.ContextVar("mark", default="caller's")
+
+    async def app() -> None:
+        mark.set("app's")
+
+    context = contextvars.copy_context()
+    assert start_in_context(context.run(app), context) is None
+    assert context[mark] == "app's"
+    assert mark.get() == "caller's"
 
 
 def test_decode_path_invalid_utf8() -> None:
