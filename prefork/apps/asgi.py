@@ -2,7 +2,8 @@
 
 ``AsgiApp`` is what the engine calls (``engine.app.AppInterface``). Each
 request is one ``asgi_exchange.Exchange`` (the ``receive`` and ``send`` the
-app gets), awaited in the connection's own coroutine: no task per request.
+app gets), awaited in the connection's own coroutine: no task per request,
+but a context per request (``start_in_context``), as a task would have.
 The scope comes from ``asgi_scope``, the lifespan protocol from
 ``asgi_lifespan``, the rules of the app's messages from ``asgi_messages``.
 """
