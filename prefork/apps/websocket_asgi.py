@@ -105,6 +105,18 @@ def build_scope(req: WebSocketRequest, subprotocols: list[str]) -> Scope:
 class _Exchange:
     """The receive/send pair one app call gets, and what they did."""
 
+    # Lives as long as the connection: no per-instance __dict__.
+    __slots__ = (
+        "accepted",
+        "answered",
+        "body",
+        "closing",
+        "conn",
+        "connect_sent",
+        "response",
+        "ws",
+    )
+
     def __init__(self, conn: ConnectionLike, ws: WebSocket) -> None:
         self.conn = conn
         self.ws = ws
@@ -112,7 +124,7 @@ class _Exchange:
         self.accepted = False
         self.answered: Outcome | None = None  # an HTTP answer instead of the 101
         self.response: tuple[int, list[tuple[bytes, bytes]]] | None = None
-        self.body: list[bytes] = []
+        self.body: list[bytes] | None = None  # of a websocket.http.response
         self.closing = False
 
     async def receive(self) -> Message:
@@ -132,20 +144,23 @@ class _Exchange:
 
     async def send(self, message: Message) -> None:
         kind = message["type"]
+        if kind == "websocket.send" and self.accepted:
+            text, data = message.get("text"), message.get("bytes")
+            if text is not None and data is None:
+                # The object itself (str() of a str is the same object): the
+                # same message sent to many connections is framed once.
+                await self.ws.send(str(text))
+            elif data is not None and text is None:
+                await self.ws.send(data if type(data) is bytes else bytes(data))
+            else:
+                raise RuntimeError("websocket.send needs exactly one of 'text' and 'bytes'")
+            return
         if self.answered is not None:
             raise WebSocketClosed(1006, "the handshake was answered with HTTP")
         if not self.accepted:
             await self._before_accept(kind, message)
             return
-        if kind == "websocket.send":
-            text, data = message.get("text"), message.get("bytes")
-            if text is not None and data is None:
-                await self.ws.send(str(text))
-            elif data is not None and text is None:
-                await self.ws.send(bytes(data))
-            else:
-                raise RuntimeError("websocket.send needs exactly one of 'text' and 'bytes'")
-        elif kind == "websocket.close":
+        if kind == "websocket.close":
             self.closing = True
             await self.ws.start_close(message.get("code") or 1000, message.get("reason") or "")
         else:
@@ -155,10 +170,13 @@ class _Exchange:
         if self.response is not None:
             if kind != "websocket.http.response.body":
                 raise RuntimeError(f"expected websocket.http.response.body, got {kind!r}")
-            self.body.append(bytes(message.get("body", b"")))
+            body = self.body
+            if body is None:
+                body = self.body = []
+            body.append(bytes(message.get("body", b"")))
             if not message.get("more_body", False):
                 status, headers = self.response
-                await self._answer_http(status, headers, b"".join(self.body))
+                await self._answer_http(status, headers, b"".join(body))
             return
         if kind == "websocket.accept":
             await self.ws.accept(message.get("subprotocol"), message.get("headers") or [])

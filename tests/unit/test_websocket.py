@@ -42,6 +42,21 @@ class StreamConnection:
         self.writer.write(data)
         await self.writer.drain()
 
+    def send(self, data: bytes) -> None:
+        if not self.lost:
+            self.writer.write(data)
+
+    @property
+    def write_paused(self) -> bool:
+        return self.writer.transport.get_write_buffer_size() > 64 * 1024
+
+    @property
+    def lost(self) -> bool:
+        return self.writer.transport.is_closing()
+
+    async def drain(self) -> None:
+        await self.writer.drain()
+
     def close(self) -> None:
         self.writer.close()
 
