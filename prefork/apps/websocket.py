@@ -356,6 +356,16 @@ class WebSocket:
 
     async def send(self, data: str | bytes | bytearray | memoryview) -> None:
         """Send one message (``str``: text, bytes-like: binary); waits while the peer is slow."""
+        if self.send_nowait(data):
+            await self.wait_sent()
+
+    def send_nowait(self, data: str | bytes | bytearray | memoryview) -> bool:
+        """Hand one message to the transport now; True when the caller must then
+        ``await wait_sent()`` (the peer is slow). Raises ``WebSocketClosed``.
+
+        ``send`` is these two; a caller that sends often (the ASGI layer) calls
+        them itself and skips a coroutine per message when the peer keeps up.
+        """
         proto = self._proto
         if self._done or proto.state is not OPEN:
             raise WebSocketClosed(self.close_code, self.close_reason)
@@ -376,10 +386,13 @@ class WebSocket:
             else:
                 proto.send_binary(bytes(data))
             self._send_writes(proto.data_to_send())
-        if conn.write_paused:
-            await self._drained()
-            if self._done:
-                raise WebSocketClosed(self.close_code, self.close_reason)
+        return conn.write_paused
+
+    async def wait_sent(self) -> None:
+        """Wait until the transport takes more (after ``send_nowait`` said so)."""
+        await self._drained()
+        if self._done:
+            raise WebSocketClosed(self.close_code, self.close_reason)
 
     def _send_writes(self, chunks: list[bytes]) -> None:
         """Hand what the protocol produced to the connection; close after its EOF marker."""

@@ -149,11 +149,13 @@ class _Exchange:
             if text is not None and data is None:
                 # The object itself (str() of a str is the same object): the
                 # same message sent to many connections is framed once.
-                await self.ws.send(str(text))
+                paused = self.ws.send_nowait(str(text))
             elif data is not None and text is None:
-                await self.ws.send(data if type(data) is bytes else bytes(data))
+                paused = self.ws.send_nowait(data if type(data) is bytes else bytes(data))
             else:
                 raise RuntimeError("websocket.send needs exactly one of 'text' and 'bytes'")
+            if paused:
+                await self.ws.wait_sent()
             return
         if self.answered is not None:
             raise WebSocketClosed(1006, "the handshake was answered with HTTP")
