@@ -133,7 +133,6 @@ class WebSocket:
         "_plain",
         "_proto",
         "_reading",
-        "_text",
         "_turn",
         "_write_lock",
         "bytes_sent",
@@ -167,7 +166,6 @@ class WebSocket:
         # A fragmented message being put together.
         self._parts: list[Any] | None = None
         self._decoder: codecs.IncrementalDecoder | None = None
-        self._text = False
         self._ping_payload: bytes | None = None
         # Between pings only a deadline on the loop's shared wheel (no task,
         # no timer: an idle connection stays small).
@@ -289,23 +287,37 @@ class WebSocket:
         proto.receive_data(data)
         for frame in proto.events_received():
             assert isinstance(frame, Frame)  # the handshake was done by Handshake
-            self._on_frame(frame)
+            opcode = frame.opcode
+            if frame.fin and (opcode is Opcode.TEXT or opcode is Opcode.BINARY):
+                # A whole message in one frame, the usual case, inline. (One
+                # in the middle of a fragmented message the protocol refuses.)
+                if opcode is Opcode.TEXT:
+                    try:
+                        message: str | bytes = str(frame.data, "utf-8")
+                    except UnicodeDecodeError as exc:
+                        self._invalid_utf8(exc)
+                        continue
+                else:
+                    message = bytes(frame.data)
+                messages = self._messages
+                if messages is None:
+                    self._messages = [message]
+                else:
+                    messages.append(message)
+                self._buffered += len(message)
+            else:
+                self._on_frame(frame)
         writes = proto.data_to_send()
         if writes:
             self._send_writes(writes)
 
     def _on_frame(self, frame: Frame) -> None:
+        """A frame other than a whole message (``_feed`` takes those)."""
         opcode, data, fin = frame.opcode, frame.data, frame.fin
-        if opcode is Opcode.TEXT or opcode is Opcode.BINARY:
-            self._text = opcode is Opcode.TEXT
-            if fin:
-                if self._text:
-                    self._decode(data, final=True, whole=True)
-                else:
-                    self._queue(bytes(data))
-                return
+        if opcode is Opcode.TEXT or opcode is Opcode.BINARY:  # a first fragment
             self._parts = []
-            self._decoder = codecs.getincrementaldecoder("utf-8")() if self._text else None
+            text = opcode is Opcode.TEXT
+            self._decoder = codecs.getincrementaldecoder("utf-8")() if text else None
         elif opcode is not Opcode.CONT:
             if opcode is Opcode.PONG and data == self._ping_payload:
                 self._ping_payload = None
@@ -313,11 +325,19 @@ class WebSocket:
                 self._parts = None  # an unfinished message is abandoned
                 self._decoder = None
             return  # PING: the protocol queued the pong; CLOSE: it answered
-        parts = self._parts
+        parts, decoder = self._parts, self._decoder
         if parts is None:  # (the protocol refuses a CONT without a start)
             return
-        if self._text:
-            self._decode(data, final=fin, whole=False)
+        if decoder is not None:
+            # Fragments are decoded as they arrive, so invalid UTF-8 fails the
+            # connection at once (1007), not after the whole message.
+            try:
+                parts.append(decoder.decode(data, fin))
+            except UnicodeDecodeError as exc:
+                self._invalid_utf8(exc)
+                return
+            if fin:
+                self._queue("".join(parts))
         else:
             parts.append(bytes(data))
             if fin:
@@ -326,23 +346,9 @@ class WebSocket:
             self._parts = None
             self._decoder = None
 
-    def _decode(self, data: bytes | bytearray | memoryview, final: bool, whole: bool) -> None:
-        # Fragments are decoded as they arrive, so invalid UTF-8 fails the
-        # connection at once (1007), not after the whole message.
-        try:
-            if whole:
-                self._queue(str(data, "utf-8"))
-                return
-            decoder, parts = self._decoder, self._parts
-            assert decoder is not None
-            assert parts is not None
-            parts.append(decoder.decode(data, final))
-        except UnicodeDecodeError as exc:
-            self._proto.fail(CloseCode.INVALID_DATA, f"{exc.reason} at position {exc.start}")
-            self._parts = None
-            return
-        if final:
-            self._queue("".join(parts))
+    def _invalid_utf8(self, exc: UnicodeDecodeError) -> None:
+        self._proto.fail(CloseCode.INVALID_DATA, f"{exc.reason} at position {exc.start}")
+        self._parts = None
 
     def _queue(self, message: str | bytes) -> None:
         messages = self._messages
