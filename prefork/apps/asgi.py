@@ -162,7 +162,9 @@ async def _serve_websocket(
     )
     client_ip = conn.client_ip
     if conn.behind_proxy:
-        scope: dict[str, Any] = {"client": ws_req.client, "scheme": "http"}
+        # (The connection's own scheme unless the proxy says otherwise: a
+        # TLS connection from a trusted proxy stays wss without a header.)
+        scope: dict[str, Any] = {"client": ws_req.client, "scheme": info.scheme}
         client_ip = _forwarded(scope, req, conn)
         ws_req.client = scope["client"]
         ws_req.scheme = "wss" if scope["scheme"] == "https" else "ws"
