@@ -261,7 +261,7 @@ async def test_a_client_that_leaves_is_seen_by_the_app(server: tuple[str, Server
 
 
 async def test_many_sessions_at_once(server: tuple[str, ServerProcess]) -> None:
-    name, proc = server
+    _, proc = server
 
     async def session(i: int) -> str:
         async with connect(url(proc), subprotocols=["chat"]) as ws:
