@@ -8,6 +8,7 @@ library's own asyncio client on the other socket.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -405,3 +406,67 @@ async def test_idle_sessions_share_the_ping_timer_and_a_closed_one_is_let_go() -
 
 def _live_sessions() -> int:
     return sum(isinstance(o, WebSocket) for o in gc.get_objects())
+
+
+async def test_one_object_broadcast_to_plain_and_compressed_sessions() -> None:
+    """The same str (and bytes) object sent to sessions with and without
+    permessage-deflate: the frame kept for the plain ones never reaches a
+    compressed one, and a different object of the same length is framed anew."""
+    deflate = Options(ping_interval=None, ping_timeout=None, per_message_deflate=True)
+    subscribers: list[Any] = []
+    ready = asyncio.Event()
+    stop = asyncio.Event()
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+        await send({"type": "websocket.accept"})
+        subscribers.append(send)
+        if len(subscribers) == 4:
+            ready.set()
+        await stop.wait()
+
+    async with contextlib.AsyncExitStack() as stack:
+        clients = []
+        for compression in ("deflate", None, "deflate", None):
+            ws, _, _ = await stack.enter_async_context(
+                asgi_pair(app, deflate, compression=compression)
+            )
+            clients.append(ws)
+        await asyncio.wait_for(ready.wait(), 5)
+        negotiated = [
+            ws.response is not None and "sec-websocket-extensions" in ws.response.headers
+            for ws in clients
+        ]
+        assert negotiated == [True, False, True, False]
+        text = "tick " * 20
+        data = bytes(range(200))
+        for message in (
+            {"type": "websocket.send", "text": text},
+            {"type": "websocket.send", "text": text},  # the same object again
+            {"type": "websocket.send", "text": "tock " * 20},  # same length, other bytes
+            {"type": "websocket.send", "bytes": data},
+        ):
+            for send in subscribers:
+                await send(message)
+        for ws in clients:
+            got = [await asyncio.wait_for(ws.recv(), 5) for _ in range(4)]
+            assert got == [text, text, "tock " * 20, data]
+        stop.set()  # the app returns: each session is closed with 1000
+        for ws in clients:
+            with pytest.raises(ConnectionClosed):
+                await asyncio.wait_for(ws.recv(), 5)
+
+
+def test_handshake_with_a_body_is_400() -> None:
+    pairs = [
+        ("upgrade", "websocket"),
+        ("connection", "upgrade"),
+        ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+        ("sec-websocket-version", "13"),
+    ]
+    assert Handshake("GET", "/", [*pairs, ("content-length", "0")], NO_PINGS).ok
+    for extra in (("content-length", "5"), ("transfer-encoding", "chunked")):
+        handshake = Handshake("GET", "/", [*pairs, extra], NO_PINGS)
+        assert handshake.response.status_code == 400
+        with pytest.raises(ValueError, match="rejected handshake"):
+            WebSocket(StreamConnection.__new__(StreamConnection), handshake, NO_PINGS)
