@@ -81,10 +81,14 @@ class Outcome:
     sent: int = 0
 
 
+# One dict for every scope, as the HTTP scopes of a worker share theirs.
+_ASGI = {"version": "3.0", "spec_version": SPEC_VERSION}
+
+
 def build_scope(req: WebSocketRequest, subprotocols: list[str]) -> Scope:
     scope: Scope = {
         "type": "websocket",
-        "asgi": {"version": "3.0", "spec_version": SPEC_VERSION},
+        "asgi": _ASGI,
         "http_version": req.http_version,
         "scheme": req.scheme,
         "path": req.path,
@@ -239,8 +243,13 @@ async def serve_asgi_websocket(
     ``Connection.read`` hands them over itself: pass nothing then). Never
     raises for the app's errors (logged); the connection is closed on return.
     """
-    headers = [(bytes(n).decode("latin-1"), bytes(v).decode("latin-1")) for n, v in req.headers]
-    handshake = Handshake(req.method, req.target, headers, opts, req.http_version)
+    handshake = Handshake(
+        req.method,
+        req.target,
+        [(bytes(n).decode("latin-1"), bytes(v).decode("latin-1")) for n, v in req.headers],
+        opts,
+        req.http_version,
+    )
     if not handshake.ok:
         rejected = handshake.rejection()
         reply = error_response(rejected.status, rejected.body.decode().strip())
@@ -249,6 +258,9 @@ async def serve_asgi_websocket(
     ws = WebSocket(conn, handshake, opts, initial)
     exchange = _Exchange(conn, ws)
     scope = build_scope(req, handshake.subprotocols)
+    # This frame lives as long as the session: the handshake (its response
+    # and fields, ~1 KiB) goes once the WebSocket has what it needs.
+    del handshake
     try:
         await app(scope, exchange.receive, exchange.send)
     except Exception:

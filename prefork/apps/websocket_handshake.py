@@ -94,6 +94,24 @@ class _Checker(ServerProtocol):
         return None
 
 
+# One checker per process and deflate setting, reused by every handshake:
+# ``accept`` keeps nothing but what it negotiated for the request at hand
+# (``extensions``, read at once, with no await in between), and a
+# ServerProtocol per request would cost a uuid4 (a getrandom syscall) and a
+# reference cycle (its parser generator) for the cyclic GC to find.
+_checkers: dict[bool, _Checker] = {}
+
+
+def _checker(per_message_deflate: bool) -> _Checker:
+    checker = _checkers.get(per_message_deflate)
+    if checker is None:
+        factories = enable_server_permessage_deflate(None) if per_message_deflate else None
+        checker = _checkers[per_message_deflate] = _Checker(
+            extensions=factories, logger=protocol_logger
+        )
+    return checker
+
+
 class Handshake:
     """The opening handshake of one request, checked, and the protocol it starts.
 
@@ -113,8 +131,7 @@ class Handshake:
         opts: Options,
         http_version: str = "1.1",
     ) -> None:
-        extensions = enable_server_permessage_deflate(None) if opts.per_message_deflate else None
-        checker = _Checker(extensions=extensions, logger=protocol_logger)
+        checker = _checker(opts.per_message_deflate)
         fields = Headers(list(headers))
         self.protocol: Session | None = None
         if "Transfer-Encoding" in fields or not set(fields.get_all("Content-Length")) <= {"0"}:
@@ -130,7 +147,7 @@ class Handshake:
                     max_size=opts.max_message_size,
                     logger=protocol_logger,
                 )
-                session.extensions = checker.extensions
+                session.extensions = checker.extensions  # this request's, just made
                 self.protocol = session
         self.subprotocols = [
             value.strip()
