@@ -402,6 +402,8 @@ class WebSocket:
 
     def _send_writes(self, chunks: list[bytes]) -> None:
         """Hand what the protocol produced to the connection; close after its EOF marker."""
+        if not chunks:
+            return
         data = b"".join(chunks) if len(chunks) > 1 else chunks[0]
         if data and not self._done:
             conn = self._conn

@@ -147,7 +147,9 @@ class Handshake:
                     max_size=opts.max_message_size,
                     logger=protocol_logger,
                 )
-                session.extensions = checker.extensions  # this request's, just made
+                # This request's, just made; the shared checker lets go of
+                # them (a deflate extension holds zlib state, ~40 KiB).
+                session.extensions, checker.extensions = checker.extensions, []
                 self.protocol = session
         self.subprotocols = [
             value.strip()
