@@ -470,3 +470,62 @@ def test_handshake_with_a_body_is_400() -> None:
         assert handshake.response.status_code == 400
         with pytest.raises(ValueError, match="rejected handshake"):
             WebSocket(StreamConnection.__new__(StreamConnection), handshake, NO_PINGS)
+
+
+async def test_an_idle_session_keeps_nothing_of_its_handshake() -> None:
+    """Open sessions hold no handshake objects (the request, its fields, the
+    101 response, a ServerProtocol of their own) and no per-session lock."""
+    from websockets.datastructures import Headers
+    from websockets.http11 import Request, Response
+    from websockets.server import ServerProtocol
+
+    kinds = (Headers, Request, Response, ServerProtocol, asyncio.Lock)
+    opened = asyncio.Event()
+    stop = asyncio.Event()
+    count = [0]
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+        await send({"type": "websocket.accept"})
+        count[0] += 1
+        if count[0] == 10:
+            opened.set()
+        await stop.wait()
+
+    def alive() -> dict[str, int]:
+        gc.collect()
+        found = dict.fromkeys((k.__name__ for k in kinds), 0)
+        for obj in gc.get_objects():
+            for kind in kinds:
+                if isinstance(obj, kind):
+                    found[kind.__name__] += 1
+        return found
+
+    async with contextlib.AsyncExitStack() as stack:
+        clients = [
+            (await stack.enter_async_context(asgi_pair(app, compression=None)))[0]
+            for _ in range(10)
+        ]
+        await asyncio.wait_for(opened.wait(), 5)
+        before = alive()
+        # The clients' own handshake objects are theirs: count the server's
+        # by opening ten more and comparing.
+        more = [
+            (await stack.enter_async_context(asgi_pair(app, compression=None)))[0]
+            for _ in range(10)
+        ]
+        for _ in range(50):  # bounded: the last accepts
+            if count[0] == 20:
+                break
+            await asyncio.sleep(0.01)
+        after = alive()
+        # Each client keeps its request and the 101 it got (Request, Response,
+        # 2 Headers); the server side adds nothing per session.
+        per_client = {"Headers": 2, "Request": 1, "Response": 1}
+        assert {k: after[k] - before[k] for k in after} == {
+            k: 10 * per_client.get(k, 0) for k in after
+        }
+        stop.set()
+        for ws in [*clients, *more]:
+            with pytest.raises(ConnectionClosed):
+                await asyncio.wait_for(ws.recv(), 5)
