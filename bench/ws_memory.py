@@ -1,6 +1,7 @@
 """Memory per idle WebSocket connection: a worker's RSS before and after N clients.
 
-Run: python bench/ws_memory.py [N]   (prints KiB per connection, deflate on and off)
+Run: python bench/ws_memory.py [N]   (prints KiB per connection, deflate on and off,
+for a native handler and for a plain ASGI app)
 """
 
 from __future__ import annotations
@@ -27,10 +28,35 @@ async def handle(method, path, args, headers, body, ctx):
         await ws.send(message)
     return None, None, None
 """
+ASGI_APP = """
+async def app(scope, receive, send):
+    if scope["type"] == "lifespan":
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            else:
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+    if scope["type"] != "websocket":
+        await send({"type": "http.response.start", "status": 404, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+        return
+    await receive()  # websocket.connect
+    await send({"type": "websocket.accept"})
+    while True:
+        message = await receive()
+        if message["type"] != "websocket.receive":
+            return
+        text, data = message.get("text"), message.get("bytes")
+        await send({"type": "websocket.send", "text": text, "bytes": data})
+"""
 
 
-def start(directory: Path, deflate: bool, n: int) -> tuple[subprocess.Popen[bytes], int]:
-    (directory / "app.py").write_text(APP)
+def start(
+    directory: Path, deflate: bool, n: int, asgi: bool
+) -> tuple[subprocess.Popen[bytes], int]:
+    (directory / "app.py").write_text(ASGI_APP if asgi else APP)
     (directory / "ws.toml").write_text(
         f"ws_per_message_deflate = {str(deflate).lower()}\nconnection_limit = {n + 16}\n"
     )
@@ -43,7 +69,9 @@ def start(directory: Path, deflate: bool, n: int) -> tuple[subprocess.Popen[byte
                 "-m",
                 "prefork",
                 "run",
-                "app:handle",
+                "app:app" if asgi else "app:handle",
+                "--interface",
+                "asgi" if asgi else "native",
                 "-b",
                 "127.0.0.1:0",
                 "-w",
@@ -65,9 +93,9 @@ def start(directory: Path, deflate: bool, n: int) -> tuple[subprocess.Popen[byte
     raise RuntimeError(log.read_text())
 
 
-async def measure(deflate: bool, n: int) -> float:
+async def measure(deflate: bool, n: int, asgi: bool) -> float:
     with tempfile.TemporaryDirectory() as tmp:
-        proc, port = start(Path(tmp), deflate, n)
+        proc, port = start(Path(tmp), deflate, n, asgi)
         try:
             (worker,) = psutil.Process(proc.pid).children()
             conns: list[ClientConnection] = []
@@ -100,9 +128,13 @@ async def measure(deflate: bool, n: int) -> float:
 
 def main() -> None:
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 500
-    for deflate in (False, True):
-        kib = asyncio.run(measure(deflate, n))
-        print(f"deflate={'on ' if deflate else 'off'} {n} idle WebSockets: {kib:.1f} KiB each")
+    for asgi in (False, True):
+        for deflate in (False, True):
+            kib = asyncio.run(measure(deflate, n, asgi))
+            print(
+                f"{'ASGI  ' if asgi else 'native'} deflate={'on ' if deflate else 'off'} "
+                f"{n} idle WebSockets: {kib:.1f} KiB each"
+            )
 
 
 if __name__ == "__main__":

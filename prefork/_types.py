@@ -22,6 +22,20 @@ class ConnectionLike(Protocol):
 
     async def write(self, data: bytes) -> None: ...
 
+    def send(self, data: bytes) -> None:
+        """Hand ``data`` to the transport now, never waiting (dropped once ``lost``)."""
+
+    @property
+    def write_paused(self) -> bool:
+        """The transport's buffer is above its high-water mark: ``await drain()``."""
+
+    @property
+    def lost(self) -> bool:
+        """The peer is gone (closed, reset, or the connection was aborted)."""
+
+    async def drain(self) -> None:
+        """Wait while ``write_paused``; raises ``OSError`` or ``PreforkError`` once lost."""
+
     def close(self) -> None: ...
 
     def abort(self) -> None: ...

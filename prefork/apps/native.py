@@ -15,7 +15,7 @@ import asyncio
 import logging
 import sys
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Coroutine, Iterable, Iterator, Mapping
 from typing import Any
 
 from prefork import log
@@ -76,9 +76,11 @@ class NativeApp:
     async def shutdown(self) -> None:
         pass
 
-    async def exchange(self, conn: Connection) -> Action:
+    def exchange(self, conn: Connection) -> Coroutine[Any, Any, Action]:
+        # The module function's coroutine itself, not one awaiting it: one
+        # frame less on every parked connection (~250 bytes).
         shared = conn.shared
-        return await exchange(conn, shared, conn.client_ip, conn.count, shared.redis_module)
+        return exchange(conn, shared, conn.client_ip, conn.count, shared.redis_module)
 
     def respond_inline(self, conn: Connection, req: Request) -> bool:
         """Call the (sync) handler from the protocol callback and answer if it can be done now."""

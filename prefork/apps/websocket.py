@@ -1,17 +1,25 @@
 """A WebSocket session (RFC 6455) over a connection a handler took over.
 
 The framing, the handshake checks and permessage-deflate (RFC 7692) are the
-sans-I/O ``ServerProtocol`` of the ``websockets`` library; this module only
-moves bytes between it and a ``ConnectionLike`` (``ctx.client``) and adds what
-a server owes: flow control, keep-alive pings, the close handshake and going
-away (1001) when the worker stops.
+sans-I/O protocol of the ``websockets`` library (``websocket_handshake``);
+this module only moves bytes between it and a ``ConnectionLike``
+(``ctx.client``) and adds what a server owes: flow control, keep-alive pings,
+the close handshake and going away (1001) when the worker stops.
 
 Flow control: bytes are read from the connection only when someone needs the
 next frame (the app waiting in ``receive``, the pinger waiting for its pong,
 ``close`` waiting for the peer's close frame), never ahead of the app by more
 than ``BUFFER_BYTES`` of whole messages; the connection itself stops reading
-from the socket when its own small buffer is full. ``send`` returns once the
-frame is handed to a transport whose buffer is below its high-water mark.
+from the socket when its own small buffer is full. ``send`` hands each frame
+to the transport at once (so frames leave in the order they were made) and
+returns once the transport's buffer is below its high-water mark.
+
+The per-message path is direct calls: no lock, task or future unless someone
+must wait (a second reader, a full transport). Without an extension the
+outgoing frames are built by the library's ``Frame.serialize`` rather than its
+generic send path (state machine and write queue), and the last one is kept:
+the same ``str``/``bytes`` object sent to many connections (a broadcast) is
+framed once per worker.
 
 Nothing here knows the HTTP engine: the ASGI layer (``websocket_asgi``) and the
 native ``ctx.accept_websocket`` both build a ``Handshake`` from plain values.
@@ -24,27 +32,23 @@ import codecs
 import contextlib
 import logging
 import os
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Coroutine, Iterable, Mapping
 from typing import Any
 
-from websockets.datastructures import Headers
 from websockets.exceptions import InvalidState
-from websockets.extensions.permessage_deflate import enable_server_permessage_deflate
 from websockets.frames import CloseCode, Frame, Opcode
-from websockets.http11 import Request, Response
-from websockets.server import ServerProtocol
+from websockets.protocol import OPEN
 
 from prefork import log
 from prefork._types import ConnectionLike
+from prefork.apps.websocket_handshake import Handshake as Handshake
+from prefork.apps.websocket_handshake import HandshakeRejected as HandshakeRejected
+from prefork.apps.websocket_handshake import Options as Options
+from prefork.apps.websocket_handshake import header_pairs
 from prefork.apps.websocket_ping import ping_wheel
 from prefork.errors import PreforkError
 
 logger = logging.getLogger(log.WORKER)
-# The library logs "connection open/closed" at INFO for every connection: that
-# is the access log's job here, so only its warnings get through.
-_protocol_logger = logging.getLogger(log.WORKER + ".websocket")
-_protocol_logger.setLevel(logging.WARNING)
 
 # Bytes asked of the connection per read.
 READ_BYTES = 64 * 1024
@@ -56,33 +60,12 @@ BUFFER_BYTES = 64 * 1024
 CLOSE_TIMEOUT_S = 5.0
 # How long the last close frame may take to leave before an abort.
 ABORT_WRITE_S = 1.0
+# Messages up to this size keep their frame for the next send of the same
+# object (see ``_FrameCache``); a bigger one is not held after its send.
+CACHE_MAX_BYTES = 64 * 1024
 
 GOING_AWAY = int(CloseCode.GOING_AWAY)
 ABNORMAL = int(CloseCode.ABNORMAL_CLOSURE)
-
-
-@dataclass(frozen=True, slots=True)
-class Options:
-    """The ``ws_*`` config keys (0 or None turns the pings off)."""
-
-    max_message_size: int | None = 16 * 1024 * 1024
-    ping_interval: float | None = 20.0
-    ping_timeout: float | None = 20.0
-    per_message_deflate: bool = True
-
-    @classmethod
-    def from_config(cls, cfg: Any) -> Options:
-        """From a ``Config`` or any object or mapping with the ``ws_*`` keys."""
-
-        def get(name: str) -> Any:
-            return cfg[name] if isinstance(cfg, Mapping) else getattr(cfg, name)
-
-        return cls(
-            max_message_size=get("ws_max_message_size") or None,
-            ping_interval=get("ws_ping_interval") or None,
-            ping_timeout=get("ws_ping_timeout") or None,
-            per_message_deflate=bool(get("ws_per_message_deflate")),
-        )
 
 
 class WebSocketClosed(ConnectionError):
@@ -94,110 +77,34 @@ class WebSocketClosed(ConnectionError):
         self.reason = reason
 
 
-class HandshakeRejected(Exception):
-    """The request is not a valid WebSocket handshake; nothing was sent yet.
+class _FrameCache:
+    """The last message framed without extensions, by object identity.
 
-    ``result`` is a native handler's answer for it: ``return exc.result``.
+    Server frames are not masked, so without an extension (permessage-deflate
+    keeps per-connection state) the frame of a message depends on its bytes
+    only. The message object itself is held, so its ``id`` cannot be reused
+    while it is the key. One per process: a worker runs one loop.
     """
 
-    def __init__(self, status: int, headers: dict[str, str], body: bytes) -> None:
-        super().__init__(f"WebSocket handshake rejected with {status}: {body.decode().strip()}")
-        self.status = status
-        self.headers = headers
-        self.body = body
+    __slots__ = ("frame", "message")
 
-    @property
-    def result(self) -> tuple[bytes, int, dict[str, str]]:
-        return self.body, self.status, self.headers
+    def __init__(self) -> None:
+        self.message: object = None
+        self.frame = b""
 
-
-class _ServerProtocol(ServerProtocol):
-    """``ServerProtocol``, but a close frame in the middle of a fragmented message
-    closes normally (RFC 6455 §5.4: control frames may come between fragments;
-    Autobahn case 7.1.5). The library fails such a close with 1002."""
-
-    def recv_frame(self, frame: Frame) -> None:
-        if frame.opcode is Opcode.CLOSE:
-            self.current_size = None  # the unfinished message is abandoned
-        super().recv_frame(frame)
-
-    def select_subprotocol(self, subprotocols: Sequence[str]) -> None:
-        # The app chooses when it accepts (see ``WebSocket.accept``). A method,
-        # not the constructor's callback: that one is bound per connection.
-        return None
+    def frame_of(self, data: str | bytes) -> bytes:
+        if data is self.message:
+            return self.frame
+        if isinstance(data, str):
+            frame = Frame(Opcode.TEXT, data.encode()).serialize(mask=False)
+        else:
+            frame = Frame(Opcode.BINARY, data).serialize(mask=False)
+        if len(frame) <= CACHE_MAX_BYTES:
+            self.message, self.frame = data, frame
+        return frame
 
 
-class Handshake:
-    """The opening handshake of one request, checked, and the protocol it starts.
-
-    ``headers``: the request's fields as (name, value) strings, repeated names
-    repeated (or joined by commas, as prefork's request parser does).
-    """
-
-    __slots__ = ("protocol", "response", "subprotocols")
-
-    def __init__(
-        self,
-        method: str,
-        target: str,
-        headers: Iterable[tuple[str, str]],
-        opts: Options,
-        http_version: str = "1.1",
-    ) -> None:
-        extensions = enable_server_permessage_deflate(None) if opts.per_message_deflate else None
-        self.protocol = _ServerProtocol(
-            extensions=extensions,
-            max_size=opts.max_message_size,
-            logger=_protocol_logger,
-        )
-        fields = Headers(list(headers))
-        request = Request(target, fields, method, f"HTTP/{http_version}")
-        # The protocol starts by parsing the request's bytes: give it the head
-        # prefork parsed already, so its state is the one after a handshake
-        # request and what follows is read as frames.
-        self.protocol.receive_data(request.serialize())
-        events = self.protocol.events_received()
-        if events and isinstance(events[0], Request):
-            self.response = self.protocol.accept(events[0])
-            # The library's parser keeps the request for the connection's
-            # life: its header fields are not needed any more (~1 KiB).
-            events[0].headers.clear()
-        else:  # not a request it can read (e.g. non-ASCII target)
-            self.response = self.protocol.reject(400, "Failed to open a WebSocket connection.\n")
-        self.subprotocols = [
-            value.strip()
-            for line in fields.get_all("Sec-WebSocket-Protocol")
-            for value in line.split(",")
-            if value.strip()
-        ]
-
-    @property
-    def ok(self) -> bool:
-        return self.response.status_code == 101
-
-    def rejection(self) -> HandshakeRejected:
-        resp = self.response
-        kept = {k: v for k, v in resp.headers.raw_items() if k.lower() not in _HTTP_OWNED}
-        return HandshakeRejected(resp.status_code, kept, bytes(resp.body))
-
-
-# Fields the HTTP layer writes itself when it sends a rejection (its
-# "Connection: close" stays: after a failed upgrade the connection ends).
-_HTTP_OWNED = frozenset(("date", "content-length"))
-
-
-def _header_pairs(headers: Mapping[str, str] | Iterable[tuple[Any, Any]] | None) -> list[Any]:
-    if headers is None:
-        return []
-    items = headers.items() if isinstance(headers, Mapping) else headers
-    out = []
-    for name, value in items:
-        n = name.decode("latin-1") if isinstance(name, bytes) else str(name)
-        v = value.decode("latin-1") if isinstance(value, bytes) else str(value)
-        if any(c in n + v for c in "\r\n\0"):
-            raise ValueError(f"response header {n!r} contains CR, LF or NUL")
-        out.append((n, v))
-    return out
+_frames = _FrameCache()
 
 
 class WebSocket:
@@ -215,6 +122,7 @@ class WebSocket:
         "_decoder",
         "_done",
         "_going_away",
+        "_handshake",
         "_initial",
         "_messages",
         "_opts",
@@ -222,11 +130,11 @@ class WebSocket:
         "_ping_at",
         "_ping_payload",
         "_pinger",
+        "_plain",
         "_proto",
-        "_reader",
-        "_response",
-        "_text",
-        "_writer",
+        "_reading",
+        "_turn",
+        "_write_lock",
         "bytes_sent",
         "subprotocol",
     )
@@ -235,20 +143,29 @@ class WebSocket:
         self, conn: ConnectionLike, handshake: Handshake, opts: Options, initial: bytes = b""
     ) -> None:
         """``initial``: bytes already read past the handshake request, if any."""
+        proto = handshake.protocol
+        if proto is None:
+            raise ValueError("WebSocket of a rejected handshake")
         self._conn = conn
         self._initial = initial
-        self._proto = handshake.protocol
-        self._response: Response | None = handshake.response
+        self._proto = proto
+        # Data frames built here, not by the protocol (see _FrameCache).
+        self._plain = not proto.extensions
+        self._handshake: Handshake | None = handshake  # until the 101 is sent
         self._opts = opts
-        # Rarely more than one message: a list, not a deque (whose first block
-        # costs 600 bytes on every idle connection).
-        self._messages: list[str | bytes] = []
+        # Whole messages not yet received (None while there are none: an idle
+        # connection holds no list).
+        self._messages: list[str | bytes] | None = None
         self._buffered = 0
-        self._reader = asyncio.Lock()  # one read (and its parse) at a time
-        self._writer = asyncio.Lock()  # one write (and its backpressure wait) at a time
-        self._parts: list[Any] = []
+        # One coroutine reads (and parses) at a time; the others wait for its
+        # turn to end on ``_turn`` (made only when someone waits).
+        self._reading = False
+        self._turn: asyncio.Future[None] | None = None
+        # Made when the transport's buffer first fills: one waits on it at a time.
+        self._write_lock: asyncio.Lock | None = None
+        # A fragmented message being put together.
+        self._parts: list[Any] | None = None
         self._decoder: codecs.IncrementalDecoder | None = None
-        self._text = False
         self._ping_payload: bytes | None = None
         # Between pings only a deadline on the loop's shared wheel (no task,
         # no timer: an idle connection stays small).
@@ -267,174 +184,270 @@ class WebSocket:
         headers: Mapping[str, str] | Iterable[tuple[Any, Any]] | None = None,
     ) -> None:
         """Send the 101 response, with the chosen subprotocol and extra headers."""
-        resp = self._response
-        if resp is None:
+        handshake = self._handshake
+        if handshake is None:
             raise RuntimeError("WebSocket already accepted")
-        extra = _header_pairs(headers)  # checked before anything is sent
-        self._response = None
-        if subprotocol is not None:
-            resp.headers["Sec-WebSocket-Protocol"] = subprotocol
-        for name, value in extra:
-            if name.lower() != "sec-websocket-protocol":  # ASGI: use ``subprotocol``
-                resp.headers[name] = value
+        extra = header_pairs(headers)  # checked before anything is sent
+        self._handshake = None
         self.subprotocol = subprotocol
-        self._proto.send_response(resp)
-        await self._flush()
-        self._conn.on_drain(self._on_drain)
+        conn = self._conn
+        if conn.lost:
+            self._finish()
+            raise WebSocketClosed(ABNORMAL, "connection lost before the accept")
+        conn.send(handshake.accepted(subprotocol, extra))
+        conn.on_drain(self._on_drain)
         self._schedule_ping()
+        initial, self._initial = self._initial, b""
+        if initial:
+            self._feed(initial)
+        await self._drained()
 
     # -- receiving --------------------------------------------------------
 
-    async def receive(self) -> str | bytes:
+    def receive(self) -> Coroutine[Any, Any, str | bytes]:
         """The next message; raises ``WebSocketClosed`` when the connection closed."""
-        while not self._messages:
-            if self._done:
-                raise WebSocketClosed(self.close_code, self.close_reason)
-            async with self._reader:
-                if not self._messages and not self._done:
-                    await self._read_once()
-        message = self._messages.pop(0)
-        self._buffered -= len(message)
-        return message
+        return self._next(False)
 
     def __aiter__(self) -> WebSocket:
         return self
 
-    async def __anext__(self) -> str | bytes:
-        # ``receive`` again rather than an async generator around it: that
-        # object (~200 bytes) would live as long as an idle connection.
-        while not self._messages:
-            if self._done:
-                raise StopAsyncIteration
-            async with self._reader:
-                if not self._messages and not self._done:
-                    await self._read_once()
-        message = self._messages.pop(0)
-        self._buffered -= len(message)
-        return message
+    def __anext__(self) -> Coroutine[Any, Any, str | bytes]:
+        # The same coroutine as ``receive``: no extra frame (or async
+        # generator) lives as long as an idle connection.
+        return self._next(True)
 
-    async def _read_once(self) -> None:
-        """Read once from the connection, parse, queue whole messages, answer pings."""
-        data, self._initial = self._initial, b""
-        if not data:
+    async def _next(self, stop: bool) -> str | bytes:
+        conn = self._conn
+        while True:
+            messages = self._messages
+            if messages:
+                message = messages.pop(0)
+                if not messages:
+                    self._messages = None
+                self._buffered -= len(message)
+                return message
+            if self._done:
+                if stop:
+                    raise StopAsyncIteration
+                raise WebSocketClosed(self.close_code, self.close_reason)
+            if self._reading:
+                await self._wait_turn()
+                continue
+            # _read, inline: the frame a parked receive() keeps is this one.
+            self._reading = True
             try:
-                data = await self._conn.read(READ_BYTES)
+                data = await conn.read(READ_BYTES)
             except (OSError, PreforkError):
                 data = b""
+            finally:
+                self._end_turn()
+            self._feed(data)
+            if conn.write_paused:
+                await self._drained()
+
+    async def _read(self) -> None:
+        """Read once from the connection and parse (or wait while another coroutine does)."""
+        if self._reading:
+            await self._wait_turn()
+            return
+        self._reading = True
+        try:
+            data = await self._conn.read(READ_BYTES)
+        except (OSError, PreforkError):
+            data = b""
+        finally:
+            self._end_turn()
+        self._feed(data)
+        await self._drained()
+
+    async def _wait_turn(self) -> None:
+        turn = self._turn
+        if turn is None:
+            turn = self._turn = asyncio.get_running_loop().create_future()
+        # Shielded: a waiter that times out (the pinger) must not end the turn
+        # of the others.
+        await asyncio.shield(turn)
+
+    def _end_turn(self) -> None:
+        self._reading = False
+        turn = self._turn
+        if turn is not None:
+            self._turn = None
+            if not turn.done():
+                turn.set_result(None)
+
+    def _feed(self, data: bytes) -> None:
+        """Parse ``data`` (``b""``: the end of the stream), queue whole messages,
+        and send what the protocol answers (pongs, the close handshake)."""
         proto = self._proto
-        if data:
-            proto.receive_data(data)
-            for frame in proto.events_received():
-                assert isinstance(frame, Frame)  # the request was parsed in Handshake
-                self._on_frame(frame.opcode, frame.data, frame.fin)
-        else:
+        if not data:
             proto.receive_eof()  # abrupt: close code 1006
             self._finish()
             return
-        await self._flush()
-
-    def _on_frame(self, opcode: Opcode, data: bytes | bytearray | memoryview, fin: bool) -> None:
-        if opcode is Opcode.TEXT or opcode is Opcode.BINARY:
-            self._text = opcode is Opcode.TEXT
-            if fin:
-                if self._text:
-                    self._decode(data, final=True, whole=True)
+        proto.receive_data(data)
+        for frame in proto.events_received():
+            assert isinstance(frame, Frame)  # the handshake was done by Handshake
+            opcode = frame.opcode
+            if frame.fin and (opcode is Opcode.TEXT or opcode is Opcode.BINARY):
+                # A whole message in one frame, the usual case, inline. (One
+                # in the middle of a fragmented message the protocol refuses.)
+                if opcode is Opcode.TEXT:
+                    try:
+                        message: str | bytes = str(frame.data, "utf-8")
+                    except UnicodeDecodeError as exc:
+                        self._invalid_utf8(exc)
+                        continue
                 else:
-                    self._queue(bytes(data))
-                return
+                    message = bytes(frame.data)
+                messages = self._messages
+                if messages is None:
+                    self._messages = [message]
+                else:
+                    messages.append(message)
+                self._buffered += len(message)
+            else:
+                self._on_frame(frame)
+        writes = proto.data_to_send()
+        if writes:
+            self._send_writes(writes)
+
+    def _on_frame(self, frame: Frame) -> None:
+        """A frame other than a whole message (``_feed`` takes those)."""
+        opcode, data, fin = frame.opcode, frame.data, frame.fin
+        if opcode is Opcode.TEXT or opcode is Opcode.BINARY:  # a first fragment
             self._parts = []
-            self._decoder = codecs.getincrementaldecoder("utf-8")() if self._text else None
+            text = opcode is Opcode.TEXT
+            self._decoder = codecs.getincrementaldecoder("utf-8")() if text else None
         elif opcode is not Opcode.CONT:
             if opcode is Opcode.PONG and data == self._ping_payload:
                 self._ping_payload = None
             if opcode is Opcode.CLOSE:
-                self._parts = []  # an unfinished message is abandoned
+                self._parts = None  # an unfinished message is abandoned
                 self._decoder = None
             return  # PING: the protocol queued the pong; CLOSE: it answered
-        if self._text:
-            self._decode(data, final=fin, whole=False)
-        else:
-            self._parts.append(bytes(data))
+        parts, decoder = self._parts, self._decoder
+        if parts is None:  # (the protocol refuses a CONT without a start)
+            return
+        if decoder is not None:
+            # Fragments are decoded as they arrive, so invalid UTF-8 fails the
+            # connection at once (1007), not after the whole message.
+            try:
+                parts.append(decoder.decode(data, fin))
+            except UnicodeDecodeError as exc:
+                self._invalid_utf8(exc)
+                return
             if fin:
-                self._queue(b"".join(self._parts))
+                self._queue("".join(parts))
+        else:
+            parts.append(bytes(data))
+            if fin:
+                self._queue(b"".join(parts))
         if fin:
-            self._parts = []
+            self._parts = None
             self._decoder = None
 
-    def _decode(self, data: bytes | bytearray | memoryview, final: bool, whole: bool) -> None:
-        # Fragments are decoded as they arrive, so invalid UTF-8 fails the
-        # connection at once (1007), not after the whole message.
-        try:
-            if whole:
-                self._queue(bytes(data).decode("utf-8"))
-                return
-            assert self._decoder is not None
-            self._parts.append(self._decoder.decode(data, final))
-        except UnicodeDecodeError as exc:
-            self._proto.fail(CloseCode.INVALID_DATA, f"{exc.reason} at position {exc.start}")
-            self._parts = []
-            return
-        if final:
-            self._queue("".join(self._parts))
+    def _invalid_utf8(self, exc: UnicodeDecodeError) -> None:
+        self._proto.fail(CloseCode.INVALID_DATA, f"{exc.reason} at position {exc.start}")
+        self._parts = None
 
     def _queue(self, message: str | bytes) -> None:
-        self._messages.append(message)
+        messages = self._messages
+        if messages is None:
+            self._messages = [message]
+        else:
+            messages.append(message)
         self._buffered += len(message)
 
     # -- sending ----------------------------------------------------------
 
     async def send(self, data: str | bytes | bytearray | memoryview) -> None:
         """Send one message (``str``: text, bytes-like: binary); waits while the peer is slow."""
-        try:
-            if isinstance(data, str):
-                self._proto.send_text(data.encode("utf-8"))
+        if self.send_nowait(data):
+            await self.wait_sent()
+
+    def send_nowait(self, data: str | bytes | bytearray | memoryview) -> bool:
+        """Hand one message to the transport now; True when the caller must then
+        ``await wait_sent()`` (the peer is slow). Raises ``WebSocketClosed``.
+
+        ``send`` is these two; a caller that sends often (the ASGI layer) calls
+        them itself and skips a coroutine per message when the peer keeps up.
+        """
+        proto = self._proto
+        if self._done or proto.state is not OPEN:
+            raise WebSocketClosed(self.close_code, self.close_reason)
+        conn = self._conn
+        if conn.lost:
+            self._lost()
+            raise WebSocketClosed(self.close_code, self.close_reason)
+        if self._plain:
+            if isinstance(data, str | bytes):  # immutable: may be the cached one
+                frame = _frames.frame_of(data)
             else:
-                self._proto.send_binary(bytes(data))
-        except InvalidState:
-            raise WebSocketClosed(self.close_code, self.close_reason) from None
-        await self._flush()
+                frame = Frame(Opcode.BINARY, bytes(data)).serialize(mask=False)
+            conn.send(frame)
+            self.bytes_sent += len(frame)
+        else:
+            if isinstance(data, str):
+                proto.send_text(data.encode())
+            else:
+                proto.send_binary(bytes(data))
+            self._send_writes(proto.data_to_send())
+        return conn.write_paused
+
+    async def wait_sent(self) -> None:
+        """Wait until the transport takes more (after ``send_nowait`` said so)."""
+        await self._drained()
         if self._done:
             raise WebSocketClosed(self.close_code, self.close_reason)
 
-    async def _flush(self) -> None:
-        """Write what the protocol produced, in order; close after its EOF marker."""
-        writer = self._writer
-        if not writer.locked():
-            # Nobody waits on backpressure: take the data now (usually none
-            # after a read), and the lock only when there is something to write.
-            chunks = self._proto.data_to_send()
-            if chunks:
-                async with writer:
-                    await self._write(chunks)
-            return
-        async with writer:
-            await self._write(self._proto.data_to_send())
-
-    async def _write(self, chunks: list[bytes]) -> None:
+    def _send_writes(self, chunks: list[bytes]) -> None:
+        """Hand what the protocol produced to the connection; close after its EOF marker."""
         if not chunks:
             return
         data = b"".join(chunks) if len(chunks) > 1 else chunks[0]
         if data and not self._done:
-            try:
-                await self._conn.write(data)
-                self.bytes_sent += len(data)
-            except (OSError, PreforkError):
-                self._proto.receive_eof()
-                self._finish()
+            conn = self._conn
+            if conn.lost:
+                self._lost()
                 return
+            conn.send(data)
+            self.bytes_sent += len(data)
         if not chunks[-1]:
             # The EOF marker: after the close handshake (or a failure) the
             # server closes the TCP connection first (RFC 6455 §7.1.1).
             self._finish()
 
+    async def _drained(self) -> None:
+        """Wait while the transport's buffer is full (one waiter at a time)."""
+        conn = self._conn
+        if not conn.write_paused or self._done:
+            return
+        lock = self._write_lock
+        if lock is None:
+            lock = self._write_lock = asyncio.Lock()
+        async with lock:
+            if conn.write_paused and not self._done:
+                try:
+                    await conn.drain()
+                except (OSError, PreforkError):
+                    self._lost()
+
+    def _lost(self) -> None:
+        self._proto.receive_eof()
+        self._finish()
+
     # -- closing ----------------------------------------------------------
 
     async def start_close(self, code: int = 1000, reason: str = "") -> None:
         """Send the close frame (once); the peer's answer is read by ``receive``/``close``."""
-        if not self._done and self._proto.close_sent is None:
+        proto = self._proto
+        if not self._done and proto.close_sent is None:
             with contextlib.suppress(InvalidState):
-                self._proto.send_close(code, reason)
-            await self._flush()
+                proto.send_close(code, reason)
+            writes = proto.data_to_send()
+            if writes:
+                self._send_writes(writes)
+            await self._drained()
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
         """Start (or finish) the close handshake; returns once the connection is closed."""
@@ -443,10 +456,8 @@ class WebSocket:
         try:
             async with asyncio.timeout(CLOSE_TIMEOUT_S):
                 while not self._done:
-                    async with self._reader:
-                        if not self._done:
-                            await self._read_once()
-                    self._messages.clear()
+                    await self._read()
+                    self._messages = None
                     self._buffered = 0
         except TimeoutError:
             self._finish()
@@ -487,17 +498,20 @@ class WebSocket:
 
     async def _abort(self, code: int, reason: str) -> None:
         """Fail the connection: a close frame if it can leave soon, then cut it."""
+        proto = self._proto
         with contextlib.suppress(InvalidState):
-            self._proto.fail(code, reason)
-        chunks = [c for c in self._proto.data_to_send() if c]
-        if chunks and not self._done:
+            proto.fail(code, reason)
+        data = b"".join(proto.data_to_send())
+        conn = self._conn
+        if data and not self._done and not conn.lost:
+            conn.send(data)
             with contextlib.suppress(OSError, PreforkError, TimeoutError):
                 async with asyncio.timeout(ABORT_WRITE_S):
-                    await self._conn.write(b"".join(chunks))
+                    await conn.drain()
         if not self._done:
             self._done = True
-            self._conn.on_drain(None)
-            self._conn.abort()
+            conn.on_drain(None)
+            conn.abort()
 
     def _on_drain(self) -> None:
         """The worker is stopping: close with 1001 so the client reconnects elsewhere."""
@@ -519,15 +533,17 @@ class WebSocket:
     async def _ping(self) -> None:
         """Send one ping; fail the connection (1011) when its pong is late."""
         try:
-            if self._proto.close_sent is not None:
+            proto = self._proto
+            if proto.close_sent is not None:
                 return  # closing already
             payload = os.urandom(4)
             self._ping_payload = payload
             try:
-                self._proto.send_ping(payload)
+                proto.send_ping(payload)
             except InvalidState:
                 return
-            await self._flush()
+            self._send_writes(proto.data_to_send())
+            await self._drained()
             timeout = self._opts.ping_timeout
             if timeout and not await self._pong_within(timeout):
                 logger.debug("WebSocket ping timeout: closing with 1011")
@@ -549,9 +565,7 @@ class WebSocket:
                 while self._ping_payload is not None and not self._done:
                     if self._buffered >= BUFFER_BYTES:
                         return True  # the peer is sending; the app is the slow one
-                    async with self._reader:
-                        if self._ping_payload is not None and not self._done:
-                            await self._read_once()
+                    await self._read()
         except TimeoutError:
             return False
         return True

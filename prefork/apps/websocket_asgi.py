@@ -81,10 +81,14 @@ class Outcome:
     sent: int = 0
 
 
+# One dict for every scope, as the HTTP scopes of a worker share theirs.
+_ASGI = {"version": "3.0", "spec_version": SPEC_VERSION}
+
+
 def build_scope(req: WebSocketRequest, subprotocols: list[str]) -> Scope:
     scope: Scope = {
         "type": "websocket",
-        "asgi": {"version": "3.0", "spec_version": SPEC_VERSION},
+        "asgi": _ASGI,
         "http_version": req.http_version,
         "scheme": req.scheme,
         "path": req.path,
@@ -105,6 +109,18 @@ def build_scope(req: WebSocketRequest, subprotocols: list[str]) -> Scope:
 class _Exchange:
     """The receive/send pair one app call gets, and what they did."""
 
+    # Lives as long as the connection: no per-instance __dict__.
+    __slots__ = (
+        "accepted",
+        "answered",
+        "body",
+        "closing",
+        "conn",
+        "connect_sent",
+        "response",
+        "ws",
+    )
+
     def __init__(self, conn: ConnectionLike, ws: WebSocket) -> None:
         self.conn = conn
         self.ws = ws
@@ -112,7 +128,7 @@ class _Exchange:
         self.accepted = False
         self.answered: Outcome | None = None  # an HTTP answer instead of the 101
         self.response: tuple[int, list[tuple[bytes, bytes]]] | None = None
-        self.body: list[bytes] = []
+        self.body: list[bytes] | None = None  # of a websocket.http.response
         self.closing = False
 
     async def receive(self) -> Message:
@@ -132,20 +148,25 @@ class _Exchange:
 
     async def send(self, message: Message) -> None:
         kind = message["type"]
+        if kind == "websocket.send" and self.accepted:
+            text, data = message.get("text"), message.get("bytes")
+            if text is not None and data is None:
+                # The object itself (str() of a str is the same object): the
+                # same message sent to many connections is framed once.
+                paused = self.ws.send_nowait(str(text))
+            elif data is not None and text is None:
+                paused = self.ws.send_nowait(data if type(data) is bytes else bytes(data))
+            else:
+                raise RuntimeError("websocket.send needs exactly one of 'text' and 'bytes'")
+            if paused:
+                await self.ws.wait_sent()
+            return
         if self.answered is not None:
             raise WebSocketClosed(1006, "the handshake was answered with HTTP")
         if not self.accepted:
             await self._before_accept(kind, message)
             return
-        if kind == "websocket.send":
-            text, data = message.get("text"), message.get("bytes")
-            if text is not None and data is None:
-                await self.ws.send(str(text))
-            elif data is not None and text is None:
-                await self.ws.send(bytes(data))
-            else:
-                raise RuntimeError("websocket.send needs exactly one of 'text' and 'bytes'")
-        elif kind == "websocket.close":
+        if kind == "websocket.close":
             self.closing = True
             await self.ws.start_close(message.get("code") or 1000, message.get("reason") or "")
         else:
@@ -155,10 +176,13 @@ class _Exchange:
         if self.response is not None:
             if kind != "websocket.http.response.body":
                 raise RuntimeError(f"expected websocket.http.response.body, got {kind!r}")
-            self.body.append(bytes(message.get("body", b"")))
+            body = self.body
+            if body is None:
+                body = self.body = []
+            body.append(bytes(message.get("body", b"")))
             if not message.get("more_body", False):
                 status, headers = self.response
-                await self._answer_http(status, headers, b"".join(self.body))
+                await self._answer_http(status, headers, b"".join(body))
             return
         if kind == "websocket.accept":
             await self.ws.accept(message.get("subprotocol"), message.get("headers") or [])
@@ -219,8 +243,13 @@ async def serve_asgi_websocket(
     ``Connection.read`` hands them over itself: pass nothing then). Never
     raises for the app's errors (logged); the connection is closed on return.
     """
-    headers = [(bytes(n).decode("latin-1"), bytes(v).decode("latin-1")) for n, v in req.headers]
-    handshake = Handshake(req.method, req.target, headers, opts, req.http_version)
+    handshake = Handshake(
+        req.method,
+        req.target,
+        [(bytes(n).decode("latin-1"), bytes(v).decode("latin-1")) for n, v in req.headers],
+        opts,
+        req.http_version,
+    )
     if not handshake.ok:
         rejected = handshake.rejection()
         reply = error_response(rejected.status, rejected.body.decode().strip())
@@ -229,6 +258,9 @@ async def serve_asgi_websocket(
     ws = WebSocket(conn, handshake, opts, initial)
     exchange = _Exchange(conn, ws)
     scope = build_scope(req, handshake.subprotocols)
+    # This frame lives as long as the session: the handshake (its response
+    # and fields, ~1 KiB) goes once the WebSocket has what it needs.
+    del handshake
     try:
         await app(scope, exchange.receive, exchange.send)
     except Exception:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+from pathlib import Path
 
 import pytest
 from websockets.asyncio.client import connect
@@ -88,3 +89,20 @@ async def test_graceful_stop_closes_with_1001(server: ServerProcess) -> None:
             await asyncio.wait_for(ws.recv(), 10)
         assert info.value.rcvd is not None
         assert info.value.rcvd.code == 1001
+
+
+async def test_access_line_keeps_log_headers_of_a_long_session(
+    start_server: StartServer, tmp_path: Path
+) -> None:
+    """The session drops the request's field dict while it lasts; the access
+    line written at its end still has the log_headers values."""
+    (tmp_path / "log.toml").write_text('log_headers = ["x-trace", "user-agent"]\n')
+    server = start_server(APP, "-w", "1", "-c", "log.toml", target="app:app")
+    url = f"ws://127.0.0.1:{server.port}/chat?token=ok"
+    headers = {"X-Trace": "t-42", "User-Agent": "grid-client/1"}
+    async with connect(url, subprotocols=["chat"], additional_headers=headers) as ws:
+        await ws.recv()
+        await ws.send("one")
+        assert await ws.recv() == "ONE"
+    line = server.wait_log(r'"GET /chat\?token=ok HTTP/1\.1" 101 .*').group(0)
+    assert line.endswith('x-trace="t-42" user-agent="grid-client/1"'), line

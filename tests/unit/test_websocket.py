@@ -8,6 +8,7 @@ library's own asyncio client on the other socket.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -40,6 +41,21 @@ class StreamConnection:
 
     async def write(self, data: bytes) -> None:
         self.writer.write(data)
+        await self.writer.drain()
+
+    def send(self, data: bytes) -> None:
+        if not self.lost:
+            self.writer.write(data)
+
+    @property
+    def write_paused(self) -> bool:
+        return self.writer.transport.get_write_buffer_size() > 64 * 1024
+
+    @property
+    def lost(self) -> bool:
+        return self.writer.transport.is_closing()
+
+    async def drain(self) -> None:
         await self.writer.drain()
 
     def close(self) -> None:
@@ -390,3 +406,126 @@ async def test_idle_sessions_share_the_ping_timer_and_a_closed_one_is_let_go() -
 
 def _live_sessions() -> int:
     return sum(isinstance(o, WebSocket) for o in gc.get_objects())
+
+
+async def test_one_object_broadcast_to_plain_and_compressed_sessions() -> None:
+    """The same str (and bytes) object sent to sessions with and without
+    permessage-deflate: the frame kept for the plain ones never reaches a
+    compressed one, and a different object of the same length is framed anew."""
+    deflate = Options(ping_interval=None, ping_timeout=None, per_message_deflate=True)
+    subscribers: list[Any] = []
+    ready = asyncio.Event()
+    stop = asyncio.Event()
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+        await send({"type": "websocket.accept"})
+        subscribers.append(send)
+        if len(subscribers) == 4:
+            ready.set()
+        await stop.wait()
+
+    async with contextlib.AsyncExitStack() as stack:
+        clients = []
+        for compression in ("deflate", None, "deflate", None):
+            ws, _, _ = await stack.enter_async_context(
+                asgi_pair(app, deflate, compression=compression)
+            )
+            clients.append(ws)
+        await asyncio.wait_for(ready.wait(), 5)
+        negotiated = [
+            ws.response is not None and "sec-websocket-extensions" in ws.response.headers
+            for ws in clients
+        ]
+        assert negotiated == [True, False, True, False]
+        text = "tick " * 20
+        data = bytes(range(200))
+        for message in (
+            {"type": "websocket.send", "text": text},
+            {"type": "websocket.send", "text": text},  # the same object again
+            {"type": "websocket.send", "text": "tock " * 20},  # same length, other bytes
+            {"type": "websocket.send", "bytes": data},
+        ):
+            for send in subscribers:
+                await send(message)
+        for ws in clients:
+            got = [await asyncio.wait_for(ws.recv(), 5) for _ in range(4)]
+            assert got == [text, text, "tock " * 20, data]
+        stop.set()  # the app returns: each session is closed with 1000
+        for ws in clients:
+            with pytest.raises(ConnectionClosed):
+                await asyncio.wait_for(ws.recv(), 5)
+
+
+def test_handshake_with_a_body_is_400() -> None:
+    pairs = [
+        ("upgrade", "websocket"),
+        ("connection", "upgrade"),
+        ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+        ("sec-websocket-version", "13"),
+    ]
+    assert Handshake("GET", "/", [*pairs, ("content-length", "0")], NO_PINGS).ok
+    for extra in (("content-length", "5"), ("transfer-encoding", "chunked")):
+        handshake = Handshake("GET", "/", [*pairs, extra], NO_PINGS)
+        assert handshake.response.status_code == 400
+        with pytest.raises(ValueError, match="rejected handshake"):
+            WebSocket(StreamConnection.__new__(StreamConnection), handshake, NO_PINGS)
+
+
+async def test_an_idle_session_keeps_nothing_of_its_handshake() -> None:
+    """Open sessions hold no handshake objects (the request, its fields, the
+    101 response, a ServerProtocol of their own) and no per-session lock."""
+    from websockets.datastructures import Headers
+    from websockets.http11 import Request, Response
+    from websockets.server import ServerProtocol
+
+    kinds = (Headers, Request, Response, ServerProtocol, asyncio.Lock)
+    opened = asyncio.Event()
+    stop = asyncio.Event()
+    count = [0]
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+        await send({"type": "websocket.accept"})
+        count[0] += 1
+        if count[0] == 10:
+            opened.set()
+        await stop.wait()
+
+    def alive() -> dict[str, int]:
+        gc.collect()
+        found = dict.fromkeys((k.__name__ for k in kinds), 0)
+        for obj in gc.get_objects():
+            for kind in kinds:
+                if isinstance(obj, kind):
+                    found[kind.__name__] += 1
+        return found
+
+    async with contextlib.AsyncExitStack() as stack:
+        clients = [
+            (await stack.enter_async_context(asgi_pair(app, compression=None)))[0]
+            for _ in range(10)
+        ]
+        await asyncio.wait_for(opened.wait(), 5)
+        before = alive()
+        # The clients' own handshake objects are theirs: count the server's
+        # by opening ten more and comparing.
+        more = [
+            (await stack.enter_async_context(asgi_pair(app, compression=None)))[0]
+            for _ in range(10)
+        ]
+        for _ in range(50):  # bounded: the last accepts
+            if count[0] == 20:
+                break
+            await asyncio.sleep(0.01)
+        after = alive()
+        # Each client keeps its request and the 101 it got (Request, Response,
+        # 2 Headers); the server side adds nothing per session.
+        per_client = {"Headers": 2, "Request": 1, "Response": 1}
+        assert {k: after[k] - before[k] for k in after} == {
+            k: 10 * per_client.get(k, 0) for k in after
+        }
+        stop.set()
+        for ws in [*clients, *more]:
+            with pytest.raises(ConnectionClosed):
+                await asyncio.wait_for(ws.recv(), 5)

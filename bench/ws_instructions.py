@@ -1,0 +1,210 @@
+"""Instructions per WebSocket message in the server, prefork vs its peers (callgrind).
+
+    python bench/ws_instructions.py                       # echo and broadcast, all servers
+    python bench/ws_instructions.py --servers prefork --echo 4000
+
+Wall-clock rates need a quiet machine; this does not. Each server of
+``ws_bench.py`` (same app, same settings) runs under ``valgrind --tool=callgrind``;
+after the connections are open and warm, the counters are zeroed
+(``callgrind_control -z``), a fixed number of echo round trips (64
+connections) or broadcast messages (to 1,000 subscribers) is run, and the
+counters are dumped. Reported: user-space instructions of the server's
+processes (all threads) per message; the kernel's share (the syscalls, alike
+for every server on uvloop) is not counted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import glob
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import uvloop
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import servers
+import ws_bench
+
+
+def callgrind(argv: list[str], out: Path) -> list[str]:
+    return [
+        "valgrind", "--tool=callgrind", f"--callgrind-out-file={out}/cg.%p",
+        "--dump-instr=no", "--trace-children=yes", *argv,
+    ]  # fmt: skip
+
+
+# The server's processes (set by ``measure``): ``callgrind_control`` without a
+# pid acts on every callgrind run of the machine, other people's included.
+PIDS: list[int] = []
+
+
+def control(flag: str) -> None:
+    for pid in PIDS:
+        subprocess.run(
+            ["callgrind_control", flag, str(pid)], capture_output=True, timeout=60, check=False
+        )
+
+
+def total_instructions(out: Path, since: float) -> int:
+    total = 0
+    for path in glob.glob(str(out / "cg.*")):
+        if os.path.getmtime(path) < since:
+            continue
+        for line in Path(path).read_text(errors="replace").splitlines():
+            m = re.match(r"(?:summary|totals):\s+(\d+)", line)
+            if m:
+                total += int(m.group(1))
+                break
+    return total
+
+
+async def echo_round_trips(port: int, n: int) -> None:
+    done = asyncio.get_running_loop().create_future()
+    left = [0]
+
+    def on_frame(c: ws_bench.Conn) -> None:
+        left[0] -= 1
+        if left[0] >= ws_bench.ECHO_CONNECTIONS and c.transport is not None:
+            c.transport.write(ws_bench.ECHO_FRAME)
+        elif left[0] <= 0 and not done.done():
+            done.set_result(None)
+
+    conns = await ws_bench.connect_all(
+        port, "/echo", ws_bench.ECHO_CONNECTIONS, len(ws_bench.ECHO_REPLY), on_frame
+    )
+    try:
+        for phase in ("warm", "measure"):
+            left[0] = n
+            done = asyncio.get_running_loop().create_future()
+            if phase == "measure":
+                await asyncio.to_thread(control, "-z")
+            for c in conns:
+                assert c.transport is not None
+                c.transport.write(ws_bench.ECHO_FRAME)
+            await asyncio.wait_for(done, 600)
+            if phase == "measure":
+                await asyncio.to_thread(control, "-d")
+    finally:
+        ws_bench.close_all(conns)
+
+
+async def broadcasts(port: int, n: int) -> None:
+    loop = asyncio.get_running_loop()
+    state = {"received": 0}
+    waiters: list[asyncio.Future[None]] = [loop.create_future(), loop.create_future()]
+
+    def on_message(_: ws_bench.Conn) -> None:
+        state["received"] += 1
+        if state["received"] >= ws_bench.SUBSCRIBERS and not waiters[0].done():
+            waiters[0].set_result(None)
+
+    def on_done(_: ws_bench.Conn) -> None:
+        if not waiters[1].done():
+            waiters[1].set_result(None)
+
+    subs = await ws_bench.connect_all(
+        port, "/fanout", ws_bench.SUBSCRIBERS, len(ws_bench.ECHO_REPLY), on_message
+    )
+    (trigger,) = await ws_bench.connect_all(
+        port, "/broadcast", 1, len(ws_bench.DONE_REPLY), on_done
+    )
+
+    async def one() -> None:
+        waiters[:] = [loop.create_future(), loop.create_future()]
+        state["received"] = 0
+        assert trigger.transport is not None
+        trigger.transport.write(ws_bench.ECHO_FRAME)
+        await asyncio.wait_for(asyncio.gather(*waiters), 600)
+
+    try:
+        for _ in range(30):  # until every subscriber is registered (bounded)
+            try:
+                await asyncio.wait_for(asyncio.shield(one()), 20)
+                break
+            except TimeoutError:
+                continue
+        await asyncio.to_thread(control, "-z")
+        for _ in range(n):
+            await one()
+        await asyncio.to_thread(control, "-d")
+    finally:
+        ws_bench.close_all([*subs, trigger])
+
+
+def measure(name: str, scenario: str, n: int, workdir: Path) -> float:
+    out = workdir / f"{name}-{scenario}"
+    out.mkdir(parents=True)
+    port = servers.free_port()
+    argv = callgrind(ws_bench.command(name, port, out), out)
+    env = {**os.environ, "PYTHONPATH": str(servers.REPO)}
+    env.pop("VIRTUAL_ENV", None)
+    with open(out / "server.log", "wb") as log:
+        proc = subprocess.Popen(
+            argv, cwd=servers.APPS, env=env, stdout=log, stderr=subprocess.STDOUT,
+            process_group=0,
+        )  # fmt: skip
+    server = servers.Running(name, proc, port, False, out / "server.log", out)
+    servers.REGISTRY.append(server)
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{name} exited:\n{server.log_tail()}")
+            try:
+                servers.request(server, "GET", "/hello", timeout=5.0)
+                break
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+        PIDS[:] = [p.pid for p in server.tree()]
+        since = time.time()
+        if scenario == "echo":
+            uvloop.run(echo_round_trips(port, n))
+            messages = n
+        else:
+            uvloop.run(broadcasts(port, n))
+            messages = n * ws_bench.SUBSCRIBERS
+        return total_instructions(out, since) / messages
+    finally:
+        servers.stop(server)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--servers", default="prefork,uvicorn,granian")
+    parser.add_argument("--echo", type=int, default=4000, help="echo round trips measured")
+    parser.add_argument("--broadcasts", type=int, default=5, help="broadcasts measured")
+    args = parser.parse_args()
+    names = [n.strip() for n in args.servers.split(",") if n.strip()]
+    rows: dict[str, dict[str, float]] = {}
+    with tempfile.TemporaryDirectory(prefix="ws_instr-") as tmp:
+        try:
+            for name in names:
+                rows[name] = {
+                    "echo": measure(name, "echo", args.echo, Path(tmp)),
+                    "broadcast": measure(name, "broadcast", args.broadcasts, Path(tmp)),
+                }
+        finally:
+            servers.stop_all()
+    print("| server | instructions per echo round trip | per broadcast message |")
+    print("|---|---:|---:|")
+    for name, row in rows.items():
+        print(f"| {ws_bench.LABELS[name]} | {row['echo']:,.0f} | {row['broadcast']:,.0f} |")
+    me = rows.get("prefork")
+    peers = {n: r for n, r in rows.items() if n != "prefork"}
+    if me and peers:
+        for kind in ("echo", "broadcast"):
+            best = min(r[kind] for r in peers.values())
+            print(f"{kind}: the best peer needs {best / me[kind]:.2f}x prefork's instructions")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,212 @@
+"""The opening handshake of a WebSocket (RFC 6455 §4.2), checked by the ``websockets`` library.
+
+``Handshake`` takes the request prefork parsed already (method, target, fields)
+and has the library's ``ServerProtocol`` check it and build the answer: the
+101 with ``Sec-WebSocket-Accept`` and the negotiated extensions, or a 400 /
+405 / 426 / 505 with the reason. The request is handed over as the library's
+``Request`` object, not as bytes to parse again: the head was parsed once.
+
+The ``ServerProtocol`` lives only as long as the handshake. The open
+connection gets the library's base ``Protocol`` (``Session``), started in the
+OPEN state with the extensions the handshake agreed: it has no handshake
+parser left suspended on the request (~0.7 KiB on every idle connection).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from websockets.datastructures import Headers
+from websockets.extensions.permessage_deflate import enable_server_permessage_deflate
+from websockets.frames import Frame, Opcode
+from websockets.http11 import Request
+from websockets.protocol import OPEN, Protocol, Side
+from websockets.server import ServerProtocol
+
+from prefork import log
+
+# The library logs "connection open/closed" at INFO for every connection: that
+# is the access log's job here, so only its warnings get through.
+protocol_logger = logging.getLogger(log.WORKER + ".websocket")
+protocol_logger.setLevel(logging.WARNING)
+
+
+@dataclass(frozen=True, slots=True)
+class Options:
+    """The ``ws_*`` config keys (0 or None turns the pings off)."""
+
+    max_message_size: int | None = 16 * 1024 * 1024
+    ping_interval: float | None = 20.0
+    ping_timeout: float | None = 20.0
+    per_message_deflate: bool = True
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> Options:
+        """From a ``Config`` or any object or mapping with the ``ws_*`` keys."""
+
+        def get(name: str) -> Any:
+            return cfg[name] if isinstance(cfg, Mapping) else getattr(cfg, name)
+
+        return cls(
+            max_message_size=get("ws_max_message_size") or None,
+            ping_interval=get("ws_ping_interval") or None,
+            ping_timeout=get("ws_ping_timeout") or None,
+            per_message_deflate=bool(get("ws_per_message_deflate")),
+        )
+
+
+class HandshakeRejected(Exception):
+    """The request is not a valid WebSocket handshake; nothing was sent yet.
+
+    ``result`` is a native handler's answer for it: ``return exc.result``.
+    """
+
+    def __init__(self, status: int, headers: dict[str, str], body: bytes) -> None:
+        super().__init__(f"WebSocket handshake rejected with {status}: {body.decode().strip()}")
+        self.status = status
+        self.headers = headers
+        self.body = body
+
+    @property
+    def result(self) -> tuple[bytes, int, dict[str, str]]:
+        return self.body, self.status, self.headers
+
+
+class Session(Protocol):
+    """The library's protocol of an open server-side connection, but a close
+    frame in the middle of a fragmented message closes normally (RFC 6455
+    §5.4: control frames may come between fragments; Autobahn case 7.1.5).
+    The library fails such a close with 1002."""
+
+    def recv_frame(self, frame: Frame) -> None:
+        if frame.opcode is Opcode.CLOSE:
+            self.current_size = None  # the unfinished message is abandoned
+        super().recv_frame(frame)
+
+
+class _Checker(ServerProtocol):
+    def select_subprotocol(self, subprotocols: Sequence[str]) -> None:
+        # The app chooses when it accepts (``WebSocket.accept``). A method,
+        # not the constructor's callback: that one is bound per connection.
+        return None
+
+
+# One checker per process and deflate setting, reused by every handshake:
+# ``accept`` keeps nothing but what it negotiated for the request at hand
+# (``extensions``, read at once, with no await in between), and a
+# ServerProtocol per request would cost a uuid4 (a getrandom syscall) and a
+# reference cycle (its parser generator) for the cyclic GC to find.
+_checkers: dict[bool, _Checker] = {}
+
+
+def _checker(per_message_deflate: bool) -> _Checker:
+    checker = _checkers.get(per_message_deflate)
+    if checker is None:
+        factories = enable_server_permessage_deflate(None) if per_message_deflate else None
+        checker = _checkers[per_message_deflate] = _Checker(
+            extensions=factories, logger=protocol_logger
+        )
+    return checker
+
+
+class Handshake:
+    """The opening handshake of one request, checked, and the protocol it starts.
+
+    ``headers``: the request's fields as (name, value) strings, repeated names
+    repeated (or joined by commas, as prefork's request parser does).
+    ``protocol`` is the open connection's (None when the handshake failed);
+    ``response`` the 101 to send (or the rejection).
+    """
+
+    __slots__ = ("protocol", "response", "subprotocols")
+
+    def __init__(
+        self,
+        method: str,
+        target: str,
+        headers: Iterable[tuple[str, str]],
+        opts: Options,
+        http_version: str = "1.1",
+    ) -> None:
+        checker = _checker(opts.per_message_deflate)
+        fields = Headers(list(headers))
+        self.protocol: Session | None = None
+        if "Transfer-Encoding" in fields or not set(fields.get_all("Content-Length")) <= {"0"}:
+            # What the library's own request parser refuses: a handshake has no body.
+            self.response = checker.reject(400, "Failed to open a WebSocket connection.\n")
+        else:
+            request = Request(target, fields, method, f"HTTP/{http_version}")
+            self.response = checker.accept(request)
+            if self.response.status_code == 101:
+                session = Session(
+                    Side.SERVER,
+                    state=OPEN,
+                    max_size=opts.max_message_size,
+                    logger=protocol_logger,
+                )
+                # This request's, just made; the shared checker lets go of
+                # them (a deflate extension holds zlib state, ~40 KiB).
+                session.extensions, checker.extensions = checker.extensions, []
+                self.protocol = session
+        self.subprotocols = [
+            value.strip()
+            for line in fields.get_all("Sec-WebSocket-Protocol")
+            for value in line.split(",")
+            if value.strip()
+        ]
+
+    @property
+    def ok(self) -> bool:
+        return self.protocol is not None
+
+    def rejection(self) -> HandshakeRejected:
+        resp = self.response
+        kept = {k: v for k, v in resp.headers.raw_items() if k.lower() not in _HTTP_OWNED}
+        return HandshakeRejected(resp.status_code, kept, bytes(resp.body))
+
+    def accepted(self, subprotocol: str | None, extra: list[tuple[str, str]]) -> bytes:
+        """The 101 response's bytes, with the chosen subprotocol and extra fields."""
+        resp = self.response
+        if subprotocol is not None:
+            resp.headers["Sec-WebSocket-Protocol"] = subprotocol
+        for name, value in extra:
+            if name.lower() != "sec-websocket-protocol":  # ASGI: use ``subprotocol``
+                resp.headers[name] = value
+        return resp.serialize()
+
+
+# Fields the HTTP layer writes itself when it sends a rejection (its
+# "Connection: close" stays: after a failed upgrade the connection ends).
+_HTTP_OWNED = frozenset(("date", "content-length"))
+
+
+def header_pairs(headers: Mapping[str, str] | Iterable[tuple[Any, Any]] | None) -> list[Any]:
+    """Extra response fields as (str, str) pairs; raises ValueError on CR, LF or NUL."""
+    if headers is None:
+        return []
+    items = headers.items() if isinstance(headers, Mapping) else headers
+    out = []
+    for name, value in items:
+        n = name.decode("latin-1") if isinstance(name, bytes) else str(name)
+        v = value.decode("latin-1") if isinstance(value, bytes) else str(value)
+        if any(c in n + v for c in "\r\n\0"):
+            raise ValueError(f"response header {n!r} contains CR, LF or NUL")
+        out.append((n, v))
+    return out
+
+
+_last_options: tuple[object, Options] | None = None
+
+
+def options_for(cfg: Any) -> Options:
+    """``Options.from_config(cfg)``, one object per config (not one per connection)."""
+    global _last_options
+    last = _last_options
+    if last is not None and last[0] is cfg:
+        return last[1]
+    opts = Options.from_config(cfg)
+    _last_options = (cfg, opts)
+    return opts
