@@ -32,6 +32,11 @@ COMPILED_MODULES = [
     "prefork/http/parsers/__init__.py",
     "prefork/http/parsers/h11_parser.py",
     "prefork/http/parsers/httptools_parser.py",
+    "prefork/engine/batch.py",
+    "prefork/engine/connection.py",
+    "prefork/engine/lifecycle.py",
+    "prefork/apps/handler.py",
+    "prefork/apps/native.py",
 ]
 
 

@@ -53,7 +53,6 @@ from typing import TYPE_CHECKING, Any
 import setproctitle
 
 from prefork import log
-from prefork._compiled import BUILD
 from prefork._types import Handler
 from prefork.config import Config
 from prefork.errors import PreforkError
@@ -153,12 +152,7 @@ class Master:
             self._pidfile.write()
             self._wakeups.install(MASTER_SIGNALS)
             self._generation = self._last_generation = 1
-            logger.info(
-                "master (pid %d): generation 1, %d worker(s), %s build",
-                os.getpid(),
-                self._target,
-                BUILD,
-            )
+            logger.info("master (pid %d): generation 1, %d worker(s)", os.getpid(), self._target)
             for number in range(1, self._target + 1):
                 self._spawn(number, 1, self.cfg, self._tls)
             self._loop()
