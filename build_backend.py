@@ -69,11 +69,22 @@ def build_sdist(sdist_directory: str, config_settings: Settings = None) -> str:
         return build_meta.build_sdist(sdist_directory, config_settings)
 
 
-def get_requires_for_build_editable(config_settings: Settings = None) -> list[str]:
+def _refuse_compiled_editable() -> None:
     if _compile_asked():
         raise SystemExit(
             "PREFORK_COMPILE=1 with an editable install (pip install -e): refused, since "
             "compiled modules beside the sources would shadow edits; build a wheel instead "
             "(PREFORK_COMPILE=1 pip install .)"
         )
+
+
+def get_requires_for_build_editable(config_settings: Settings = None) -> list[str]:
+    _refuse_compiled_editable()
     return build_meta.get_requires_for_build_editable(config_settings)
+
+
+def build_editable(
+    wheel_directory: str, config_settings: Settings = None, metadata_directory: str | None = None
+) -> str:
+    _refuse_compiled_editable()  # pip --no-build-isolation skips the hook above
+    return build_meta.build_editable(wheel_directory, config_settings, metadata_directory)

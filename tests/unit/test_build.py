@@ -85,6 +85,8 @@ def test_a_compiled_editable_install_is_refused(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setenv("PREFORK_COMPILE", "1")
     with pytest.raises(SystemExit, match=r"editable install .* refused"):
         backend.get_requires_for_build_editable()
+    with pytest.raises(SystemExit, match=r"editable install .* refused"):  # --no-build-isolation
+        backend.build_editable("unused")
 
 
 def _copy_project(tmp_path: Path) -> Path:
