@@ -18,9 +18,10 @@ import sys
 
 from setuptools import setup
 
-# The per-request path: the sans-I/O HTTP layer, the connection's lifecycle and
-# the native handler. Not the ASGI/WSGI/WebSocket apps, the master or the CLI:
-# they run once per worker or are not the bottleneck.
+# The per-request path: the sans-I/O HTTP layer, the connection, its lifecycle
+# and the worker's shared state, and the native handler. The ASGI, WSGI and
+# WebSocket interfaces run per request too but are not compiled yet (the next
+# candidates); the master, the worker's start-up and the CLI run once.
 COMPILED_MODULES = [
     "prefork/_compiled.py",
     "prefork/http/compression.py",
@@ -35,6 +36,8 @@ COMPILED_MODULES = [
     "prefork/engine/batch.py",
     "prefork/engine/connection.py",
     "prefork/engine/lifecycle.py",
+    "prefork/engine/shared.py",
+    "prefork/engine/slices.py",
     "prefork/apps/handler.py",
     "prefork/apps/native.py",
 ]
