@@ -21,6 +21,7 @@ import matplotlib.pyplot as plt
 
 LABELS = {
     "prefork": "prefork",
+    "prefork-pure": "prefork (pure Python)",
     "prefork-h11": "prefork (h11)",
     "prefork-access": "prefork (access log)",
     "prefork-metrics": "prefork (metrics on)",
@@ -36,6 +37,7 @@ LABELS = {
 }
 COLORS = {
     "prefork": "#d62728",
+    "prefork-pure": "#ff7f0e",
     "prefork-h11": "#ff9896",
     "prefork-access": "#e377c2",
     "prefork-metrics": "#f7b6d2",

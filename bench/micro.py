@@ -204,6 +204,205 @@ async def per_connection(n: int) -> float:
     return grown / n
 
 
+# -- WSGI (issue 18): the per-request path of ``interface = "wsgi"`` ----------
+#
+#     python bench/micro.py --wsgi            # plain app and Flask, varied and identical heads
+#     python bench/micro.py --wsgi-requests N [--flask] [--identical]
+#         only the whole path, N requests; for callgrind, instructions per request are
+#         the difference of two runs over the difference of their N:
+#         valgrind --tool=callgrind --callgrind-out-file=/dev/null python bench/micro.py \
+#             --wsgi-requests 500    (then 2500)
+#
+# Stages, us of process time per request (all threads), best of ROUNDS:
+# - reader: the Connection's RequestReader (head cache as in a worker);
+# - environ: ``request_environ`` from the parsed request;
+# - app: the app alone, with a start_response that does nothing;
+# - response: the rest of ``wsgi_call.Call.run`` (start_response's checks,
+#   the head and body bytes), i.e. Call.run less the app;
+# - hand-off: the whole path less all of the above: the connection's wake-up,
+#   the exchange, the pool thread's queue and the loop's wake-up back, the write,
+#   the trusted proxy's X-Forwarded-* fields (127.0.0.1 is trusted by default),
+#   and the collector's work on the requests in flight.
+# The whole path runs WSGI_CONNECTIONS real Connections over a transport
+# that counts writes, each fed one request per round as wrk's connections do,
+# with the interface's real thread pool and event loop.
+
+WSGI_CONNECTIONS = 50
+WSGI_THREADS = 0  # --wsgi-threads: the pool's size (0: the wsgi_threads default)
+CALLGRIND_HEADS = 4000
+
+
+class WsgiTransport(NullTransport):
+    """Swallows writes, counting them; resolves ``waiter`` at ``target`` writes."""
+
+    def __init__(self, counter: list[Any]) -> None:
+        self.counter = counter
+
+    def write(self, data: bytes) -> None:
+        counter = self.counter
+        counter[0] += 1
+        if counter[0] >= counter[1] and not counter[2].done():
+            counter[2].set_result(None)
+
+
+def _wsgi_apps() -> dict[str, Any]:
+    sys.path.insert(0, str(BENCH / "apps"))
+    import flask_app  # (bench/apps is on sys.path only now)
+    import wsgi_app
+
+    return {"plain": wsgi_app.app, "flask": flask_app.app}
+
+
+async def _wsgi_whole_path(app: Any, items: list[bytes], rounds: int) -> float:
+    """us per request (process time, all threads) of ``items`` through real Connections."""
+    from prefork.apps.wsgi import WsgiApp
+
+    cfg = _config("httptools")
+    wsgi = WsgiApp(app, cfg, "bench")
+    if WSGI_THREADS:
+        wsgi.threads = WSGI_THREADS
+    state = Shared(cfg, wsgi)
+    state.start()
+    await wsgi.startup()
+    loop = asyncio.get_running_loop()
+    counter: list[Any] = [0, 0, loop.create_future()]
+    conns = []
+    tasks = []
+    for _ in range(WSGI_CONNECTIONS):
+        conn = Connection(state)
+        conn.connection_made(WsgiTransport(counter))
+        conns.append(conn)
+
+        async def serve(conn: Connection = conn) -> None:
+            while await wsgi.exchange(conn) == "keep-alive":
+                pass
+
+        tasks.append(loop.create_task(serve()))
+    await asyncio.sleep(0)
+    best = float("inf")
+    per_round = len(items) // WSGI_CONNECTIONS * WSGI_CONNECTIONS
+    for _ in range(rounds):
+        started = time.process_time()
+        for base in range(0, per_round, WSGI_CONNECTIONS):
+            counter[1] = counter[0] + WSGI_CONNECTIONS
+            counter[2] = loop.create_future()
+            for i, conn in enumerate(conns):
+                conn.data_received(items[base + i])
+            await counter[2]
+        best = min(best, (time.process_time() - started) / per_round)
+    for conn in conns:
+        conn.abort()
+    await wsgi.shutdown()
+    return best * 1e6
+
+
+async def _wsgi_stages(app: Any, items: list[bytes]) -> dict[str, float]:
+    """reader, environ, app, Call.run: us per request, on this thread (no loop needed)."""
+    from prefork.apps.wsgi import WsgiApp
+    from prefork.apps.wsgi_call import Call
+    from prefork.apps.wsgi_environ import ConnectionEnviron, request_environ
+
+    cfg = _config("httptools")
+    wsgi = WsgiApp(app, cfg, "bench")
+    state = Shared(cfg, wsgi)
+
+    def read(heads_: list[bytes]) -> None:
+        # (The requests are dropped as read: kept, they would make the
+        # collector's work part of this stage.)
+        reader = RequestReader(state.head_parser, state.limits, state.head_cache)
+        for h in heads_:
+            reader.feed(h)
+            reader.take()
+
+    reader = RequestReader(state.head_parser, state.limits, state.head_cache)
+    requests = []
+    for h in items:
+        reader.feed(h)
+        requests.append(reader.take())
+    conn = Connection(state)
+    conn.connection_made(NullTransport())
+    env = ConnectionEnviron("", "http", "127.0.0.1", ("127.0.0.1", 40000), ("127.0.0.1", 8080))
+
+    def environs(reqs: list[Any]) -> None:
+        for req in reqs:
+            request_environ(env, req)
+
+    def nothing(status: str, headers: list[Any], exc_info: Any = None) -> Any:
+        return None
+
+    def bare_app(reqs: list[Any]) -> None:
+        for req in reqs:
+            app(request_environ(env, req), nothing)
+
+    def call(reqs: list[Any]) -> None:
+        for req in reqs:
+            Call(wsgi, conn, req, request_environ(env, req), True).run()
+
+    st = {
+        "reader": best_per_item(items, read),
+        "environ": best_per_item(requests, environs),
+    }
+    st["app"] = best_per_item(requests, bare_app) - st["environ"]
+    st["call"] = best_per_item(requests, call) - st["environ"]
+    return st
+
+
+def wsgi_report(count: int) -> list[str]:
+    varied = [heads.for_host(h, "127.0.0.1:8080") for h in heads.generate(count)]
+    lines = []
+    for name, app in _wsgi_apps().items():
+        for kind, items in (("varied", varied), ("identical", [IDENTICAL] * count)):
+            st = uvloop.run(_wsgi_stages(app, items))
+            whole = uvloop.run(_wsgi_whole_path(app, items, ROUNDS))
+            rest = whole - st["reader"] - st["environ"] - st["call"]
+            lines += [
+                f"WSGI {name} app, {kind} heads ({count}, {WSGI_CONNECTIONS} connections),"
+                " us per request",
+                f"  reader     {st['reader']:6.2f}   RequestReader feed + take",
+                f"  environ    {st['environ']:6.2f}   request_environ",
+                f"  app        {st['app']:6.2f}   the app alone",
+                f"  response   {st['call'] - st['app']:6.2f}   start_response, head and body"
+                " (Call.run - app)",
+                f"  hand-off   {rest:6.2f}   the rest: wake-ups, exchange, pool, write,"
+                " forwarded fields, GC (whole - the stages)",
+                f"  whole path {whole:6.2f}",
+            ]
+    return lines
+
+
+def wsgi_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--wsgi", action="store_true", help="the WSGI path, by stage")
+    parser.add_argument(
+        "--wsgi-requests", type=int, default=0, help="only the WSGI whole path, N requests"
+    )
+    parser.add_argument("--flask", action="store_true", help="with --wsgi-requests: Flask")
+    parser.add_argument("--identical", action="store_true", help="with --wsgi-requests")
+    parser.add_argument("--wsgi-threads", type=int, default=0, help="the WSGI pool's size")
+
+
+def wsgi_main(args: argparse.Namespace) -> bool:
+    """Run what the WSGI flags ask for; False when they ask for nothing."""
+    global WSGI_THREADS  # a flag of this script
+    WSGI_THREADS = args.wsgi_threads
+    if args.wsgi_requests:
+        log.setup("info")
+        app = _wsgi_apps()["flask" if args.flask else "plain"]
+        n = max(args.wsgi_requests, WSGI_CONNECTIONS)
+        if args.identical:
+            items = [IDENTICAL] * n
+        else:
+            # Always as many heads made: only the requests differ between two runs.
+            made = heads.generate(max(n, CALLGRIND_HEADS))
+            items = [heads.for_host(h, "127.0.0.1:8080") for h in made[:n]]
+        uvloop.run(_wsgi_whole_path(app, items, 1))
+        return True
+    if args.wsgi:
+        log.setup("info")
+        print("\n".join(wsgi_report(args.n)))
+        return True
+    return False
+
+
 def report(backend: str, level: str, count: int) -> list[str]:
     varied = [heads.for_host(h, "127.0.0.1:8080") for h in heads.generate(count)]
     st = sans_io_stages(backend, varied)
@@ -235,6 +434,7 @@ def report(backend: str, level: str, count: int) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    wsgi_arguments(parser)
     parser.add_argument("--access", action="store_true", help="access log on (to /dev/null)")
     parser.add_argument("--json", action="store_true", help='access_log_format = "json"')
     parser.add_argument("--metrics", action="store_true", help="count metrics (metrics_bind)")
@@ -247,6 +447,8 @@ def main() -> None:
         if WHOLE_PATH_MISSING is not None:
             raise SystemExit(f"the engine is not importable: {WHOLE_PATH_MISSING}")
         print(f"{uvloop.run(per_connection(1000)):.0f} bytes per parked keep-alive connection")
+        return
+    if wsgi_main(args):
         return
     level = "access" if args.access else "info"
     if args.json:

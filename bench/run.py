@@ -29,6 +29,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import build
 import heads
 import servers
 from measure import Load, WrkResult, memory_profile, run_wrk, summarise, wait_quiet
@@ -74,7 +75,8 @@ SCENARIOS = {
     s.sid: s
     for s in (
         Scenario("V1", f"{VARIED}, keep-alive `GET /hello?..`, 1 worker", "varied heads",
-                 ("prefork", "prefork-h11", "prefork-metrics", "ceiling", *PEERS[:1],
+                 ("prefork", "prefork-pure", "prefork-h11", "prefork-metrics", "ceiling",
+                  *PEERS[:1],
                   "uvicorn-h11", *PEERS[1:], "nginx"),
                  Load(), varied=True, check="varied"),
         Scenario("V9", "V1 with 1,000 connections", "varied, 1000 conns",
@@ -198,13 +200,14 @@ def collect_meta(selected: list[str], settings: dict) -> dict:
     dirty = _first_line(["git", "-C", str(REPO), "status", "--porcelain", "--", "prefork"]) != "?"
     versions = {"Python": platform.python_version()}
     if any(n.startswith("prefork") for n in selected):
-        code = "import prefork; print(prefork.__version__)"
-        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        code = "import prefork as p; print(p.__version__, getattr(p, 'BUILD', 'pure Python'))"
+        env = {**os.environ, "PYTHONPATH": str(servers.PREFORK_PATH)}
         out = subprocess.run(
             [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=False
         )
-        version = out.stdout.strip() or "?"
-        versions["prefork"] = f"{version} ({commit}{', modified' if dirty else ''})"
+        version, _, kind = out.stdout.strip().partition(" ")
+        state = f"{commit}{', modified' if dirty else ''}, {kind} build"
+        versions["prefork"] = f"{version or '?'} ({state})"
     for dist in ("uvloop", "httptools", "h11", "zlib-ng", "fastapi", "flask"):
         with contextlib.suppress(importlib.metadata.PackageNotFoundError):
             versions[f"{dist} (prefork's)"] = importlib.metadata.version(dist)
@@ -329,6 +332,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="S1 only, one 2 s run after a 1 s warm-up: a smoke test of the harness",
     )
+    p.add_argument(
+        "--build",
+        choices=("compiled", "source"),
+        default="compiled",
+        help="prefork's rows run the compiled wheel of this checkout (default; built and kept"
+        " in bench/.build/) or its sources; the 'prefork (pure Python)' row always runs the"
+        " sources",
+    )
     p.add_argument("--scenarios", help="comma-separated, e.g. S1,S3 (default: all)")
     p.add_argument("--servers", help="comma-separated, e.g. prefork,granian (default: all)")
     p.add_argument("--duration", type=int, help="seconds per measured run (default 10)")
@@ -392,6 +403,12 @@ def main(argv: list[str] | None = None) -> int:
     selected = [n for n in ALL if n in wanted and any(n in sc.servers for sc in scenarios)]
     if any(SERVERS[n][1] for n in selected):
         ensure_venv()
+    if any(n.startswith("prefork") and n != "prefork-pure" for n in selected):
+        try:
+            servers.PREFORK_PATH = build.pythonpath(args.build)
+        except RuntimeError as exc:
+            log(f"{exc}\n(--build source runs the checkout's pure Python instead)")
+            return 2
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     target = 65536 if hard == resource.RLIM_INFINITY else min(hard, 65536)
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, target), hard))

@@ -29,6 +29,9 @@ APPS = BENCH / "apps"
 VENV = BENCH / ".venv"
 VENV_PYTHON = VENV / "bin" / "python"
 HOST = "127.0.0.1"
+# Where prefork's processes import it from (build.pythonpath): the compiled
+# build by default, set by run.py; the "pure Python" row always runs REPO.
+PREFORK_PATH = REPO
 HELLO = b"Hello, World!"
 
 sys.path.insert(0, str(APPS))
@@ -37,6 +40,7 @@ from bigdoc import BIG_JSON  # noqa: E402
 # name -> (label, needs the peers' venv, Python peer?)
 SERVERS: dict[str, tuple[str, bool, bool]] = {
     "prefork": ("prefork", False, False),
+    "prefork-pure": ("prefork (pure Python)", False, False),
     "prefork-h11": ("prefork (h11)", False, False),
     "prefork-access": ("prefork (access log on)", False, False),
     "prefork-metrics": ("prefork (metrics on)", False, False),
@@ -249,7 +253,8 @@ def start(
     argv = command(name, port, launch, workdir, app)
     if launch.pinned_cpu is not None:
         argv = ["taskset", "-c", launch.pinned_cpu, *argv]
-    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
+    path = PREFORK_PATH if name.startswith("prefork") and name != "prefork-pure" else REPO
+    env = {**os.environ, "PYTHONPATH": str(path), "PYTHONUNBUFFERED": "1"}
     env.pop("VIRTUAL_ENV", None)
     log_path = workdir / "server.log"
     with open(log_path, "wb") as log:

@@ -211,7 +211,8 @@ class Call:
         except Exception:
             return self._failed(None)
         finally:
-            close_iterable(result, app.name)
+            if type(result) is not list:  # (a list has no close(): the usual body)
+                close_iterable(result, app.name)
 
     def _failed(self, broken: WsgiError | None) -> Outcome:
         """Log what went wrong: a broken rule in one line, anything else with its traceback."""
@@ -233,6 +234,8 @@ class Call:
         return Outcome(Outcome.FAILED)
 
     def _respond(self, result: Iterable[bytes]) -> Outcome:
+        if type(result) is list and self.stream is None:
+            return self._buffered(result)  # the usual body first: [b"..."]
         if isinstance(result, FileWrapper) and self.stream is None:
             out = self._sendfile(result)
             if out is not None:
@@ -290,8 +293,9 @@ class Call:
         text, lower, has_server, length = self.head
         req = self.req
         code = self.code
-        keep_alive = self._keep_alive()
-        if bodyless_status(code):
+        # (``_keep_alive``, inline: this runs for nearly every request.)
+        keep_alive = self.keep_alive and (self.body is None or self.body.complete)
+        if code == 204 or code == 304:  # bodyless (a WSGI app sends no 1xx)
             head = encode_head(self.status, text, has_server, "", keep_alive, self.http10)
             return Outcome(Outcome.BUFFERED, code, head, b"", 0, keep_alive)
         app = self.app

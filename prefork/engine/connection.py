@@ -65,6 +65,7 @@ class Connection(Lifecycle):
         "_reading",
         "_serves_inline",
         "_waiter",
+        "_wake_on_handoff",
         "_write_paused",
         "app",
         "behind_proxy",
@@ -105,6 +106,7 @@ class Connection(Lifecycle):
         self._read_paused = False
         self._write_paused = False
         self._drain_waiter: asyncio.Future[None] | None = None
+        self._wake_on_handoff = True  # hand_off(wake=False) defers the wake-up
         self._on_drain: Callable[[], None] | None = None
         self._gone_waiter: asyncio.Future[None] | None = None
         self._handoff: object = None
@@ -271,13 +273,22 @@ class Connection(Lifecycle):
         """The peer is not reading: ``await drain()`` before writing more."""
         return self._write_paused
 
-    def hand_off(self, payload: object) -> None:
+    def hand_off(self, payload: object, wake: bool = True) -> None:
         """From ``AppInterface.respond_inline``: the coroutine finishes this request.
 
         ``payload`` is the app interface's own; its ``exchange`` gets it back
-        from ``take_handoff``.
+        from ``take_handoff``. ``wake=False``: the request is being answered
+        elsewhere (a WSGI pool thread), so the coroutine stays parked until
+        ``resume()`` (or until bytes, EOF or the loss of the peer wake it), and
+        no deadline runs meanwhile, as while the coroutine answers a request:
+        one wake-up of the coroutine per request instead of two.
         """
         self._handoff = payload
+        self._wake_on_handoff = wake
+
+    def resume(self) -> None:
+        """Wake the coroutine parked after ``hand_off(payload, wake=False)``."""
+        self._wake()
 
     def reply_error_and_close(self, exc: ProtocolError) -> int:
         """Send the error response for ``exc`` and close; returns the body bytes sent."""
@@ -297,6 +308,7 @@ class Connection(Lifecycle):
         """What ``hand_off`` left (None if nothing), once."""
         handoff = self._handoff
         self._handoff = None
+        self._wake_on_handoff = True
         return handoff
 
     def _serve_inline(self) -> bool:
@@ -337,7 +349,10 @@ class Connection(Lifecycle):
         # turn) wait in ``_pending``, so no later request is answered, nor a
         # 100 Continue sent, before this one.
         self._reading = False
-        self._wake()
+        if self._wake_on_handoff:
+            self._wake()
+        else:
+            self._clear_deadline()  # answered elsewhere, as if by the coroutine
         return False
 
     def _resume_parsing(self) -> bool:

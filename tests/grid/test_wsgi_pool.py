@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.conftest import ServerProcess, StartServer, start_server
-from tests.grid.wsgi_client import get, read_all
+from tests.grid.wsgi_client import connect, get, read_all
 
 __all__ = ["start_server"]  # the fixture, for the tests below
 
@@ -41,10 +41,43 @@ def app(environ, start_response):
 """
 
 
-def _start_sleepy(start_server: StartServer, tmp_path: Path, threads: int) -> ServerProcess:
+def _start_sleepy(
+    start_server: StartServer, tmp_path: Path, threads: int, extra: str = ""
+) -> ServerProcess:
     config = tmp_path / f"threads{threads}.toml"
-    config.write_text(f"wsgi_threads = {threads}\n")
+    config.write_text(f"wsgi_threads = {threads}\n{extra}")
     return start_server(SLEEPY_APP, "-w", "1", "-c", str(config), target="app:app")
+
+
+def test_a_call_longer_than_the_idle_and_header_timeouts_is_answered(
+    start_server: StartServer, tmp_path: Path
+) -> None:
+    # The request goes to a thread straight from the protocol callback while
+    # the connection's coroutine stays parked where the idle (or header)
+    # deadline was armed: that deadline must not run while the app works.
+    server = _start_sleepy(
+        start_server,
+        tmp_path,
+        threads=2,
+        extra="keepalive_idle_timeout = 1\nrequest_header_timeout = 1\n",
+    )
+    conn = connect(server)
+    try:
+        for _ in range(2):  # the first under the header deadline, the second the idle one
+            conn.request("GET", "/slow?1.6")
+            resp = conn.getresponse()
+            assert (resp.status, resp.read()) == (200, b"ok")
+    finally:
+        conn.close()
+    # Pipelined behind a slow call: answered in order, on one connection.
+    with server.connect() as s:
+        s.sendall(
+            b"GET /slow?0.3 HTTP/1.1\r\nHost: x\r\n\r\n"
+            b"GET /most HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        answer = read_all(s)
+    assert answer.count(b"HTTP/1.1 200 OK") == 2, answer
+    assert answer.index(b"\r\n\r\nok") < answer.rindex(b"\r\n\r\n")
 
 
 def test_busy_threads_stall_no_io_and_no_503(start_server: StartServer, tmp_path: Path) -> None:
