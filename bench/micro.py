@@ -6,6 +6,9 @@
     python bench/micro.py --metrics       # with the metrics counted (metrics_bind set)
     python bench/micro.py --memory        # bytes per parked keep-alive connection (tracemalloc)
     python bench/micro.py -n 5000         # fewer distinct heads per round
+    python bench/micro.py --asgi          # the ASGI path (bench/apps/asgi_app.py) split by stage
+    python bench/micro.py --asgi --asgi-app fastapi                # ... with the FastAPI hello
+    python bench/micro.py --asgi-whole varied --rounds 1 -n 2000   # that path alone (callgrind)
 
 The heads are those of the varied-heads scenario (``heads.py``: every head
 different, ~600 bytes), so prefork's cache of parsed heads never hits, as
@@ -26,6 +29,16 @@ behind a load balancer. Per request, in microseconds of process time (best of
   coroutine parked and fed with ``data_received`` as the event loop does (no
   syscalls, no event loop turns); "identical" is the same path with one
   repeated head (the head cache hits).
+
+The ASGI path (``--asgi``): the plain ASGI app of the benchmark, or the
+FastAPI hello (``--asgi-app fastapi``), awaited by ``AsgiApp.exchange`` on a
+real ``Connection`` whose coroutine is woken per request (one event loop
+turn each, as on a socket), with the GC frozen after set-up as in a worker;
+split into the reader, the scope, the forwarded fields and the rest (app
+call, events, response bytes, write, the loop turn). Instructions per
+request: run ``--asgi-whole varied --rounds 1`` under ``valgrind
+--tool=callgrind`` (the interpreter binary itself, not a pyenv shim) with
+``-n 2000`` and ``-n 4000``; the difference of the totals / 2000.
 
 Only the public pieces of prefork are used, imported in one place below; when
 the engine's modules move, the whole-path rows say so and the sans-I/O stages
@@ -432,17 +445,165 @@ def report(backend: str, level: str, count: int) -> list[str]:
     return lines
 
 
+# -- the ASGI path --------------------------------------------------------------
+# The plain ASGI app of the benchmark (bench/apps/asgi_app.py) through
+# AsgiApp.exchange on a real Connection. Unlike the native handler it is not
+# answered from the protocol callback: each request wakes the connection's
+# coroutine, so each one here costs one event loop turn too, as on a socket.
+
+
+ASGI_APPS = {"plain": "asgi_app", "fastapi": "fastapi_app"}  # modules in bench/apps
+ASGI_APP = "plain"
+
+
+def _asgi_pieces() -> tuple[Any, Any, Any]:
+    sys.path.insert(0, str(BENCH / "apps"))
+    import importlib
+
+    from prefork.apps.asgi import AsgiApp
+    from prefork.apps.asgi_scope import conn_scope, http_scope
+
+    module = importlib.import_module(ASGI_APPS[ASGI_APP])
+    return module.app, AsgiApp, (conn_scope, http_scope)
+
+
+class CountingTransport(NullTransport):
+    def __init__(self) -> None:
+        self.writes = 0
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.writes += 1
+
+    def close(self) -> None:
+        self.closed = True
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        if name == "sockname":
+            return ("127.0.0.1", 8080)
+        return super().get_extra_info(name, default)
+
+
+async def asgi_whole_path(items: list[bytes]) -> float:
+    """us per request of the ASGI app through a Connection, fed ``items`` in turn."""
+    app, asgi_app_cls, _ = _asgi_pieces()
+    cfg = _config("httptools")
+    interface = asgi_app_cls(app, "asgi_app:app", cfg)
+    await interface.startup()
+    state = Shared(cfg, interface)
+    state.start()
+    conn = Connection(state)
+    transport = CountingTransport()
+    conn.connection_made(transport)
+
+    async def serve() -> None:
+        while await interface.exchange(conn) == "keep-alive":
+            pass
+
+    task = asyncio.get_running_loop().create_task(serve())
+    await asyncio.sleep(0)  # parked, waiting for a request
+    # What the worker does once booted: the set-up out of the collector's way.
+    gc.collect()
+    gc.freeze()
+    best = float("inf")
+    for _ in range(ROUNDS):
+        started = time.process_time()
+        for data in items:
+            before = transport.writes
+            conn.data_received(data)
+            for _turn in range(10):  # one loop turn: the coroutine answers
+                await asyncio.sleep(0)
+                if transport.writes != before:
+                    break
+            else:
+                raise RuntimeError("the ASGI app did not answer")
+        best = min(best, (time.process_time() - started) / len(items))
+    gc.unfreeze()
+    task.cancel()
+    await interface.shutdown()
+    return best * 1e6
+
+
+def asgi_scope_stage(varied: list[bytes]) -> dict[str, float]:
+    """The scope (and the forwarded fields) of fresh requests: us per request."""
+    _, _, (conn_scope, http_scope) = _asgi_pieces()
+    from prefork.http.forwarded import Trust, forwarded_view
+
+    cfg = _config("httptools")
+    limits = Limits.from_config(cfg)
+    parser = make_parser("httptools")
+    reqs = [build_request(*parser.parse(h), limits, False) for h in varied]
+    info = conn_scope(CountingTransport(), ("127.0.0.1", 40000), None, None)
+    asgi = {"version": "3.0", "spec_version": "2.5"}
+    trust = Trust(cfg.forwarded_allow_ips)
+
+    def scope(items: list[Any]) -> None:
+        for req in items:
+            http_scope(req, info, "", {}, asgi)
+
+    def forwarded(items: list[Any]) -> None:
+        for req in items:
+            forwarded_view(req.headers, trust)
+
+    return {"scope": best_per_item(reqs, scope), "forwarded": best_per_item(reqs, forwarded)}
+
+
+def asgi_report(count: int) -> list[str]:
+    varied = [heads.for_host(h, "127.0.0.1:8080") for h in heads.generate(count)]
+    reader = sans_io_stages("httptools", varied)["reader"]
+    st = asgi_scope_stage(varied)
+    whole = uvloop.run(asgi_whole_path(varied))
+    same = uvloop.run(asgi_whole_path([IDENTICAL] * count))
+    rest = whole - reader - st["scope"] - st["forwarded"]
+    return [
+        f"asgi (httptools, {ASGI_APPS[ASGI_APP]}): varied heads ({count} distinct), us per request",
+        f"  reader     {reader:6.2f}   the request reader (parse, checks, header dict)",
+        f"  scope      {st['scope']:6.2f}   http_scope of a fresh request",
+        f"  forwarded  {st['forwarded']:6.2f}   the trusted proxy's fields (X-Forwarded-*)",
+        f"  app+resp   {rest:6.2f}   app call, receive/send events, response bytes, write,"
+        " loop turn (whole - the above)",
+        f"  whole path {whole:6.2f}   (identical heads, cache hits: {same:.2f})",
+    ]
+
+
 def main() -> None:
+    global ROUNDS, ASGI_APP
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     wsgi_arguments(parser)
     parser.add_argument("--access", action="store_true", help="access log on (to /dev/null)")
     parser.add_argument("--json", action="store_true", help='access_log_format = "json"')
     parser.add_argument("--metrics", action="store_true", help="count metrics (metrics_bind)")
     parser.add_argument("--memory", action="store_true", help="bytes per parked connection")
+    parser.add_argument("--asgi", action="store_true", help="the ASGI path (asgi_report)")
+    parser.add_argument(
+        "--asgi-app", choices=tuple(ASGI_APPS), default="plain", help="the app of --asgi*"
+    )
+    parser.add_argument(
+        "--asgi-whole",
+        choices=("varied", "identical"),
+        help="only the ASGI whole path, on -n heads (for callgrind: the difference of two -n)",
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=ROUNDS, help="rounds per measure, best kept (5)"
+    )
     parser.add_argument(
         "-n", type=int, default=heads.DEFAULT_COUNT, help="distinct heads per round (20000)"
     )
     args = parser.parse_args()
+    ROUNDS = args.rounds
+    ASGI_APP = args.asgi_app
+    if args.asgi_whole:
+        log.setup("info")
+        # At least 4,000 heads made whatever -n: the same set-up cost for two
+        # runs whose difference callgrind is to count (-n 2000 and -n 4000).
+        made = [heads.for_host(h, "127.0.0.1:8080") for h in heads.generate(max(args.n, 4000))]
+        items = made[: args.n] if args.asgi_whole == "varied" else [IDENTICAL] * args.n
+        print(f"{uvloop.run(asgi_whole_path(items)):.2f} us per request")
+        return
+    if args.asgi:
+        log.setup("info")
+        print("\n".join(asgi_report(args.n)))
+        return
     if args.memory:
         if WHOLE_PATH_MISSING is not None:
             raise SystemExit(f"the engine is not importable: {WHOLE_PATH_MISSING}")

@@ -2,16 +2,19 @@
 
 ``AsgiApp`` is what the engine calls (``engine.app.AppInterface``). Each
 request is one ``asgi_exchange.Exchange`` (the ``receive`` and ``send`` the
-app gets), awaited in the connection's own coroutine: no task per request.
+app gets), awaited in the connection's own coroutine: no task per request,
+but a context per request (``start_in_context``), as a task would have.
 The scope comes from ``asgi_scope``, the lifespan protocol from
 ``asgi_lifespan``, the rules of the app's messages from ``asgi_messages``.
 """
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import time
-from collections.abc import Awaitable, Callable
+import types
+from collections.abc import Awaitable, Callable, Coroutine, Generator
 from typing import Any
 
 from prefork import log
@@ -111,7 +114,14 @@ class AsgiApp:
             client_ip = _forwarded(scope, req, conn)
         ex = Exchange(self.name, conn, req, count, started, client_ip)
         try:
-            await self.app(scope, ex.receive, ex.send)
+            context = contextvars.copy_context()
+            call = context.run(self.app, scope, ex.receive, ex.send)
+            if type(call) is types.CoroutineType:
+                rest = start_in_context(call, context)
+                if rest is not None:
+                    await rest
+            else:  # an awaitable of another kind: awaited as it is
+                await call
         except Exception as exc:
             action = ex.failed(exc)
         else:
@@ -119,6 +129,50 @@ class AsgiApp:
         if action == "keep-alive" and conn.write_paused:
             await conn.drain()
         return action
+
+
+def start_in_context(
+    coro: Coroutine[Any, Any, None], context: contextvars.Context
+) -> Awaitable[None] | None:
+    """Run the first step of ``coro`` in ``context``: None when that was all of
+    it (most requests: nothing to wait for), else what to await for the rest.
+
+    Each request's call runs in a copy of the connection task's context, as
+    it would in a task of its own (uvicorn, hypercorn, granian make one per
+    request), without the task: what an app sets in a ContextVar (a request
+    id, a user) stays with its request and never shows in the next request
+    on the same keep-alive connection.
+    """
+    try:
+        step = context.run(coro.send, None)
+    except StopIteration:
+        return None
+    return _resume_in_context(coro, context, step)
+
+
+@types.coroutine
+def _resume_in_context(
+    coro: Coroutine[Any, Any, None], context: contextvars.Context, step: Any
+) -> Generator[Any, Any, None]:
+    """The rest of ``coro`` after a first ``step``, each step run in ``context``:
+    results, exceptions and cancellation pass through as ``await`` passes them."""
+    run = context.run
+    while True:  # one turn per step of the app, as a Task's: ends when the app does
+        try:
+            value = yield step
+        except GeneratorExit:
+            coro.close()
+            raise
+        except BaseException as exc:  # (CancelledError too): thrown into the app
+            try:
+                step = run(coro.throw, exc)
+            except StopIteration:
+                return
+            continue
+        try:
+            step = run(coro.send, value)
+        except StopIteration:
+            return
 
 
 def _forwarded(scope: dict[str, Any], req: Request, conn: Connection) -> str:

@@ -33,6 +33,7 @@ from prefork.http import compression
 from prefork.http.request import Request
 from prefork.http.response import (
     CONTINUE_RESPONSE,
+    DATE,
     LAST_CHUNK,
     bodyless_status,
     chunk,
@@ -58,6 +59,45 @@ _DISCONNECT: Final = {"type": "http.disconnect"}
 # Where the exchange is: nothing sent yet; http.response.start received (not
 # written); the head written (a streamed body); the response complete.
 IDLE, STARTED, STREAMING, DONE = 0, 1, 2, 3
+
+
+# Whole responses' heads by (status, header text, has a Server field, body
+# size, keep-alive, HTTP/1.0), for one Date line: an app answers the same few
+# heads again and again, so each is built once a second, not per response.
+_HeadKey = tuple[int, str, bool, int, bool, bool]
+_HEADS_MAX = 256
+
+
+class _WholeHeads:
+    __slots__ = ("by_key", "date")
+
+    def __init__(self) -> None:
+        self.date = ""
+        self.by_key: dict[_HeadKey, bytes] = {}
+
+
+_WHOLE_HEADS = _WholeHeads()
+
+
+def whole_head(
+    status: int, text: str, has_server: bool, size: int, keep_alive: bool, http10: bool
+) -> bytes:
+    """``encode_head`` of a response whose body is ``size`` bytes (Content-Length), remembered."""
+    cache = _WHOLE_HEADS
+    by_key = cache.by_key
+    line = DATE.line
+    if cache.date is not line:  # a new second: a new Date line in every head
+        cache.date = line
+        by_key.clear()
+    key = (status, text, has_server, size, keep_alive, http10)
+    head = by_key.get(key)
+    if head is None:
+        framing = f"Content-Length: {size}\r\n"
+        head = encode_head(status, text, has_server, framing, keep_alive, http10)
+        if len(by_key) >= _HEADS_MAX:
+            by_key.clear()  # start over: varied sizes cannot pin stale heads
+        by_key[key] = head
+    return head
 
 
 def count_response(
@@ -282,6 +322,7 @@ class Exchange:
         shared = conn.shared
         text = self.text
         length = self.app_length
+        framing: str | None
         if status < 200 or status == 204 or status == 304:  # (bodyless_status, inline)
             framing = ""
             body = b""
@@ -309,9 +350,13 @@ class Exchange:
                     if compressed is None:
                         return self._whole_compressed(body, coding, text)
                     body = compressed
-            framing = f"Content-Length: {len(body)}\r\n"
+            framing = None  # Content-Length: len(body), in a head from whole_head
         keep_alive = self._decide_keep_alive()
-        head = encode_head(status, text, self.has_server, framing, keep_alive, req.version == "1.0")
+        http10 = req.version == "1.0"
+        if framing is None:
+            head = whole_head(status, text, self.has_server, len(body), keep_alive, http10)
+        else:
+            head = encode_head(status, text, self.has_server, framing, keep_alive, http10)
         conn.write_response(head, body, keep_alive, False)
         self.sent = len(body)
         self._complete()

@@ -184,13 +184,19 @@ def server_cert(server_name: str | None, ssl_cfg: Mapping[str, Any] | None) -> s
 def lower_headers(raw: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
     """The request's fields with lower-case names, in order and with repeats."""
     names = _LOWER_NAMES
+    try:
+        # One comprehension when every name has been seen (the usual head).
+        return [(names[name], value) for name, value in raw]
+    except KeyError:
+        pass
     out = []
     for name, value in raw:
         lower = names.get(name)
         if lower is None:
             lower = name.lower()
-            if len(names) < _LOWER_NAMES_MAX:
-                names[name] = lower
+            if len(names) >= _LOWER_NAMES_MAX:
+                names.clear()  # start over: junk names sent once cannot keep real ones out
+            names[name] = lower
         out.append((lower, value))
     return out
 
@@ -200,19 +206,10 @@ def decode_path(path: str) -> str:
     return unquote(path) if "%" in path else path
 
 
-def head_parts(req: Request, root_path: str) -> _HeadParts:
-    """The parts of the scope that are a function of the request head.
-
-    Requests built from the reader's head cache share their template's raw
-    header list, so they are remembered by that list's identity (the entry
-    holds the list, so the identity cannot be reused meanwhile).
-    """
+def _parts(req: Request, root_path: str) -> _HeadParts:
     raw = req.raw_headers
-    hit = _HEADS.get(id(raw))
-    if hit is not None and hit[0] is raw and hit[1] is root_path:
-        return hit
     path = req.path
-    parts: _HeadParts = (
+    return (
         raw,
         root_path,
         tuple(lower_headers(raw)),
@@ -220,8 +217,27 @@ def head_parts(req: Request, root_path: str) -> _HeadParts:
         (root_path + path).encode() if root_path else path.encode("ascii"),
         req.query.encode("ascii"),
     )
+
+
+def head_parts(req: Request, root_path: str) -> _HeadParts:
+    """The parts of the scope that are a function of the request head.
+
+    Requests built from the reader's head cache (``Request.cached``) share
+    their template's raw header list, so they are remembered by that list's
+    identity (the entry holds the list, so the identity cannot be reused
+    meanwhile). A freshly parsed head is not remembered: every entry kept
+    for a head that never comes again would be garbage the collector has to
+    walk (the kept containers are what triggers its collections).
+    """
+    raw = req.raw_headers
+    if not req.cached:
+        return _parts(req, root_path)
+    hit = _HEADS.get(id(raw))
+    if hit is not None and hit[0] is raw and hit[1] is root_path:
+        return hit
+    parts = _parts(req, root_path)
     if len(_HEADS) >= _HEADS_MAX:
-        _HEADS.clear()  # start over: varied heads cannot pin stale entries
+        _HEADS.clear()  # start over rather than keep stale heads forever
     _HEADS[id(raw)] = parts
     return parts
 
@@ -240,7 +256,20 @@ def http_scope(
     ``state`` a shallow copy of the lifespan state, so one request's changes
     do not leak into the next.
     """
-    _, _, headers, path, raw_path, query = head_parts(req, root_path)
+    if req.cached:
+        _, _, cached, path, raw_path, query = head_parts(req, root_path)
+        headers = list(cached)
+    else:
+        # A fresh head: its parts once, with no tuple kept for a cache.
+        headers = lower_headers(req.raw_headers)
+        target = req.path
+        if root_path:
+            path = root_path + decode_path(target)
+            raw_path = (root_path + target).encode()
+        else:
+            path = unquote(target) if "%" in target else target
+            raw_path = target.encode("ascii")
+        query = req.query.encode("ascii")
     return {
         "type": "http",
         "asgi": asgi,
@@ -251,7 +280,7 @@ def http_scope(
         "raw_path": raw_path,
         "query_string": query,
         "root_path": root_path,
-        "headers": list(headers),
+        "headers": headers,
         "client": conn.client,
         "server": conn.server,
         "state": state.copy(),

@@ -92,6 +92,7 @@ class Request:
 
     __slots__ = (
         "body",
+        "cached",
         "chunked",
         "content_length",
         "expect_continue",
@@ -130,6 +131,12 @@ class Request:
         # The fields as the parser gave them (names as sent, repeats apart):
         # ASGI's scope["headers"]. The parser's own list, kept, not copied.
         self.raw_headers: RawHeaders = _NO_RAW_HEADERS
+        # Built from the reader's cache of parsed heads (a clone of a template):
+        # its raw_headers list is the template's, shared by every request of
+        # that head, so what an app interface derives from it may be
+        # remembered by that list's identity. False for a freshly parsed head
+        # (remembering those would keep every varied head alive for nothing).
+        self.cached = False
         # The access log's log_headers values, taken before the handler could change headers.
         self.logged: tuple[str | None, ...] | None = None
 
@@ -154,6 +161,7 @@ class Request:
         other.chunked = self.chunked
         other.expect_continue = self.expect_continue
         other.raw_headers = self.raw_headers  # never changed: shared
+        other.cached = True
         return other
 
 

@@ -8,6 +8,7 @@ what the app saw afterwards (the type of a send() failure, a disconnect).
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 import os
 from typing import Any
@@ -17,6 +18,9 @@ SEEN: dict[str, Any] = {}
 # /slow-reader waits on this after its first piece; GET /release sets it.
 RELEASE: list[asyncio.Event] = []
 PIECE = b"y" * 16384
+# Set by /context-set and never reset: a request that reads it must not see
+# what an earlier request on its connection set (each request has its own context).
+REQUEST_MARK: contextvars.ContextVar[str] = contextvars.ContextVar("request_mark", default="unset")
 
 
 async def read_body(receive: Any) -> bytes:
@@ -79,6 +83,14 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         out = json.dumps(shown).encode()
         await start(send, 200, [(b"content-type", b"application/json")])
         await body(send, out)
+    elif path == "/context-set":
+        REQUEST_MARK.set(scope["query_string"].decode())
+        await asyncio.sleep(0.01)  # suspended: the value is still this request's after it
+        await start(send, 200, text)
+        await body(send, REQUEST_MARK.get().encode())
+    elif path == "/context-get":
+        await start(send, 200, text)
+        await body(send, REQUEST_MARK.get().encode())
     elif path == "/echo":
         data = await read_body(receive)
         await start(send, 200, text)

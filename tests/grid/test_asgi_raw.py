@@ -20,6 +20,7 @@ import trustme
 
 from tests.conftest import wait_until
 from tests.e2e.conftest import ServerProcess, launch_server
+from tests.e2e.helpers import Wire, request
 
 pytestmark = pytest.mark.e2e
 
@@ -467,3 +468,18 @@ def test_lifespan_auto_without_support(tmp_path: Path) -> None:
         proc.stop()
     assert head.startswith(b"HTTP/1.1 200 ")
     assert rest == b"ok"
+
+
+def test_context_vars_stay_with_their_request(server: ServerProcess) -> None:
+    """A ContextVar an app sets (and never resets) is its request's, as in a
+    task per request: it survives the app's awaits, and the next request on
+    the same keep-alive connection does not see it."""
+    with Wire(server.port) as wire:
+        wire.send(request("/context-set?first"))
+        assert wire.read_response().body == b"first"
+        wire.send(request("/context-get"))
+        assert wire.read_response().body == b"unset"
+        # Pipelined: the second request is read while the first is answered.
+        wire.send(request("/context-set?second") + request("/context-get"))
+        assert wire.read_response().body == b"second"
+        assert wire.read_response().body == b"unset"

@@ -4,11 +4,15 @@ the reader's streamed bodies, lifespan, and telling an ASGI app apart."""
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import gc
 from typing import Any
 
 import pytest
 
 from prefork.apps import detect_interface
+from prefork.apps.asgi import start_in_context
+from prefork.apps.asgi_exchange import whole_head
 from prefork.apps.asgi_lifespan import Lifespan, LifespanFailed
 from prefork.apps.asgi_messages import AsgiMessageError, response_fields
 from prefork.apps.asgi_scope import ConnScope, decode_path, http_scope, lower_headers
@@ -16,6 +20,7 @@ from prefork.errors import ProtocolError
 from prefork.http.parsers import make_parser
 from prefork.http.protocol import RequestReader, streams_body
 from prefork.http.request import Limits, Request
+from prefork.http.response import DATE
 
 ASGI = {"version": "3.0", "spec_version": "2.5"}
 
@@ -76,6 +81,102 @@ def test_headers_are_a_new_list_each_time(reader: RequestReader) -> None:
     assert lower_headers(req.raw_headers) == [(b"host", b"h")]
 
 
+def test_scope_of_a_cached_head_is_the_scope_of_a_fresh_one() -> None:
+    """The third sighting of a head is built from the reader's head cache."""
+    cache: dict[bytes, Any] = {}
+    reader = RequestReader(make_parser("httptools"), Limits(8190, 100, 1000), cache)
+    head = b"GET /a%20b?q=1 HTTP/1.1\r\nHost: h\r\nX-A: 1\r\nx-a: 2\r\n\r\n"
+    conn = ConnScope(None, None, "http", {})
+    reqs = [parse(reader, head) for _ in range(4)]
+    assert [req.cached for req in reqs] == [False, False, True, True]
+    scopes = [http_scope(req, conn, "/r", {}, ASGI) for req in reqs]
+    for scope in scopes[1:]:
+        assert scope == scopes[0]
+    assert scopes[0]["path"] == "/r/a b"
+    assert scopes[0]["headers"] == [(b"host", b"h"), (b"x-a", b"1"), (b"x-a", b"2")]
+    # An app that changes its scope's headers changes no other request's.
+    scopes[2]["headers"].append((b"x-b", b"3"))
+    assert http_scope(reqs[3], conn, "/r", {}, ASGI)["headers"] == scopes[0]["headers"]
+
+
+def test_varied_heads_leave_nothing_behind() -> None:
+    """Scopes of heads that never come again keep no objects alive: a cache of
+    them would be garbage the collector walks (and its collections cost
+    microseconds per request behind a load balancer)."""
+    reader = RequestReader(make_parser("httptools"), Limits(8190, 100, 1000), {})
+    conn = ConnScope(None, None, "http", {})
+
+    def serve(first: int) -> None:
+        for n in range(first, first + 600):
+            head = b"GET /%d HTTP/1.1\r\nHost: h\r\nX-Id: %d\r\nAccept: */*\r\n\r\n" % (n, n)
+            http_scope(parse(reader, head), conn, "", {}, ASGI)
+
+    serve(0)  # the name caches warm up
+    gc.collect()
+    before = len(gc.get_objects())
+    serve(1000)
+    gc.collect()
+    assert len(gc.get_objects()) - before < 50
+
+
+def test_in_context_passes_results_errors_and_cancellation() -> None:
+    """What an app run by start_in_context gets: futures' results, its own
+    context across its awaits (not the caller's), exceptions and cancellation."""
+    mark: contextvars.ContextVar[str] = contextvars.ContextVar("mark", default="caller's")
+    seen: list[object] = []
+
+    async def app(fut: asyncio.Future[int], fail: bool) -> None:
+        mark.set("app's")
+        seen.append(await fut)
+        seen.append(mark.get())
+        if fail:
+            raise ValueError("app failed")
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            seen.append("cancelled")
+            raise
+
+    async def call(fut: asyncio.Future[int], fail: bool) -> None:
+        context = contextvars.copy_context()
+        rest = start_in_context(context.run(app, fut, fail), context)
+        assert rest is not None  # (the app waits for fut)
+        await rest
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[int] = loop.create_future()
+        task = loop.create_task(call(fut, False))
+        await asyncio.sleep(0)
+        fut.set_result(42)
+        for _ in range(3):
+            await asyncio.sleep(0)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert seen == [42, "app's", "cancelled"]
+        failing: asyncio.Future[int] = loop.create_future()
+        failing.set_result(7)
+        with pytest.raises(ValueError, match="app failed"):
+            await call(failing, True)
+        assert seen[3:] == [7, "app's"]
+        assert mark.get() == "caller's"
+
+    asyncio.run(main())
+
+
+def test_in_context_an_app_that_does_not_wait() -> None:
+    mark: contextvars.ContextVar[str] = contextvars.ContextVar("mark", default="caller's")
+
+    async def app() -> None:
+        mark.set("app's")
+
+    context = contextvars.copy_context()
+    assert start_in_context(context.run(app), context) is None
+    assert context[mark] == "app's"
+    assert mark.get() == "caller's"
+
+
 def test_decode_path_invalid_utf8() -> None:
     assert decode_path("/%FF") == "/\ufffd"
     assert decode_path("/plain") == "/plain"
@@ -108,6 +209,32 @@ def test_response_fields_framing_is_the_servers() -> None:
     assert text == "x-a: 1\r\n"
     assert close
     assert length == 12
+
+
+def test_whole_heads_are_remembered_within_a_second() -> None:
+    DATE.refresh(1_700_000_000.0)
+    first = whole_head(200, "x-a: 1\r\n", False, 13, True, False)
+    assert first == (
+        b"HTTP/1.1 200 OK\r\nServer: prefork\r\nDate: Tue, 14 Nov 2023 22:13:20 GMT\r\n"
+        b"x-a: 1\r\nContent-Length: 13\r\n\r\n"
+    )
+    assert whole_head(200, "x-a: 1\r\n", False, 13, True, False) is first
+    # Each part of the key makes its own head.
+    assert b"Content-Length: 14\r\n" in whole_head(200, "x-a: 1\r\n", False, 14, True, False)
+    assert whole_head(200, "x-a: 1\r\n", False, 13, False, False).endswith(
+        b"Connection: close\r\n\r\n"
+    )
+    assert b"Server:" not in whole_head(200, "x-a: 1\r\n", True, 13, True, False)
+    assert whole_head(404, "x-a: 1\r\n", False, 13, True, False).startswith(b"HTTP/1.1 404 ")
+    assert whole_head(200, "x-a: 1\r\n", False, 13, True, True).endswith(
+        b"Connection: keep-alive\r\n\r\n"
+    )
+    # The next second's Date line: no head of the last second is given out.
+    DATE.refresh(1_700_000_001.0)
+    assert b"Date: Tue, 14 Nov 2023 22:13:21 GMT\r\n" in whole_head(
+        200, "x-a: 1\r\n", False, 13, True, False
+    )
+    DATE.refresh()
 
 
 @pytest.mark.parametrize(
