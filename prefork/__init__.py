@@ -6,8 +6,9 @@ server.serve()
 
 from __future__ import annotations
 
+from prefork._compiled import BUILD, COMPILED
 from prefork.server import Server, new
 
 __version__ = "0.1.0"
 
-__all__ = ["Server", "__version__", "new"]
+__all__ = ["BUILD", "COMPILED", "Server", "__version__", "new"]

@@ -18,7 +18,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any, NoReturn
 
-from prefork import __version__, log
+from prefork import BUILD, __version__, log
 from prefork.config import Config, from_environ, layered, load_toml, parse_host_port
 from prefork.errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, PreforkError
 from prefork.master.listeners import bind_spec, format_host
@@ -52,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="A pre-fork HTTP/1.1 server for Python.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--version", action="version", version=f"prefork {__version__}")
+    parser.add_argument("--version", action="version", version=f"prefork {__version__} ({BUILD})")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     run = sub.add_parser(
         "run",

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from prefork import log
+from prefork._compiled import BUILD
 from prefork._types import Action, Handler
 from prefork.config import Config, merged
 from prefork.errors import EXIT_FAILURE, EXIT_OK, ConfigError, PreforkError
@@ -90,6 +91,7 @@ class Server:
             self.exit_code = EXIT_FAILURE
             return None, "serve() must be called from the main thread (it handles signals)"
         log.setup(self.cfg.log_level)
+        logger.info("starting prefork (%s build)", BUILD)
         try:
             self._master = Master(
                 self.cfg,

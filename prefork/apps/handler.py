@@ -31,10 +31,11 @@ def load_app(spec: str) -> Handler:
         sys.path.insert(0, cwd)
     try:
         module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        if exc.name == module_name or (exc.name and module_name.startswith(exc.name + ".")):
+    except ModuleNotFoundError as missing:  # not "exc": mypyc types it once per function
+        name = missing.name
+        if name == module_name or (name and module_name.startswith(name + ".")):
             raise ConfigError(f"app {spec!r}: module {module_name!r} not found") from None
-        raise ConfigError(f"app {spec!r}: importing {module_name!r} failed: {exc}") from None
+        raise ConfigError(f"app {spec!r}: importing {module_name!r} failed: {missing}") from None
     except Exception as exc:
         where = ""
         tb = exc.__traceback__

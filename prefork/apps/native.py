@@ -15,7 +15,7 @@ import asyncio
 import logging
 import sys
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Coroutine, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterable, Coroutine, Iterable, Iterator, Mapping
 from typing import Any
 
 from prefork import log
@@ -296,8 +296,8 @@ def finish(
     if not valid:
         try:
             content, status, headers = check_result(result)
-        except HandlerResultError as exc:
-            app_logger.error("%s %s: %s", req.method, req.path, exc)
+        except HandlerResultError as bad:  # not "exc": mypyc types it once per function
+            app_logger.error("%s %s: %s", req.method, req.path, bad)
             return _send_500(conn, state, req, _client(conn), started)
     keep_alive = (
         req.keep_alive
@@ -426,16 +426,6 @@ async def respond_slow(
     return _done(conn, state, req, status, sent, started, keep_alive)
 
 
-async def _iterate(content: Any) -> AsyncIterator[bytes]:
-    if isinstance(content, AsyncIterable):
-        async for item in content:
-            yield _as_bytes(item)
-    else:
-        iterator: Iterator[Any] = iter(content)
-        for item in iterator:
-            yield _as_bytes(item)
-
-
 def _as_bytes(item: Any) -> bytes:
     if isinstance(item, bytes):
         return item
@@ -487,14 +477,14 @@ async def _respond_stream(
     conn.send(head)
     sent = 0
     try:
-        async for data in _iterate(content):
-            if encoder is not None:
-                data = encoder.compress(data) + encoder.flush()
-            if not data:
-                continue
-            sent += len(data)
-            conn.send(data if http10 else chunk(data))
-            await conn.drain()
+        # Two loops, not one over an async generator: mypyc compiles none.
+        if isinstance(content, AsyncIterable):
+            async for item in content:
+                sent += await _send_piece(conn, encoder, http10, _as_bytes(item))
+        else:
+            iterator: Iterator[Any] = iter(content)
+            for item in iterator:
+                sent += await _send_piece(conn, encoder, http10, _as_bytes(item))
         if encoder is not None:
             tail = encoder.finish()
             if tail:
@@ -514,3 +504,16 @@ async def _respond_stream(
     finally:
         await _close_stream(content)
     return sent, keep_alive
+
+
+async def _send_piece(
+    conn: Connection, encoder: compression.Encoder | None, http10: bool, data: bytes
+) -> int:
+    """One piece of a stream, compressed when negotiated, sent and drained: its length."""
+    if encoder is not None:
+        data = encoder.compress(data) + encoder.flush()
+    if not data:
+        return 0
+    conn.send(data if http10 else chunk(data))
+    await conn.drain()
+    return len(data)

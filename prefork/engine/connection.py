@@ -57,13 +57,13 @@ class Connection(Lifecycle):
         "_eof",
         "_gone_waiter",
         "_handoff",
-        "_inline",
         "_loop",
         "_lost",
         "_on_drain",
         "_pending",
         "_read_paused",
         "_reading",
+        "_serves_inline",
         "_waiter",
         "_wake_on_handoff",
         "_write_paused",
@@ -111,8 +111,9 @@ class Connection(Lifecycle):
         self._gone_waiter: asyncio.Future[None] | None = None
         self._handoff: object = None
         # Sync handlers are served straight from data_received while the
-        # connection coroutine is parked: no wake-up per request.
-        self._inline = shared.app.inline
+        # connection coroutine is parked: no wake-up per request. (Not named
+        # "_inline": mypyc would name its C field __inline, a GCC keyword.)
+        self._serves_inline = shared.app.inline
         # Bodies the app reads piece by piece (``receive_body``): ASGI sets
         # ``stream_bodies_over``; None (the native handler) reads them whole.
         self.reader.stream_over = shared.app.stream_bodies_over
@@ -153,7 +154,7 @@ class Connection(Lifecycle):
             self._wake()
             return
         if reader.requests:
-            if (phase is WAITING or phase is INLINE) and self._inline:
+            if (phase is WAITING or phase is INLINE) and self._serves_inline:
                 if self._serve_inline() and reader.want_continue:
                     reader.want_continue = False
                     self.send(CONTINUE_RESPONSE)

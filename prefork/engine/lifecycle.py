@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
-from typing import TYPE_CHECKING
 
 from prefork import log
 from prefork.engine.shared import Deadline, Shared, below_min_rate
@@ -100,13 +99,16 @@ class Lifecycle(asyncio.Protocol):
     _lost: bool
     _eof: bool
 
-    if TYPE_CHECKING:
+    # Connection's, called here: declared as methods it overrides (not under
+    # TYPE_CHECKING: mypyc compiles no statements in a class body).
+    def _resume_reading(self) -> None:
+        raise NotImplementedError
 
-        def _resume_reading(self) -> None: ...
+    def reply_error_and_close(self, exc: ProtocolError) -> int:
+        raise NotImplementedError
 
-        def reply_error_and_close(self, exc: ProtocolError) -> int: ...
-
-        def reject(self, exc: ProtocolError) -> None: ...
+    def reject(self, exc: ProtocolError) -> None:
+        raise NotImplementedError
 
     def __init__(self) -> None:
         self._phase = RECEIVING

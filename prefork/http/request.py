@@ -145,21 +145,23 @@ class Request:
 
     def clone(self) -> Request:
         """A copy with its own headers dict (a handler may change the one it gets)."""
-        other = Request.__new__(Request)
-        other.method = self.method
-        other.target = self.target
-        other.path = self.path
-        other.query = self.query
-        other.version = self.version
-        other.headers = self.headers.copy()
-        other.keep_alive = self.keep_alive
+        # Through __init__ rather than Request.__new__: a compiled (mypyc) class
+        # cannot be made without it.
+        other = Request(
+            self.method,
+            self.target,
+            self.path,
+            self.query,
+            self.version,
+            self.headers.copy(),
+            self.keep_alive,
+        )
         other.body = self.body
         other.content_length = self.content_length
         other.chunked = self.chunked
         other.expect_continue = self.expect_continue
         other.raw_headers = self.raw_headers  # never changed: shared
         other.cached = True
-        other.logged = None
         return other
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+import prefork
 from tests.e2e.conftest import ServerProcess, StartServer
 from tests.e2e.helpers import http_exchange
 
@@ -213,6 +214,8 @@ def test_python_dash_m_prefork_serves(start_server: StartServer) -> None:
     try:
         reply = get_root(server.port)
         assert f"listening on http://127.0.0.1:{server.port}" in server.log()
+        # The build that runs (the server imports prefork as this test does).
+        assert f"starting prefork ({prefork.BUILD} build)" in server.log()
     finally:
         _stop(server)
     assert reply.endswith(b"GET /hello http=auto"), reply

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from prefork import __version__, cli, server
+from prefork import BUILD, __version__, cli, server
 from prefork.errors import PreforkError
 
 # Every flag API.md names for `prefork run`.
@@ -208,7 +208,7 @@ def test_help_lists_every_flag(capsys: pytest.CaptureFixture[str], argv: list[st
 
 def test_version(capsys: pytest.CaptureFixture[str]) -> None:
     assert usage_exit(["--version"]) == 0
-    assert capsys.readouterr().out == f"prefork {__version__}\n"
+    assert capsys.readouterr().out == f"prefork {__version__} ({BUILD})\n"
 
 
 # -- flags become config (serve() replaced) ------------------------------------------

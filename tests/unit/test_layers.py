@@ -4,7 +4,7 @@ Read from the source (the AST of every module under prefork/), so a violation
 fails here whatever the code does at run time. In the spirit of httpx's
 test_exported_members.py. The layers, lowest first:
 
-    base    errors, _types, config, log, metrics, tls   (no prefork import above them)
+    base    errors, _types, _compiled, config, log, metrics, tls   (no prefork import above them)
     http    sans-I/O HTTP/1.1: no asyncio, socket or ssl
     engine  the connection: the only I/O of a request
     apps    the app interfaces, each typed against the engine
@@ -28,7 +28,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2] / "prefork"
 MAX_LINES = 600
 LAYERS = ("base", "http", "engine", "apps", "worker", "master", "top")
-BASE = {"errors", "_types", "config", "log", "metrics", "tls"}
+BASE = {"errors", "_types", "_compiled", "config", "log", "metrics", "tls"}
 TOP = {"server", "cli", "__init__", "__main__"}
 
 # Upward imports, as (module, imported module): none.

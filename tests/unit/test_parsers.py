@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import itertools
 import string
+import sys
 from typing import Any
 
 import pytest
@@ -319,7 +320,8 @@ def test_resolve_auto_prefers_httptools() -> None:
 def test_resolve_names_a_missing_backend(monkeypatch: pytest.MonkeyPatch) -> None:
     import prefork.http.parsers as parsers
 
-    monkeypatch.setattr(parsers, "available", lambda name: name == "h11")
+    # As if httptools were not installed (None in sys.modules: its import fails).
+    monkeypatch.setitem(sys.modules, "httptools", None)
     assert parsers.resolve("auto") == "h11"
     with pytest.raises(ConfigError, match="http: the httptools parser is not installed"):
         parsers.resolve("httptools")

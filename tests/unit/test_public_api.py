@@ -28,7 +28,7 @@ def handle(method: str, query: str, args: Any, headers: Any, body: bytes, ctx: A
 
 
 def test_all_is_pinned() -> None:
-    assert prefork.__all__ == ["Server", "__version__", "new"]
+    assert prefork.__all__ == ["BUILD", "COMPILED", "Server", "__version__", "new"]
     for name in prefork.__all__:
         assert hasattr(prefork, name)
 

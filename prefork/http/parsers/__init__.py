@@ -6,16 +6,17 @@ Python) is the fallback and the oracle the fast path is checked against.
 
 from __future__ import annotations
 
+import importlib
+
 from prefork.errors import ConfigError
 from prefork.http.request import HeadParser
 
 
 def available(name: str) -> bool:
+    # import_module asks sys.modules each time; an import statement in the
+    # compiled build remembers its first success.
     try:
-        if name == "httptools":
-            import httptools  # noqa: F401
-        else:
-            import h11  # noqa: F401
+        importlib.import_module("httptools" if name == "httptools" else "h11")
     except ImportError:
         return False
     return True

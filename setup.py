@@ -1,0 +1,71 @@
+"""Build hook: the optional compiled build (mypyc) of prefork's per-request path.
+
+Everything else about the package is in pyproject.toml. By default this adds
+nothing: ``pip install .`` and ``pip install -e .`` give pure Python, need no
+compiler and leave no extension modules beside the sources. With
+``PREFORK_COMPILE=1`` in the environment at build time (``pip wheel .``,
+``pip install .``, ``python setup.py build_ext --inplace``) the modules listed
+below are compiled with mypyc (it ships with mypy) into C extensions that
+Python imports in place of the .py files; ``prefork.COMPILED`` then says so.
+A compile that was asked for and fails fails the build: no half-compiled
+wheel.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from setuptools import setup
+
+# The per-request path: the sans-I/O HTTP layer, the connection, its lifecycle
+# and the worker's shared state, and the native handler. The ASGI, WSGI and
+# WebSocket interfaces run per request too but are not compiled yet (the next
+# candidates); the master, the worker's start-up and the CLI run once.
+COMPILED_MODULES = [
+    "prefork/_compiled.py",
+    "prefork/http/compression.py",
+    "prefork/http/forwarded.py",
+    "prefork/http/protocol.py",
+    "prefork/http/proxy_protocol.py",
+    "prefork/http/request.py",
+    "prefork/http/response.py",
+    "prefork/http/parsers/__init__.py",
+    "prefork/http/parsers/h11_parser.py",
+    "prefork/http/parsers/httptools_parser.py",
+    "prefork/engine/batch.py",
+    "prefork/engine/connection.py",
+    "prefork/engine/lifecycle.py",
+    "prefork/engine/shared.py",
+    "prefork/engine/slices.py",
+    "prefork/apps/handler.py",
+    "prefork/apps/native.py",
+]
+
+
+def _compile_asked() -> bool:
+    value = os.environ.get("PREFORK_COMPILE", "").strip().lower()
+    if value in ("", "0", "no", "false", "off"):
+        return False
+    if value in ("1", "yes", "true", "on"):
+        return True
+    sys.exit(f"PREFORK_COMPILE={value!r}: expected 1 or 0")
+
+
+def _ext_modules() -> list[object]:
+    if not _compile_asked():
+        return []
+    try:
+        from mypyc.build import mypycify
+    except ImportError as exc:  # a clear line rather than a pure-Python wheel in disguise
+        sys.exit(f"PREFORK_COMPILE=1 needs mypy (which ships mypyc) at build time: {exc}")
+    try:
+        return list(
+            mypycify(COMPILED_MODULES, opt_level="3", debug_level="0", group_name="prefork")
+        )
+    except SystemExit as exc:  # mypyc exits on type errors it cannot compile
+        sys.exit(f"PREFORK_COMPILE=1: mypyc could not compile prefork ({exc.code})")
+
+
+if __name__ == "__main__":  # setuptools runs this file as __main__; tests import it
+    setup(ext_modules=_ext_modules())
