@@ -19,9 +19,13 @@ import sys
 from setuptools import setup
 
 # The per-request path: the sans-I/O HTTP layer, the connection, its lifecycle
-# and the worker's shared state, and the native handler. The ASGI, WSGI and
-# WebSocket interfaces run per request too but are not compiled yet (the next
-# candidates); the master, the worker's start-up and the CLI run once.
+# and the worker's shared state, the native handler, and the per-request
+# modules of the ASGI and WSGI interfaces. Not compiled: asgi_context (a
+# types.coroutine generator, which a compiled generator cannot stand in for),
+# asgi_messages (exception classes deriving from OSError and RuntimeError),
+# the lifespan, the WSGI request body stream, the WebSocket session (per
+# message, its cost is the websockets library's), the master, the worker's
+# start-up and the CLI (they run once).
 COMPILED_MODULES = [
     "prefork/_compiled.py",
     "prefork/http/compression.py",
@@ -40,6 +44,13 @@ COMPILED_MODULES = [
     "prefork/engine/slices.py",
     "prefork/apps/handler.py",
     "prefork/apps/native.py",
+    "prefork/apps/asgi.py",
+    "prefork/apps/asgi_exchange.py",
+    "prefork/apps/asgi_scope.py",
+    "prefork/apps/wsgi.py",
+    "prefork/apps/wsgi_call.py",
+    "prefork/apps/wsgi_environ.py",
+    "prefork/apps/wsgi_headers.py",
 ]
 
 

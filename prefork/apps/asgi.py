@@ -14,11 +14,12 @@ import contextvars
 import logging
 import time
 import types
-from collections.abc import Awaitable, Callable, Coroutine, Generator
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from prefork import log
 from prefork._types import Action
+from prefork.apps.asgi_context import start_in_context
 from prefork.apps.asgi_exchange import STREAM_BODIES_OVER, Exchange, count_response
 from prefork.apps.asgi_lifespan import Lifespan
 from prefork.apps.asgi_messages import AsgiMessageError, ClientDisconnected
@@ -126,50 +127,6 @@ class AsgiApp:
         if action == "keep-alive" and conn.write_paused:
             await conn.drain()
         return action
-
-
-def start_in_context(
-    coro: Coroutine[Any, Any, None], context: contextvars.Context
-) -> Awaitable[None] | None:
-    """Run the first step of ``coro`` in ``context``: None when that was all of
-    it (most requests: nothing to wait for), else what to await for the rest.
-
-    Each request's call runs in a copy of the connection task's context, as
-    it would in a task of its own (uvicorn, hypercorn, granian make one per
-    request), without the task: what an app sets in a ContextVar (a request
-    id, a user) stays with its request and never shows in the next request
-    on the same keep-alive connection.
-    """
-    try:
-        step = context.run(coro.send, None)
-    except StopIteration:
-        return None
-    return _resume_in_context(coro, context, step)
-
-
-@types.coroutine
-def _resume_in_context(
-    coro: Coroutine[Any, Any, None], context: contextvars.Context, step: Any
-) -> Generator[Any, Any, None]:
-    """The rest of ``coro`` after a first ``step``, each step run in ``context``:
-    results, exceptions and cancellation pass through as ``await`` passes them."""
-    run = context.run
-    while True:  # one turn per step of the app, as a Task's: ends when the app does
-        try:
-            value = yield step
-        except GeneratorExit:
-            coro.close()
-            raise
-        except BaseException as exc:  # (CancelledError too): thrown into the app
-            try:
-                step = run(coro.throw, exc)
-            except StopIteration:
-                return
-            continue
-        try:
-            step = run(coro.send, value)
-        except StopIteration:
-            return
 
 
 def _forwarded(scope: dict[str, Any], req: Request, conn: Connection) -> str:

@@ -23,7 +23,7 @@ import itertools
 import logging
 import os
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from prefork import log
 from prefork.apps.wsgi_environ import Environ, FileWrapper
@@ -80,7 +80,13 @@ class Outcome:
     # (nothing was sent); BROKEN: the head went out, then it failed: cut the
     # connection; GONE: the peer left; CUT: the streamed request body failed,
     # and the loop already answered it (413...) or cut the connection.
-    BUFFERED, STREAMED, FAILED, BROKEN, GONE, CUT = range(6)
+    # (One Final per line: the compiled build takes no other statement in a class body.)
+    BUFFERED: Final = 0
+    STREAMED: Final = 1
+    FAILED: Final = 2
+    BROKEN: Final = 3
+    GONE: Final = 4
+    CUT: Final = 5
 
     __slots__ = ("body", "head", "keep_alive", "kind", "sent", "status")
 
@@ -170,8 +176,12 @@ class Call:
         self.code = code
         return self.write
 
-    def write(self, data: bytes) -> None:
-        """The ``write()`` callable (PEP 3333's legacy imperative API): send ``data`` now."""
+    def write(self, data: object) -> None:
+        """The ``write()`` callable (PEP 3333's legacy imperative API): send ``data`` now.
+
+        (``data`` is typed ``object``: an app's wrong type gets the error below,
+        not the compiled build's bare TypeError.)
+        """
         if type(data) is not bytes:
             raise WsgiError(f"write() takes bytes, not {type(data).__name__}")
         if self.status is None:

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from prefork.apps import detect_interface
-from prefork.apps.asgi import start_in_context
+from prefork.apps.asgi_context import start_in_context
 from prefork.apps.asgi_exchange import whole_head
 from prefork.apps.asgi_lifespan import Lifespan, LifespanFailed
 from prefork.apps.asgi_messages import AsgiMessageError, response_fields

@@ -6,6 +6,7 @@ tests/grid/test_wsgi_grid.py.
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from typing import Any
 from wsgiref.validate import check_environ
@@ -24,6 +25,8 @@ from prefork.apps.wsgi_environ import (
 )
 from prefork.apps.wsgi_headers import WsgiError, check_headers, check_status
 from prefork.config import Config
+from prefork.engine.connection import Connection
+from prefork.engine.shared import Shared
 from prefork.http.request import Limits, Request, build_request
 
 
@@ -179,7 +182,9 @@ def test_headers_text_length_and_date() -> None:
     assert text == "Content-Type: text/plain\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\n"
     assert lower["set-cookie"] == "a=1, b=2"
     assert (has_server, length) == (False, 5)
-    assert check_headers(cache, list(headers)) is check_headers(cache, headers)  # cached
+    # Cached: the same entry (its dict; the compiled build boxes the tuple anew).
+    assert check_headers(cache, list(headers))[1] is check_headers(cache, headers)[1]
+    assert len(cache) == 1
 
 
 @pytest.mark.parametrize(
@@ -207,10 +212,15 @@ def test_bad_headers(headers: Any) -> None:
 
 
 def _call() -> Call:
-    app = WsgiApp(lambda environ, start_response: [], Config.build(), "unit:app")
+    cfg = Config.build()
+    app = WsgiApp(lambda environ, start_response: [], cfg, "unit:app")
     req = _request("/")
-    # No connection: start_response never touches it before the head goes out.
-    return Call(app, None, req, _environ(req), True)  # type: ignore[arg-type]
+    # A connection with no socket nor running loop: start_response never
+    # touches it before the head goes out.
+    shared = Shared(cfg, app)
+    shared.loop = loop = asyncio.new_event_loop()
+    loop.close()
+    return Call(app, Connection(shared), req, _environ(req), True)
 
 
 def test_start_response_twice_without_exc_info_is_an_error() -> None:
