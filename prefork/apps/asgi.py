@@ -14,7 +14,7 @@ import contextvars
 import logging
 import time
 import types
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from prefork import log
@@ -32,6 +32,7 @@ from prefork.apps.asgi_scope import (
     http_scope,
 )
 from prefork.config import Config
+from prefork.engine.app import Session
 from prefork.engine.connection import Connection
 from prefork.errors import ProtocolError
 from prefork.http.forwarded import forwarded_view
@@ -83,7 +84,7 @@ class AsgiApp:
     def respond_inline(self, conn: Connection, req: Request) -> bool:
         return False  # never called: ``inline`` is False
 
-    async def exchange(self, conn: Connection) -> Action:
+    async def exchange(self, conn: Connection) -> Action | Session:
         count = conn.count
         try:
             req = await conn.receive_request(count)
@@ -103,9 +104,9 @@ class AsgiApp:
             )
         upgrade = req.headers.get("upgrade")
         if upgrade is not None and upgrade.lower() == "websocket":
-            # (Awaited here, not through a method: each frame on this chain
-            # lives as long as the WebSocket.)
-            return await _serve_websocket(self, conn, req, info, started)
+            # A session: the engine awaits it once this frame is gone (each
+            # frame on the chain lives as long as the WebSocket).
+            return _websocket_session(self, conn, req, info, started)
         scope = http_scope(req, info, self.root_path, self.lifespan.state, self.asgi)
         client_ip = conn.client_ip
         if conn.behind_proxy:
@@ -142,10 +143,14 @@ def _forwarded(scope: dict[str, Any], req: Request, conn: Connection) -> str:
 # -- the single place WebSocket requests go ---------------------------------
 
 
-async def _serve_websocket(
+def _websocket_session(
     app: AsgiApp, conn: Connection, req: Request, info: ConnScope, started: float
-) -> Action:
-    """The ASGI ``websocket`` scope for an upgrade request (``apps.websocket_asgi``)."""
+) -> Session:
+    """The ASGI ``websocket`` session for an upgrade request (``apps.websocket_asgi``).
+
+    Made here, awaited by the engine: what only builds the scope (this
+    frame, the WebSocketRequest) is not kept for the session's hours.
+    """
     # Imported here: a worker that never sees a WebSocket does not load the library.
     from prefork.apps.websocket import Options
     from prefork.apps.websocket_asgi import WebSocketRequest, serve_asgi_websocket
@@ -184,6 +189,18 @@ async def _serve_websocket(
         access.capture(req)  # the log_headers values, before the fields go
     req.headers = {}
     req.raw_headers = []
-    outcome = await serve_asgi_websocket(app.app, ws_req, conn, opts)
+    session = serve_asgi_websocket(app.app, ws_req, conn, opts)
+    return _logged_session(session, conn, client_ip, req, started)
+
+
+async def _logged_session(
+    session: Coroutine[Any, Any, Any],  # (websocket_asgi's Outcome: imported lazily)
+    conn: Connection,
+    client_ip: str,
+    req: Request,
+    started: float,
+) -> Action:
+    """``session``, then its access line and metrics."""
+    outcome = await session
     count_response(conn.shared, client_ip, req, outcome.status, outcome.sent, started)
     return "close"

@@ -259,12 +259,14 @@ async def serve_asgi_websocket(
     exchange = _Exchange(conn, ws)
     scope = build_scope(req, handshake.subprotocols)
     # This frame lives as long as the session: the handshake (its response
-    # and fields, ~1 KiB) goes once the WebSocket has what it needs.
-    del handshake
+    # and fields, ~1 KiB) and the request the scope was built from go once
+    # the WebSocket and the scope have what they need.
+    path = req.path
+    del handshake, req
     try:
         await app(scope, exchange.receive, exchange.send)
     except Exception:
-        app_logger.exception("ASGI app raised on WebSocket %s", req.path)
+        app_logger.exception("ASGI app raised on WebSocket %s", path)
         if exchange.accepted:
             if not ws.closed:
                 await ws.close(1011, "")

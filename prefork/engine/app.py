@@ -9,11 +9,17 @@ this module need not import the connection module that uses it.
 
 from __future__ import annotations
 
-from typing import Literal, Protocol, TypeVar
+from collections.abc import Coroutine
+from typing import Any, Literal, Protocol, TypeVar
 
 from prefork.http.request import Request
 
 Action = Literal["keep-alive", "close"]
+# What an exchange may return instead of an Action: a session that outlives
+# the request that opened it (a WebSocket, for hours), awaited by the engine
+# in the exchange's place, so that the exchange's frame (its locals, the
+# request's) is not kept alive as long as the session: ~1 KiB per idle one.
+Session = Coroutine[Any, Any, Action]
 
 C = TypeVar("C", contravariant=True)
 
@@ -39,8 +45,9 @@ class AppInterface(Protocol[C]):
         """
         ...
 
-    async def exchange(self, conn: C) -> Action:
-        """Serve the connection's next request (or the one handed off); say what next."""
+    async def exchange(self, conn: C) -> Action | Session:
+        """Serve the connection's next request (or the one handed off); say what next,
+        or hand back the session it opened for the engine to await."""
         ...
 
     async def startup(self) -> None:

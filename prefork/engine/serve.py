@@ -70,6 +70,8 @@ async def serve_connection(sock: socket.socket, shared: Shared, peer: object) ->
     try:
         while True:
             action = await exchange(conn)
+            if not isinstance(action, str):  # a session (engine.app.Session)
+                action = await action
             if action != "keep-alive":
                 break
     except PreforkError:
