@@ -45,6 +45,7 @@ import psutil
 import uvloop
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import build
 import servers
 
 HOST = servers.HOST
@@ -330,7 +331,8 @@ def start(name: str, workdir: Path, timeout: float = 30.0) -> servers.Running:
     workdir.mkdir(parents=True, exist_ok=True)
     port = servers.free_port()
     argv = ["taskset", "-c", SERVER_CPU, *command(name, port, workdir)]
-    env = {**os.environ, "PYTHONPATH": str(servers.REPO), "PYTHONUNBUFFERED": "1"}
+    path = servers.PREFORK_PATH if name == "prefork" else servers.REPO
+    env = {**os.environ, "PYTHONPATH": str(path), "PYTHONUNBUFFERED": "1"}
     env.pop("VIRTUAL_ENV", None)
     log_path = workdir / "server.log"
     with open(log_path, "wb") as log:
@@ -428,6 +430,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=float, default=5.0, help="seconds measured per run")
     parser.add_argument("--servers", default="prefork,uvicorn,granian")
+    parser.add_argument(
+        "--build",
+        choices=("compiled", "source"),
+        default="compiled",
+        help="prefork runs the compiled wheel of this checkout (bench/build.py) or its sources",
+    )
     args = parser.parse_args()
     names = [n.strip() for n in args.servers.split(",") if n.strip()]
     for name in names:
@@ -435,6 +443,8 @@ def main() -> None:
             parser.error(f"unknown server {name!r} (prefork, uvicorn, granian)")
     if shutil.which("taskset") is None:
         parser.error("taskset not found (apt-get install util-linux)")
+    if "prefork" in names:
+        servers.PREFORK_PATH = build.pythonpath(args.build)
     os.sched_setaffinity(0, {CLIENT_CPU})
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < 4 * SUBSCRIBERS:
