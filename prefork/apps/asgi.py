@@ -142,6 +142,10 @@ def _forwarded(scope: dict[str, Any], req: Request, conn: Connection) -> str:
 
 # -- the single place WebSocket requests go ---------------------------------
 
+# What an open WebSocket's request keeps of its fields: one empty list for all
+# (nothing appends to a parsed request's fields).
+_NO_FIELDS: list[tuple[bytes, bytes]] = []
+
 
 def _websocket_session(
     app: AsgiApp, conn: Connection, req: Request, info: ConnScope, started: float
@@ -188,7 +192,7 @@ def _websocket_session(
     if access.header_names:
         access.capture(req)  # the log_headers values, before the fields go
     req.headers = {}
-    req.raw_headers = []
+    req.raw_headers = _NO_FIELDS
     session = serve_asgi_websocket(app.app, ws_req, conn, opts)
     return _logged_session(session, conn, client_ip, req, started)
 
