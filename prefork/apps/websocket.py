@@ -299,12 +299,7 @@ class WebSocket:
                         continue
                 else:
                     message = bytes(frame.data)
-                messages = self._messages
-                if messages is None:
-                    self._messages = [message]
-                else:
-                    messages.append(message)
-                self._buffered += len(message)
+                self._queue(message)
             else:
                 self._on_frame(frame)
         writes = proto.data_to_send()
