@@ -193,6 +193,7 @@ def _websocket_session(
         access.capture(req)  # the log_headers values, before the fields go
     req.headers = {}
     req.raw_headers = _NO_FIELDS
+    conn.end_http()
     session = serve_asgi_websocket(app.app, ws_req, conn, opts)
     return _logged_session(session, conn, client_ip, req, started)
 

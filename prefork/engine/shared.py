@@ -31,7 +31,7 @@ from prefork.engine.batch import WriteBatch
 from prefork.http import compression
 from prefork.http.forwarded import Trust
 from prefork.http.parsers import make_parser, resolve
-from prefork.http.protocol import HeadCache
+from prefork.http.protocol import HeadCache, RequestReader
 from prefork.http.request import Limits
 from prefork.http.response import DATE, FieldsCache, NegotiatedCache
 from prefork.metrics import WorkerMetrics
@@ -128,6 +128,11 @@ class Shared:
         # whole and synchronously, so connections never interleave in it, and
         # an llhttp parser costs ~700 bytes on every idle connection.
         self.head_parser = make_parser(self.parser_name)
+        # The reader of every connection that carries no more HTTP requests
+        # (Connection.end_http: a WebSocket): stopped, never fed, so sharing
+        # it is safe, and an open WebSocket keeps no reader of its own.
+        self.spent_reader = RequestReader(self.head_parser, self.limits)
+        self.spent_reader.feed_failed()
         # Response header texts (http.response.fields, http.response.negotiate).
         self.fields_cache: FieldsCache = {}
         self.negotiated_cache: NegotiatedCache = {}
