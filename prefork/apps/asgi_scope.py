@@ -206,17 +206,21 @@ def decode_path(path: str) -> str:
     return unquote(path) if "%" in path else path
 
 
+def path_parts(req: Request, root_path: str) -> tuple[str, bytes, bytes]:
+    """The scope's ``path`` (decoded), ``raw_path`` and ``query_string``."""
+    target = req.path
+    if root_path:
+        return (
+            root_path + decode_path(target),
+            (root_path + target).encode(),
+            req.query.encode("ascii"),
+        )
+    return decode_path(target), target.encode("ascii"), req.query.encode("ascii")
+
+
 def _parts(req: Request, root_path: str) -> _HeadParts:
     raw = req.raw_headers
-    path = req.path
-    return (
-        raw,
-        root_path,
-        tuple(lower_headers(raw)),
-        root_path + decode_path(path) if root_path else decode_path(path),
-        (root_path + path).encode() if root_path else path.encode("ascii"),
-        req.query.encode("ascii"),
-    )
+    return (raw, root_path, tuple(lower_headers(raw)), *path_parts(req, root_path))
 
 
 def head_parts(req: Request, root_path: str) -> _HeadParts:
@@ -262,14 +266,7 @@ def http_scope(
     else:
         # A fresh head: its parts once, with no tuple kept for a cache.
         headers = lower_headers(req.raw_headers)
-        target = req.path
-        if root_path:
-            path = root_path + decode_path(target)
-            raw_path = (root_path + target).encode()
-        else:
-            path = unquote(target) if "%" in target else target
-            raw_path = target.encode("ascii")
-        query = req.query.encode("ascii")
+        path, raw_path, query = path_parts(req, root_path)
     return {
         "type": "http",
         "asgi": asgi,
