@@ -31,7 +31,7 @@ from prefork import log
 from prefork._types import ConnectionLike
 from prefork.apps.websocket import Handshake, Options, WebSocket, WebSocketClosed
 from prefork.errors import PreforkError
-from prefork.http.response import DATE, SERVER_HEADER, error_response, status_line
+from prefork.http.response import encode_head, error_response
 
 app_logger = logging.getLogger(log.APP)
 
@@ -216,12 +216,10 @@ class _Exchange:
                 continue  # the server frames the response
             has_server = has_server or lower == "server"
             lines.append(f"{n}: {v}\r\n")
-        head = (
-            f"{status_line(status)}{'' if has_server else SERVER_HEADER}{DATE.line}"
-            f"{''.join(lines)}Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
-        )
+        framing = f"Content-Length: {len(body)}\r\n"
+        head = encode_head(status, "".join(lines), has_server, framing, False, False)
         self.answered = Outcome(status, len(body))
-        await _write_and_close(self.conn, head.encode("latin-1") + body)
+        await _write_and_close(self.conn, head + body)
 
 
 async def _write_and_close(conn: ConnectionLike, data: bytes) -> None:

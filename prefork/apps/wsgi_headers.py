@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from prefork.http.response import DATE, SERVER_HEADER, BadHeader, check_text
+from prefork.http.response import BadHeader, check_text, head_with_line
 
 # PEP 3333 ("Other HTTP Features") and RFC 9110 §7.6.1: an app must not set
 # these; the server decides the framing and the connection's fate.
@@ -120,12 +120,4 @@ def encode_head(
     status: str, text: str, has_server: bool, framing: str, keep_alive: bool, http10: bool
 ) -> bytes:
     """The response head with the app's own status line (its reason phrase as given)."""
-    if keep_alive:
-        # An HTTP/1.0 client that asked to keep the connection must be told it is kept.
-        connection = "Connection: keep-alive\r\n" if http10 else ""
-    else:
-        connection = "Connection: close\r\n"
-    server = "" if has_server else SERVER_HEADER
-    return f"HTTP/1.1 {status}\r\n{server}{DATE.line}{text}{framing}{connection}\r\n".encode(
-        "latin-1"
-    )
+    return head_with_line(f"HTTP/1.1 {status}\r\n", text, has_server, framing, keep_alive, http10)

@@ -170,14 +170,20 @@ def encode_head(
     http10: bool,
 ) -> bytes:
     """The response head: status line, Server, Date, ``text``, ``framing``, Connection."""
+    return head_with_line(status_line(status), text, has_server, framing, keep_alive, http10)
+
+
+def head_with_line(
+    line: str, text: str, has_server: bool, framing: str, keep_alive: bool, http10: bool
+) -> bytes:
+    """``encode_head`` with the status line given (``line``, CRLF included)."""
     if keep_alive:
+        # An HTTP/1.0 client that asked to keep the connection must be told it is kept.
         connection = "Connection: keep-alive\r\n" if http10 else ""
     else:
         connection = "Connection: close\r\n"
     server = "" if has_server else SERVER_HEADER
-    return (f"{status_line(status)}{server}{DATE.line}{text}{framing}{connection}\r\n").encode(
-        "latin-1"
-    )
+    return f"{line}{server}{DATE.line}{text}{framing}{connection}\r\n".encode("latin-1")
 
 
 def chunk(data: bytes) -> bytes:
