@@ -20,7 +20,7 @@ from typing import Any
 from prefork import log
 from prefork._types import Action
 from prefork.apps.asgi_context import start_in_context
-from prefork.apps.asgi_exchange import STREAM_BODIES_OVER, Exchange, count_response
+from prefork.apps.asgi_exchange import STREAM_BODIES_OVER, Exchange
 from prefork.apps.asgi_lifespan import Lifespan
 from prefork.apps.asgi_messages import AsgiMessageError, ClientDisconnected
 from prefork.apps.asgi_scope import (
@@ -207,5 +207,5 @@ async def _logged_session(
 ) -> Action:
     """``session``, then its access line and metrics."""
     outcome = await session
-    count_response(conn.shared, client_ip, req, outcome.status, outcome.sent, started)
+    conn.shared.record(client_ip, req, outcome.status, outcome.sent, started)
     return "close"

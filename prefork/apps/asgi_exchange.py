@@ -100,14 +100,6 @@ def whole_head(
     return head
 
 
-def count_response(
-    shared: Shared, client_ip: str, req: Request, status: int, size: int, started: float
-) -> None:
-    """Count a response and write its access log line (and its metrics)."""
-    shared.requests_served += 1
-    shared.access.record(client_ip, req, status, size, started)
-
-
 class Exchange:
     """One request's ``receive`` and ``send``, and the response's progress."""
 
@@ -223,7 +215,7 @@ class Exchange:
         elif self.phase != DONE:
             sent = conn.reply_error_and_close(exc)
             self.status = exc.status
-            count_response(conn.shared, self.client_ip, req, exc.status, sent, self.started)
+            conn.shared.record(self.client_ip, req, exc.status, sent, self.started)
         self.phase = DONE
         self.cut = True
         self.action = "close"
@@ -504,8 +496,7 @@ class Exchange:
         conn = self.conn
         req = self.req
         shared = conn.shared
-        shared.requests_served += 1
-        shared.access.record(self.client_ip, req, self.status, self.sent, self.started)
+        shared.record(self.client_ip, req, self.status, self.sent, self.started)
         if self.keep_alive:
             self.action = "keep-alive"
         else:
@@ -574,7 +565,7 @@ class Exchange:
             data = data[: data.index(b"\r\n\r\n") + 4]
         conn.send(data)
         self.status = 500
-        count_response(conn.shared, self.client_ip, req, 500, 0, self.started)
+        conn.shared.record(self.client_ip, req, 500, 0, self.started)
         conn.graceful_close()
         self.phase = DONE
         waiter = self.done_waiter

@@ -246,8 +246,7 @@ def _log_websocket(conn: Connection, state: Shared, req: Request, started: float
     """Count and log the upgrade (101, with the bytes sent on the WebSocket)."""
     ws, conn.ctx.upgraded = conn.ctx.upgraded, None
     conn.count += 1
-    state.requests_served += 1
-    state.access.record(_client(conn), req, 101, ws.bytes_sent, started)
+    state.record(_client(conn), req, 101, ws.bytes_sent, started)
 
 
 def _send_500(
@@ -255,8 +254,7 @@ def _send_500(
 ) -> Action:
     data = error_response(500, "Internal Server Error", req.method)
     conn.send(data)
-    state.requests_served += 1
-    state.access.record(client_ip, req, 500, body_length(data), started)
+    state.record(client_ip, req, 500, body_length(data), started)
     conn.graceful_close()
     return "close"
 
@@ -362,8 +360,7 @@ def _done(
     keep_alive: bool,
 ) -> Action:
     """Count and log a response that went out; close the connection if it said so."""
-    state.requests_served += 1
-    state.access.record(_client(conn), req, status, sent, started)
+    state.record(_client(conn), req, status, sent, started)
     if keep_alive:
         return "keep-alive"
     conn.close_after_response(asked=not req.keep_alive)

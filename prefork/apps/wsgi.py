@@ -140,7 +140,7 @@ class WsgiApp:
         outcome. A request whose body is streamed goes to the coroutine at
         once (``exchange`` reads it as the app asks).
         """
-        if (req.content_length or req.chunked) and streams_body(req, STREAM_BODIES_OVER):
+        if streams_body(req, STREAM_BODIES_OVER):
             conn.hand_off(req)
         else:
             conn.hand_off(self._submit(conn, req, None, time.monotonic(), True), wake=False)
@@ -168,7 +168,7 @@ class WsgiApp:
             started = time.monotonic()
             body: StreamedInput | None = None
             # (Most requests have no body: one test before streams_body's three.)
-            if (req.content_length or req.chunked) and streams_body(req, STREAM_BODIES_OVER):
+            if streams_body(req, STREAM_BODIES_OVER):
                 try:
                     body = await self._read_ahead(conn, req)
                 except ProtocolError as exc:
@@ -196,16 +196,14 @@ class WsgiApp:
             # The head went out: cutting the connection is the only honest
             # signal left (the client sees an incomplete body, not a complete one).
             conn.abort()
-            self._log(conn, client, req, out.status, out.sent, started)
+            conn.shared.record(client, req, out.status, out.sent, started)
             return "close"
         elif kind == Outcome.CUT:
             return "close"  # the body failed: the loop answered (413...) or cut already
         else:  # GONE
             conn.close()
             return "close"
-        # (``_log``, inline: this runs for every request.)
-        shared.requests_served += 1
-        shared.access.record(client, req, out.status, out.sent, started)
+        shared.record(client, req, out.status, out.sent, started)
         if keep_alive:
             if conn.write_paused:
                 await conn.drain()
@@ -342,7 +340,7 @@ class WsgiApp:
         """Answer a request whose body broke a rule (413, 400, 408) and close."""
         logger.debug("refusing the body of %s %s: %d %s", req.method, req.path, exc.status, exc)
         sent = conn.reply_error_and_close(exc)
-        self._log(conn, client, req, exc.status, sent, started)
+        conn.shared.record(client, req, exc.status, sent, started)
 
     def _connection_environ(self, conn: Connection) -> ConnectionEnviron:
         transport = conn.transport
@@ -357,17 +355,10 @@ class WsgiApp:
             sockname,
         )
 
-    def _log(
-        self, conn: Connection, client: str, req: Request, status: int, sent: int, started: float
-    ) -> None:
-        shared = conn.shared
-        shared.requests_served += 1
-        shared.access.record(client, req, status, sent, started)
-
     def _send_500(self, conn: Connection, req: Request, client: str, started: float) -> Action:
         data = error_response(500, "Internal Server Error", req.method)
         conn.send(data)
-        self._log(conn, client, req, 500, body_length(data), started)
+        conn.shared.record(client, req, 500, body_length(data), started)
         conn.graceful_close()
         return "close"
 

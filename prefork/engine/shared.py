@@ -32,7 +32,7 @@ from prefork.http import compression
 from prefork.http.forwarded import Trust
 from prefork.http.parsers import make_parser, resolve
 from prefork.http.protocol import HeadCache, RequestReader
-from prefork.http.request import Limits
+from prefork.http.request import Limits, Request
 from prefork.http.response import DATE, FieldsCache, NegotiatedCache
 from prefork.metrics import WorkerMetrics
 
@@ -174,6 +174,11 @@ class Shared:
         # (and for the rate rule, which needs no timer per read either).
         longest = RATE_SWEEP_S if cfg.min_transfer_rate else 1.0
         self.sweep_interval = max(0.05, min(longest, min(timeouts) / 8))
+
+    def record(self, client: str, req: Request, status: int, sent: int, started: float) -> None:
+        """A request answered: counted, and its access line and metrics written."""
+        self.requests_served += 1
+        self.access.record(client, req, status, sent, started)
 
     def refresh_idle_deadline(self, now: float) -> None:
         """A new shared keep-alive deadline: never early, at most DEADLINE_GRAIN late."""
