@@ -100,6 +100,14 @@ def _scale_goal(results: dict, sid: str, base: str, text: str) -> tuple[str, str
     return text, measured, PASS if ratio >= 0.85 and s9["socket_errors"] == 0 else MISS
 
 
+def _memory_goal(results: dict, sid: str, kib: float, text: str) -> tuple[str, str, str]:
+    """prefork's growth per idle keep-alive connection in ``sid`` <= ``kib``."""
+    row = results["scenarios"].get(sid, {}).get("rows", {}).get("prefork")
+    if not row or row.get("error"):
+        return text, _not_measured(results, sid, ("prefork",)), NA
+    return text, f"{row['per_conn']:.2f} KiB", PASS if row["per_conn"] <= kib else MISS
+
+
 def goals_identical(results: dict) -> list[tuple[str, str, str]]:
     """The goals of the identical-head scenarios (S), as before the varied heads."""
     out = [
@@ -114,11 +122,7 @@ def goals_identical(results: dict) -> list[tuple[str, str, str]]:
     ]
     mem = results["scenarios"].get("S6", {}).get("rows", {})
     pm, um = mem.get("prefork"), mem.get("uvicorn")
-    text = "S6 <= 4 KiB per idle connection"
-    if pm and not pm.get("error"):
-        out.append((text, f"{pm['per_conn']:.2f} KiB", PASS if pm["per_conn"] <= 4 else MISS))
-    else:
-        out.append((text, "not measured", NA))
+    out.append(_memory_goal(results, "S6", 4.0, "S6 <= 4 KiB per idle connection"))
     text = "S6 rest RSS per worker <= uvicorn's"
     if pm and um and not pm.get("error") and not um.get("error"):
         measured = f"{pm['worker_rss'] / 1024:.1f} MiB vs {um['worker_rss'] / 1024:.1f} MiB"
@@ -163,6 +167,7 @@ def goals_asgi(results: dict) -> list[tuple[str, str, str]]:
         _ratio_goal(r, "AV", "prefork", "granian", 1.5, "AV ASGI varied >= 1.5x granian"),
         _ratio_goal(r, "AV", "prefork", "uvicorn", 2.0, "AV ASGI varied >= 2x uvicorn"),
         _ratio_goal(r, "FAV", "prefork", "granian", 1.15, "FAV FastAPI varied >= 1.15x granian"),
+        _memory_goal(r, "AM", 4.0, "AM ASGI <= 4 KiB per idle keep-alive connection"),
     ]
 
 
@@ -284,7 +289,8 @@ App scenarios. A (the plain ASGI app), W (the plain WSGI app), FA (a FastAPI
 hello) and FL (a Flask hello) run the same app on prefork's ASGI or WSGI
 interface (`--interface asgi|wsgi`, rows "prefork (ASGI)" and "prefork
 (WSGI)") and on the peers that serve that interface; "1" is identical heads,
-"V" varied heads, 1 worker. A prefork row that is "not available" is an
+"V" varied heads, 1 worker; AM and WM measure memory as S6 does, with the
+plain ASGI and WSGI apps. A prefork row that is "not available" is an
 interface that did not start or answered wrongly in this build.
 
 S6 memory: one worker at rest (after 100 warm-up requests and 1 s), as the

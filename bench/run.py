@@ -108,6 +108,10 @@ SCENARIOS = {
         *_app_pair("W", "the plain WSGI app", "WSGI", WSGI_ROWS, "wsgi"),
         *_app_pair("FA", "a FastAPI hello", "FastAPI", ASGI_ROWS, "fastapi"),
         *_app_pair("FL", "a Flask hello", "Flask", WSGI_ROWS, "flask"),
+        Scenario("AM", "the plain ASGI app: memory at rest and per idle keep-alive connection "
+                 "(1,000 held)", "ASGI memory", ASGI_ROWS, app="asgi"),
+        Scenario("WM", "the plain WSGI app: memory at rest and per idle keep-alive connection "
+                 "(1,000 held)", "WSGI memory", WSGI_ROWS, app="wsgi"),
     )
 }  # fmt: skip
 
@@ -117,7 +121,7 @@ SCENARIOS = {
 # SCENARIOS' order (the headline, varied heads, first).
 RUN_ORDER = (
     "V1", "V9", "S1", "S9", "V2", "S2", "S3", "S4", "S5", "S6", "S8",
-    "A1", "AV", "W1", "WV", "FA1", "FAV", "FL1", "FLV",
+    "A1", "AV", "AM", "W1", "WV", "WM", "FA1", "FAV", "FL1", "FLV",
 )  # fmt: skip
 assert sorted(RUN_ORDER) == sorted(SCENARIOS)
 
