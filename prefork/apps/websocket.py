@@ -64,6 +64,11 @@ ABORT_WRITE_S = 1.0
 # object (see ``_FrameCache``); a bigger one is not held after its send.
 CACHE_MAX_BYTES = 64 * 1024
 
+# What ``_next`` does with a message or the close: return it or raise
+# WebSocketClosed (``receive``), raise StopAsyncIteration at the close
+# (``async for``), or wrap either in an ASGI event (``receive_event``).
+_RAISE, _STOP, _EVENT = 0, 1, 2
+
 GOING_AWAY = int(CloseCode.GOING_AWAY)
 ABNORMAL = int(CloseCode.ABNORMAL_CLOSURE)
 
@@ -206,7 +211,7 @@ class WebSocket:
 
     def receive(self) -> Coroutine[Any, Any, str | bytes]:
         """The next message; raises ``WebSocketClosed`` when the connection closed."""
-        return self._next(False)
+        return self._next(_RAISE)
 
     def __aiter__(self) -> WebSocket:
         return self
@@ -214,9 +219,19 @@ class WebSocket:
     def __anext__(self) -> Coroutine[Any, Any, str | bytes]:
         # The same coroutine as ``receive``: no extra frame (or async
         # generator) lives as long as an idle connection.
-        return self._next(True)
+        return self._next(_STOP)
 
-    async def _next(self, stop: bool) -> str | bytes:
+    def receive_event(self) -> Coroutine[Any, Any, dict[str, Any]]:
+        """The next message as an ASGI event: ``websocket.receive`` (``text`` or
+        ``bytes``), or ``websocket.disconnect`` (``code``, ``reason``) once closed.
+
+        The same coroutine as ``receive`` again: an ASGI app parked in its
+        ``receive()`` keeps this one frame, not one more of the ASGI layer's
+        around it (~0.25 KiB per idle connection).
+        """
+        return self._next(_EVENT)
+
+    async def _next(self, mode: int) -> Any:
         conn = self._conn
         while True:
             messages = self._messages
@@ -225,10 +240,20 @@ class WebSocket:
                 if not messages:
                     self._messages = None
                 self._buffered -= len(message)
+                if mode == _EVENT:
+                    if isinstance(message, str):
+                        return {"type": "websocket.receive", "text": message}
+                    return {"type": "websocket.receive", "bytes": message}
                 return message
             if self._done:
-                if stop:
+                if mode == _STOP:
                     raise StopAsyncIteration
+                if mode == _EVENT:
+                    return {
+                        "type": "websocket.disconnect",
+                        "code": self.close_code,
+                        "reason": self.close_reason,
+                    }
                 raise WebSocketClosed(self.close_code, self.close_reason)
             if self._reading:
                 await self._wait_turn()

@@ -23,9 +23,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Coroutine, MutableMapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from prefork import log
 from prefork._types import ConnectionLike
@@ -41,6 +41,8 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 # Loose on purpose: frameworks type their scope and messages each their own way.
 ASGIApp = Callable[[Any, Any, Any], Awaitable[None]]
+
+T = TypeVar("T")
 
 SPEC_VERSION = "2.4"
 HTTP_RESPONSE_EXTENSION = "websocket.http.response"
@@ -131,20 +133,24 @@ class _Exchange:
         self.body: list[bytes] | None = None  # of a websocket.http.response
         self.closing = False
 
-    async def receive(self) -> Message:
+    def receive(self) -> Coroutine[Any, Any, Message]:
+        # Once open, the WebSocket's own coroutine, not one of ours around
+        # it: an app parked in ``receive()`` keeps one frame less.
+        if self.accepted and self.connect_sent:
+            return self.ws.receive_event()
+        return self._receive_unopened()
+
+    async def _receive_unopened(self) -> Message:
         if not self.connect_sent:
             self.connect_sent = True
             return {"type": "websocket.connect"}
-        if not self.accepted:
-            # Denied (or not yet answered): nothing will ever arrive.
-            return {"type": "websocket.disconnect", "code": 1006, "reason": ""}
-        try:
-            data = await self.ws.receive()
-        except WebSocketClosed as exc:
-            return {"type": "websocket.disconnect", "code": exc.code, "reason": exc.reason}
-        if isinstance(data, str):
-            return {"type": "websocket.receive", "text": data}
-        return {"type": "websocket.receive", "bytes": data}
+        # Denied (or not yet answered): nothing will ever arrive.
+        return {"type": "websocket.disconnect", "code": 1006, "reason": ""}
+
+    def outcome(self) -> Outcome:
+        """For the access log, once the app is done: its HTTP answer, or the 101."""
+        answered = self.answered
+        return answered if answered is not None else Outcome(101, 0)
 
     async def send(self, message: Message) -> None:
         kind = message["type"]
@@ -228,18 +234,40 @@ async def _write_and_close(conn: ConnectionLike, data: bytes) -> None:
     conn.close()
 
 
-async def serve_asgi_websocket(
+def serve_asgi_websocket(
     app: ASGIApp,
     req: WebSocketRequest,
     conn: ConnectionLike,
     opts: Options,
     initial: bytes = b"",
-) -> Outcome:
+) -> Coroutine[Any, Any, Outcome]:
     """Run ``app`` for one WebSocket request on ``conn`` until it is closed.
 
     ``initial``: bytes read past the request head, if any (prefork's
     ``Connection.read`` hands them over itself: pass nothing then). Never
     raises for the app's errors (logged); the connection is closed on return.
+    """
+    return asgi_websocket_session(app, req, conn, opts, _outcome, initial)
+
+
+def _outcome(outcome: Outcome) -> Outcome:
+    return outcome
+
+
+def asgi_websocket_session(
+    app: ASGIApp,
+    req: WebSocketRequest,
+    conn: ConnectionLike,
+    opts: Options,
+    finish: Callable[[Outcome], T],
+    initial: bytes = b"",
+) -> Coroutine[Any, Any, T]:
+    """``serve_asgi_websocket``, ending with ``finish(outcome)`` (its result is the session's).
+
+    A plain function that checks the handshake and builds the scope now, and
+    returns the coroutine that runs the app: only that one's frame (few
+    locals) lives as long as the session, and ``finish`` (the access line)
+    needs no coroutine of its own around it.
     """
     handshake = Handshake(
         req.method,
@@ -251,32 +279,37 @@ async def serve_asgi_websocket(
     if not handshake.ok:
         rejected = handshake.rejection()
         reply = error_response(rejected.status, rejected.body.decode().strip())
-        await _write_and_close(conn, reply)
-        return Outcome(rejected.status, len(rejected.body))
+        return _reject(conn, reply, Outcome(rejected.status, len(rejected.body)), finish)
     ws = WebSocket(conn, handshake, opts, initial)
-    exchange = _Exchange(conn, ws)
     scope = build_scope(req, handshake.subprotocols)
-    # This frame lives as long as the session: the handshake (its response
-    # and fields, ~1 KiB) and the request the scope was built from go once
-    # the WebSocket and the scope have what they need.
-    path = req.path
-    del handshake, req
+    return _run(app, scope, _Exchange(conn, ws), req.path, finish)
+
+
+async def _reject(
+    conn: ConnectionLike, reply: bytes, outcome: Outcome, finish: Callable[[Outcome], T]
+) -> T:
+    await _write_and_close(conn, reply)
+    return finish(outcome)
+
+
+async def _run(
+    app: ASGIApp, scope: Scope, exchange: _Exchange, path: str, finish: Callable[[Outcome], T]
+) -> T:
+    """The app's call, for the session's life; then the close it owes and ``finish``."""
     try:
         await app(scope, exchange.receive, exchange.send)
     except Exception:
         app_logger.exception("ASGI app raised on WebSocket %s", path)
         if exchange.accepted:
-            if not ws.closed:
-                await ws.close(1011, "")
+            if not exchange.ws.closed:
+                await exchange.ws.close(1011, "")
         elif exchange.answered is None:
             await exchange.answer(500, "Internal Server Error")
     else:
         if exchange.accepted:
-            if not ws.closed:
-                await ws.close(1000, "")
+            if not exchange.ws.closed:
+                await exchange.ws.close(1000, "")
         elif exchange.answered is None:
             app_logger.error("ASGI app returned without accepting or denying the WebSocket")
             await exchange.answer(500, "Internal Server Error")
-    if exchange.answered is not None:
-        return exchange.answered
-    return Outcome(101, 0)
+    return finish(exchange.outcome())
