@@ -145,9 +145,10 @@ def _forwarded(scope: dict[str, Any], req: Request, conn: Connection) -> str:
 
 # -- the single place WebSocket requests go ---------------------------------
 
-# What an open WebSocket's request keeps of its fields: one empty list for all
-# (nothing appends to a parsed request's fields).
+# What an open WebSocket's request keeps of its fields: one empty list and
+# dict for all (nothing adds to a parsed request's fields).
 _NO_FIELDS: list[tuple[bytes, bytes]] = []
+_NO_HEADERS: dict[str, str] = {}
 
 
 def _websocket_session(
@@ -194,8 +195,11 @@ def _websocket_session(
     access = conn.shared.access
     if access.header_names:
         access.capture(req)  # the log_headers values, before the fields go
-    req.headers = {}
+    req.headers = _NO_HEADERS
     req.raw_headers = _NO_FIELDS
+    # Nor the connection's part of HTTP scopes (~0.2 KiB with its extensions
+    # dict): no request follows, the WebSocket's scope has what it needs.
+    conn.ctx = None
     conn.end_http()
     return asgi_websocket_session(
         app.app, ws_req, conn, opts, _AccessLine(conn, client_ip, req, started)
