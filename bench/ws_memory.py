@@ -4,7 +4,8 @@ Run: python bench/ws_memory.py [N] [--build source|compiled] [--only native|asgi
 
 For a native handler and for a plain ASGI echo app, deflate off and on, one
 worker: N clients (the ``websockets`` client) connect one after the other,
-each sends one message, gets its echo and stays idle. Two figures, in KiB
+each sends one message, gets its echo and stays idle (for SETTLE_S before
+the RSS is read). Two figures, in KiB
 per connection, from the worker's RSS:
 
 - ``marginal``: (RSS after all N - RSS after the first N/4) / (3N/4), the
@@ -42,6 +43,9 @@ import psutil
 from websockets.asyncio.client import ClientConnection, connect
 
 ROOT = Path(__file__).resolve().parents[1]
+# Idle: no data for this long before RSS is read. A session lets go of its
+# frame parser within a second of its last data (websocket_handshake.Session).
+SETTLE_S = 1.5
 APP = """
 async def handle(method, path, args, headers, body, ctx):
     ws = await ctx.accept_websocket()
@@ -141,14 +145,14 @@ async def measure(deflate: bool, n: int, asgi: bool, pythonpath: Path) -> tuple[
             async with connect(f"ws://127.0.0.1:{port}/") as ws:
                 await ws.send("x")
                 await ws.recv()
-            await asyncio.sleep(0.5)
+            await asyncio.sleep(SETTLE_S)
             before = worker.memory_info().rss
             first = n // 4
             conns += await open_idle(port, first, deflate)
-            await asyncio.sleep(0.5)
+            await asyncio.sleep(SETTLE_S)
             middle = worker.memory_info().rss
             conns += await open_idle(port, n - first, deflate)
-            await asyncio.sleep(0.5)
+            await asyncio.sleep(SETTLE_S)
             after = worker.memory_info().rss
             for ws in conns:
                 await ws.close()
