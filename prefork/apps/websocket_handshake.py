@@ -38,6 +38,9 @@ protocol_logger = logging.getLogger(log.WORKER + ".websocket")
 protocol_logger.setLevel(logging.WARNING)
 # The id every session of this worker carries (see Handshake).
 _SESSION_ID = uuid.uuid4()
+# What a session has of extensions, and a request of subprotocols, when there
+# are none: one list for all, never added to.
+_NONE: list[Any] = []
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,19 +249,24 @@ class Handshake:
                     logger=protocol_logger,
                 )
                 # This request's, just made; the shared checker lets go of
-                # them (a deflate extension holds zlib state, ~40 KiB).
-                session.extensions, checker.extensions = checker.extensions, []
+                # them (a deflate extension holds zlib state, ~40 KiB). None:
+                # one shared empty list (the library only reads a session's).
+                if checker.extensions:
+                    session.extensions, checker.extensions = checker.extensions, []
+                else:
+                    session.extensions = _NONE
                 # The library's asyncio layer logs this id; its sans-I/O
                 # protocol, all we use, never reads it: one per worker spares
                 # each idle session its own UUID (~0.2 KiB).
                 session.id = _SESSION_ID
                 self.protocol = session
-        self.subprotocols = [
+        # (The ASGI scope keeps this list: when empty, the shared one.)
+        self.subprotocols: list[Any] = [
             value.strip()
             for line in fields.get_all("Sec-WebSocket-Protocol")
             for value in line.split(",")
             if value.strip()
-        ]
+        ] or _NONE
 
     @property
     def ok(self) -> bool:
