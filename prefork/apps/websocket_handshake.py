@@ -18,7 +18,7 @@ import asyncio
 import logging
 import types
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -103,14 +103,16 @@ class Session(Protocol):
 
     An idle session keeps no parser. The library's is a suspended generator
     (two frames, ~0.45 KiB) that also keeps the last frame it parsed (~0.15
-    KiB), on every open connection. Up to ``PARK_AFTER_S`` after it last
-    received data, a session whose parser waits for the next frame's first
-    byte with nothing buffered lets go of it (``park``); the next data starts
-    a new one, which is then in the very same state (the top of ``parse``'s
-    loop: all its state is the protocol's attributes). A parser anywhere else
-    (inside a frame, failed, or ``discard`` after the close) is kept. Not at
-    once after each message: a new parser per message would cost ~15% of the
-    per-message path (bench/ws_micro.py echo).
+    KiB), with a reader (~0.15 KiB), on every open connection. Up to
+    ``PARK_AFTER_S`` after it last received data, a session whose parser
+    waits for the next frame's first byte with nothing buffered lets go of
+    both (``park``; the reader is then a shared empty one that nothing
+    feeds); the next data (or EOF, or ``discard`` when the session fails)
+    starts new ones, which are then in the very same state (the top of
+    ``parse``'s loop: all its state is the protocol's attributes). A parser
+    anywhere else (inside a frame, failed, or ``discard`` after the close)
+    is kept. Not at once after each message: a new parser per message would
+    cost ~15% of the per-message path (bench/ws_micro.py echo).
     """
 
     def recv_frame(self, frame: Frame) -> None:
@@ -130,25 +132,31 @@ class Session(Protocol):
 
     def receive_data(self, data: bytes | bytearray) -> None:
         if self.parser is None:
-            self.parser = self.parse()
-            next(self.parser)
+            self._unpark()
         super().receive_data(data)
         parking = self.parking
         if parking is None:
             parking = self.parking = _parking()
+            if parking is None:
+                return  # no loop: parked by its owner's park() calls only
         sessions = parking.sessions
         if not sessions:  # the first since the last sweep: the next one
             parking.loop.call_later(PARK_AFTER_S, parking.sweep)
         sessions.add(self)
 
     def receive_eof(self) -> None:
-        if self.parser is None and not self.reader.eof:
-            self.parser = self.parse()
-            next(self.parser)
+        if self.parser is None:
+            self._unpark()
         super().receive_eof()
 
+    def discard(self) -> Generator[None]:
+        # (Made by fail(), which may come while parked: it reads the reader.)
+        if self.parser is None:
+            self.reader = StreamReader()
+        return super().discard()
+
     def park(self) -> None:
-        """Let go of the parser if it waits for a frame with nothing buffered."""
+        """Let go of the parser and reader if the parser waits for a frame with nothing buffered."""
         parser = self.parser
         if (
             isinstance(parser, types.GeneratorType)
@@ -158,6 +166,16 @@ class Session(Protocol):
             waiting = parser.gi_yieldfrom
             if isinstance(waiting, types.GeneratorType) and waiting.gi_code is _AT_EOF:
                 self.parser = None  # type: ignore[assignment]
+                self.reader = _IDLE_READER
+
+    def _unpark(self) -> None:
+        self.reader = StreamReader()
+        self.parser = self.parse()
+        next(self.parser)
+
+
+# What a parked session has for a reader: empty, not at EOF, never fed.
+_IDLE_READER = StreamReader()
 
 
 class _Parking:
@@ -179,10 +197,13 @@ class _Parking:
 _last_parking: _Parking | None = None
 
 
-def _parking() -> _Parking:
-    """The running loop's (a worker runs one loop; tests run one at a time)."""
+def _parking() -> _Parking | None:
+    """The running loop's (a worker runs one loop; tests run one at a time), if any."""
     global _last_parking
-    loop = asyncio.get_running_loop()
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        return None
     if _last_parking is None or _last_parking.loop is not loop:
         _last_parking = _Parking(loop)
     return _last_parking
