@@ -89,9 +89,11 @@ class HandshakeRejected(Exception):
 _PARSE = Protocol.parse.__code__
 _AT_EOF = StreamReader.at_eof.__code__
 # How long a session that received data waits, at most, before its parser is
-# dropped if it is idle (see Session). Longer costs memory only on connections
-# active within it; shorter costs a parser made again more often (~0.6 us).
-PARK_AFTER_S = 0.1
+# dropped if it is idle (see Session). The parsers made within it are freed
+# together, and their memory waits for the next ones: at 0.1 s a burst of
+# messages left ~1 MiB of it (bench/ws_memory.py). Shorter costs a parser
+# made again more often: at most once per period per busy connection, ~0.9 us.
+PARK_AFTER_S = 0.02
 
 
 class Session(Protocol):
