@@ -529,3 +529,69 @@ async def test_an_idle_session_keeps_nothing_of_its_handshake() -> None:
         for ws in [*clients, *more]:
             with pytest.raises(ConnectionClosed):
                 await asyncio.wait_for(ws.recv(), 5)
+
+
+# -- how the app is run (websocket_asgi._AppRun) -------------------------------
+
+
+def raises_at_once(scope: Any, receive: Any, send: Any) -> Awaitable[None]:
+    raise ValueError("boom before any await")
+
+
+async def test_an_app_that_raises_when_called_gets_500() -> None:
+    with pytest.raises(InvalidStatus) as info:
+        async with asgi_pair(raises_at_once):
+            pass
+    assert info.value.response.status_code == 500
+
+
+async def test_an_app_returning_another_awaitable_is_awaited_to_its_end() -> None:
+    ended: list[bool] = []
+
+    async def body(scope: Any, receive: Any, send: Any) -> None:
+        await echo_app(scope, receive, send)
+        ended.append(True)
+
+    def app(scope: Any, receive: Any, send: Any) -> Awaitable[None]:
+        return asyncio.ensure_future(body(scope, receive, send))  # a Task, not a coroutine
+
+    async with asgi_pair(app) as (ws, task, _):
+        await ws.send("through a task")
+        assert await ws.recv() == "through a task"
+        await ws.close()
+    assert await task == Outcome(101, 0)
+    assert ended == [True]
+
+
+async def test_a_cancelled_session_cancels_the_app_and_is_not_closed_as_its_error() -> None:
+    cleaned: list[str] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+        await send({"type": "websocket.accept"})
+        try:
+            await receive()
+        finally:
+            cleaned.append("finally")
+
+    server_sock, client_sock = socket.socketpair()
+    reader, writer = await asyncio.open_connection(sock=server_sock)
+    conn = StreamConnection(reader, writer)
+
+    async def serve() -> Outcome:
+        req, initial = await read_request(reader)
+        return await serve_asgi_websocket(app, req, conn, NO_PINGS, initial)
+
+    task = asyncio.create_task(serve())
+    async with connect("ws://test/chat", sock=client_sock, close_timeout=0.5) as ws:
+        await asyncio.sleep(0.05)  # the app waits in receive()
+        assert not task.done()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert cleaned == ["finally"]
+        # A cancellation is no app error: no 1011 close frame was sent.
+        assert conn.writer.transport.get_write_buffer_size() == 0
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(ws.recv(), 0.2)
+    writer.close()

@@ -129,7 +129,7 @@ def server_parsers() -> int:
     return sum(
         1
         for obj in gc.get_objects()
-        if isinstance(obj, types.GeneratorType) and obj.gi_code is code
+        if type(obj) is types.GeneratorType and obj.gi_code is code  # (type(): no weak proxies)
     )
 
 
