@@ -39,7 +39,8 @@ protocol_logger.setLevel(logging.WARNING)
 # The id every session of this worker carries (see Handshake).
 _SESSION_ID = uuid.uuid4()
 # What a session has of extensions, and a request of subprotocols, when there
-# are none: one list for all, never added to.
+# are none, and a parked session of received events: one list for all, never
+# added to.
 _NONE: list[Any] = []
 
 
@@ -169,8 +170,11 @@ class Session(Protocol):
             if isinstance(waiting, types.GeneratorType) and waiting.gi_code is _AT_EOF:
                 self.parser = None  # type: ignore[assignment]
                 self.reader = _IDLE_READER
+                if not self.events:  # (only the parser adds to it)
+                    self.events = _NONE
 
     def _unpark(self) -> None:
+        self.events = []
         self.reader = StreamReader()
         self.parser = self.parse()
         next(self.parser)
