@@ -15,7 +15,7 @@ import logging
 import time
 import types
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any
+from typing import Any, Final
 
 from prefork import log
 from prefork._types import Action
@@ -144,7 +144,7 @@ def _forwarded(scope: dict[str, Any], req: Request, conn: Connection) -> str:
 
 # What an open WebSocket's request keeps of its fields: one empty list for all
 # (nothing appends to a parsed request's fields).
-_NO_FIELDS: list[tuple[bytes, bytes]] = []
+_NO_FIELDS: Final[list[tuple[bytes, bytes]]] = []
 
 
 def _websocket_session(

@@ -23,7 +23,7 @@ import asyncio
 import enum
 import logging
 import ssl
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from prefork import log
 from prefork.config import Config
@@ -42,15 +42,15 @@ if TYPE_CHECKING:
 logger = logging.getLogger(log.WORKER)
 
 # Request counts up to this are shared int objects (Shared.counts).
-COUNTS_SHARED = 4096
+COUNTS_SHARED: Final = 4096
 # Connections going idle within this many seconds share one deadline float.
-DEADLINE_GRAIN = 0.01
+DEADLINE_GRAIN: Final = 0.01
 # The sweep period with the rate rule on: a trickle is closed at most this late.
-RATE_SWEEP_S = 0.5
+RATE_SWEEP_S: Final = 0.5
 # Connections cut by the rate rule per loop turn (Shared._cut).
-CUTS_PER_TURN = 8
+CUTS_PER_TURN: Final = 8
 # While draining: how soon after going quiet a waiting connection is closed.
-DRAIN_SWEEP_S = 0.1
+DRAIN_SWEEP_S: Final = 0.1
 
 
 def below_min_rate(elapsed: float, transferred: int, rate: float, grace: float) -> bool:

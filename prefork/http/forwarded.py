@@ -18,6 +18,7 @@ import ipaddress
 import logging
 import re
 from collections.abc import Iterable, Mapping
+from typing import Final
 
 logger = logging.getLogger("prefork.worker")
 
@@ -25,7 +26,7 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 # Results remembered per distinct address (what the trust check of one costs
 # with CIDR ranges is a parse; a proxy sends a few distinct addresses).
-_TRUST_CACHE_MAX = 4096
+_TRUST_CACHE_MAX: Final = 4096
 
 
 class Trust:
@@ -77,8 +78,8 @@ class Trust:
 # no leading zeros), matched without building an IPv4Address: behind a load
 # balancer every request names a client address of its own, and the parse
 # costs ~2 us where this costs ~0.2 us. Anything else goes to ipaddress.
-_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
-_IPV4_RE = re.compile(rf"(?:{_OCTET}\.){{3}}{_OCTET}")
+_OCTET: Final = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+_IPV4_RE: Final = re.compile(rf"(?:{_OCTET}\.){{3}}{_OCTET}")
 
 
 def _valid_address(text: str) -> bool:
