@@ -30,8 +30,9 @@ from prefork.config import Config
 from prefork.engine.batch import WriteBatch
 from prefork.http import compression
 from prefork.http.forwarded import Trust
+from prefork.http.head_cache import HeadCache
 from prefork.http.parsers import make_parser, resolve
-from prefork.http.protocol import HeadCache, RequestReader
+from prefork.http.protocol import RequestReader
 from prefork.http.request import Limits, Request
 from prefork.http.response import DATE, FieldsCache, NegotiatedCache
 from prefork.metrics import WorkerMetrics
@@ -123,7 +124,7 @@ class Shared:
         self.body_cache = compression.BodyCache(cfg.compression["cache_bytes"])
         # One big body compressed at a time (engine.slices.compress_in_slices).
         self.compress_turn = asyncio.Lock()
-        self.head_cache: HeadCache = {}
+        self.head_cache = HeadCache()
         # One head parser per worker, not per connection: a head is parsed
         # whole and synchronously, so connections never interleave in it, and
         # an llhttp parser costs ~700 bytes on every idle connection.

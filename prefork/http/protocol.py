@@ -20,6 +20,7 @@ import re
 from typing import Final
 
 from prefork.errors import ProtocolError
+from prefork.http.head_cache import HeadCache
 from prefork.http.request import (
     BAD_FIELD_BYTES,
     HTTP_VERSIONS,
@@ -66,19 +67,6 @@ _HEX_DIGITS: Final = frozenset(b"0123456789abcdefABCDEF")
 _HUGE_CONTENT_LENGTH: Final = re.compile(rb"(\r\ncontent-length:[ \t]*)[0-9]{20,}", re.IGNORECASE)
 # What it is replaced with to parse the rest of the head: 20 digits, still a 413.
 _TOO_LARGE_CONTENT_LENGTH: Final = b"1" + b"0" * 19
-
-# Parsing and checking a head is a pure function of its bytes (and of the
-# worker's fixed limits and parser), and clients repeat byte-identical heads
-# (load balancer probes, API clients, keep-alive loops): a worker remembers
-# the requests it built for up to this many distinct heads and reuses them.
-# Full, it starts over, so varied traffic cannot pin stale entries; heads
-# longer than HEAD_CACHE_MAX_HEAD_BYTES are not kept (at most 2 MiB in all).
-# A head seen once is only noted (None); its request is kept when it comes
-# again: where every head differs (behind a load balancer) no request is
-# copied for a cache that never hits. It flatters traffic that repeats heads.
-HEAD_CACHE_MAX_ENTRIES: Final = 512
-HEAD_CACHE_MAX_HEAD_BYTES: Final = 4096
-HeadCache = dict[bytes, "Request | None"]
 
 
 class ReaderState(enum.Enum):
@@ -401,10 +389,10 @@ class RequestReader:
     def _start_request(self, head: bytes) -> None:
         cache = self._head_cache
         if cache is not None:
-            template = cache.get(head)
-            if template is not None:
+            copy = cache.lookup(head)
+            if copy is not None:
                 self._head_checked = 0
-                self._begin(template.clone())
+                self._begin(copy)
                 return
         self._check_head(head)
         try:
@@ -427,19 +415,9 @@ class RequestReader:
         except ProtocolError as exc:
             exc.method = method
             raise
-        if cache is not None and len(head) <= HEAD_CACHE_MAX_HEAD_BYTES:
-            self._remember(cache, head, req)
+        if cache is not None:
+            cache.remember(head, req)
         self._begin(req)
-
-    @staticmethod
-    def _remember(cache: HeadCache, head: bytes, req: Request) -> None:
-        """Note a head seen for the first time; keep its request when it comes again."""
-        if head in cache:
-            cache[head] = req.clone()
-            return
-        if len(cache) >= HEAD_CACHE_MAX_ENTRIES:
-            cache.clear()
-        cache[head] = None
 
     def _begin(self, req: Request) -> None:
         """Start reading the body of ``req``, or queue it when it has none."""
