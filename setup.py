@@ -30,6 +30,7 @@ COMPILED_MODULES = [
     "prefork/_compiled.py",
     "prefork/http/compression.py",
     "prefork/http/forwarded.py",
+    "prefork/http/head_cache.py",
     "prefork/http/protocol.py",
     "prefork/http/proxy_protocol.py",
     "prefork/http/request.py",

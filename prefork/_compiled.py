@@ -8,6 +8,8 @@ cannot lie.
 
 from __future__ import annotations
 
-COMPILED: bool = not __file__.endswith((".py", ".pyc"))
+from typing import Final
+
+COMPILED: Final[bool] = not __file__.endswith((".py", ".pyc"))
 # How ``prefork --version`` and the master's first log line name the build.
-BUILD: str = "compiled" if COMPILED else "pure Python"
+BUILD: Final[str] = "compiled" if COMPILED else "pure Python"

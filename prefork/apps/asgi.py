@@ -15,7 +15,7 @@ import logging
 import time
 import types
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from prefork import log
 from prefork._types import Action
@@ -147,8 +147,8 @@ def _forwarded(scope: dict[str, Any], req: Request, conn: Connection) -> str:
 
 # What an open WebSocket's request keeps of its fields: one empty list and
 # dict for all (nothing adds to a parsed request's fields).
-_NO_FIELDS: list[tuple[bytes, bytes]] = []
-_NO_HEADERS: dict[str, str] = {}
+_NO_FIELDS: Final[list[tuple[bytes, bytes]]] = []
+_NO_HEADERS: Final[dict[str, str]] = {}
 
 
 def _websocket_session(

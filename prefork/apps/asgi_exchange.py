@@ -50,22 +50,25 @@ Message = MutableMapping[str, Any]
 # Request bodies up to this size reach the app whole, in one http.request
 # event; larger and chunked ones (and those behind Expect: 100-continue) are
 # streamed as they arrive (Connection.receive_body).
-STREAM_BODIES_OVER = 64 * 1024
+STREAM_BODIES_OVER: Final = 64 * 1024
 # A file sent with http.response.pathsend is read and written this much at a time.
-PATHSEND_BLOCK = 256 * 1024
+PATHSEND_BLOCK: Final = 256 * 1024
 
 _DISCONNECT: Final = {"type": "http.disconnect"}
 
 # Where the exchange is: nothing sent yet; http.response.start received (not
 # written); the head written (a streamed body); the response complete.
-IDLE, STARTED, STREAMING, DONE = 0, 1, 2, 3
+IDLE: Final = 0
+STARTED: Final = 1
+STREAMING: Final = 2
+DONE: Final = 3
 
 
 # Whole responses' heads by (status, header text, has a Server field, body
 # size, keep-alive, HTTP/1.0), for one Date line: an app answers the same few
 # heads again and again, so each is built once a second, not per response.
 _HeadKey = tuple[int, str, bool, int, bool, bool]
-_HEADS_MAX = 256
+_HEADS_MAX: Final = 256
 
 
 class _WholeHeads:
@@ -76,7 +79,7 @@ class _WholeHeads:
         self.by_key: dict[_HeadKey, bytes] = {}
 
 
-_WHOLE_HEADS = _WholeHeads()
+_WHOLE_HEADS: Final = _WholeHeads()
 
 
 def whole_head(

@@ -13,16 +13,16 @@ from __future__ import annotations
 import re
 import ssl
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Final
 from urllib.parse import unquote
 
 from prefork.http.request import Request
 
-ASGI_VERSION = "3.0"
-SPEC_VERSION = "2.5"
+ASGI_VERSION: Final = "3.0"
+SPEC_VERSION: Final = "2.5"
 
 # TLS version names (ssl.SSLObject.version()) to their wire numbers (ASGI tls extension).
-TLS_VERSIONS: Mapping[str, int] = {
+TLS_VERSIONS: Final[Mapping[str, int]] = {
     "TLSv1": 0x0301,
     "TLSv1.1": 0x0302,
     "TLSv1.2": 0x0303,
@@ -30,7 +30,7 @@ TLS_VERSIONS: Mapping[str, int] = {
 }
 # OpenSSL's cipher names to their IANA numbers: the suites prefork offers
 # (tls.DEFAULT_CIPHERS and TLS 1.3's); any other gives None, as the spec allows.
-CIPHER_SUITES: Mapping[str, int] = {
+CIPHER_SUITES: Final[Mapping[str, int]] = {
     "TLS_AES_128_GCM_SHA256": 0x1301,
     "TLS_AES_256_GCM_SHA384": 0x1302,
     "TLS_CHACHA20_POLY1305_SHA256": 0x1303,
@@ -42,7 +42,7 @@ CIPHER_SUITES: Mapping[str, int] = {
     "ECDHE-ECDSA-CHACHA20-POLY1305": 0xCCA9,
 }
 # Subject attribute names as RFC 4514 writes them (client_cert_name).
-_RDN_NAMES: Mapping[str, str] = {
+_RDN_NAMES: Final[Mapping[str, str]] = {
     "commonName": "CN",
     "countryName": "C",
     "localityName": "L",
@@ -53,12 +53,14 @@ _RDN_NAMES: Mapping[str, str] = {
     "domainComponent": "DC",
     "userId": "UID",
 }
-_PEM_CERT_RE = re.compile(r"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----\n?", re.DOTALL)
+_PEM_CERT_RE: Final = re.compile(
+    r"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----\n?", re.DOTALL
+)
 
 # Lower-cased header names by the names clients send ("Content-Type" ->
 # b"content-type"): a few dozen distinct ones per worker.
-_LOWER_NAMES: dict[bytes, bytes] = {}
-_LOWER_NAMES_MAX = 512
+_LOWER_NAMES: Final[dict[bytes, bytes]] = {}
+_LOWER_NAMES_MAX: Final = 512
 # What a request head decides in its scope: (raw list, root_path, lowered
 # headers, path, raw_path, query_string).
 _HeadParts = tuple[
@@ -67,10 +69,10 @@ _HeadParts = tuple[
 
 
 # head_parts by the identity of the raw header list they came from.
-_HEADS: dict[int, _HeadParts] = {}
-_HEADS_MAX = 512
+_HEADS: Final[dict[int, _HeadParts]] = {}
+_HEADS_MAX: Final = 512
 # The server certificates' PEM text by file path, read once per worker.
-_CERT_PEMS: dict[str, str | None] = {}
+_CERT_PEMS: Final[dict[str, str | None]] = {}
 
 
 class ConnScope:

@@ -16,7 +16,7 @@ import logging
 import sys
 import time
 from collections.abc import AsyncIterable, Coroutine, Iterable, Iterator, Mapping
-from typing import Any
+from typing import Any, Final
 
 from prefork import log
 from prefork._types import Action, Handler
@@ -52,7 +52,7 @@ app_logger = logging.getLogger(log.APP)
 # A sync handler that returns within this many seconds has its response batched
 # (Connection.write_response): after a slow one, the batch would hold its
 # neighbours' responses back.
-QUICK_HANDLER_S = 0.0002
+QUICK_HANDLER_S: Final = 0.0002
 
 
 class NativeApp:

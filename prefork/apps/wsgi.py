@@ -25,7 +25,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final
 
 from prefork import log
 from prefork._types import Action
@@ -55,9 +55,9 @@ WsgiCallable = Callable[..., Any]
 
 # How long shutdown waits for the pool's threads (they are idle after the drain
 # unless an app call hangs; daemon threads do not keep the worker alive).
-JOIN_TIMEOUT_S = 5.0
+JOIN_TIMEOUT_S: Final = 5.0
 # While the head of a file sent with sendfile waits in the transport's buffer.
-_FLUSH_POLL_S = 0.001
+_FLUSH_POLL_S: Final = 0.001
 
 
 class _Job:

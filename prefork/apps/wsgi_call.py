@@ -49,9 +49,9 @@ app_logger = logging.getLogger(log.APP)
 # A body streamed in blocks is handed to the loop without waiting, unless the
 # peer is slow; every this many blocks the thread waits anyway, so a peer that
 # reads nothing cannot make the loop buffer more than this many blocks.
-_WAIT_EVERY = 16
+_WAIT_EVERY: Final = 16
 
-_END = object()  # the end of the app's iterable
+_END: Final = object()  # the end of the app's iterable
 
 
 class WsgiServer(Protocol):

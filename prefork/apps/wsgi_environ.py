@@ -12,7 +12,7 @@ from __future__ import annotations
 import io
 import logging
 from collections.abc import Iterable, Iterator
-from typing import IO, Any
+from typing import IO, Any, Final
 from urllib.parse import unquote_to_bytes
 
 from prefork import log
@@ -27,15 +27,15 @@ Environ = dict[str, Any]
 # their own keys (PEP 3333 and wsgiref.validate forbid HTTP_CONTENT_TYPE and
 # HTTP_CONTENT_LENGTH); a name the app must not see maps to _DROPPED, taken out
 # again after the environ was filled in one pass (``request_environ``).
-_DROPPED = ""
-_KEYS: dict[str, str] = {
+_DROPPED: Final = ""
+_KEYS: Final[dict[str, str]] = {
     "content-type": "CONTENT_TYPE",
     "content-length": "CONTENT_LENGTH",
 }
-_KEYS_MAX = 512
+_KEYS_MAX: Final = 512
 # Percent-decoded paths by raw path (most requests repeat a few).
-_PATHS: dict[str, str] = {}
-_PATHS_MAX = 1024
+_PATHS: Final[dict[str, str]] = {}
+_PATHS_MAX: Final = 1024
 
 
 def header_key(name: str) -> str | None:
@@ -127,7 +127,7 @@ class _EmptyInput(Input):
         pass
 
 
-EMPTY_INPUT = _EmptyInput()
+EMPTY_INPUT: Final = _EmptyInput()
 
 
 class Errors:

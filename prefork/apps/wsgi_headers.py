@@ -7,13 +7,13 @@ the rule broken). Used from the pool threads (``wsgi_call``).
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, Final
 
 from prefork.http.response import BadHeader, check_text, head_with_line
 
 # PEP 3333 ("Other HTTP Features") and RFC 9110 §7.6.1: an app must not set
 # these; the server decides the framing and the connection's fate.
-HOP_BY_HOP = frozenset(
+HOP_BY_HOP: Final = frozenset(
     (
         "connection",
         "keep-alive",
@@ -26,9 +26,9 @@ HOP_BY_HOP = frozenset(
         "upgrade",
     )
 )
-_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_TOKEN: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 # Checked header sets by the app's (name, value) pairs: apps send a few sets again and again.
-_FIELDS_CACHE_MAX = 512
+_FIELDS_CACHE_MAX: Final = 512
 
 # (header text, lower-case name -> value, has Server, the app's Content-Length)
 Head = tuple[str, dict[str, str], bool, int | None]
@@ -39,8 +39,8 @@ class WsgiError(Exception):
 
 
 # Good status strings and their codes: apps send a few, again and again.
-_STATUSES: dict[str, int] = {}
-_STATUSES_MAX = 256
+_STATUSES: Final[dict[str, int]] = {}
+_STATUSES_MAX: Final = 256
 
 
 def check_status(status: object) -> int:

@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from typing import Any, Final
 
 from prefork import log
 
 logger = logging.getLogger(log.WORKER)
 
 # Writes go out at the end of the loop turn, or once this many wait.
-WRITE_BATCH = 16
+WRITE_BATCH: Final = 16
 
 
 class WriteBatch:

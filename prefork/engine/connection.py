@@ -23,7 +23,7 @@ import logging
 import sys
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final
 
 from prefork import log
 from prefork.engine.app import AppInterface
@@ -37,11 +37,11 @@ from prefork.http.response import CONTINUE_RESPONSE, body_length, error_response
 logger = logging.getLogger(log.WORKER)
 
 # Unparsed input kept while a handler runs before reading is paused.
-MAX_PENDING_BYTES = 256 * 1024
+MAX_PENDING_BYTES: Final = 256 * 1024
 # Pipelined requests parsed ahead of the one being answered before reading is paused.
-MAX_QUEUED_REQUESTS = 32
+MAX_QUEUED_REQUESTS: Final = 32
 # Responses with bodies at least this big are written in two calls (no copy).
-JOIN_BODY_MAX_BYTES = 64 * 1024
+JOIN_BODY_MAX_BYTES: Final = 64 * 1024
 
 
 class Connection(Lifecycle):
@@ -416,7 +416,7 @@ class Connection(Lifecycle):
             if reader.requests:
                 req = reader.take()
                 self._reading = False
-                if self._phase is not CLOSING:
+                if not self.closing:  # (the drain above may have ended in CLOSING)
                     self._phase = HANDLING
                 self._clear_deadline()
                 if self._read_paused and len(reader.requests) <= MAX_QUEUED_REQUESTS:

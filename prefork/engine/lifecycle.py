@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+from typing import Final
 
 from prefork import log
 from prefork.engine.shared import Deadline, Shared, below_min_rate
@@ -32,13 +33,13 @@ logger = logging.getLogger(log.WORKER)
 # How long a closing connection keeps reading (and discarding) after it half-closed,
 # so that a client still sending does not get a reset instead of our response
 # (RFC 9112 §9.6).
-LINGER_S = 2.0
+LINGER_S: Final = 2.0
 # A connection waiting for a request is closed by the server (drain, reclaim at
 # the open-connection cap) only once it has waited this long: a client that
 # just got a response and is sending its next request right now would see the
 # close under that request (docs/slow-clients.md, "Closing without losing a
 # request").
-QUIET_S = 1.0
+QUIET_S: Final = 1.0
 
 
 class Phase(enum.Enum):
@@ -69,7 +70,12 @@ class Phase(enum.Enum):
 
 
 # The hot paths compare with these (a global, not an attribute of the enum class).
-RECEIVING, WAITING, INLINE, HANDLING, CLOSING = Phase
+# One Final name each (not an unpacking): a compiled build reads them as constants.
+RECEIVING: Final = Phase.RECEIVING
+WAITING: Final = Phase.WAITING
+INLINE: Final = Phase.INLINE
+HANDLING: Final = Phase.HANDLING
+CLOSING: Final = Phase.CLOSING
 
 
 class Lifecycle(asyncio.Protocol):

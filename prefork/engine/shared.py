@@ -23,15 +23,16 @@ import asyncio
 import enum
 import logging
 import ssl
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from prefork import log
 from prefork.config import Config
 from prefork.engine.batch import WriteBatch
 from prefork.http import compression
 from prefork.http.forwarded import Trust
+from prefork.http.head_cache import HeadCache
 from prefork.http.parsers import make_parser, resolve
-from prefork.http.protocol import HeadCache, RequestReader
+from prefork.http.protocol import RequestReader
 from prefork.http.request import Limits, Request
 from prefork.http.response import DATE, FieldsCache, NegotiatedCache
 from prefork.metrics import WorkerMetrics
@@ -42,15 +43,15 @@ if TYPE_CHECKING:
 logger = logging.getLogger(log.WORKER)
 
 # Request counts up to this are shared int objects (Shared.counts).
-COUNTS_SHARED = 4096
+COUNTS_SHARED: Final = 4096
 # Connections going idle within this many seconds share one deadline float.
-DEADLINE_GRAIN = 0.01
+DEADLINE_GRAIN: Final = 0.01
 # The sweep period with the rate rule on: a trickle is closed at most this late.
-RATE_SWEEP_S = 0.5
+RATE_SWEEP_S: Final = 0.5
 # Connections cut by the rate rule per loop turn (Shared._cut).
-CUTS_PER_TURN = 8
+CUTS_PER_TURN: Final = 8
 # While draining: how soon after going quiet a waiting connection is closed.
-DRAIN_SWEEP_S = 0.1
+DRAIN_SWEEP_S: Final = 0.1
 
 
 def below_min_rate(elapsed: float, transferred: int, rate: float, grace: float) -> bool:
@@ -123,7 +124,7 @@ class Shared:
         self.body_cache = compression.BodyCache(cfg.compression["cache_bytes"])
         # One big body compressed at a time (engine.slices.compress_in_slices).
         self.compress_turn = asyncio.Lock()
-        self.head_cache: HeadCache = {}
+        self.head_cache = HeadCache()
         # One head parser per worker, not per connection: a head is parsed
         # whole and synchronously, so connections never interleave in it, and
         # an llhttp parser costs ~700 bytes on every idle connection.
@@ -140,6 +141,9 @@ class Shared:
         self.access = log.AccessLog(
             cfg.log_headers, cfg.access_log_format, WorkerMetrics() if cfg.metrics_bind else None
         )
+        # Whether record() has anything to do beyond the count (a worker's
+        # log level never changes): with neither on, no call per request.
+        self.accounts = self.access.enabled() or self.access.metrics is not None
         self.requests_per_connection = cfg.requests_per_connection
         self.keepalive_idle_timeout = cfg.keepalive_idle_timeout
         self.request_header_timeout = cfg.request_header_timeout
@@ -178,7 +182,8 @@ class Shared:
     def record(self, client: str, req: Request, status: int, sent: int, started: float) -> None:
         """A request answered: counted, and its access line and metrics written."""
         self.requests_served += 1
-        self.access.record(client, req, status, sent, started)
+        if self.accounts:
+            self.access.record(client, req, status, sent, started)
 
     def refresh_idle_deadline(self, now: float) -> None:
         """A new shared keep-alive deadline: never early, at most DEADLINE_GRAIN late."""

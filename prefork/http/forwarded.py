@@ -18,6 +18,9 @@ import ipaddress
 import logging
 import re
 from collections.abc import Iterable, Mapping
+from typing import Final
+
+from prefork._compiled import COMPILED
 
 logger = logging.getLogger("prefork.worker")
 
@@ -25,7 +28,7 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 # Results remembered per distinct address (what the trust check of one costs
 # with CIDR ranges is a parse; a proxy sends a few distinct addresses).
-_TRUST_CACHE_MAX = 4096
+_TRUST_CACHE_MAX: Final = 4096
 
 
 class Trust:
@@ -74,15 +77,49 @@ class Trust:
 
 
 # A dotted-quad IPv4 address as ipaddress accepts it (decimal octets 0-255,
-# no leading zeros), matched without building an IPv4Address: behind a load
-# balancer every request names a client address of its own, and the parse
-# costs ~2 us where this costs ~0.2 us. Anything else goes to ipaddress.
-_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
-_IPV4_RE = re.compile(rf"(?:{_OCTET}\.){{3}}{_OCTET}")
+# no leading zeros), recognised without building an IPv4Address: behind a
+# load balancer every request names a client address of its own, and the
+# parse costs ~2 us. Anything else goes to ipaddress.
+_OCTET: Final = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+_IPV4_RE: Final = re.compile(rf"(?:{_OCTET}\.){{3}}{_OCTET}")
+_ZERO: Final = 48  # ord("0")
+_DOT: Final = 46  # ord(".")
+
+
+def ipv4_by_digits(text: str) -> bool:
+    """Whether ``text`` is a dotted-quad IPv4 address, one character at a time.
+
+    The compiled build's way: ~35 ns there, where the pattern costs ~215 ns
+    (and this loop ~700 ns as plain Python, where the pattern is the faster).
+    """
+    size = len(text)
+    if size < 7 or size > 15:
+        return False
+    dots = digits = value = 0
+    for i in range(size):
+        char = ord(text[i])
+        if _ZERO <= char <= _ZERO + 9:
+            if digits and value == 0:
+                return False  # a leading zero
+            value = value * 10 + char - _ZERO
+            digits += 1
+            if value > 255:
+                return False
+        elif char == _DOT and digits:
+            dots += 1
+            digits = value = 0
+        else:
+            return False
+    return dots == 3 and digits > 0
+
+
+def ipv4_by_pattern(text: str) -> bool:
+    """``ipv4_by_digits`` as a regular expression: the pure Python build's way."""
+    return _IPV4_RE.fullmatch(text) is not None
 
 
 def _valid_address(text: str) -> bool:
-    if _IPV4_RE.fullmatch(text) is not None:
+    if ipv4_by_digits(text) if COMPILED else ipv4_by_pattern(text):
         return True
     try:
         ipaddress.ip_address(text)

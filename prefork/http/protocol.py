@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import enum
 import re
+from typing import Final
 
 from prefork.errors import ProtocolError
+from prefork.http.head_cache import HeadCache
 from prefork.http.request import (
     BAD_FIELD_BYTES,
     HTTP_VERSIONS,
@@ -33,9 +35,9 @@ from prefork.http.request import (
 )
 
 # Chunk sizes longer than this many hex digits overflow 64 bits: 400.
-MAX_CHUNK_SIZE_DIGITS = 16
+MAX_CHUNK_SIZE_DIGITS: Final = 16
 # Trailer fields that may not appear after the last chunk (RFC 9110 §6.5.1).
-FORBIDDEN_TRAILERS = frozenset(
+FORBIDDEN_TRAILERS: Final = frozenset(
     (
         b"content-length",
         b"transfer-encoding",
@@ -53,31 +55,18 @@ FORBIDDEN_TRAILERS = frozenset(
     )
 )
 
-_TOKEN_RE = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-_TOKEN = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
-_QUOTED = rb'"(?:[^"\\\x00-\x08\x0a-\x1f\x7f]|\\[\t !-~\x80-\xff])*"'
+_TOKEN_RE: Final = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_TOKEN: Final = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
+_QUOTED: Final = rb'"(?:[^"\\\x00-\x08\x0a-\x1f\x7f]|\\[\t !-~\x80-\xff])*"'
 # RFC 9112 §7.1.1: chunk-ext = *( BWS ";" BWS ext-name [ BWS "=" BWS ext-val ] )
-_CHUNK_EXT_RE = re.compile(
+_CHUNK_EXT_RE: Final = re.compile(
     rb"(?:[ \t]*;[ \t]*" + _TOKEN + rb"(?:[ \t]*=[ \t]*(?:" + _TOKEN + rb"|" + _QUOTED + rb"))?)*"
 )
-_HEX_DIGITS = frozenset(b"0123456789abcdefABCDEF")
+_HEX_DIGITS: Final = frozenset(b"0123456789abcdefABCDEF")
 # A Content-Length too long for 64 bits: llhttp and h11 refuse it as malformed.
-_HUGE_CONTENT_LENGTH = re.compile(rb"(\r\ncontent-length:[ \t]*)[0-9]{20,}", re.IGNORECASE)
+_HUGE_CONTENT_LENGTH: Final = re.compile(rb"(\r\ncontent-length:[ \t]*)[0-9]{20,}", re.IGNORECASE)
 # What it is replaced with to parse the rest of the head: 20 digits, still a 413.
-_TOO_LARGE_CONTENT_LENGTH = b"1" + b"0" * 19
-
-# Parsing and checking a head is a pure function of its bytes (and of the
-# worker's fixed limits and parser), and clients repeat byte-identical heads
-# (load balancer probes, API clients, keep-alive loops): a worker remembers
-# the requests it built for up to this many distinct heads and reuses them.
-# Full, it starts over, so varied traffic cannot pin stale entries; heads
-# longer than HEAD_CACHE_MAX_HEAD_BYTES are not kept (at most 2 MiB in all).
-# A head seen once is only noted (None); its request is kept when it comes
-# again: where every head differs (behind a load balancer) no request is
-# copied for a cache that never hits. It flatters traffic that repeats heads.
-HEAD_CACHE_MAX_ENTRIES = 512
-HEAD_CACHE_MAX_HEAD_BYTES = 4096
-HeadCache = dict[bytes, "Request | None"]
+_TOO_LARGE_CONTENT_LENGTH: Final = b"1" + b"0" * 19
 
 
 class ReaderState(enum.Enum):
@@ -400,10 +389,10 @@ class RequestReader:
     def _start_request(self, head: bytes) -> None:
         cache = self._head_cache
         if cache is not None:
-            template = cache.get(head)
-            if template is not None:
+            copy = cache.lookup(head)
+            if copy is not None:
                 self._head_checked = 0
-                self._begin(template.clone())
+                self._begin(copy)
                 return
         self._check_head(head)
         try:
@@ -426,19 +415,9 @@ class RequestReader:
         except ProtocolError as exc:
             exc.method = method
             raise
-        if cache is not None and len(head) <= HEAD_CACHE_MAX_HEAD_BYTES:
-            self._remember(cache, head, req)
+        if cache is not None:
+            cache.remember(head, req)
         self._begin(req)
-
-    @staticmethod
-    def _remember(cache: HeadCache, head: bytes, req: Request) -> None:
-        """Note a head seen for the first time; keep its request when it comes again."""
-        if head in cache:
-            cache[head] = req.clone()
-            return
-        if len(cache) >= HEAD_CACHE_MAX_ENTRIES:
-            cache.clear()
-        cache[head] = None
 
     def _begin(self, req: Request) -> None:
         """Start reading the body of ``req``, or queue it when it has none."""

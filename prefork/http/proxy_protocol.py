@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import ipaddress
 import struct
+from typing import Final
 
-V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
-V1_MAX = 107  # the spec's longest v1 line, CRLF included
-V2_HEADER = 16
+V2_SIGNATURE: Final = b"\r\n\r\n\x00\r\nQUIT\n"
+V1_MAX: Final = 107  # the spec's longest v1 line, CRLF included
+V2_HEADER: Final = 16
 # Address block sizes by family (v2): TCP/UDP over IPv4 and IPv6, UNIX sockets.
-_V2_ADDRESS_BYTES = {0x1: 12, 0x2: 36, 0x3: 216}
+_V2_ADDRESS_BYTES: Final = {0x1: 12, 0x2: 36, 0x3: 216}
 
 Source = tuple[str, int] | None
 

@@ -17,46 +17,47 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from itertools import repeat
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 from urllib.parse import parse_qsl
 
 from prefork.errors import ProtocolError
 
 RawHeaders = list[tuple[bytes, bytes]]
-_NO_RAW_HEADERS: RawHeaders = []
+_NO_RAW_HEADERS: Final[RawHeaders] = []
 
 # The request methods llhttp knows; both backends accept exactly these so they
 # answer alike (h11 alone would take any token).
-_METHODS_TEXT = """
+_METHODS_TEXT: Final = """
     DELETE GET HEAD POST PUT OPTIONS TRACE COPY LOCK MKCOL MOVE PROPFIND PROPPATCH
     SEARCH UNLOCK BIND REBIND UNBIND ACL REPORT MKACTIVITY CHECKOUT MERGE M-SEARCH
     NOTIFY SUBSCRIBE UNSUBSCRIBE PATCH PURGE MKCALENDAR LINK UNLINK SOURCE QUERY
 """
-KNOWN_METHODS = frozenset(_METHODS_TEXT.split())
+KNOWN_METHODS: Final = frozenset(_METHODS_TEXT.split())
 
 # The whole head may not exceed this many bytes, whatever the per-line limit
 # (a bound on memory per connection): 431.
-MIN_HEAD_LIMIT_BYTES = 64 * 1024
+MIN_HEAD_LIMIT_BYTES: Final = 64 * 1024
 
 # RFC 9110 §5.5: field-value = *field-content; VCHAR, obs-text, SP and HTAB only.
-BAD_FIELD_BYTES = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+BAD_FIELD_BYTES: Final = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 # Each byte BAD_FIELD_BYTES finds, but CR and LF (a head has them at every
 # line end), translated to NUL, and NUL itself: see has_field_controls.
-_CONTROLS_TO_NUL = bytes(
+_CONTROLS_TO_NUL: Final = bytes(
     0 if b not in (0x0A, 0x0D) and BAD_FIELD_BYTES.match(bytes((b,))) else b for b in range(256)
 )
 # RFC 3986 host: reg-name / IPv4 / IP-literal, then an optional port.
-_HOST_RE = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]+)(?::[0-9]*)?")
+_HOST_RE: Final = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]+)(?::[0-9]*)?")
 # The request line of every request we serve ends in one of these.
-HTTP_VERSIONS = (b" HTTP/1.1", b" HTTP/1.0")
+HTTP_VERSIONS: Final = (b" HTTP/1.1", b" HTTP/1.0")
 # A well-formed request line (RFC 9112 §3), to tell 505 from 400 when it does not.
-_REQUEST_LINE_RE = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+ [\x21-\x7e]+ HTTP/([0-9])\.([0-9])")
+_REQUEST_LINE_RE: Final = re.compile(
+    rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+ [\x21-\x7e]+ HTTP/([0-9])\.([0-9])"
+)
 # What a backend says of a head it cannot parse: one plain line, the same for
 # both (their own texts differ and show internals).
-MALFORMED_HEAD = "malformed request head"
+MALFORMED_HEAD: Final = "malformed request head"
 # Line ends, proper or bare, in the order they come.
-_LINE_ENDS = re.compile(rb"\r\n|[\r\n]")
+_LINE_ENDS: Final = re.compile(rb"\r\n|[\r\n]")
 
 
 class HeadParser(Protocol):
@@ -165,11 +166,6 @@ class Request:
         return other
 
 
-# Endless "=" and 1 for map(str.split, ...): the fast path of parse_args.
-_EQUALS = repeat("=")
-_ONCE = repeat(1)
-
-
 def parse_args(query: str) -> dict[str, Any]:
     """The query string as ``{name: value}``; a repeated name maps to a list.
 
@@ -177,20 +173,21 @@ def parse_args(query: str) -> dict[str, Any]:
     """
     if not query:
         return {}
+    args: dict[str, Any] = {}
     if "%" not in query and "+" not in query:
-        # Nothing to unquote, so each pair is its text split at the first "=";
-        # built in C when every pair has an "=" and names do not repeat (the
-        # usual query), else parse_qsl below (a pair without "=", an empty
-        # pair, a repeated name).
-        parts = query.split("&")
-        try:
-            args: dict[str, Any] = dict(map(str.split, parts, _EQUALS, _ONCE))
-        except ValueError:  # a part split into one item
-            pass
+        # Nothing to unquote, so each pair is its text split at the first "="
+        # when every pair has an "=" and names do not repeat (the usual
+        # query), else parse_qsl below (a pair without "=", an empty pair, a
+        # repeated name). (A loop over partition: faster than building the
+        # dict from map(str.split, ...), compiled or not.)
+        for part in query.split("&"):
+            name, sep, value = part.partition("=")
+            if not sep or name in args:
+                args.clear()
+                break
+            args[name] = value
         else:
-            if len(args) == len(parts):
-                return args
-    args = {}
+            return args
     for name, value in parse_qsl(query, keep_blank_values=True):
         if name in args:
             old = args[name]
@@ -243,9 +240,9 @@ def _split_tokens(value: str) -> list[str]:
 # name cache starts over, so junk names sent once cannot keep real ones out.
 # They flatter traffic with fewer than _CACHE_MAX distinct names (all of it,
 # in practice) and, for Host, fewer than _CACHE_MAX virtual hosts.
-_NAME_CACHE: dict[bytes, str] = {}
-_HOST_CACHE: set[str] = set()
-_CACHE_MAX = 512
+_NAME_CACHE: Final[dict[bytes, str]] = {}
+_HOST_CACHE: Final[set[str]] = set()
+_CACHE_MAX: Final = 512
 # Fields that must not repeat (RFC 9110 §5.3: their grammar is one value, not
 # a list, so two lines cannot be joined into anything meaningful). Joining
 # them would let a proxy that reads the first line and an app that reads the
@@ -253,7 +250,7 @@ _CACHE_MAX = 512
 # Content-Encoding is a list in the grammar, but a repeated line on a request
 # is the same kind of disagreement (which coding is the body in?) and no
 # client sends one. The value is the name used in the error text.
-SINGLETON_FIELDS = (
+SINGLETON_FIELDS: Final = (
     "Content-Length",
     "Transfer-Encoding",
     "Host",
@@ -269,7 +266,7 @@ SINGLETON_FIELDS = (
     "Range",
     "Max-Forwards",
 )
-_SINGLE_FIELDS = {name.lower(): name for name in SINGLETON_FIELDS}
+_SINGLE_FIELDS: Final = {name.lower(): name for name in SINGLETON_FIELDS}
 
 
 def _field_name(raw: bytes) -> str:
@@ -413,7 +410,7 @@ def build_request(
     return req
 
 
-_TOKEN_BYTES = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_TOKEN_BYTES: Final = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 
 
 def diagnose(head: bytes, limits: Limits) -> ProtocolError:

@@ -12,15 +12,15 @@ import time
 from collections.abc import Mapping
 from email.utils import formatdate
 from http import HTTPStatus
-from typing import Any
+from typing import Any, Final
 
 from prefork.http import compression
 from prefork.http.request import Request
 
 # Header names the server owns: a handler's value is replaced or interpreted.
-FRAMING = frozenset(("content-length", "transfer-encoding", "connection", "date"))
-DEFAULT_CONTENT_TYPE = "text/plain; charset=utf-8"
-LAST_CHUNK = b"0\r\n\r\n"
+FRAMING: Final = frozenset(("content-length", "transfer-encoding", "connection", "date"))
+DEFAULT_CONTENT_TYPE: Final = "text/plain; charset=utf-8"
+LAST_CHUNK: Final = b"0\r\n\r\n"
 
 # (header text, lower-case name -> value, has a Server field, asks to close)
 Fields = tuple[str, Mapping[str, str], bool, bool]
@@ -30,14 +30,14 @@ NegotiatedCache = dict[tuple[str, str | None, bool], str]
 # The text of a response's header fields, by the handler's (name, value)
 # pairs: handlers return the same few header sets again and again, so the
 # checks and the lower-casing run once per distinct set and worker.
-FIELDS_CACHE_MAX_ENTRIES = 256
+FIELDS_CACHE_MAX_ENTRIES: Final = 256
 # The header text after compression's changes by (text, coding, vary), a pure
 # function of those; a handler sends few distinct header sets. At most 256 x 2
 # KiB per worker.
-NEGOTIATED_MAX_ENTRIES = 256
-NEGOTIATED_MAX_TEXT = 2048
+NEGOTIATED_MAX_ENTRIES: Final = 256
+NEGOTIATED_MAX_TEXT: Final = 2048
 
-_NO_FIELDS: Fields = ("", {}, False, False)
+_NO_FIELDS: Final[Fields] = ("", {}, False, False)
 
 
 class BadHeader(Exception):
@@ -193,9 +193,11 @@ def chunk(data: bytes) -> bytes:
 
 # -- status lines, the Server and Date fields, error responses ----------------
 
-STATUS_LINES: dict[int, str] = {s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n" for s in HTTPStatus}
-SERVER_HEADER = "Server: prefork\r\n"
-CONTINUE_RESPONSE = b"HTTP/1.1 100 Continue\r\n\r\n"
+STATUS_LINES: Final[dict[int, str]] = {
+    s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n" for s in HTTPStatus
+}
+SERVER_HEADER: Final = "Server: prefork\r\n"
+CONTINUE_RESPONSE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
 class DateHeader:
@@ -216,7 +218,7 @@ class DateHeader:
             self.line = f"Date: {formatdate(second, usegmt=True)}\r\n"
 
 
-DATE = DateHeader()
+DATE: Final = DateHeader()
 
 
 def status_line(status: int) -> str:

@@ -17,6 +17,7 @@ from prefork.apps.asgi_lifespan import Lifespan, LifespanFailed
 from prefork.apps.asgi_messages import AsgiMessageError, response_fields
 from prefork.apps.asgi_scope import ConnScope, decode_path, http_scope, lower_headers
 from prefork.errors import ProtocolError
+from prefork.http.head_cache import HeadCache
 from prefork.http.parsers import make_parser
 from prefork.http.protocol import RequestReader, streams_body
 from prefork.http.request import Limits, Request
@@ -83,8 +84,7 @@ def test_headers_are_a_new_list_each_time(reader: RequestReader) -> None:
 
 def test_scope_of_a_cached_head_is_the_scope_of_a_fresh_one() -> None:
     """The third sighting of a head is built from the reader's head cache."""
-    cache: dict[bytes, Any] = {}
-    reader = RequestReader(make_parser("httptools"), Limits(8190, 100, 1000), cache)
+    reader = RequestReader(make_parser("httptools"), Limits(8190, 100, 1000), HeadCache())
     head = b"GET /a%20b?q=1 HTTP/1.1\r\nHost: h\r\nX-A: 1\r\nx-a: 2\r\n\r\n"
     conn = ConnScope(None, None, "http", {})
     reqs = [parse(reader, head) for _ in range(4)]
@@ -103,7 +103,7 @@ def test_varied_heads_leave_nothing_behind() -> None:
     """Scopes of heads that never come again keep no objects alive: a cache of
     them would be garbage the collector walks (and its collections cost
     microseconds per request behind a load balancer)."""
-    reader = RequestReader(make_parser("httptools"), Limits(8190, 100, 1000), {})
+    reader = RequestReader(make_parser("httptools"), Limits(8190, 100, 1000), HeadCache())
     conn = ConnScope(None, None, "http", {})
 
     def serve(first: int) -> None:

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from prefork.errors import ProtocolError
+from prefork.http.head_cache import MISS_RUN, SAMPLE_EVERY, HeadCache
 from prefork.http.parsers import make_parser
 from prefork.http.protocol import FORBIDDEN_TRAILERS, RequestReader
 from prefork.http.request import Limits
@@ -890,8 +891,9 @@ def test_reader_resumes_after_an_upgrade_request(backend: str) -> None:
 
 @pytest.mark.parametrize("backend", ["httptools", "h11"])
 def test_head_cache_gives_equal_independent_requests(backend: str) -> None:
-    cache: dict[bytes, Any] = {}
-    reader = RequestReader(make_parser(backend), Limits(8192, 100, 1024), cache)
+    head_cache = HeadCache()
+    cache = head_cache.entries
+    reader = RequestReader(make_parser(backend), Limits(8192, 100, 1024), head_cache)
     head = b"POST /p?a=1 HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\n"
     reader.feed(head + b"ab")
     assert cache == {head: None}  # noted as seen: no copy for a head that may not come again
@@ -912,3 +914,35 @@ def test_head_cache_gives_equal_independent_requests(backend: str) -> None:
     with pytest.raises(ProtocolError):  # a bad head is never cached
         reader.feed(b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n")
     assert list(cache) == [head]
+
+
+def test_head_cache_samples_where_every_head_differs_and_resumes_on_a_repeat() -> None:
+    head_cache = HeadCache()
+    reader = RequestReader(make_parser("httptools"), Limits(8192, 100, 1024), head_cache)
+
+    def head(n: int) -> bytes:
+        return f"GET /{n} HTTP/1.1\r\nHost: a\r\nX-Request-Id: {n}\r\n\r\n".encode()
+
+    def serve(data: bytes) -> Any:
+        reader.feed(data)
+        return reader.requests.pop(0)
+
+    for n in range(MISS_RUN):  # every head new: each is noted
+        serve(head(n))
+    assert head(MISS_RUN - 1) in head_cache.entries
+    sampled = range(MISS_RUN, MISS_RUN + 10 * SAMPLE_EVERY)
+    for n in sampled:  # now one in SAMPLE_EVERY is looked up and noted
+        assert serve(head(n)).path == f"/{n}"  # still parsed and answered as ever
+    assert sum(head(n) in head_cache.entries for n in sampled) == 10
+    # Heads start to repeat (a probe, a keep-alive loop): within two samples
+    # the head is kept, and from then on every copy comes from the cache.
+    repeated = head(7)
+    for _ in range(2 * SAMPLE_EVERY):
+        serve(repeated)
+    assert head_cache.entries.get(repeated) is not None
+    first, second = serve(repeated), serve(repeated)
+    assert (first.path, second.path) == ("/7", "/7")
+    assert first.cached
+    assert second.cached
+    assert first is not second
+    assert first.headers is not second.headers

@@ -87,8 +87,8 @@ def _args_by_parse_qsl(query: str) -> dict[str, Any]:
     return args
 
 
-# The characters that steer parse_args between its paths (no "%" or "+": split
-# in C; a pair without "=", an empty pair, a repeated name: parse_qsl).
+# The characters that steer parse_args between its paths (no "%" or "+": each
+# pair split at "="; a pair without "=", an empty pair, a repeated name: parse_qsl).
 _PAIRS = ["a", "b", "a=1", "a=2", "b=", "=x", "a=b=c", "", "%41=1", "a+b=c", "é=1", "b=;"]
 _QUERIES = st.one_of(
     st.lists(st.sampled_from(_PAIRS), max_size=5).map("&".join),

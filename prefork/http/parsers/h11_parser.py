@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Final
+
 import h11
 
 from prefork.errors import ProtocolError
@@ -11,7 +13,7 @@ from prefork.http.request import MALFORMED_HEAD, RawHeaders
 # into one value and lower-cases Transfer-Encoding. Found as the start of a
 # line of the lower-cased head: h11 allows no space before the colon, and the
 # reader refused bare CR/LF and obs-fold, so each CRLF starts one field line.
-_FRAMING_LINES = (b"\r\ncontent-length:", b"\r\ntransfer-encoding:")
+_FRAMING_LINES: Final = (b"\r\ncontent-length:", b"\r\ntransfer-encoding:")
 
 
 class H11HeadParser:
