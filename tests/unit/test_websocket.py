@@ -160,6 +160,28 @@ async def test_scope_has_the_plain_inputs_and_the_http_response_extension() -> N
     assert seen["disconnect"] == {"type": "websocket.disconnect", "code": 4001, "reason": "done"}
 
 
+async def test_an_app_that_changes_its_scope_changes_no_other_sessions() -> None:
+    """The scope's subprotocols and extensions are its own (a middleware may write them)."""
+    scopes: list[Any] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        scopes.append(scope)
+        scope["subprotocols"].append("added")
+        scope["extensions"]["x.added"] = {}
+        scope["extensions"]["websocket.http.response"]["x"] = 1
+        await echo_app(scope, receive, send)
+
+    for _ in range(2):
+        async with asgi_pair(app) as (ws, _, _):
+            await ws.send("x")
+            assert await ws.recv() == "x"
+    first, second = scopes
+    assert second["subprotocols"] == ["added"]  # the second saw none before its own
+    assert second["extensions"] == {"websocket.http.response": {"x": 1}, "x.added": {}}
+    assert first["subprotocols"] is not second["subprotocols"]
+    assert first["extensions"] is not second["extensions"]
+
+
 async def test_accept_headers_reach_the_client() -> None:
     async def app(scope: Any, receive: Any, send: Any) -> None:
         await receive()
