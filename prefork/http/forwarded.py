@@ -17,7 +17,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from typing import Final
 
 from prefork._compiled import COMPILED
@@ -191,11 +191,14 @@ def _parse_forwarded(value: str) -> tuple[list[str], str | None, str | None]:
     return hops, proto, host
 
 
-def resolve(headers: Mapping[str, str], trust: Trust) -> tuple[str | None, str | None, str | None]:
+def resolve(headers: dict[str, str], trust: Trust) -> tuple[str | None, str | None, str | None]:
     """``(client, scheme, host)`` from a trusted proxy's fields; None where a field says nothing.
 
     ``Forwarded`` wins over the ``X-Forwarded-*`` fields when both are present
     (RFC 7239 is the standard; a proxy that sends it means it).
+
+    (``headers`` is the request's dict, typed so: a compiled build then reads
+    it with dict operations rather than method calls.)
     """
     client = scheme = host = None
     forwarded = headers.get("forwarded")
@@ -225,7 +228,7 @@ def resolve(headers: Mapping[str, str], trust: Trust) -> tuple[str | None, str |
 
 
 def forwarded_view(
-    headers: Mapping[str, str], trust: Trust
+    headers: dict[str, str], trust: Trust
 ) -> tuple[str | None, str | None, str | None]:
     """``resolve`` when a forwarding field is present (a few dict lookups otherwise)."""
     if (

@@ -72,4 +72,11 @@ class HttptoolsHeadParser:
             target = self._url.decode("ascii")
         except UnicodeDecodeError:
             raise ProtocolError(400, "non-ASCII request target") from None
-        return parser.get_method().decode("ascii"), target, parser.get_http_version(), headers
+        # llhttp read "HTTP/d.d" at the end of the request line: 1.1 by its
+        # digits (httptools' get_http_version formats a string each call).
+        first = head.find(b"\r\n")
+        if head[first - 1] == 0x31 and head[first - 3] == 0x31:
+            version = "1.1"
+        else:
+            version = parser.get_http_version()
+        return parser.get_method().decode("ascii"), target, version, headers
