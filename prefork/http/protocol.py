@@ -334,8 +334,9 @@ class RequestReader:
         if fault is not None:
             raise fault
 
-    def _check_head(self, head: bytes) -> None:
-        """The shared checks on a whole head, before a backend parses it."""
+    def _check_head(self, head: bytes) -> int:
+        """The shared checks on a whole head, before a backend parses it; returns
+        where its request line ends (for ``_check_request_line``)."""
         size = len(head)
         # (llhttp skips any CR or LF before a request line; leading CRLFs are
         # gone already, so one here is bare.)
@@ -358,10 +359,18 @@ class RequestReader:
         if self._head_prescan:
             # llhttp rejects these itself; h11 would accept them.
             self._prescan(head, checked)
-        elif head.count(b" ", 0, first) != 2 or head.find(b"\n", 0, first) >= 0:
-            # llhttp ends the request line at a bare LF, then finds no version
-            # (505); h11's prescan above says 400, as does a split read, and
-            # names the faults of its prescan before a malformed line.
+        return first
+
+    def _check_request_line(self, head: bytes, first: int) -> None:
+        """llhttp's leniencies in a request line, refused as h11 refuses them.
+
+        llhttp takes runs of spaces between the parts, and ends the line at a
+        bare LF, then finds no version (505); h11's prescan says 400, as does
+        a split read, and names the faults of its prescan before a malformed
+        line. Run on a head llhttp refused, before its error is named; on one
+        it took, ``_start_request`` checks the parts' lengths instead.
+        """
+        if head.count(b" ", 0, first) != 2 or head.find(b"\n", 0, first) >= 0:
             self._prescan(head)
             raise ProtocolError(400, "malformed request line")
 
@@ -394,10 +403,12 @@ class RequestReader:
                 self._head_checked = 0
                 self._begin(copy)
                 return
-        self._check_head(head)
+        first = self._check_head(head)
         try:
             method, target, version, raw = self._parser.parse(head)
         except ProtocolError as exc:
+            if not self._head_prescan:
+                self._check_request_line(head, first)
             if exc.status != 400 or _HUGE_CONTENT_LENGTH.search(head) is None:
                 raise self._named(exc, head) from None
             # A Content-Length too long for 64 bits is a number, just too
@@ -407,6 +418,10 @@ class RequestReader:
                 method, target, version, raw = self._parser.parse(head)
             except ProtocolError as exc:
                 raise self._named(exc, head) from None
+        if not self._head_prescan and len(method) + len(target) + 10 != first:
+            # "METHOD SP target SP HTTP/x.y" is longer: llhttp took more than
+            # one space somewhere (cheaper to see here than to count before).
+            self._check_request_line(head, first)
         # (A backend that lets control characters through has its values
         # searched one by one only when the head holds one somewhere.)
         check_fields = self._head_prescan and has_field_controls(head)

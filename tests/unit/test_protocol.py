@@ -408,6 +408,8 @@ CASES = [
     fail("unknown-method", head(b"FOO / HTTP/1.1", b"Host: a"), 400),
     fail("lower-case-method", head(b"get / HTTP/1.1", b"Host: a"), 400),
     fail("double-space-in-request-line", head(b"GET  / HTTP/1.1", b"Host: a"), 400),
+    fail("double-space-before-version", head(b"GET /a  HTTP/1.1", b"Host: a"), 400),
+    fail("spaces-and-no-host", head(b"GET   /a HTTP/1.1", b"X: y"), 400),
     fail("trailing-space-in-request-line", head(b"GET / HTTP/1.1 ", b"Host: a"), 400),
     fail("htab-in-request-line", head(b"GET\t/ HTTP/1.1", b"Host: a"), 400),
     fail("no-version", head(b"GET /", b"Host: a"), 400),
