@@ -177,6 +177,7 @@ class AccessLog:
         "_stream",
         "_tag",
         "_zone",
+        "active",
         "header_names",
         "metrics",
     )
@@ -191,6 +192,9 @@ class AccessLog:
         self._enabled = self._logger.isEnabledFor(ACCESS)
         self.header_names = tuple(name.lower() for name in header_names)
         self.metrics = metrics
+        # Whether ``record`` has anything to do (lines or metrics): callers on
+        # the per-request path read it to skip the call.
+        self.active = self._enabled or metrics is not None
         self._json = fmt == "json"
         self._pending: list[str] = []
         # What is the same on every line of this process: after the milliseconds.
@@ -222,9 +226,9 @@ class AccessLog:
         ``sent``: the body bytes sent; ``started``: ``time.monotonic()`` when
         the handler was called.
         """
-        metrics = self.metrics
-        if metrics is None and not self._enabled:
+        if not self.active:
             return
+        metrics = self.metrics
         seconds = _monotonic() - started
         if metrics is not None:
             # WorkerMetrics.observe, inlined: this runs for every request.

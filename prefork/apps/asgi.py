@@ -15,7 +15,7 @@ import logging
 import time
 import types
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any
 
 from prefork import log
 from prefork._types import Action
@@ -145,11 +145,6 @@ def _forwarded(scope: dict[str, Any], req: Request, conn: Connection) -> str:
 
 # -- the single place WebSocket requests go ---------------------------------
 
-# What an open WebSocket's request keeps of its fields: one empty list and
-# dict for all (nothing adds to a parsed request's fields).
-_NO_FIELDS: Final[list[tuple[bytes, bytes]]] = []
-_NO_HEADERS: Final[dict[str, str]] = {}
-
 
 def _websocket_session(
     app: AsgiApp, conn: Connection, req: Request, info: ConnScope, started: float
@@ -195,8 +190,7 @@ def _websocket_session(
     access = conn.shared.access
     if access.header_names:
         access.capture(req)  # the log_headers values, before the fields go
-    req.headers = _NO_HEADERS
-    req.raw_headers = _NO_FIELDS
+    req.drop_fields()
     # Nor the connection's part of HTTP scopes (~0.2 KiB with its extensions
     # dict): no request follows, the WebSocket's scope has what it needs.
     conn.ctx = None

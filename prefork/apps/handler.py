@@ -130,8 +130,9 @@ class Context:
         ws = WebSocket(self.client, handshake, opts)
         await ws.accept(subprotocol, headers)
         # The request stays for the access log line at the end of the session,
-        # but its raw fields (ASGI's, unused here) need not (~0.5 KiB).
-        req.raw_headers = []
+        # but its raw fields (ASGI's, unused here) need not (~0.5 KiB). The
+        # handler was given the header dict: it stays.
+        req.drop_fields(headers=False)
         self.upgraded = ws
         return ws
 

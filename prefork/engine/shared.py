@@ -141,9 +141,6 @@ class Shared:
         self.access = log.AccessLog(
             cfg.log_headers, cfg.access_log_format, WorkerMetrics() if cfg.metrics_bind else None
         )
-        # Whether record() has anything to do beyond the count (a worker's
-        # log level never changes): with neither on, no call per request.
-        self.accounts = self.access.enabled() or self.access.metrics is not None
         self.requests_per_connection = cfg.requests_per_connection
         self.keepalive_idle_timeout = cfg.keepalive_idle_timeout
         self.request_header_timeout = cfg.request_header_timeout
@@ -182,8 +179,9 @@ class Shared:
     def record(self, client: str, req: Request, status: int, sent: int, started: float) -> None:
         """A request answered: counted, and its access line and metrics written."""
         self.requests_served += 1
-        if self.accounts:
-            self.access.record(client, req, status, sent, started)
+        access = self.access
+        if access.active:  # (lines or metrics on: else no call per request)
+            access.record(client, req, status, sent, started)
 
     def refresh_idle_deadline(self, now: float) -> None:
         """A new shared keep-alive deadline: never early, at most DEADLINE_GRAIN late."""

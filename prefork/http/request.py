@@ -24,6 +24,7 @@ from prefork.errors import ProtocolError
 
 RawHeaders = list[tuple[bytes, bytes]]
 _NO_RAW_HEADERS: Final[RawHeaders] = []
+_NO_HEADERS: Final[dict[str, str]] = {}
 
 # The request methods llhttp knows; both backends accept exactly these so they
 # answer alike (h11 alone would take any token).
@@ -143,6 +144,15 @@ class Request:
 
     def __repr__(self) -> str:
         return f"<Request {self.method} {self.target} HTTP/{self.version}>"
+
+    def drop_fields(self, headers: bool = True) -> None:
+        """Let go of the parsed fields of a request that outlives its exchange
+        (a WebSocket's, kept for its access line): the parser's list, and the
+        dict unless ``headers`` is False (a handler that was given it keeps it).
+        Shared empty ones stand in: nothing adds to a parsed request's fields."""
+        self.raw_headers = _NO_RAW_HEADERS
+        if headers:
+            self.headers = _NO_HEADERS
 
     def clone(self) -> Request:
         """A copy with its own headers dict (a handler may change the one it gets)."""
