@@ -536,19 +536,19 @@ class Connection(Lifecycle):
     # -- the public connection object ------------------------------------
 
     def end_http(self) -> None:
-        """No HTTP request follows on this connection (it became a WebSocket):
-        the bytes the reader holds past the last head move to the input that
-        ``read`` gives, and the reader goes (~0.3 KiB per open WebSocket)."""
+        """No HTTP request follows (the connection became a WebSocket): the
+        reader's leftover moves to ``read``'s input, the reader goes (~0.3 KiB)."""
+        self._take_unparsed()
+        self.reader = self.shared.spent_reader
+
+    def _take_unparsed(self) -> None:  # what the reader holds past the last head: read()'s
         leftover = self.reader.take_unparsed()
         if leftover:
             self._pending = leftover + self._pending
-        self.reader = self.shared.spent_reader
 
     async def read(self, n: int) -> bytes:
         """Up to ``n`` bytes: first what was buffered past the request; ``b""`` at EOF."""
-        leftover = self.reader.take_unparsed()
-        if leftover:
-            self._pending = leftover + self._pending
+        self._take_unparsed()
         while not self._pending:
             if self._eof or self._lost:
                 return b""
