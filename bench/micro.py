@@ -500,7 +500,8 @@ async def asgi_whole_path(items: list[bytes]) -> float:
         while await interface.exchange(conn) == "keep-alive":
             pass
 
-    task = asyncio.get_running_loop().create_task(serve())
+    loop = asyncio.get_running_loop()
+    task = loop.create_task(serve())
     await asyncio.sleep(0)  # parked, waiting for a request
     # What the worker does once booted: the set-up out of the collector's way.
     gc.collect()
@@ -510,7 +511,8 @@ async def asgi_whole_path(items: list[bytes]) -> float:
         started = time.process_time()
         for data in items:
             before = transport.writes
-            conn.data_received(data)
+            # From a callback of the loop, as a socket's data comes (not from a task).
+            loop.call_soon(conn.data_received, data)
             for _turn in range(10):  # one loop turn: the coroutine answers
                 await asyncio.sleep(0)
                 if transport.writes != before:

@@ -2,24 +2,28 @@
 
 ``AsgiApp`` is what the engine calls (``engine.app.AppInterface``). Each
 request is one ``asgi_exchange.Exchange`` (the ``receive`` and ``send`` the
-app gets), awaited in the connection's own coroutine: no task per request,
-but a context per request (``start_in_context``), as a task would have.
+app gets), run as part of the connection's own task: no task per request,
+but a context per request (``start_in_context``), as a task would have. A
+request whose body came with it starts from the protocol callback
+(``respond_inline``): most are answered there, and the connection's
+coroutine only takes over an app that waits (``_Suspended``).
 The scope comes from ``asgi_scope``, the lifespan protocol from
 ``asgi_lifespan``, the rules of the app's messages from ``asgi_messages``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import logging
 import time
 import types
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from prefork import log
 from prefork._types import Action
-from prefork.apps.asgi_context import start_in_context
+from prefork.apps.asgi_context import resume_in_context, start_in_context
 from prefork.apps.asgi_exchange import STREAM_BODIES_OVER, Exchange
 from prefork.apps.asgi_lifespan import Lifespan
 from prefork.apps.asgi_messages import AsgiMessageError, ClientDisconnected
@@ -43,6 +47,13 @@ if TYPE_CHECKING:  # (imported when a WebSocket comes: see _websocket_session)
 
 logger = logging.getLogger(log.WORKER)
 
+# What asyncio's own Task step (and Python 3.12's eager tasks) call to make a
+# task the current one; 3.11 has no public way to run a step of an app "as
+# part of" a task from a loop callback. tests/grid/test_asgi_inline.py fails
+# if they go.
+enter_task = asyncio.tasks._enter_task
+leave_task = asyncio.tasks._leave_task
+
 AsgiCallable = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
 
 __all__ = ["AsgiApp", "AsgiMessageError", "ClientDisconnected"]
@@ -56,6 +67,7 @@ class AsgiApp:
         "asgi",
         "inline",
         "lifespan",
+        "loop",
         "name",
         "root_path",
         "ssl_cfg",
@@ -68,7 +80,8 @@ class AsgiApp:
         self.name = name
         # The app is awaited in the connection's coroutine, never from the
         # protocol callback.
-        self.inline = False
+        self.inline = True
+        self.loop: asyncio.AbstractEventLoop | None = None
         # Read by the connection's RequestReader (RequestReader.stream_over).
         self.stream_bodies_over: int | None = STREAM_BODIES_OVER
         self.root_path: str = cfg.root_path
@@ -79,23 +92,109 @@ class AsgiApp:
         self.ws_options: Any = cfg
 
     async def startup(self) -> None:
+        self.loop = asyncio.get_running_loop()
         await self.lifespan.startup()
 
     async def shutdown(self) -> None:
         await self.lifespan.shutdown()
 
     def respond_inline(self, conn: Connection, req: Request) -> bool:
-        return False  # never called: ``inline`` is False
+        """Run the app from the protocol callback, as far as it goes without waiting.
+
+        Most requests are answered there and then (the app awaits nothing that
+        waits: its whole body came with the head, ``send`` writes at once), and
+        the connection's coroutine is not woken for them. An app that does
+        wait is handed to the coroutine where it stopped (``_Suspended``).
+        """
+        info: ConnScope | None = conn.ctx
+        loop = self.loop
+        if (
+            info is None
+            or info.task is None
+            or loop is None
+            or req.chunked
+            or req.content_length > STREAM_BODIES_OVER
+            or req.expect_continue
+        ):
+            conn.hand_off(req)
+            return False
+        upgrade = req.headers.get("upgrade")
+        if upgrade is not None and upgrade.lower() == "websocket":
+            conn.hand_off(req)
+            return False
+        task = info.task
+        try:
+            # The app runs as part of the connection's task, as it does when
+            # the coroutine calls it: asyncio.current_task() (sniffio, anyio)
+            # sees the task that goes on with it if it waits.
+            enter_task(loop, task)
+        except RuntimeError:  # fed from inside a task (not the event loop's callback)
+            conn.hand_off(req)
+            return False
+        try:
+            started = time.monotonic()
+            count = conn.count
+            nxt = count + 1
+            counts = conn.shared.counts
+            conn.count = counts[nxt] if nxt < len(counts) else nxt
+            scope = http_scope(req, info, self.root_path, self.lifespan.state, self.asgi)
+            client_ip = conn.client_ip
+            if conn.behind_proxy:
+                client_ip = _forwarded(scope, req, conn)
+            ex = Exchange(self.name, conn, req, count, started, client_ip)
+            context = contextvars.copy_context()
+            try:
+                call = context.run(self.app, scope, ex.receive, ex.send)
+                if type(call) is not types.CoroutineType:
+                    conn.hand_off(_Suspended(ex, call, context, _NOT_STARTED))
+                    return False
+                try:
+                    step = context.run(call.send, None)
+                except StopIteration:
+                    pass
+                else:
+                    conn.hand_off(_Suspended(ex, call, context, step))
+                    return False
+            except Exception as exc:
+                action = ex.failed(exc)
+            else:
+                action = ex.returned()
+        finally:
+            leave_task(loop, task)
+        return action == "keep-alive"
 
     async def exchange(self, conn: Connection) -> Action | Session:
+        if conn.ctx is None and conn.transport is not None:
+            # Before the first request: the inline path needs the task.
+            first = conn.ctx = conn_scope(
+                conn.transport, conn.peername, conn.server_name, self.ssl_cfg
+            )
+            first.task = asyncio.current_task()
         count = conn.count
+        cancelled: BaseException | None = None
         try:
             req = await conn.receive_request(count)
         except ProtocolError as exc:
             conn.reject(exc)
             raise
+        except asyncio.CancelledError as exc:
+            # Meant for an app call that waits since respond_inline (its
+            # asyncio.timeout ran out, say) before this coroutine took it over:
+            # it goes to the app, as to a task of its own.
+            pending = conn.take_handoff()
+            if not isinstance(pending, _Suspended) or pending.step is _NOT_STARTED:
+                raise  # the connection's own
+            conn.hand_off(pending)  # (put back: receive_request hands it over)
+            cancelled = exc
+            req = await conn.receive_request(count)  # (returns at once: the hand-off)
         if req is None:
-            return "close"  # (no inline path: nothing is ever handed off)
+            handoff = conn.take_handoff()
+            if handoff is None:
+                return "close"
+            if isinstance(handoff, _Suspended):
+                return await self._finish(conn, handoff, cancelled)
+            assert isinstance(handoff, Request)
+            req = handoff
         started = time.monotonic()
         nxt = count + 1
         counts = conn.shared.counts  # shared ints: see Shared.counts
@@ -105,6 +204,7 @@ class AsgiApp:
             info = conn.ctx = conn_scope(
                 conn.transport, conn.peername, conn.server_name, self.ssl_cfg
             )
+            info.task = asyncio.current_task()
         upgrade = req.headers.get("upgrade")
         if upgrade is not None and upgrade.lower() == "websocket":
             # A session: the engine awaits it once this frame is gone (each
@@ -131,6 +231,42 @@ class AsgiApp:
         if action == "keep-alive" and conn.write_paused:
             await conn.drain()
         return action
+
+    async def _finish(
+        self, conn: Connection, rest: _Suspended, cancelled: BaseException | None
+    ) -> Action:
+        """The rest of an app call that waited in ``respond_inline``."""
+        ex = rest.exchange
+        try:
+            if rest.step is _NOT_STARTED:  # an awaitable other than a coroutine
+                await rest.call
+            else:
+                await resume_in_context(rest.call, rest.context, rest.step, cancelled)
+        except Exception as exc:
+            action = ex.failed(exc)
+        else:
+            action = ex.returned()
+        if action == "keep-alive" and conn.write_paused:
+            await conn.drain()
+        return action
+
+
+# The step of an awaitable that is not a coroutine: it is awaited as it is.
+_NOT_STARTED: Final = object()
+
+
+class _Suspended:
+    """An app call that waits, from ``respond_inline`` to the connection's coroutine."""
+
+    __slots__ = ("call", "context", "exchange", "step")
+
+    def __init__(
+        self, exchange: Exchange, call: Any, context: contextvars.Context, step: Any
+    ) -> None:
+        self.exchange = exchange
+        self.call = call
+        self.context = context
+        self.step = step
 
 
 def _forwarded(scope: dict[str, Any], req: Request, conn: Connection) -> str:

@@ -7,6 +7,7 @@ compiled generator is not awaitable, so this module stays interpreted.
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import types
 from collections.abc import Awaitable, Coroutine, Generator
@@ -29,16 +30,31 @@ def start_in_context(
         step = context.run(coro.send, None)
     except StopIteration:
         return None
-    return _resume_in_context(coro, context, step)
+    return resume_in_context(coro, context, step)
 
 
 @types.coroutine
-def _resume_in_context(
-    coro: Coroutine[Any, Any, None], context: contextvars.Context, step: Any
+def resume_in_context(
+    coro: Coroutine[Any, Any, None],
+    context: contextvars.Context,
+    step: Any,
+    throw: BaseException | None = None,
 ) -> Generator[Any, Any, None]:
     """The rest of ``coro`` after a first ``step``, each step run in ``context``:
-    results, exceptions and cancellation pass through as ``await`` passes them."""
+    results, exceptions and cancellation pass through as ``await`` passes them.
+
+    ``throw``: a cancellation that came for ``coro`` before this runs, thrown
+    into it first (the future it waits for, ``step``, is cancelled, as a
+    task cancels the future it waits for).
+    """
     run = context.run
+    if throw is not None:
+        if isinstance(step, asyncio.Future):
+            step.cancel()
+        try:
+            step = run(coro.throw, throw)
+        except StopIteration:
+            return
     while True:  # one turn per step of the app, as a Task's: ends when the app does
         try:
             value = yield step

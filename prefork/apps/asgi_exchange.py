@@ -19,12 +19,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from collections.abc import Coroutine, MutableMapping
 from typing import Any, Final
 
 from prefork import log
 from prefork._types import Action
 from prefork.apps.asgi_messages import AsgiMessageError, ClientDisconnected, cached_fields
+from prefork.engine.batch import QUICK_HANDLER_S
 from prefork.engine.connection import Connection
 from prefork.engine.shared import Shared
 from prefork.engine.slices import compress_in_slices
@@ -352,7 +354,9 @@ class Exchange:
             head = whole_head(status, text, self.has_server, len(body), keep_alive, http10)
         else:
             head = encode_head(status, text, self.has_server, framing, keep_alive, http10)
-        conn.write_response(head, body, keep_alive, False)
+        # (Batched only when answered from the protocol callback: respond_inline.)
+        quick = time.monotonic() - self.started < QUICK_HANDLER_S
+        conn.write_response(head, body, keep_alive, quick)
         self.sent = len(body)
         self._complete()
         return None

@@ -78,7 +78,7 @@ _CERT_PEMS: Final[dict[str, str | None]] = {}
 class ConnScope:
     """What every request on one connection shares in its scope."""
 
-    __slots__ = ("client", "extensions", "scheme", "server")
+    __slots__ = ("client", "extensions", "scheme", "server", "task")
 
     def __init__(
         self,
@@ -92,6 +92,8 @@ class ConnScope:
         self.scheme = scheme
         # One dict per connection: an app that writes into it only sees its own.
         self.extensions = extensions
+        # The connection's task (asgi.AsgiApp.respond_inline runs the app as part of it).
+        self.task: Any = None
 
 
 def conn_scope(

@@ -16,7 +16,7 @@ import logging
 import sys
 import time
 from collections.abc import AsyncIterable, Coroutine, Iterable, Iterator, Mapping
-from typing import Any, Final
+from typing import Any
 
 from prefork import log
 from prefork._types import Action, Handler
@@ -27,6 +27,7 @@ from prefork.apps.handler import (
     is_async_handler,
     is_stream,
 )
+from prefork.engine.batch import QUICK_HANDLER_S
 from prefork.engine.connection import Connection
 from prefork.engine.shared import Shared
 from prefork.engine.slices import compress_in_slices
@@ -48,11 +49,6 @@ from prefork.http.response import (
 
 logger = logging.getLogger(log.WORKER)
 app_logger = logging.getLogger(log.APP)
-
-# A sync handler that returns within this many seconds has its response batched
-# (Connection.write_response): after a slow one, the batch would hold its
-# neighbours' responses back.
-QUICK_HANDLER_S: Final = 0.0002
 
 
 class NativeApp:

@@ -20,6 +20,10 @@ logger = logging.getLogger(log.WORKER)
 
 # Writes go out at the end of the loop turn, or once this many wait.
 WRITE_BATCH: Final = 16
+# An app that answers within this many seconds of the request may have its
+# response batched (Connection.write_response): after a slow one, the batch
+# would hold its neighbours' responses back.
+QUICK_HANDLER_S: Final = 0.0002
 
 
 class WriteBatch:

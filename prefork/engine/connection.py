@@ -1,14 +1,14 @@
 """One connection: the asyncio Protocol and the per-connection coroutine.
 
 ``Connection`` is fed by the event loop (``data_received``) and parses as bytes
-arrive. An app interface that can (``AppInterface.inline``: the native handler
-when it is sync) answers complete requests from there while the connection
-coroutine (``serve_connection``) is parked; otherwise that coroutine is woken
-only when a whole request is there and runs the interface's ``exchange`` once
-per request. Reading and writing (and the write batch) and backpressure
-live here, and only here; what happens when time passes (the deadlines, the
-closes, the slow-client rules the worker's sweeper applies) is the base
-class's, ``lifecycle.Lifecycle``.
+arrive. An app interface that can (``AppInterface.inline``: a sync native
+handler, an ASGI app's first step) answers complete requests from there while
+the connection coroutine (``serve_connection``) is parked; otherwise that
+coroutine is woken only when a whole request is there and runs the interface's
+``exchange`` once per request. Reading and writing (and the write batch) and
+backpressure live here, and only here; what happens when time passes (the
+deadlines, the closes, the slow-client rules the worker's sweeper applies) is
+the base class's, ``lifecycle.Lifecycle``.
 
 App interfaces use the public members (``receive_request``,
 ``write_response``, ``send``, ``drain``, ``reply_error_and_close`` here;

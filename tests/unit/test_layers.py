@@ -42,6 +42,11 @@ STDLIB_PRIVATE = {
     ("prefork.engine.accept", "_accept"),
     # logging.FileHandler has no public "reopen" (SIGUSR1, log rotation).
     ("prefork.log", "_open"),
+    # asyncio (3.11) has no public way to run an ASGI app's first step from a
+    # loop callback as part of the connection's task (3.12's eager tasks use
+    # the same two): asgi.AsgiApp.respond_inline.
+    ("prefork.apps.asgi", "_enter_task"),
+    ("prefork.apps.asgi", "_leave_task"),
 }
 # Import cycles (TYPE_CHECKING imports included), as sorted module pairs: none.
 CYCLES_ALLOWED: set[tuple[str, str]] = set()
