@@ -369,11 +369,29 @@ class WsgiApp:
         while done:
             job, outcome = done.popleft()
             future = job.future
-            if not future.done():
-                future.set_result(outcome)
-                # (Parked since respond_inline: wake it. Awaiting the future
-                # already, woken by bytes that came meanwhile: a no-op.)
-                job.call.conn.resume()
+            if future.done():
+                continue
+            conn = job.call.conn
+            if (
+                outcome.kind == Outcome.BUFFERED
+                and outcome.keep_alive
+                and not conn.closing
+                and not conn.lost
+                and conn.take_handoff() is job
+            ):
+                # Handed over by respond_inline and the coroutine still parked
+                # (nothing came meanwhile to wake it): answered from here, and
+                # the connection goes on from the protocol callback.
+                conn.write_response(outcome.head, outcome.body, True, True)
+                conn.shared.record(
+                    job.client, job.call.req, outcome.status, outcome.sent, job.started
+                )
+                conn.resume_inline()
+                continue
+            future.set_result(outcome)
+            # (Parked since respond_inline: wake it. Awaiting the future
+            # already, woken by bytes that came meanwhile: a no-op.)
+            conn.resume()
 
     def _send_then_drain(
         self, conn: Connection, data: bytes, reply: concurrent.futures.Future[None]

@@ -22,7 +22,6 @@ import asyncio
 import logging
 import sys
 import time
-from collections.abc import Callable
 from typing import Any, Final
 
 from prefork import log
@@ -59,7 +58,6 @@ class Connection(Lifecycle):
         "_handoff",
         "_loop",
         "_lost",
-        "_on_drain",
         "_pending",
         "_read_paused",
         "_reading",
@@ -107,7 +105,6 @@ class Connection(Lifecycle):
         self._write_paused = False
         self._drain_waiter: asyncio.Future[None] | None = None
         self._wake_on_handoff = True  # hand_off(wake=False) defers the wake-up
-        self._on_drain: Callable[[], None] | None = None
         self._gone_waiter: asyncio.Future[None] | None = None
         self._handoff: object = None
         # Sync handlers are served straight from data_received while the
@@ -310,6 +307,30 @@ class Connection(Lifecycle):
         self._handoff = None
         self._wake_on_handoff = True
         return handoff
+
+    def resume_inline(self) -> None:
+        """After ``hand_off(payload, wake=False)``, answered elsewhere and taken back
+        (``take_handoff``) before the coroutine woke: go on from the protocol
+        callback as if ``respond_inline`` had answered, parsing what came
+        meanwhile; the coroutine stays parked (one wake-up less per request)."""
+        data, self._pending = self._pending, b""
+        self._resume_reading()
+        reader = self.reader
+        try:
+            reader.feed(data)
+        except ProtocolError as exc:
+            self._error = exc
+            self._wake()
+            return
+        if reader.paused and not reader.requests and not self._resume_parsing():
+            return  # (a request pipelined behind is parsed once the one before is answered)
+        if self._write_paused:  # the coroutine drains first (receive_request)
+            self._wake()
+            return
+        self._reading = True
+        if self._serve_inline() and reader.want_continue:
+            reader.want_continue = False
+            self.send(CONTINUE_RESPONSE)
 
     def _serve_inline(self) -> bool:
         """Answer complete requests from the protocol callback (``AppInterface.inline``).
@@ -574,27 +595,3 @@ class Connection(Lifecycle):
     def close(self) -> None:
         """Close the connection (after what was written is flushed)."""
         self._close_transport()
-
-    def begin_drain(self, now: float) -> None:
-        """The worker is stopping: the next response says ``Connection: close``
-        (``Shared.draining``); a connection waiting for a request closes once
-        it has been quiet for ``QUIET_S`` (the sweeper asks again until then).
-        A handler that took the connection over (a WebSocket) hears it through
-        the ``on_drain`` callback it registered."""
-        callback = self._on_drain
-        if callback is not None:
-            self._on_drain = None
-            callback()
-            return
-        self.close_if_quiet(now)
-
-    def on_drain(self, callback: Callable[[], None] | None) -> None:
-        """Have ``callback`` called when the worker starts to stop (at once if it has).
-
-        For a handler that took the connection over (a WebSocket), which the
-        drain cannot simply close between two responses.
-        """
-        self._on_drain = callback
-        if callback is not None and self.shared.draining:
-            self._on_drain = None
-            self._loop.call_soon(callback)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+from collections.abc import Callable
 from typing import Final
 
 from prefork import log
@@ -84,6 +85,7 @@ class Lifecycle(asyncio.Protocol):
     # Slots (no per-instance __dict__), the rest are Connection's.
     __slots__ = (
         "_error",
+        "_on_drain",
         "_phase",
         "_rx_at",
         "_rx_bytes",
@@ -129,6 +131,7 @@ class Lifecycle(asyncio.Protocol):
         self._rx_bytes = 0
         self._tx_at = 0.0
         self._tx_mark = 0
+        self._on_drain: Callable[[], None] | None = None
 
     # -- the deadline -------------------------------------------------------
 
@@ -308,6 +311,30 @@ class Lifecycle(asyncio.Protocol):
             self._close_transport()
             self._wake()
         return True
+
+    def begin_drain(self, now: float) -> None:
+        """The worker is stopping: the next response says ``Connection: close``
+        (``Shared.draining``); a connection waiting for a request closes once
+        it has been quiet for ``QUIET_S`` (the sweeper asks again until then).
+        A handler that took the connection over (a WebSocket) hears it through
+        the ``on_drain`` callback it registered."""
+        callback = self._on_drain
+        if callback is not None:
+            self._on_drain = None
+            callback()
+            return
+        self.close_if_quiet(now)
+
+    def on_drain(self, callback: Callable[[], None] | None) -> None:
+        """Have ``callback`` called when the worker starts to stop (at once if it has).
+
+        For a handler that took the connection over (a WebSocket), which the
+        drain cannot simply close between two responses.
+        """
+        self._on_drain = callback
+        if callback is not None and self.shared.draining:
+            self._on_drain = None
+            self._loop.call_soon(callback)
 
     # -- closing --------------------------------------------------------------
 

@@ -156,3 +156,57 @@ def test_throughput_scales_with_threads(start_server: StartServer, tmp_path: Pat
     assert 4 <= most_eight <= 8  # (all 8 at once unless the machine is very busy)
     assert one_thread >= 1.6
     assert eight_threads < one_thread / 2, (one_thread, eight_threads)
+
+
+@pytest.mark.parametrize("after", ["idle", "a stalled head", "a stalled body"])
+def test_deadlines_hold_after_a_response_handed_back_from_the_pool(
+    start_server: StartServer, tmp_path: Path, after: str
+) -> None:
+    """A quick call's response is written as the pool hands it back, and the
+    connection goes on from the protocol callback (its coroutine never woke):
+    it must still be timed as any other. An idle connection closes after
+    keepalive_idle_timeout, a head or body that stalls after its timeout."""
+    server = _start_sleepy(
+        start_server,
+        tmp_path,
+        threads=2,
+        extra="keepalive_idle_timeout = 1\nrequest_header_timeout = 1\nrequest_body_timeout = 1\n",
+    )
+    stalls = {
+        "idle": b"",
+        "a stalled head": b"GET / HTTP/1.1\r\nHost:",
+        "a stalled body": b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc",
+    }
+    with server.connect() as s:
+        for _ in range(3):  # answered in turn on one keep-alive connection
+            s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            reply = b""
+            while not reply.endswith(b"\r\n\r\nok"):
+                data = s.recv(65536)
+                assert data, reply
+                reply += data
+        s.sendall(stalls[after])
+        started = time.monotonic()
+        rest = read_all(s)  # until the server closes the connection
+        waited = time.monotonic() - started
+    assert 0.5 < waited < 5, (after, waited, rest)
+
+
+def test_pipelined_quick_calls_are_all_answered_in_order(
+    start_server: StartServer, tmp_path: Path
+) -> None:
+    """Requests pipelined in one write: each is parsed once the one before it
+    is answered, also when that answer is written as the pool hands it back."""
+    server = _start_sleepy(start_server, tmp_path, threads=2)
+    for attempt in range(5):
+        with server.connect() as s:
+            s.settimeout(5)
+            # (A call that takes a moment: its answer comes back after the loop
+            # has gone idle, and the next request waits unparsed behind it.)
+            heads = ["GET /slow?0.01 HTTP/1.1\r\nHost: x\r\n\r\n"] * 5
+            s.sendall(
+                "".join(heads).encode()
+                + b"GET /most HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+            )
+            answer = read_all(s)
+        assert answer.count(b"HTTP/1.1 200 OK") == 6, (attempt, answer)
