@@ -142,7 +142,7 @@ def test_a_parked_window_keeps_compressing_a_repeated_message_small() -> None:
     # of a window: only the first copy can shorten the second.
     message = random.Random(17).randbytes(3500)
     ext = negotiate()
-    first = ext.encode(Frame(Opcode.BINARY, message)).data
+    first = bytes(ext.encode(Frame(Opcode.BINARY, message)).data)
     assert ext.park()
     again = ext.encode(Frame(Opcode.BINARY, message)).data
     assert len(again) < 64 and len(first) > 3500
