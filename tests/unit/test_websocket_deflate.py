@@ -32,7 +32,7 @@ MESSAGES = st.lists(
     st.tuples(
         st.one_of(
             st.binary(max_size=64).map(lambda b: b * 3),
-            st.text(alphabet="abcde {}\":,", max_size=300).map(str.encode),
+            st.text(alphabet='abcde {}":,', max_size=300).map(str.encode),
             st.integers(0, 9000).map(lambda n: b"0123456789chat"[: n % 14 + 1] * (n // 14 + 1)),
         ),
         st.booleans(),  # park after this message
@@ -89,14 +89,17 @@ def test_the_server_negotiates_what_the_library_does() -> None:
     # A client that does not offer client_max_window_bits compresses with 15.
     assert negotiate(("server_no_context_takeover", None)).remote_max_window_bits == 15
     assert ext.compress_settings == {"memLevel": 5}
-    assert not ext.local_no_context_takeover and not ext.remote_no_context_takeover
+    assert not ext.local_no_context_takeover
+    assert not ext.remote_no_context_takeover
     assert ext.parked  # no zlib object before the first message
     assert not {"encoder", "decoder"} & set(vars(ext))
 
 
 @settings(max_examples=60, deadline=None)
 @given(MESSAGES)
-def test_sent_messages_decompress_at_a_peer_that_never_parks(messages: list[tuple[bytes, bool]]) -> None:
+def test_sent_messages_decompress_at_a_peer_that_never_parks(
+    messages: list[tuple[bytes, bool]],
+) -> None:
     ext = negotiate()
     plain = PerMessageDeflate(False, False, 12, 12, {"memLevel": 5})  # the library's own
     peer = zlib.decompressobj(wbits=-12)
@@ -145,7 +148,8 @@ def test_a_parked_window_keeps_compressing_a_repeated_message_small() -> None:
     first = bytes(ext.encode(Frame(Opcode.BINARY, message)).data)
     assert ext.park()
     again = ext.encode(Frame(Opcode.BINARY, message)).data
-    assert len(again) < 64 and len(first) > 3500
+    assert len(again) < 64
+    assert len(first) > 3500
     peer = zlib.decompressobj(wbits=-12)
     assert peer.decompress(first + TAIL) + peer.decompress(again + TAIL) == message * 2
 
@@ -259,7 +263,8 @@ def test_the_smallest_windows_round_trip(messages: list[tuple[bytes, bool]]) -> 
         assert got.data == data
         if park:
             assert ext.park()
-            assert len(ext.sent_window) <= 512 and len(ext.received_window) <= 256
+            assert len(ext.sent_window) <= 512
+            assert len(ext.received_window) <= 256
 
 
 def test_the_loop_clock_parks_an_idle_extension_and_spares_a_busy_one(
@@ -273,7 +278,8 @@ def test_the_loop_clock_parks_an_idle_extension_and_spares_a_busy_one(
         first = idle.encode(Frame(Opcode.TEXT, b"hello"))
         assert peer.decompress(first.data + TAIL) == b"hello"
         busy.encode(Frame(Opcode.TEXT, b"hello"))
-        assert not idle.parked and not busy.parked
+        assert not idle.parked
+        assert not busy.parked
         # busy sends every 20 ms for 0.3 s: never parked, one compressor all along.
         encoder = busy.encoder
         for i in range(15):
