@@ -38,6 +38,7 @@ a websockets upgrade changes them.
 from __future__ import annotations
 
 import asyncio
+import weakref
 import zlib
 from collections.abc import Sequence
 from typing import Any
@@ -227,13 +228,18 @@ def server_factories() -> list[ServerExtensionFactory]:
 
 
 class _Clock:
-    """One loop's extensions with live zlib state; one timer, while there are any."""
+    """One loop's extensions with live zlib state; one timer, while there are any.
+
+    Weak references: a connection that ends in the middle of a fragmented
+    message never becomes parkable, and the clock must not keep its
+    extension (and zlib state) after the connection is gone.
+    """
 
     __slots__ = ("live", "loop")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
-        self.live: set[ParkingDeflate] = set()
+        self.live: weakref.WeakSet[ParkingDeflate] = weakref.WeakSet()
 
     def add(self, ext: ParkingDeflate) -> None:
         if not self.live:
@@ -241,8 +247,6 @@ class _Clock:
         self.live.add(ext)
 
     def tick(self) -> None:
-        # A closed connection's extension is parked here too, at its next
-        # idle tick (the set keeps it until then).
         parked = []
         for ext in self.live:
             if ext.used:

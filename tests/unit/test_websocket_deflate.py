@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import weakref
 import zlib
 from collections.abc import Sequence
 
@@ -296,5 +297,22 @@ def test_the_loop_clock_parks_an_idle_extension_and_spares_a_busy_one(
         frame = idle.encode(Frame(Opcode.TEXT, b"hello"))
         assert peer.decompress(frame.data + TAIL) == b"hello"
         assert len(frame.data) < 6  # the window survived
+
+    asyncio.run(main())
+
+
+def test_the_clock_does_not_keep_an_extension_left_in_the_middle_of_a_message(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(websocket_deflate, "PARK_TICK_S", 0.02)
+
+    async def main() -> None:
+        ext = negotiate()
+        ext.encode(Frame(Opcode.TEXT, b"first of two", fin=False))
+        await asyncio.sleep(0.1)  # ticks: never parkable
+        assert not ext.parked
+        gone = weakref.ref(ext)
+        del ext  # the connection ended there
+        assert gone() is None
 
     asyncio.run(main())
