@@ -316,3 +316,32 @@ def test_the_clock_does_not_keep_an_extension_left_in_the_middle_of_a_message(
         assert gone() is None
 
     asyncio.run(main())
+
+
+def test_a_tick_that_parks_many_gives_the_memory_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    # zlib's buffers are malloc chunks; between longer-lived ones (here: a
+    # kilobyte buffer made after each connection's, as a server's objects
+    # would be) they stay resident when freed unless the heap is trimmed.
+    psutil = pytest.importorskip("psutil")
+    monkeypatch.setattr(websocket_deflate, "PARK_TICK_S", 0.02)
+    process = psutil.Process()
+
+    async def main() -> tuple[int, int]:
+        exts, others = [], []
+        for _ in range(1000):
+            ext = negotiate()
+            peer = peer_compressor(12)
+            ext.encode(Frame(Opcode.TEXT, b"hello"))
+            ext.decode(Frame(Opcode.TEXT, compress(peer, b"hello"), rsv1=True))
+            exts.append(ext)
+            others.append(bytearray(1000))
+        live = process.memory_info().rss
+        for _ in range(100):
+            await asyncio.sleep(0.02)
+            if all(ext.parked for ext in exts):
+                break
+        assert all(ext.parked for ext in exts)
+        return live, process.memory_info().rss
+
+    live, parked = asyncio.run(main())
+    assert live - parked > 30 * 1024 * 1024  # of ~45 MiB of zlib state
