@@ -174,13 +174,15 @@ class ParkingDeflate(PerMessageDeflate):
         """Drop the zlib objects that are between two messages; True if none is left."""
         sent = self.sent
         if sent is not None and not self.sending:
-            # (bytes: exact size; the bytearray over-allocates and keeps up to 2x.)
-            self.sent_window = bytes(sent[-(1 << self.local_max_window_bits) :])
+            # (bytes: exact size; the bytearray over-allocates and keeps up
+            # to 2x. Through a memoryview: one copy, not two.)
+            self.sent_window = bytes(memoryview(sent)[-(1 << self.local_max_window_bits) :])
             self.sent = None
             del self.encoder
         received = self.received
         if received is not None and not self.decode_cont_data:
-            self.received_window = bytes(received[-(1 << self.remote_max_window_bits) :])
+            window = memoryview(received)[-(1 << self.remote_max_window_bits) :]
+            self.received_window = bytes(window)
             self.received = None
             del self.decoder
         return self.parked
