@@ -107,7 +107,7 @@ def test_sent_messages_decompress_at_a_peer_that_never_parks(
     for data, park in messages:
         frame = ext.encode(Frame(Opcode.BINARY, data))
         assert frame.rsv1
-        assert peer.decompress(frame.data + TAIL) == data
+        assert peer.decompress(bytes(frame.data) + TAIL) == data
         # Compressed as well as by the library's never-parked extension
         # (a few bytes of slack: a rebuilt compressor's hash chains differ).
         assert len(frame.data) <= len(plain.encode(Frame(Opcode.BINARY, data)).data) + 8
@@ -152,7 +152,7 @@ def test_a_parked_window_keeps_compressing_a_repeated_message_small() -> None:
     assert len(again) < 64
     assert len(first) > 3500
     peer = zlib.decompressobj(wbits=-12)
-    assert peer.decompress(first + TAIL) + peer.decompress(again + TAIL) == message * 2
+    assert peer.decompress(first + TAIL) + peer.decompress(bytes(again) + TAIL) == message * 2
 
 
 def test_an_uncompressed_message_is_not_part_of_the_window() -> None:
@@ -182,7 +182,7 @@ def test_fragmented_messages_are_not_parked_in_the_middle(cut: int) -> None:
             fin = i == len(pieces) - 1
             frame = ext.encode(Frame(Opcode.TEXT if i == 0 else Opcode.CONT, piece, fin=fin))
             assert frame.rsv1 == (i == 0)
-            got += peer_in.decompress(frame.data + (TAIL if fin else b""))
+            got += peer_in.decompress(bytes(frame.data) + (TAIL if fin else b""))
             assert ext.park() == fin
             assert ("encoder" in vars(ext)) != fin
         assert got == message
@@ -231,7 +231,7 @@ def test_no_context_takeover_keeps_no_state_between_messages(
             peer_out = peer_compressor(12)
         sent = ext.encode(Frame(Opcode.TEXT, message)).data
         sizes.append(len(sent))
-        assert peer_in.decompress(sent + TAIL) == message
+        assert peer_in.decompress(bytes(sent) + TAIL) == message
         assert ext.decode(Frame(Opcode.TEXT, compress(peer_out, message), rsv1=True)).data == (
             message
         )
@@ -257,7 +257,7 @@ def test_the_smallest_windows_round_trip(messages: list[tuple[bytes, bool]]) -> 
     peer_out = peer_compressor(8)
     reference = zlib.decompressobj(wbits=-8)  # the library's decoder, never parked
     for data, park in messages:
-        assert peer_in.decompress(ext.encode(Frame(Opcode.BINARY, data)).data + TAIL) == data
+        assert peer_in.decompress(bytes(ext.encode(Frame(Opcode.BINARY, data)).data) + TAIL) == data
         payload = compress(peer_out, data)
         assert reference.decompress(payload + TAIL) == data
         got = ext.decode(Frame(Opcode.BINARY, payload, rsv1=True), max_size=None)
@@ -277,7 +277,7 @@ def test_the_loop_clock_parks_an_idle_extension_and_spares_a_busy_one(
         idle, busy = negotiate(), negotiate()
         peer = zlib.decompressobj(wbits=-12)
         first = idle.encode(Frame(Opcode.TEXT, b"hello"))
-        assert peer.decompress(first.data + TAIL) == b"hello"
+        assert peer.decompress(bytes(first.data) + TAIL) == b"hello"
         busy.encode(Frame(Opcode.TEXT, b"hello"))
         assert not idle.parked
         assert not busy.parked
