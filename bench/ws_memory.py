@@ -44,8 +44,9 @@ from websockets.asyncio.client import ClientConnection, connect
 
 ROOT = Path(__file__).resolve().parents[1]
 # Idle: no data for this long before RSS is read. A session lets go of its
-# frame parser within a second of its last data (websocket_handshake.Session).
-SETTLE_S = 1.5
+# frame parser within a second of its last data (websocket_handshake.Session),
+# of its deflate state within two PARK_TICK_S (websocket_deflate, 1 s).
+SETTLE_S = 2.5
 APP = """
 async def handle(method, path, args, headers, body, ctx):
     ws = await ctx.accept_websocket()

@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from websockets.datastructures import Headers
-from websockets.extensions.permessage_deflate import enable_server_permessage_deflate
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Request
 from websockets.protocol import OPEN, Protocol, Side
@@ -31,6 +30,7 @@ from websockets.server import ServerProtocol
 from websockets.streams import StreamReader
 
 from prefork import log
+from prefork.apps.websocket_deflate import server_factories
 
 # The library logs "connection open/closed" at INFO for every connection: that
 # is the access log's job here, so only its warnings get through.
@@ -233,7 +233,7 @@ _checkers: dict[bool, _Checker] = {}
 def _checker(per_message_deflate: bool) -> _Checker:
     checker = _checkers.get(per_message_deflate)
     if checker is None:
-        factories = enable_server_permessage_deflate(None) if per_message_deflate else None
+        factories = server_factories() if per_message_deflate else None
         checker = _checkers[per_message_deflate] = _Checker(
             extensions=factories, logger=protocol_logger
         )
@@ -276,7 +276,7 @@ class Handshake:
                     logger=protocol_logger,
                 )
                 # This request's, just made; the shared checker lets go of
-                # them (a deflate extension holds zlib state, ~40 KiB). None:
+                # them (a deflate extension's tails). None:
                 # one shared empty list (the library only reads a session's).
                 if checker.extensions:
                     session.extensions, checker.extensions = checker.extensions, []
