@@ -3,7 +3,7 @@
 ``AsgiApp`` is what the engine calls (``engine.app.AppInterface``). Each
 request is one ``asgi_exchange.Exchange`` (the ``receive`` and ``send`` the
 app gets), run as part of the connection's own task: no task per request,
-but a context per request (``start_in_context``), as a task would have. A
+but a context per request (``AsgiApp._start``), as a task would have. A
 request whose body came with it starts from the protocol callback
 (``respond_inline``): most are answered there, and the connection's
 coroutine only takes over an app that waits (``_Suspended``).
@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from prefork import log
 from prefork._types import Action
-from prefork.apps.asgi_context import resume_in_context, start_in_context
+from prefork.apps.asgi_context import resume_in_context
 from prefork.apps.asgi_exchange import STREAM_BODIES_OVER, Exchange
 from prefork.apps.asgi_lifespan import Lifespan
 from prefork.apps.asgi_messages import AsgiMessageError, ClientDisconnected
@@ -137,31 +137,42 @@ class AsgiApp:
             nxt = count + 1
             counts = conn.shared.counts
             conn.count = counts[nxt] if nxt < len(counts) else nxt
-            scope = http_scope(req, info, self.root_path, self.lifespan.state, self.asgi)
-            client_ip = conn.client_ip
-            if conn.behind_proxy:
-                client_ip = _forwarded(scope, req, conn)
-            ex = Exchange(self.name, conn, req, count, started, client_ip)
-            context = contextvars.copy_context()
-            try:
-                call = context.run(self.app, scope, ex.receive, ex.send)
-                if type(call) is not types.CoroutineType:
-                    conn.hand_off(_Suspended(ex, call, context, _NOT_STARTED))
-                    return False
-                try:
-                    step = context.run(call.send, None)
-                except StopIteration:
-                    pass
-                else:
-                    conn.hand_off(_Suspended(ex, call, context, step))
-                    return False
-            except Exception as exc:
-                action = ex.failed(exc)
-            else:
-                action = ex.returned()
+            outcome = self._start(conn, req, info, count, started)
         finally:
             leave_task(loop, task)
-        return action == "keep-alive"
+        if isinstance(outcome, _Suspended):
+            conn.hand_off(outcome)
+            return False
+        return outcome == "keep-alive"
+
+    def _start(
+        self, conn: Connection, req: Request, info: ConnScope, count: int, started: float
+    ) -> Action | _Suspended:
+        """Call the app on ``req`` in a context of its own and run it until it
+        first waits: what the connection does next once it has ended, else what
+        is left of it.
+
+        Each request's call runs in a copy of the connection task's context, as
+        it would in a task of its own (uvicorn, hypercorn, granian make one per
+        request): what an app sets in a ContextVar (a request id, a user) stays
+        with its request and never shows in the next one on the connection.
+        """
+        scope = http_scope(req, info, self.root_path, self.lifespan.state, self.asgi)
+        client_ip = conn.client_ip
+        if conn.behind_proxy:
+            client_ip = _forwarded(scope, req, conn)
+        ex = Exchange(self.name, conn, req, count, started, client_ip)
+        context = contextvars.copy_context()
+        try:
+            call = context.run(self.app, scope, ex.receive, ex.send)
+            if type(call) is not types.CoroutineType:  # another awaitable: awaited as it is
+                return _Suspended(ex, call, context, _NOT_STARTED)
+            step = context.run(call.send, None)
+        except StopIteration:
+            return ex.returned()
+        except Exception as exc:
+            return ex.failed(exc)
+        return _Suspended(ex, call, context, step)
 
     async def exchange(self, conn: Connection) -> Action | Session:
         if conn.ctx is None and conn.transport is not None:
@@ -210,27 +221,12 @@ class AsgiApp:
             # A session: the engine awaits it once this frame is gone (each
             # frame on the chain lives as long as the WebSocket).
             return _websocket_session(self, conn, req, info, started)
-        scope = http_scope(req, info, self.root_path, self.lifespan.state, self.asgi)
-        client_ip = conn.client_ip
-        if conn.behind_proxy:
-            client_ip = _forwarded(scope, req, conn)
-        ex = Exchange(self.name, conn, req, count, started, client_ip)
-        try:
-            context = contextvars.copy_context()
-            call = context.run(self.app, scope, ex.receive, ex.send)
-            if type(call) is types.CoroutineType:
-                rest = start_in_context(call, context)
-                if rest is not None:
-                    await rest
-            else:  # an awaitable of another kind: awaited as it is
-                await call
-        except Exception as exc:
-            action = ex.failed(exc)
-        else:
-            action = ex.returned()
-        if action == "keep-alive" and conn.write_paused:
+        outcome = self._start(conn, req, info, count, started)
+        if isinstance(outcome, _Suspended):
+            return await self._finish(conn, outcome, None)
+        if outcome == "keep-alive" and conn.write_paused:
             await conn.drain()
-        return action
+        return outcome
 
     async def _finish(
         self, conn: Connection, rest: _Suspended, cancelled: BaseException | None

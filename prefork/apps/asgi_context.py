@@ -1,4 +1,5 @@
-"""Each ASGI request's app call in a context of its own, in the connection's task.
+"""The rest of an ASGI app call, each step in the request's own context, in the
+connection's task (the first step is ``asgi.AsgiApp._start``'s).
 
 Apart from asgi.py because this is a generator-based coroutine
 (``types.coroutine``): the compiled build (setup.py) compiles asgi.py, and a
@@ -10,27 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import types
-from collections.abc import Awaitable, Coroutine, Generator
+from collections.abc import Coroutine, Generator
 from typing import Any
-
-
-def start_in_context(
-    coro: Coroutine[Any, Any, None], context: contextvars.Context
-) -> Awaitable[None] | None:
-    """Run the first step of ``coro`` in ``context``: None when that was all of
-    it (most requests: nothing to wait for), else what to await for the rest.
-
-    Each request's call runs in a copy of the connection task's context, as
-    it would in a task of its own (uvicorn, hypercorn, granian make one per
-    request), without the task: what an app sets in a ContextVar (a request
-    id, a user) stays with its request and never shows in the next request
-    on the same keep-alive connection.
-    """
-    try:
-        step = context.run(coro.send, None)
-    except StopIteration:
-        return None
-    return resume_in_context(coro, context, step)
 
 
 @types.coroutine

@@ -144,11 +144,7 @@ class Connection(Lifecycle):
             self._wake()
             return
         reader = self.reader
-        try:
-            reader.feed(data)
-        except ProtocolError as exc:
-            self._error = exc
-            self._wake()
+        if not self._parse(data):
             return
         if reader.requests:
             if (phase is WAITING or phase is INLINE) and self._serves_inline:
@@ -316,11 +312,7 @@ class Connection(Lifecycle):
         data, self._pending = self._pending, b""
         self._resume_reading()
         reader = self.reader
-        try:
-            reader.feed(data)
-        except ProtocolError as exc:
-            self._error = exc
-            self._wake()
+        if not self._parse(data):
             return
         if reader.paused and not reader.requests and not self._resume_parsing():
             return  # (a request pipelined behind is parsed once the one before is answered)
@@ -378,8 +370,16 @@ class Connection(Lifecycle):
 
     def _resume_parsing(self) -> bool:
         """Parse what followed an Upgrade request; False (and woken) on a bad request."""
+        return self._parse(None)
+
+    def _parse(self, data: bytes | None) -> bool:
+        """Feed ``data`` to the reader (None: go on after an Upgrade request);
+        False (and the coroutine woken to answer the error) on a bad request."""
         try:
-            self.reader.resume()
+            if data is None:
+                self.reader.resume()
+            else:
+                self.reader.feed(data)
         except ProtocolError as exc:
             self._error = exc
             self._wake()

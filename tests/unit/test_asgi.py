@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from prefork.apps import detect_interface
-from prefork.apps.asgi_context import start_in_context
+from prefork.apps.asgi_context import resume_in_context
 from prefork.apps.asgi_exchange import whole_head
 from prefork.apps.asgi_lifespan import Lifespan, LifespanFailed
 from prefork.apps.asgi_messages import AsgiMessageError, response_fields
@@ -120,8 +120,9 @@ def test_varied_heads_leave_nothing_behind() -> None:
 
 
 def test_in_context_passes_results_errors_and_cancellation() -> None:
-    """What an app run by start_in_context gets: futures' results, its own
-    context across its awaits (not the caller's), exceptions and cancellation."""
+    """What an app run by resume_in_context gets after its first step: futures'
+    results, its own context across its awaits (not the caller's), exceptions
+    and cancellation."""
     mark: contextvars.ContextVar[str] = contextvars.ContextVar("mark", default="caller's")
     seen: list[object] = []
 
@@ -139,9 +140,9 @@ def test_in_context_passes_results_errors_and_cancellation() -> None:
 
     async def call(fut: asyncio.Future[int], fail: bool) -> None:
         context = contextvars.copy_context()
-        rest = start_in_context(context.run(app, fut, fail), context)
-        assert rest is not None  # (the app waits for fut)
-        await rest
+        coro = context.run(app, fut, fail)
+        step = context.run(coro.send, None)  # (the app waits for fut)
+        await resume_in_context(coro, context, step)
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
@@ -165,16 +166,32 @@ def test_in_context_passes_results_errors_and_cancellation() -> None:
     asyncio.run(main())
 
 
-def test_in_context_an_app_that_does_not_wait() -> None:
+def test_in_context_a_cancellation_that_came_first_is_thrown_into_the_app() -> None:
+    """``throw``: a cancellation that came before the rest ran (asgi's hand-over
+    from the protocol callback) reaches the app, and the future it waited for
+    is cancelled, as a task would cancel it."""
     mark: contextvars.ContextVar[str] = contextvars.ContextVar("mark", default="caller's")
+    seen: list[object] = []
 
-    async def app() -> None:
+    async def app(fut: asyncio.Future[int]) -> None:
         mark.set("app's")
+        try:
+            await fut
+        except asyncio.CancelledError:
+            seen.append(mark.get())
 
-    context = contextvars.copy_context()
-    assert start_in_context(context.run(app), context) is None
-    assert context[mark] == "app's"
-    assert mark.get() == "caller's"
+    async def main() -> None:
+        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        context = contextvars.copy_context()
+        coro = context.run(app, fut)
+        step = context.run(coro.send, None)
+        assert step is fut
+        await resume_in_context(coro, context, step, asyncio.CancelledError())
+        assert seen == ["app's"]
+        assert fut.cancelled()
+        assert mark.get() == "caller's"
+
+    asyncio.run(main())
 
 
 def test_decode_path_invalid_utf8() -> None:
