@@ -12,7 +12,11 @@ read cost no thread.
 
 The hand-off is one ``SimpleQueue.put`` to the pool and, back, one loop
 wake-up for however many calls finished meanwhile (``_deliver``), not one per
-call: measured against ``loop.run_in_executor`` in docs/wsgi.md.
+call: measured against ``loop.run_in_executor`` in docs/wsgi.md. A whole
+response is written there and then, and the connection goes on from the
+protocol callback (``Connection.resume_inline``): its coroutine is woken
+only for what needs it (a streamed body or response, an error, bytes that
+came while the app ran).
 """
 
 from __future__ import annotations
