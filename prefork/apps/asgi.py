@@ -78,8 +78,8 @@ class AsgiApp:
     def __init__(self, app: AsgiCallable, name: str, cfg: Config) -> None:
         self.app = app
         self.name = name
-        # The app is awaited in the connection's coroutine, never from the
-        # protocol callback.
+        # Requests whose body came with them start from the protocol callback
+        # (respond_inline); the connection's coroutine takes over what waits.
         self.inline = True
         self.loop: asyncio.AbstractEventLoop | None = None
         # Read by the connection's RequestReader (RequestReader.stream_over).
@@ -109,8 +109,7 @@ class AsgiApp:
         info: ConnScope | None = conn.ctx
         loop = self.loop
         if (
-            info is None
-            or info.task is None
+            info is None  # (no exchange has run yet: see exchange)
             or loop is None
             or req.chunked
             or req.content_length > STREAM_BODIES_OVER
@@ -133,10 +132,7 @@ class AsgiApp:
             return False
         try:
             started = time.monotonic()
-            count = conn.count
-            nxt = count + 1
-            counts = conn.shared.counts
-            conn.count = counts[nxt] if nxt < len(counts) else nxt
+            count = conn.count_request()
             outcome = self._start(conn, req, info, count, started)
         finally:
             leave_task(loop, task)
@@ -175,12 +171,14 @@ class AsgiApp:
         return _Suspended(ex, call, context, step)
 
     async def exchange(self, conn: Connection) -> Action | Session:
-        if conn.ctx is None and conn.transport is not None:
-            # Before the first request: the inline path needs the task.
-            first = conn.ctx = conn_scope(
+        info: ConnScope | None = conn.ctx
+        if info is None:
+            # Before the first request (the inline path runs the app as part of
+            # this task): the part of the scopes every request here shares.
+            info = conn.ctx = conn_scope(
                 conn.transport, conn.peername, conn.server_name, self.ssl_cfg
             )
-            first.task = asyncio.current_task()
+            info.task = asyncio.current_task()
         count = conn.count
         cancelled: BaseException | None = None
         try:
@@ -207,15 +205,7 @@ class AsgiApp:
             assert isinstance(handoff, Request)
             req = handoff
         started = time.monotonic()
-        nxt = count + 1
-        counts = conn.shared.counts  # shared ints: see Shared.counts
-        conn.count = counts[nxt] if nxt < len(counts) else nxt
-        info: ConnScope | None = conn.ctx
-        if info is None:
-            info = conn.ctx = conn_scope(
-                conn.transport, conn.peername, conn.server_name, self.ssl_cfg
-            )
-            info.task = asyncio.current_task()
+        conn.count_request()
         upgrade = req.headers.get("upgrade")
         if upgrade is not None and upgrade.lower() == "websocket":
             # A session: the engine awaits it once this frame is gone (each

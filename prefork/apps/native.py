@@ -106,10 +106,7 @@ class NativeApp:
             conn.hand_off((req, result, started))
             return False
         batchable = time.monotonic() - started < self.quick_s
-        count = conn.count
-        nxt = count + 1
-        counts = shared.counts
-        conn.count = counts[nxt] if nxt < len(counts) else nxt
+        count = conn.count_request()
         outcome = finish(conn, shared, req, result, count, started, batchable)
         if not isinstance(outcome, str):
             conn.count = count

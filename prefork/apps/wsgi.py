@@ -247,9 +247,7 @@ class WsgiApp:
             and not shared.draining
             and not conn.closing
         )
-        nxt = count + 1
-        counts = shared.counts
-        conn.count = counts[nxt] if nxt < len(counts) else nxt
+        conn.count_request()
         assert self._loop is not None, "WsgiApp.startup was not run"
         job = _Job(
             Call(self, conn, req, environ, keep_alive, body),

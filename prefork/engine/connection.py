@@ -68,7 +68,6 @@ class Connection(Lifecycle):
         "app",
         "behind_proxy",
         "client_ip",
-        "count",
         "ctx",
         "peername",
         "reader",
@@ -114,7 +113,6 @@ class Connection(Lifecycle):
         # Bodies the app reads piece by piece (``receive_body``): ASGI sets
         # ``stream_bodies_over``; None (the native handler) reads them whole.
         self.reader.stream_over = shared.app.stream_bodies_over
-        self.count = 0
 
     # -- asyncio.Protocol -------------------------------------------------
 
@@ -312,7 +310,7 @@ class Connection(Lifecycle):
         data, self._pending = self._pending, b""
         self._resume_reading()
         reader = self.reader
-        if not self._parse(data):
+        if data and not self._parse(data):
             return
         if reader.paused and not reader.requests and not self._resume_parsing():
             return  # (a request pipelined behind is parsed once the one before is answered)

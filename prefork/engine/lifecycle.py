@@ -91,6 +91,7 @@ class Lifecycle(asyncio.Protocol):
         "_rx_bytes",
         "_tx_at",
         "_tx_mark",
+        "count",
         "deadline",
         "deadline_kind",
     )
@@ -100,7 +101,6 @@ class Lifecycle(asyncio.Protocol):
     shared: Shared
     reader: RequestReader
     client_ip: str
-    count: int
     _loop: asyncio.AbstractEventLoop
     _waiter: asyncio.Future[None] | None
     _pending: bytes
@@ -132,6 +132,7 @@ class Lifecycle(asyncio.Protocol):
         self._tx_at = 0.0
         self._tx_mark = 0
         self._on_drain: Callable[[], None] | None = None
+        self.count = 0  # requests begun on this connection (count_request)
 
     # -- the deadline -------------------------------------------------------
 
@@ -311,6 +312,17 @@ class Lifecycle(asyncio.Protocol):
             self._close_transport()
             self._wake()
         return True
+
+    def count_request(self) -> int:
+        """One more request on this connection (``count``); the count before it.
+
+        Counts up to Shared.counts's length are its shared int objects, not
+        new ones per request (see Shared.counts)."""
+        count = self.count
+        nxt = count + 1
+        counts = self.shared.counts
+        self.count = counts[nxt] if nxt < len(counts) else nxt
+        return count
 
     def begin_drain(self, now: float) -> None:
         """The worker is stopping: the next response says ``Connection: close``
