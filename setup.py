@@ -47,6 +47,7 @@ COMPILED_MODULES = [
     "prefork/apps/native.py",
     "prefork/apps/asgi.py",
     "prefork/apps/asgi_exchange.py",
+    "prefork/apps/asgi_fields.py",
     "prefork/apps/asgi_scope.py",
     "prefork/apps/wsgi.py",
     "prefork/apps/wsgi_call.py",

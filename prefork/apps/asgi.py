@@ -8,7 +8,7 @@ request whose body came with it starts from the protocol callback
 (``respond_inline``): most are answered there, and the connection's
 coroutine only takes over an app that waits (``_Suspended``).
 The scope comes from ``asgi_scope``, the lifespan protocol from
-``asgi_lifespan``, the rules of the app's messages from ``asgi_messages``.
+``asgi_lifespan``, the rules of the app's response headers from ``asgi_fields``.
 """
 
 from __future__ import annotations
@@ -51,8 +51,13 @@ logger = logging.getLogger(log.WORKER)
 # task the current one; 3.11 has no public way to run a step of an app "as
 # part of" a task from a loop callback. tests/grid/test_asgi_inline.py fails
 # if they go.
-enter_task = asyncio.tasks._enter_task
-leave_task = asyncio.tasks._leave_task
+enter_task: Final = asyncio.tasks._enter_task
+leave_task: Final = asyncio.tasks._leave_task
+# Per request, so bound once: the compiled build keeps a Final name in a C
+# static, where a module attribute would be looked up on every call.
+monotonic: Final = time.monotonic
+copy_context: Final = contextvars.copy_context
+CoroutineType: Final = types.CoroutineType
 
 AsgiCallable = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
 
@@ -131,7 +136,7 @@ class AsgiApp:
             conn.hand_off(req)
             return False
         try:
-            started = time.monotonic()
+            started = monotonic()
             count = conn.count_request()
             outcome = self._start(conn, req, info, count, started)
         finally:
@@ -158,10 +163,10 @@ class AsgiApp:
         if conn.behind_proxy:
             client_ip = _forwarded(scope, req, conn)
         ex = Exchange(self.name, conn, req, count, started, client_ip)
-        context = contextvars.copy_context()
+        context = copy_context()
         try:
             call = context.run(self.app, scope, ex.receive, ex.send)
-            if type(call) is not types.CoroutineType:  # another awaitable: awaited as it is
+            if type(call) is not CoroutineType:  # another awaitable: awaited as it is
                 return _Suspended(ex, call, context, _NOT_STARTED)
             # The first step by next() with a default rather than send(None):
             # a call that returns None, as ASGI apps do, then ends without a
@@ -208,7 +213,7 @@ class AsgiApp:
                 return await self._finish(conn, handoff, cancelled)
             assert isinstance(handoff, Request)
             req = handoff
-        started = time.monotonic()
+        started = monotonic()
         conn.count_request()
         upgrade = req.headers.get("upgrade")
         if upgrade is not None and upgrade.lower() == "websocket":

@@ -16,7 +16,7 @@ import logging
 import sys
 import time
 from collections.abc import AsyncIterable, Coroutine, Iterable, Iterator, Mapping
-from typing import Any
+from typing import Any, Final
 
 from prefork import log
 from prefork._types import Action, Handler
@@ -46,6 +46,10 @@ from prefork.http.response import (
     fields,
     negotiate,
 )
+
+# Bound once: the compiled build keeps a Final name in a C static, where
+# time.monotonic would be looked up on the module at every call.
+monotonic: Final = time.monotonic
 
 logger = logging.getLogger(log.WORKER)
 app_logger = logging.getLogger(log.APP)
@@ -92,7 +96,7 @@ class NativeApp:
             or ctx.redis_module is not shared.redis_module
         ):
             ctx = context(conn, conn.client_ip, shared.redis_module)
-        started = time.monotonic()
+        started = monotonic()
         try:
             result = self.handler(
                 req.method, req.path, parse_args(req.query), req.headers, req.body, ctx
@@ -105,7 +109,7 @@ class NativeApp:
         if type(result) is not tuple and asyncio.iscoroutine(result):
             conn.hand_off((req, result, started))
             return False
-        batchable = time.monotonic() - started < self.quick_s
+        batchable = monotonic() - started < self.quick_s
         count = conn.count_request()
         outcome = finish(conn, shared, req, result, count, started, batchable)
         if not isinstance(outcome, str):
@@ -174,7 +178,7 @@ async def exchange(
     else:
         if state.access.header_names:
             state.access.capture(req)
-        started = time.monotonic()
+        started = monotonic()
         ctx = context(conn, client_ip, redis_module, req if conn.behind_proxy else None)
         client_ip = ctx.client_ip
         app: NativeApp = state.app  # type: ignore[assignment]

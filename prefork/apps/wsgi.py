@@ -52,6 +52,10 @@ from prefork.http.protocol import streams_body
 from prefork.http.request import Request
 from prefork.http.response import CONTINUE_RESPONSE, NegotiatedCache, body_length, error_response
 
+# Bound once: the compiled build keeps a Final name in a C static, where
+# time.monotonic would be looked up on the module at every call.
+monotonic: Final = time.monotonic
+
 logger = logging.getLogger(log.WORKER)
 app_logger = logging.getLogger(log.APP)
 
@@ -127,7 +131,7 @@ class WsgiApp:
         for _ in self._workers:
             self._jobs.put(None)
         # Joined from another thread: one finishing a response still needs the loop.
-        await asyncio.to_thread(self._join, time.monotonic() + JOIN_TIMEOUT_S)
+        await asyncio.to_thread(self._join, monotonic() + JOIN_TIMEOUT_S)
         busy = sum(thread.is_alive() for thread in self._workers)
         if busy:
             logger.warning("app %s: %d WSGI call(s) still running at shutdown", self.name, busy)
@@ -135,7 +139,7 @@ class WsgiApp:
 
     def _join(self, deadline: float) -> None:
         for thread in self._workers:
-            thread.join(max(0.0, deadline - time.monotonic()))
+            thread.join(max(0.0, deadline - monotonic()))
 
     def respond_inline(self, conn: Connection, req: Request) -> bool:
         """Hand a whole request to the pool from the protocol callback.
@@ -147,7 +151,7 @@ class WsgiApp:
         if streams_body(req, STREAM_BODIES_OVER):
             conn.hand_off(req)
         else:
-            conn.hand_off(self._submit(conn, req, None, time.monotonic(), True), wake=False)
+            conn.hand_off(self._submit(conn, req, None, monotonic(), True), wake=False)
         return False
 
     async def exchange(self, conn: Connection) -> Action:
@@ -169,7 +173,7 @@ class WsgiApp:
                 req = handoff
         if job is None:
             assert req is not None
-            started = time.monotonic()
+            started = monotonic()
             body: StreamedInput | None = None
             # (Most requests have no body: one test before streams_body's three.)
             if streams_body(req, STREAM_BODIES_OVER):
@@ -320,7 +324,7 @@ class WsgiApp:
             elif head_sent:
                 conn.abort()  # too late for a 413: cut, so the response reads as incomplete
             else:
-                self._refuse(conn, req, conn.client_ip, exc, time.monotonic())
+                self._refuse(conn, req, conn.client_ip, exc, monotonic())
                 status = exc.status
             # (A 400 "connection closed inside a request body" is the reader
             # seeing the client's EOF: a disconnect, however it is answered.)
@@ -419,11 +423,11 @@ class WsgiApp:
     async def _flush(self, conn: Connection, reply: concurrent.futures.Future[None]) -> None:
         """Resolve ``reply`` once the transport's buffer is empty (for sendfile)."""
         transport = conn.transport
-        deadline = time.monotonic() + self.write_timeout
+        deadline = monotonic() + self.write_timeout
         try:
             await conn.drain()
             while transport is not None and transport.get_write_buffer_size():
-                if conn.lost or time.monotonic() > deadline:
+                if conn.lost or monotonic() > deadline:
                     raise PeerGone("the peer stopped reading")
                 await asyncio.sleep(_FLUSH_POLL_S)
         except PeerGone as exc:
