@@ -20,12 +20,12 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Coroutine, MutableMapping
+from collections.abc import Coroutine, Mapping, MutableMapping
 from typing import Any, Final
 
 from prefork import log
 from prefork._types import Action
-from prefork.apps.asgi_fields import cached_fields
+from prefork.apps.asgi_fields import cached_fields, whole_head
 from prefork.apps.asgi_messages import AsgiMessageError, ClientDisconnected
 from prefork.engine.batch import QUICK_HANDLER_S
 from prefork.engine.connection import Connection
@@ -36,7 +36,6 @@ from prefork.http import compression
 from prefork.http.request import Request
 from prefork.http.response import (
     CONTINUE_RESPONSE,
-    DATE,
     LAST_CHUNK,
     bodyless_status,
     chunk,
@@ -67,45 +66,6 @@ IDLE: Final = 0
 STARTED: Final = 1
 STREAMING: Final = 2
 DONE: Final = 3
-
-
-# Whole responses' heads by (status, header text, has a Server field, body
-# size, keep-alive, HTTP/1.0), for one Date line: an app answers the same few
-# heads again and again, so each is built once a second, not per response.
-_HeadKey = tuple[int, str, bool, int, bool, bool]
-_HEADS_MAX: Final = 256
-
-
-class _WholeHeads:
-    __slots__ = ("by_key", "date")
-
-    def __init__(self) -> None:
-        self.date = ""
-        self.by_key: dict[_HeadKey, bytes] = {}
-
-
-_WHOLE_HEADS: Final = _WholeHeads()
-
-
-def whole_head(
-    status: int, text: str, has_server: bool, size: int, keep_alive: bool, http10: bool
-) -> bytes:
-    """``encode_head`` of a response whose body is ``size`` bytes (Content-Length), remembered."""
-    cache = _WHOLE_HEADS
-    by_key = cache.by_key
-    line = DATE.line
-    if cache.date is not line:  # a new second: a new Date line in every head
-        cache.date = line
-        by_key.clear()
-    key = (status, text, has_server, size, keep_alive, http10)
-    head = by_key.get(key)
-    if head is None:
-        framing = f"Content-Length: {size}\r\n"
-        head = encode_head(status, text, has_server, framing, keep_alive, http10)
-        if len(by_key) >= _HEADS_MAX:
-            by_key.clear()  # start over: varied sizes cannot pin stale heads
-        by_key[key] = head
-    return head
 
 
 class Exchange:
@@ -237,20 +197,22 @@ class Exchange:
         conn = self.conn
         if conn.lost or self.cut:
             raise ClientDisconnected("the client has gone")
-        try:
-            kind = message["type"]
-        except (TypeError, KeyError):
-            raise AsgiMessageError(f"message {message!r} has no type") from None
+        # A dict, as the spec says messages are (another mapping is copied
+        # into one): the compiled build then reads it with dict operations.
+        event = message if type(message) is dict else _as_dict(message)
+        kind = event.get("type")
+        if type(kind) is not str:
+            raise AsgiMessageError(f"message {message!r} has no type")
         phase = self.phase
         if kind == "http.response.body":
-            body = message.get("body", b"")
+            body = event.get("body", b"")
             if type(body) is not bytes:
                 if not isinstance(body, bytearray | memoryview):
                     raise AsgiMessageError(
                         f"http.response.body: body is {type(body).__name__}, not bytes"
                     )
                 body = bytes(body)
-            more = bool(message.get("more_body", False))
+            more = bool(event.get("more_body", False))
             if phase == STARTED:
                 if more:
                     await self._stream(body)
@@ -267,17 +229,17 @@ class Exchange:
         elif kind == "http.response.start":
             if phase != IDLE:
                 raise AsgiMessageError("http.response.start sent twice")
-            self._start(message)
+            self._start(event)
         elif kind == "http.response.pathsend":
             if phase != STARTED:
                 raise AsgiMessageError("http.response.pathsend without http.response.start")
-            await self._pathsend(message)
+            await self._pathsend(event)
         elif kind == "http.response.trailers":
             raise AsgiMessageError("http.response.trailers is not supported by this server")
         else:
             raise AsgiMessageError(f"unexpected message type {kind!r} on an http scope")
 
-    def _start(self, message: Message) -> None:
+    def _start(self, message: dict[str, Any]) -> None:
         status = message.get("status")
         if type(status) is not int or not 100 <= status <= 599:
             raise AsgiMessageError(f"http.response.start: bad status {status!r}")
@@ -470,7 +432,7 @@ class Exchange:
         elif conn.lost:
             raise ClientDisconnected("the client has gone")
 
-    async def _pathsend(self, message: Message) -> None:
+    async def _pathsend(self, message: dict[str, Any]) -> None:
         """``http.response.pathsend``: the file at ``path`` is the body."""
         path = message.get("path")
         if not isinstance(path, str):
@@ -581,6 +543,13 @@ class Exchange:
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
         return "close"
+
+
+def _as_dict(message: Any) -> dict[str, Any]:
+    """An app's message that is not a dict: a copy if it is a mapping, else AsgiMessageError."""
+    if not isinstance(message, Mapping):
+        raise AsgiMessageError(f"message {message!r} has no type")
+    return dict(message)
 
 
 def _compress_now(shared: Shared, coding: str, body: bytes) -> bytes | None:

@@ -2,8 +2,8 @@
 
 ``response_fields`` checks an app's ``http.response.start`` headers and turns
 them into the header text of the response (``cached_fields`` remembers it per
-distinct header list). Compiled in the compiled build: it runs on every
-response.
+distinct header list); ``whole_head`` makes (and remembers) the head of a
+whole response. Compiled in the compiled build: they run on every response.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any, Final
 
 from prefork.apps.asgi_messages import AsgiMessageError
+from prefork.http.response import DATE, encode_head
 
 # Header names whose values the server owns (framing) or reads.
 _CONTENT_LENGTH: Final = b"content-length"
@@ -98,3 +99,42 @@ def response_fields(headers: Any) -> Fields:
     if raw.count(b"\n") != n or raw.count(b"\r") != n or b"\0" in raw:
         raise AsgiMessageError("a header value contains CR, LF or NUL")
     return raw.decode("latin-1"), lower, "server" in lower, close, length
+
+
+# Whole responses' heads by (status, header text, has a Server field, body
+# size, keep-alive, HTTP/1.0), for one Date line: an app answers the same few
+# heads again and again, so each is built once a second, not per response.
+_HeadKey = tuple[int, str, bool, int, bool, bool]
+_HEADS_MAX: Final = 256
+
+
+class _WholeHeads:
+    __slots__ = ("by_key", "date")
+
+    def __init__(self) -> None:
+        self.date = ""
+        self.by_key: dict[_HeadKey, bytes] = {}
+
+
+_WHOLE_HEADS: Final = _WholeHeads()
+
+
+def whole_head(
+    status: int, text: str, has_server: bool, size: int, keep_alive: bool, http10: bool
+) -> bytes:
+    """``encode_head`` of a response whose body is ``size`` bytes (Content-Length), remembered."""
+    cache = _WHOLE_HEADS
+    by_key = cache.by_key
+    line = DATE.line
+    if cache.date is not line:  # a new second: a new Date line in every head
+        cache.date = line
+        by_key.clear()
+    key = (status, text, has_server, size, keep_alive, http10)
+    head = by_key.get(key)
+    if head is None:
+        framing = f"Content-Length: {size}\r\n"
+        head = encode_head(status, text, has_server, framing, keep_alive, http10)
+        if len(by_key) >= _HEADS_MAX:
+            by_key.clear()  # start over: varied sizes cannot pin stale heads
+        by_key[key] = head
+    return head

@@ -12,8 +12,7 @@ import pytest
 
 from prefork.apps import detect_interface
 from prefork.apps.asgi_context import resume_in_context
-from prefork.apps.asgi_exchange import whole_head
-from prefork.apps.asgi_fields import response_fields
+from prefork.apps.asgi_fields import response_fields, whole_head
 from prefork.apps.asgi_lifespan import Lifespan, LifespanFailed
 from prefork.apps.asgi_messages import AsgiMessageError
 from prefork.apps.asgi_scope import ConnScope, decode_path, http_scope, lower_headers
