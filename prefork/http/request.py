@@ -68,8 +68,11 @@ class HeadParser(Protocol):
     # the head, so the shared pre-scan can be skipped for it.
     strict_fields: bool
 
-    def parse(self, head: bytes) -> tuple[str, str, str, RawHeaders]:
-        """Parse a head ending in CRLF CRLF; raise ProtocolError on bad syntax."""
+    def parse(self, head: bytes, line_end: int = -1) -> tuple[str, str, str, RawHeaders]:
+        """Parse a head ending in CRLF CRLF; raise ProtocolError on bad syntax.
+
+        ``line_end``: where the request line's CRLF is, if the caller knows.
+        """
         ...
 
 

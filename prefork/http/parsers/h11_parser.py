@@ -24,7 +24,7 @@ class H11HeadParser:
     # h11 lets control characters and obs-fold through; the shared pre-scan runs.
     strict_fields = False
 
-    def parse(self, head: bytes) -> tuple[str, str, str, RawHeaders]:
+    def parse(self, head: bytes, line_end: int = -1) -> tuple[str, str, str, RawHeaders]:
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=len(head) + 1)
         try:
             conn.receive_data(head)

@@ -39,7 +39,7 @@ class HttptoolsHeadParser:
     def on_message_complete(self) -> None:
         self._complete = True
 
-    def parse(self, head: bytes) -> tuple[str, str, str, RawHeaders]:
+    def parse(self, head: bytes, line_end: int = -1) -> tuple[str, str, str, RawHeaders]:
         if not self._complete:
             # The last head announced a body, which the reader consumed itself:
             # this parser still waits for it, so start a fresh one.
@@ -61,7 +61,7 @@ class HttptoolsHeadParser:
                 # State left by the last request (llhttp refuses anything after
                 # a `Connection: close` or HTTP/1.0 request): judge this head
                 # alone, as h11 does.
-                return self.parse(head)
+                return self.parse(head, line_end)
             message = str(exc)
             if "HTTP version" in message:
                 raise ProtocolError(505, "HTTP version not supported") from None
@@ -74,7 +74,7 @@ class HttptoolsHeadParser:
             raise ProtocolError(400, "non-ASCII request target") from None
         # llhttp read "HTTP/d.d" at the end of the request line: 1.1 by its
         # digits (httptools' get_http_version formats a string each call).
-        first = head.find(b"\r\n")
+        first = line_end if line_end >= 0 else head.find(b"\r\n")
         if head[first - 1] == 0x31 and head[first - 3] == 0x31:
             version = "1.1"
         else:
