@@ -230,12 +230,9 @@ def resolve(headers: dict[str, str], trust: Trust) -> tuple[str | None, str | No
 def forwarded_view(
     headers: dict[str, str], trust: Trust
 ) -> tuple[str | None, str | None, str | None]:
-    """``resolve`` when a forwarding field is present (a few dict lookups otherwise)."""
-    if (
-        "x-forwarded-for" in headers
-        or "forwarded" in headers
-        or "x-forwarded-proto" in headers
-        or "x-forwarded-host" in headers
-    ):
-        return resolve(headers, trust)
-    return None, None, None
+    """``resolve``: the app interfaces' name for it.
+
+    (No test for the fields first: resolve's own lookups cost as much when
+    none is present, and twice as much when they are, as behind a proxy.)
+    """
+    return resolve(headers, trust)
