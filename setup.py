@@ -19,13 +19,15 @@ import sys
 from setuptools import setup
 
 # The per-request path: the sans-I/O HTTP layer, the connection, its lifecycle
-# and the worker's shared state, the native handler, and the per-request
-# modules of the ASGI and WSGI interfaces. Not compiled: asgi_context (a
+# and the worker's shared state, the native handler, the per-request modules
+# of the ASGI and WSGI interfaces, and the per-message ones of a WebSocket
+# (the session, an ASGI app's receive and send). Not compiled: asgi_context (a
 # types.coroutine generator, which a compiled generator cannot stand in for),
 # asgi_messages (exception classes deriving from OSError and RuntimeError),
-# the lifespan, the WSGI request body stream, the WebSocket session (per
-# message, its cost is the websockets library's), the master, the worker's
-# start-up and the CLI (they run once).
+# websocket_asgi (_AppRun, a coroutine made by hand), websocket_handshake and
+# websocket_deflate (subclasses of the websockets library's classes, and
+# WebSocketClosed, a ConnectionError), the lifespan, the WSGI request body
+# stream, the master, the worker's start-up and the CLI (they run once).
 COMPILED_MODULES = [
     "prefork/_compiled.py",
     "prefork/http/compression.py",
@@ -53,6 +55,8 @@ COMPILED_MODULES = [
     "prefork/apps/wsgi_call.py",
     "prefork/apps/wsgi_environ.py",
     "prefork/apps/wsgi_headers.py",
+    "prefork/apps/websocket.py",
+    "prefork/apps/websocket_exchange.py",
 ]
 
 

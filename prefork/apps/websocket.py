@@ -33,17 +33,17 @@ import contextlib
 import logging
 import os
 from collections.abc import Coroutine, Iterable, Mapping
-from typing import Any
+from typing import Any, Final
 
 from websockets.exceptions import InvalidState
 from websockets.frames import CloseCode, Frame, Opcode
-from websockets.protocol import OPEN
 
 from prefork import log
 from prefork._types import ConnectionLike
 from prefork.apps.websocket_handshake import Handshake as Handshake
 from prefork.apps.websocket_handshake import HandshakeRejected as HandshakeRejected
 from prefork.apps.websocket_handshake import Options as Options
+from prefork.apps.websocket_handshake import WebSocketClosed as WebSocketClosed
 from prefork.apps.websocket_handshake import header_pairs
 from prefork.apps.websocket_ping import ping_wheel
 from prefork.errors import PreforkError
@@ -51,35 +51,28 @@ from prefork.errors import PreforkError
 logger = logging.getLogger(log.WORKER)
 
 # Bytes asked of the connection per read.
-READ_BYTES = 64 * 1024
+READ_BYTES: Final = 64 * 1024
 # Whole messages the pinger may read ahead of an app that is not receiving;
 # past this the peer counts as alive (it is sending) and reading stops.
-BUFFER_BYTES = 64 * 1024
+BUFFER_BYTES: Final = 64 * 1024
 # How long ``close`` waits for the peer's close frame before closing the TCP
 # connection anyway (RFC 6455 §7.1.1 lets the server close first).
-CLOSE_TIMEOUT_S = 5.0
+CLOSE_TIMEOUT_S: Final = 5.0
 # How long the last close frame may take to leave before an abort.
-ABORT_WRITE_S = 1.0
+ABORT_WRITE_S: Final = 1.0
 # Messages up to this size keep their frame for the next send of the same
 # object (see ``_FrameCache``); a bigger one is not held after its send.
-CACHE_MAX_BYTES = 64 * 1024
+CACHE_MAX_BYTES: Final = 64 * 1024
 
 # What ``_next`` does with a message or the close: return it or raise
 # WebSocketClosed (``receive``), raise StopAsyncIteration at the close
 # (``async for``), or wrap either in an ASGI event (``receive_event``).
-_RAISE, _STOP, _EVENT = 0, 1, 2
+_RAISE: Final = 0
+_STOP: Final = 1
+_EVENT: Final = 2
 
-GOING_AWAY = int(CloseCode.GOING_AWAY)
-ABNORMAL = int(CloseCode.ABNORMAL_CLOSURE)
-
-
-class WebSocketClosed(ConnectionError):
-    """The WebSocket is closed: ``code`` and ``reason`` say how (1006: lost)."""
-
-    def __init__(self, code: int, reason: str = "") -> None:
-        super().__init__(f"WebSocket closed with {code}" + (f": {reason}" if reason else ""))
-        self.code = code
-        self.reason = reason
+GOING_AWAY: Final = int(CloseCode.GOING_AWAY)
+ABNORMAL: Final = int(CloseCode.ABNORMAL_CLOSURE)
 
 
 class _FrameCache:
@@ -109,7 +102,7 @@ class _FrameCache:
         return frame
 
 
-_frames = _FrameCache()
+_frames: Final = _FrameCache()
 
 
 class WebSocket:
@@ -122,7 +115,6 @@ class WebSocket:
 
     # No per-instance __dict__: one of these lives as long as its connection.
     __slots__ = (
-        "_buffered",
         "_conn",
         "_decoder",
         "_done",
@@ -161,7 +153,6 @@ class WebSocket:
         # Whole messages not yet received (None while there are none: an idle
         # connection holds no list).
         self._messages: list[str | bytes] | None = None
-        self._buffered = 0
         # One coroutine reads (and parses) at a time; the others wait for its
         # turn to end on ``_turn`` (made only when someone waits).
         self._reading = False
@@ -239,7 +230,6 @@ class WebSocket:
                 message = messages.pop(0)
                 if not messages:
                     self._messages = None
-                self._buffered -= len(message)
                 if mode == _EVENT:
                     if isinstance(message, str):
                         return {"type": "websocket.receive", "text": message}
@@ -376,7 +366,6 @@ class WebSocket:
             self._messages = [message]
         else:
             messages.append(message)
-        self._buffered += len(message)
 
     # -- sending ----------------------------------------------------------
 
@@ -393,14 +382,18 @@ class WebSocket:
         them itself and skips a coroutine per message when the peer keeps up.
         """
         proto = self._proto
-        if self._done or proto.state is not OPEN:
+        # Not OPEN: a close frame was sent or received (the library sets
+        # close_sent as it leaves OPEN for CLOSING, in send_close, recv_frame
+        # and fail), or the stream ended (CLOSED: _done is set with it here).
+        # An attribute read where ``state`` is a property (a Python call).
+        if self._done or proto.close_sent is not None:
             raise WebSocketClosed(self.close_code, self.close_reason)
         conn = self._conn
         if conn.lost:
             self._lost()
             raise WebSocketClosed(self.close_code, self.close_reason)
         if self._plain:
-            if isinstance(data, str | bytes):  # immutable: may be the cached one
+            if isinstance(data, (str, bytes)):  # immutable: may be the cached one
                 frame = _frames.frame_of(data)
             else:
                 frame = Frame(Opcode.BINARY, bytes(data)).serialize(mask=False)
@@ -478,7 +471,6 @@ class WebSocket:
                 while not self._done:
                     await self._read()
                     self._messages = None
-                    self._buffered = 0
         except TimeoutError:
             self._finish()
 
@@ -578,12 +570,21 @@ class WebSocket:
             if self._pinger is asyncio.current_task():
                 self._pinger = None
 
+    def _buffered(self) -> int:
+        """The size of the messages not yet received (``len``: characters of a text).
+
+        Counted here, while the pinger waits for its pong, rather than kept
+        up to date on every message.
+        """
+        messages = self._messages
+        return sum(map(len, messages)) if messages else 0
+
     async def _pong_within(self, seconds: float) -> bool:
         """Whether the pong (or, with an app behind, enough data) came in time."""
         try:
             async with asyncio.timeout(seconds):
                 while self._ping_payload is not None and not self._done:
-                    if self._buffered >= BUFFER_BYTES:
+                    if self._buffered() >= BUFFER_BYTES:
                         return True  # the peer is sending; the app is the slow one
                     await self._read()
         except TimeoutError:

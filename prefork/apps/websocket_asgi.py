@@ -21,7 +21,6 @@ connection (``ConnectionLike``), and gets back what to log. Event rules:
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Coroutine, Generator, MutableMapping
 from dataclasses import dataclass, field
@@ -29,9 +28,10 @@ from typing import Any, TypeVar
 
 from prefork import log
 from prefork._types import ConnectionLike
-from prefork.apps.websocket import Handshake, Options, WebSocket, WebSocketClosed
-from prefork.errors import PreforkError
-from prefork.http.response import encode_head, error_response
+from prefork.apps.websocket import Handshake, Options, WebSocket
+from prefork.apps.websocket_exchange import Exchange, write_and_close
+from prefork.apps.websocket_exchange import Outcome as Outcome
+from prefork.http.response import error_response
 
 app_logger = logging.getLogger(log.APP)
 
@@ -75,14 +75,6 @@ class WebSocketRequest:
         return path + "?" + self.query_string.decode("latin-1") if self.query_string else path
 
 
-@dataclass(slots=True)
-class Outcome:
-    """For the access log: the status answered (101 when accepted) and body bytes sent."""
-
-    status: int
-    sent: int = 0
-
-
 # One dict for every scope, as the HTTP scopes of a worker share theirs.
 _ASGI = {"version": "3.0", "spec_version": SPEC_VERSION}
 
@@ -109,132 +101,6 @@ def build_scope(req: WebSocketRequest, subprotocols: list[str]) -> Scope:
     if req.state is not None:
         scope["state"] = req.state
     return scope
-
-
-class _Exchange:
-    """The receive/send pair one app call gets, and what they did."""
-
-    # Lives as long as the connection: no per-instance __dict__.
-    __slots__ = (
-        "accepted",
-        "answered",
-        "body",
-        "closing",
-        "conn",
-        "connect_sent",
-        "response",
-        "ws",
-    )
-
-    def __init__(self, conn: ConnectionLike, ws: WebSocket) -> None:
-        self.conn = conn
-        self.ws = ws
-        self.connect_sent = False
-        self.accepted = False
-        self.answered: Outcome | None = None  # an HTTP answer instead of the 101
-        self.response: tuple[int, list[tuple[bytes, bytes]]] | None = None
-        self.body: list[bytes] | None = None  # of a websocket.http.response
-        self.closing = False
-
-    def receive(self) -> Coroutine[Any, Any, Message]:
-        # Once open, the WebSocket's own coroutine, not one of ours around
-        # it: an app parked in ``receive()`` keeps one frame less.
-        if self.accepted and self.connect_sent:
-            return self.ws.receive_event()
-        return self._receive_unopened()
-
-    async def _receive_unopened(self) -> Message:
-        if not self.connect_sent:
-            self.connect_sent = True
-            return {"type": "websocket.connect"}
-        # Denied (or not yet answered): nothing will ever arrive.
-        return {"type": "websocket.disconnect", "code": 1006, "reason": ""}
-
-    def outcome(self) -> Outcome:
-        """For the access log, once the app is done: its HTTP answer, or the 101."""
-        answered = self.answered
-        return answered if answered is not None else Outcome(101, 0)
-
-    async def send(self, message: Message) -> None:
-        kind = message["type"]
-        if kind == "websocket.send" and self.accepted:
-            text, data = message.get("text"), message.get("bytes")
-            if text is not None and data is None:
-                # The object itself (str() of a str is the same object): the
-                # same message sent to many connections is framed once.
-                paused = self.ws.send_nowait(str(text))
-            elif data is not None and text is None:
-                paused = self.ws.send_nowait(data if type(data) is bytes else bytes(data))
-            else:
-                raise RuntimeError("websocket.send needs exactly one of 'text' and 'bytes'")
-            if paused:
-                await self.ws.wait_sent()
-            return
-        if self.answered is not None:
-            raise WebSocketClosed(1006, "the handshake was answered with HTTP")
-        if not self.accepted:
-            await self._before_accept(kind, message)
-            return
-        if kind == "websocket.close":
-            self.closing = True
-            await self.ws.start_close(message.get("code") or 1000, message.get("reason") or "")
-        else:
-            raise RuntimeError(f"unexpected ASGI message {kind!r} after websocket.accept")
-
-    async def _before_accept(self, kind: str, message: Message) -> None:
-        if self.response is not None:
-            if kind != "websocket.http.response.body":
-                raise RuntimeError(f"expected websocket.http.response.body, got {kind!r}")
-            body = self.body
-            if body is None:
-                body = self.body = []
-            body.append(bytes(message.get("body", b"")))
-            if not message.get("more_body", False):
-                status, headers = self.response
-                await self._answer_http(status, headers, b"".join(body))
-            return
-        if kind == "websocket.accept":
-            await self.ws.accept(message.get("subprotocol"), message.get("headers") or [])
-            self.accepted = True
-        elif kind == "websocket.close":
-            await self.answer(403, "Forbidden")
-        elif kind == "websocket.http.response.start":
-            status = int(message["status"])
-            if not 200 <= status <= 599:
-                raise RuntimeError(f"websocket.http.response.start: invalid status {status}")
-            self.response = (status, list(message.get("headers") or []))
-        else:
-            raise RuntimeError(f"unexpected ASGI message {kind!r} before websocket.accept")
-
-    async def answer(self, status: int, text: str) -> None:
-        data = error_response(status, text)
-        self.answered = Outcome(status, len(text) + 1)
-        await _write_and_close(self.conn, data)
-
-    async def _answer_http(
-        self, status: int, headers: list[tuple[bytes, bytes]], body: bytes
-    ) -> None:
-        lines = []
-        has_server = False
-        for name, value in headers:
-            n, v = bytes(name).decode("latin-1"), bytes(value).decode("latin-1")
-            if any(c in n + v for c in "\r\n\0"):
-                raise RuntimeError(f"response header {n!r} contains CR, LF or NUL")
-            lower = n.lower()
-            if lower in ("content-length", "connection", "transfer-encoding"):
-                continue  # the server frames the response
-            has_server = has_server or lower == "server"
-            lines.append(f"{n}: {v}\r\n")
-        framing = f"Content-Length: {len(body)}\r\n"
-        head = encode_head(status, "".join(lines), has_server, framing, False, False)
-        self.answered = Outcome(status, len(body))
-        await _write_and_close(self.conn, head + body)
-
-
-async def _write_and_close(conn: ConnectionLike, data: bytes) -> None:
-    with contextlib.suppress(OSError, PreforkError):
-        await conn.write(data)
-    conn.close()
 
 
 def serve_asgi_websocket(
@@ -285,7 +151,7 @@ def asgi_websocket_session(
         return _reject(conn, reply, Outcome(rejected.status, len(rejected.body)), finish)
     ws = WebSocket(conn, handshake, opts, initial)
     scope = build_scope(req, handshake.subprotocols)
-    exchange = _Exchange(conn, ws)
+    exchange = Exchange(conn, ws)
     try:
         call = app(scope, exchange.receive, exchange.send)
     except Exception as exc:  # (a plain callable that raised at once)
@@ -296,7 +162,7 @@ def asgi_websocket_session(
 async def _reject(
     conn: ConnectionLike, reply: bytes, outcome: Outcome, finish: Callable[[Outcome], T]
 ) -> T:
-    await _write_and_close(conn, reply)
+    await write_and_close(conn, reply)
     return finish(outcome)
 
 
@@ -314,7 +180,7 @@ class _AppRun(Coroutine[Any, Any, T]):
     __slots__ = ("ending", "exchange", "finish", "path", "step")
 
     def __init__(
-        self, call: Awaitable[None], exchange: _Exchange, path: str, finish: Callable[[Outcome], T]
+        self, call: Awaitable[None], exchange: Exchange, path: str, finish: Callable[[Outcome], T]
     ) -> None:
         # A coroutine is its own iterator; another awaitable gives one.
         self.step: Any = call if isinstance(call, Coroutine) else call.__await__()
@@ -362,7 +228,7 @@ class _AppRun(Coroutine[Any, Any, T]):
 
 
 async def _end(
-    exchange: _Exchange, failure: Exception | None, path: str, finish: Callable[[Outcome], T]
+    exchange: Exchange, failure: Exception | None, path: str, finish: Callable[[Outcome], T]
 ) -> T:
     """After the app's call: the close (or HTTP answer) it owes, then ``finish``."""
     if failure is not None:

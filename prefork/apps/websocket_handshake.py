@@ -85,6 +85,17 @@ class HandshakeRejected(Exception):
         return self.body, self.status, self.headers
 
 
+# Here rather than in ``websocket`` (which re-exports it): that module is
+# compiled, and mypyc cannot compile a subclass of a built-in exception.
+class WebSocketClosed(ConnectionError):
+    """The WebSocket is closed: ``code`` and ``reason`` say how (1006: lost)."""
+
+    def __init__(self, code: int, reason: str = "") -> None:
+        super().__init__(f"WebSocket closed with {code}" + (f": {reason}" if reason else ""))
+        self.code = code
+        self.reason = reason
+
+
 # The library's frame parser is a generator (``Protocol.parse``) that waits,
 # between two frames, in its reader's ``at_eof``; known by their code objects.
 _PARSE = Protocol.parse.__code__

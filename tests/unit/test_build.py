@@ -62,13 +62,16 @@ def test_the_list_is_the_per_request_path() -> None:
     # Every module of the sans-I/O layer, so a new one is compiled too.
     http = {str(p.relative_to(ROOT)) for p in (ROOT / "prefork" / "http").rglob("*.py")}
     assert http - {"prefork/http/__init__.py"} <= set(COMPILED_MODULES)
-    # The per-request modules of the ASGI and WSGI interfaces too; the ones
-    # that mypyc cannot compile as they must be (a types.coroutine, exception
-    # subclasses of OSError), the per-connection WebSocket, the lifespan and
-    # the request body stream stay interpreted.
+    # The per-request modules of the ASGI and WSGI interfaces too, and the
+    # per-message ones of a WebSocket; the ones that mypyc cannot compile as
+    # they must be (a types.coroutine, exception subclasses of OSError, the
+    # subclasses of the websockets library's classes), the lifespan and the
+    # request body stream stay interpreted.
     apps = {p for p in COMPILED_MODULES if p.startswith("prefork/apps/")}
-    assert {"prefork/apps/asgi_exchange.py", "prefork/apps/wsgi_call.py"} <= apps
-    for path in ("asgi_context", "asgi_messages", "asgi_lifespan", "websocket", "wsgi_input"):
+    per_message = {f"prefork/apps/websocket{m}.py" for m in ("", "_exchange")}
+    assert {"prefork/apps/asgi_exchange.py", "prefork/apps/wsgi_call.py"} | per_message <= apps
+    stay = ("asgi_context", "asgi_messages", "asgi_lifespan", "websocket_handshake", "wsgi_input")
+    for path in (*stay, "websocket_deflate", "websocket_asgi"):
         assert f"prefork/apps/{path}.py" not in apps, path
 
 

@@ -20,7 +20,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.frames import Frame, Opcode
 
-from prefork.apps.websocket import Handshake, Options, WebSocket, WebSocketClosed
+from prefork.apps.websocket import BUFFER_BYTES, Handshake, Options, WebSocket, WebSocketClosed
 from prefork.apps.websocket_asgi import Outcome, WebSocketRequest, serve_asgi_websocket
 
 NO_PINGS = Options(ping_interval=None, ping_timeout=None)
@@ -617,3 +617,71 @@ async def test_a_cancelled_session_cancels_the_app_and_is_not_closed_as_its_erro
         with pytest.raises(asyncio.TimeoutError):
             await asyncio.wait_for(ws.recv(), 0.2)
     writer.close()
+
+
+def _client_frame(opcode: Opcode, data: bytes) -> bytes:
+    return Frame(opcode, data).serialize(mask=True)
+
+
+class _TalkingPeer:
+    """A ``ConnectionLike`` whose peer sends 1 KiB messages as fast as they are
+    read and never answers a ping; it counts the reads."""
+
+    peername = None
+    server_name = None
+    write_paused = False
+    lost = False
+
+    def __init__(self) -> None:
+        self.reads = 0
+        self.talking = True
+        self.sent = b""
+        self.closed = False
+
+    async def read(self, n: int) -> bytes:
+        self.reads += 1
+        await asyncio.sleep(0)
+        return _client_frame(Opcode.BINARY, b"m" * 1024) if self.talking else b""
+
+    async def write(self, data: bytes) -> None:
+        self.sent += data
+
+    def send(self, data: bytes) -> None:
+        self.sent += data
+
+    async def drain(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.closed = True
+
+    def abort(self) -> None:
+        self.closed = True
+
+    def on_drain(self, callback: Any) -> None:
+        pass
+
+
+async def test_a_peer_that_sends_counts_as_alive_and_is_read_ahead_only_so_far() -> None:
+    """The pinger reads while it waits for its pong; once the messages the app
+    has not received reach BUFFER_BYTES the peer counts as alive (no 1011) and
+    reading stops."""
+    opts = Options(ping_interval=0.05, ping_timeout=0.2, per_message_deflate=False)
+    conn = _TalkingPeer()
+    pairs = [
+        ("host", "test"),
+        ("upgrade", "websocket"),
+        ("connection", "upgrade"),
+        ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+        ("sec-websocket-version", "13"),
+    ]
+    session = WebSocket(conn, Handshake("GET", "/", pairs, opts), opts)
+    await session.accept()
+    await asyncio.sleep(0.6)  # several intervals, past a timeout
+    assert not session.closed
+    assert not conn.closed
+    assert BUFFER_BYTES // 1024 <= conn.reads <= BUFFER_BYTES // 1024 + 1
+    assert await session.receive() == b"m" * 1024
+    conn.talking = False  # then the end of the stream: the close ends at once
+    await session.close()
+    assert session.closed
