@@ -214,7 +214,9 @@ class AsgiApp:
             assert isinstance(handoff, Request)
             req = handoff
         started = monotonic()
-        conn.count_request()
+        # (Counted now, not from ``count`` above: the inline path may have
+        # answered requests while this coroutine waited.)
+        count = conn.count_request()
         upgrade = req.headers.get("upgrade")
         if upgrade is not None and upgrade.lower() == "websocket":
             # A session: the engine awaits it once this frame is gone (each

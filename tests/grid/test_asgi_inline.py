@@ -86,3 +86,40 @@ def test_pipelined_responses_keep_their_order(server: ServerProcess) -> None:
         wire.send(_post(b"one") + request("/wait") + _post(b"three") + request("/task-no-wait"))
         bodies = [wire.read_response().body for _ in range(4)]
     assert bodies == [b"echo:one", b"waited", b"echo:three", b"True"]
+
+
+@pytest.fixture(scope="module")
+def limited(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    config = tmp_path_factory.mktemp("limited") / "prefork.toml"
+    config.write_text("requests_per_connection = 3\n")
+    path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    proc = launch_server(
+        REPO,
+        "-w",
+        "1",
+        "-c",
+        str(config),
+        target="tests.grid.inline_app:app",
+        env={"PYTHONPATH": path},
+    )
+    try:
+        yield proc
+    finally:
+        proc.stop()
+
+
+def test_requests_answered_inline_count_toward_the_limit(limited: ServerProcess) -> None:
+    """Two requests answered from the protocol callback, then one the connection's
+    coroutine takes over (a chunked body): it is the third, and says close."""
+    chunked = (
+        request("/echo", "Transfer-Encoding: chunked", method="POST") + b"2\r\nhi\r\n0\r\n\r\n"
+    )
+    with Wire(limited.port) as wire:
+        for _ in range(2):
+            wire.send(request("/task-no-wait"))
+            assert not wire.read_response().closes
+        wire.send(chunked)
+        third = wire.read_response()
+        assert third.body == b"echo:hi"
+        assert third.closes
+        assert wire.read_until_close() == b""
