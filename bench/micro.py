@@ -529,7 +529,7 @@ async def asgi_whole_path(items: list[bytes]) -> float:
 def asgi_scope_stage(varied: list[bytes]) -> dict[str, float]:
     """The scope (and the forwarded fields) of fresh requests: us per request."""
     _, _, (conn_scope, http_scope) = _asgi_pieces()
-    from prefork.http.forwarded import Trust, forwarded_view
+    from prefork.http.forwarded import Trust, resolve
 
     cfg = _config("httptools")
     limits = Limits.from_config(cfg)
@@ -545,7 +545,7 @@ def asgi_scope_stage(varied: list[bytes]) -> dict[str, float]:
 
     def forwarded(items: list[Any]) -> None:
         for req in items:
-            forwarded_view(req.headers, trust)
+            resolve(req.headers, trust)
 
     return {"scope": best_per_item(reqs, scope), "forwarded": best_per_item(reqs, forwarded)}
 

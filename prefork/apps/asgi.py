@@ -39,7 +39,7 @@ from prefork.config import Config
 from prefork.engine.app import Session
 from prefork.engine.connection import Connection
 from prefork.errors import ProtocolError
-from prefork.http.forwarded import forwarded_view
+from prefork.http.forwarded import resolve
 from prefork.http.request import Request
 
 if TYPE_CHECKING:  # (imported when a WebSocket comes: see _websocket_session)
@@ -270,7 +270,7 @@ class _Suspended:
 
 def _forwarded(scope: dict[str, Any], req: Request, conn: Connection) -> str:
     """A trusted proxy's word on the client and the scheme, into ``scope``; the client's address."""
-    client, scheme, _host = forwarded_view(req.headers, conn.shared.trust)
+    client, scheme, _host = resolve(req.headers, conn.shared.trust)
     if client is not None:
         scope["client"] = (client, 0)  # (the proxy does not say the client's port)
     if scheme is not None:

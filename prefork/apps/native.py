@@ -33,7 +33,7 @@ from prefork.engine.shared import Shared
 from prefork.engine.slices import compress_in_slices
 from prefork.errors import PeerGone, PreforkError, ProtocolError
 from prefork.http import compression
-from prefork.http.forwarded import forwarded_view
+from prefork.http.forwarded import resolve
 from prefork.http.request import Request, parse_args
 from prefork.http.response import (
     LAST_CHUNK,
@@ -130,7 +130,7 @@ def context(
     shared = conn.shared
     scheme = shared.scheme
     if req is not None:
-        client, forwarded_scheme, host = forwarded_view(req.headers, shared.trust)
+        client, forwarded_scheme, host = resolve(req.headers, shared.trust)
         if client is not None:
             client_ip = client
         if forwarded_scheme is not None:

@@ -47,7 +47,7 @@ from prefork.config import Config
 from prefork.engine.connection import Connection
 from prefork.errors import PeerGone, ProtocolError
 from prefork.http import compression
-from prefork.http.forwarded import Trust, forwarded_view
+from prefork.http.forwarded import Trust, resolve
 from prefork.http.protocol import streams_body
 from prefork.http.request import Request
 from prefork.http.response import CONTINUE_RESPONSE, NegotiatedCache, body_length, error_response
@@ -520,7 +520,7 @@ class WsgiApp:
 
 def _forwarded(environ: dict[str, Any], req: Request, trust: Trust) -> str | None:
     """Apply a trusted proxy's forwarded fields to ``environ``; the client address they name."""
-    client, scheme, host = forwarded_view(req.headers, trust)
+    client, scheme, host = resolve(req.headers, trust)
     if client is not None:
         environ["REMOTE_ADDR"] = client
         environ.pop("REMOTE_PORT", None)  # the proxy's port, not the client's

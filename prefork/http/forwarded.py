@@ -198,7 +198,9 @@ def resolve(headers: dict[str, str], trust: Trust) -> tuple[str | None, str | No
     (RFC 7239 is the standard; a proxy that sends it means it).
 
     (``headers`` is the request's dict, typed so: a compiled build then reads
-    it with dict operations rather than method calls.)
+    it with dict operations rather than method calls. Called as it is, with
+    no test for the fields first: its lookups cost as much as that test when
+    none is present, and a test would double them behind a proxy.)
     """
     client = scheme = host = None
     forwarded = headers.get("forwarded")
@@ -225,14 +227,3 @@ def resolve(headers: dict[str, str], trust: Trust) -> tuple[str | None, str | No
         logger.debug("ignoring a forwarded host %r", host)
         host = None
     return client, scheme, host
-
-
-def forwarded_view(
-    headers: dict[str, str], trust: Trust
-) -> tuple[str | None, str | None, str | None]:
-    """``resolve``: the app interfaces' name for it.
-
-    (No test for the fields first: resolve's own lookups cost as much when
-    none is present, and twice as much when they are, as behind a proxy.)
-    """
-    return resolve(headers, trust)
