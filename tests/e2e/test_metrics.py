@@ -9,6 +9,7 @@ numbers reach the master with the workers' heartbeats, so each check waits
 
 from __future__ import annotations
 
+import concurrent.futures
 import http.client
 import json
 import os
@@ -132,19 +133,26 @@ def serve(start_server: StartServer, tmp_path: Path) -> Any:
 
 
 def send(port: int, n: int, method: str = "GET", path: str = "/", body: bytes = b"") -> list[str]:
-    """``n`` requests, each on its own connection (so both workers get some); the bodies."""
-    bodies = []
-    for _ in range(n):
+    """``n`` requests, each on its own connection, up to 8 at once; the bodies.
+
+    At once so that both workers get some: one at a time, the worker that just
+    answered may win every accept.
+    """
+
+    def one(_: int) -> str:
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
         try:
             conn.request(method, path, body=body or None, headers={"Connection": "close"})
             resp = conn.getresponse()
-            bodies.append(resp.read().decode())
+            text = resp.read().decode()
             if path == "/":
                 assert resp.status == 200
+            return text
         finally:
             conn.close()
-    return bodies
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        return list(pool.map(one, range(n)))
 
 
 def serving(server: ServerProcess, scraper: Scraper, workers: int) -> None:
