@@ -25,6 +25,7 @@ from prefork.http.request import (
     BAD_FIELD_BYTES,
     HTTP_VERSIONS,
     HeadParser,
+    HeadParts,
     Limits,
     Request,
     build_request,
@@ -116,6 +117,7 @@ class RequestReader:
         "_received",
         "_state",
         "_streaming",
+        "_whole_heads",
         "body_done",
         "one_ahead",
         "requests",
@@ -130,6 +132,7 @@ class RequestReader:
         self._limits = limits
         self._head_cache = head_cache
         self._head_prescan = not parser.strict_fields
+        self._whole_heads = parser.whole_heads
         self._head_checked = 0
         self._buf = b""
         self._state = ReaderState.HEAD
@@ -245,6 +248,7 @@ class RequestReader:
     def _consume(self, buf: bytes) -> bytes:
         pos = 0
         end = len(buf)
+        whole = self._whole_heads
         while pos < end:
             state = self._state
             if state is ReaderState.HEAD:
@@ -259,6 +263,23 @@ class RequestReader:
                     pos += 2
                 if pos >= end:
                     break
+                if (
+                    whole
+                    and end - pos <= self._limits.line_limit
+                    and buf[end - 1] == 0x0A
+                    and buf[end - 2] == 0x0D
+                    and buf[end - 3] == 0x0A
+                    and buf[end - 4] == 0x0D
+                    and buf[pos] > 0x20
+                ):
+                    # Most reads are one whole head: the backend may take the
+                    # rest of the buffer as it is (parse_whole), rather than
+                    # it being searched for its end first. Once it says no,
+                    # this buffer goes the usual way.
+                    if self._start_request(buf if pos == 0 else buf[pos:], True):
+                        pos = end
+                        continue
+                    whole = False
                 stop = buf.find(b"\r\n\r\n", pos)
                 if stop < 0:
                     self._check_partial_head(buf, pos)
@@ -399,29 +420,29 @@ class RequestReader:
             self._prescan(head)  # raises what h11 would have met first
         return diagnose(head, self._limits)
 
-    def _start_request(self, head: bytes) -> None:
+    def _start_request(self, head: bytes, whole: bool = False) -> bool:
+        """Start the request of ``head``; False if ``whole`` and it is not one head.
+
+        ``whole``: ``head`` is the rest of the buffer, which may hold more than
+        one head (``HeadParser.parse_whole``). What is checked before the
+        backend parses it looks at its first line only (its size is within
+        the line limit), as it would at the head alone.
+        """
         cache = self._head_cache
         if cache is not None:
             copy = cache.lookup(head)
             if copy is not None:
                 self._head_checked = 0
                 self._begin(copy)
-                return
+                return True
         first = self._check_head(head)
-        try:
-            method, target, version, raw = self._parser.parse(head, first)
-        except ProtocolError as exc:
-            if not self._head_prescan:
-                self._check_request_line(head, first)
-            if exc.status != 400 or _HUGE_CONTENT_LENGTH.search(head) is None:
-                raise self._named(exc, head) from None
-            # A Content-Length too long for 64 bits is a number, just too
-            # large: parse the rest of the head with a stand-in that gets 413.
-            head = _HUGE_CONTENT_LENGTH.sub(rb"\g<1>" + _TOO_LARGE_CONTENT_LENGTH, head)
-            try:
-                method, target, version, raw = self._parser.parse(head, first)
-            except ProtocolError as exc:
-                raise self._named(exc, head) from None
+        if whole:
+            parts = self._parser.parse_whole(head, first)
+            if parts is None:
+                return False
+            method, target, version, raw = parts
+        else:
+            method, target, version, raw = self._parse(head, first)
         if not self._head_prescan and len(method) + len(target) + 10 != first:
             # "METHOD SP target SP HTTP/x.y" is longer: llhttp took more than
             # one space somewhere (cheaper to see here than to count before).
@@ -432,11 +453,32 @@ class RequestReader:
         try:
             req = build_request(method, target, version, raw, self._limits, check_fields)
         except ProtocolError as exc:
+            # (Whole or not, the same fields: the same answer.)
             exc.method = method
             raise
+        if whole and (req.chunked or req.content_length):
+            return False  # its body came with it: the head ends before the buffer does
         if cache is not None:
             cache.remember(head, req)
         self._begin(req)
+        return True
+
+    def _parse(self, head: bytes, first: int) -> HeadParts:
+        """The backend's parts of ``head``; its refusal in the words both backends use."""
+        try:
+            return self._parser.parse(head, first)
+        except ProtocolError as exc:
+            if not self._head_prescan:
+                self._check_request_line(head, first)
+            if exc.status != 400 or _HUGE_CONTENT_LENGTH.search(head) is None:
+                raise self._named(exc, head) from None
+            # A Content-Length too long for 64 bits is a number, just too
+            # large: parse the rest of the head with a stand-in that gets 413.
+            head = _HUGE_CONTENT_LENGTH.sub(rb"\g<1>" + _TOO_LARGE_CONTENT_LENGTH, head)
+            try:
+                return self._parser.parse(head, first)
+            except ProtocolError as exc:
+                raise self._named(exc, head) from None
 
     def _begin(self, req: Request) -> None:
         """Start reading the body of ``req``, or queue it when it has none."""

@@ -23,6 +23,8 @@ from urllib.parse import parse_qsl
 from prefork.errors import ProtocolError
 
 RawHeaders = list[tuple[bytes, bytes]]
+# What a parser backend makes of a head: method, target, version, raw fields.
+HeadParts = tuple[str, str, str, RawHeaders]
 _NO_RAW_HEADERS: Final[RawHeaders] = []
 _NO_HEADERS: Final[dict[str, str]] = {}
 
@@ -68,10 +70,24 @@ class HeadParser(Protocol):
     # the head, so the shared pre-scan can be skipped for it.
     strict_fields: bool
 
-    def parse(self, head: bytes, line_end: int = -1) -> tuple[str, str, str, RawHeaders]:
+    # True when ``parse_whole`` can tell a buffer that is one whole head.
+    whole_heads: bool
+
+    def parse(self, head: bytes, line_end: int = -1) -> HeadParts:
         """Parse a head ending in CRLF CRLF; raise ProtocolError on bad syntax.
 
         ``line_end``: where the request line's CRLF is, if the caller knows.
+        """
+        ...
+
+    def parse_whole(self, buf: bytes, line_end: int) -> HeadParts | None:
+        """Parse ``buf``, which ends in CRLF CRLF, as one head if it is one.
+
+        None when it holds more than one message or the backend refuses it:
+        then ``parse`` judges the head found by its end alone. (Not asked of a
+        backend whose ``whole_heads`` is False.) A head whose fields frame a
+        body may come back with that body parsed as part of it: the caller
+        tells those by their request.
         """
         ...
 

@@ -193,6 +193,30 @@ CASES = [
         req(headers={"host": "a", "connection": "Upgrade, CLOSE"}, keep_alive=False),
     ),
     ok("leading-crlf-ignored", b"\r\n" + get(), req()),
+    # A buffer that ends in CRLF CRLF is first offered to llhttp whole
+    # (HeadParser.parse_whole): these hold more than one head, or a body.
+    ok("crlfs-after-a-request", get() + b"\r\n\r\n", req()),
+    ok(
+        "body-ending-in-crlf-crlf",
+        post(b"a\r\n\r\n", CL5),
+        req(method="POST", headers={"host": "a", "content-length": "5"}, body=b"a\r\n\r\n"),
+    ),
+    ok(
+        "body-that-looks-like-a-head",
+        post(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n", b"Content-Length: 28"),
+        req(
+            method="POST",
+            headers={"host": "a", "content-length": "28"},
+            body=b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n",
+        ),
+    ),
+    ok(
+        "chunked-with-trailer-in-one-buffer",
+        chunked(b"0\r\nX-Checksum: abc\r\n\r\n"),
+        req(method="POST", headers=POST_CHUNKED),
+    ),
+    ok("two-heads-in-one-buffer", get(target=b"/1") + get(target=b"/2"), req("/1"), req("/2")),
+    fail("a-good-head-then-a-bad-one", get() + head(b"GET / HTTP/1.1", b"X : a"), 400, req()),
     ok("crlf-between-requests-ignored", get() + b"\r\n" + get(), req(), req()),
     ok(
         "pipelined-in-order",

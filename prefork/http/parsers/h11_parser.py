@@ -7,7 +7,7 @@ from typing import Final
 import h11
 
 from prefork.errors import ProtocolError
-from prefork.http.request import MALFORMED_HEAD, RawHeaders
+from prefork.http.request import MALFORMED_HEAD, HeadParts
 
 # Fields h11 rewrites: it folds repeated or list-form Content-Length ("5, 5")
 # into one value and lower-cases Transfer-Encoding. Found as the start of a
@@ -23,8 +23,13 @@ class H11HeadParser:
 
     # h11 lets control characters and obs-fold through; the shared pre-scan runs.
     strict_fields = False
+    # A fresh h11.Connection per head cannot say where one ends: the reader finds it.
+    whole_heads = False
 
-    def parse(self, head: bytes, line_end: int = -1) -> tuple[str, str, str, RawHeaders]:
+    def parse_whole(self, buf: bytes, line_end: int) -> HeadParts | None:
+        return None
+
+    def parse(self, head: bytes, line_end: int = -1) -> HeadParts:
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=len(head) + 1)
         try:
             conn.receive_data(head)

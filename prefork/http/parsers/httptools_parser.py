@@ -5,16 +5,23 @@ from __future__ import annotations
 import httptools
 
 from prefork.errors import ProtocolError
-from prefork.http.request import MALFORMED_HEAD, RawHeaders
+from prefork.http.request import MALFORMED_HEAD, HeadParts, RawHeaders
+
+
+class NotOneHead(Exception):
+    """Raised from a callback when a buffer parsed as one head holds more than a head."""
 
 
 class HttptoolsHeadParser:
     """Parses request heads with one reusable llhttp parser (one per worker: see ServerState)."""
 
-    __slots__ = ("_complete", "_headers", "_parser", "_reused", "_url")
+    __slots__ = ("_complete", "_headers", "_parser", "_reused", "_url", "_whole")
 
     # llhttp rejects control characters, obs-fold, bare CR/LF itself.
     strict_fields = True
+    # llhttp says where each message starts: a buffer holding one whole head
+    # is parsed as it is, without first searching it for its end (parse_whole).
+    whole_heads = True
 
     def __init__(self) -> None:
         self._parser = httptools.HttpRequestParser(self)
@@ -22,9 +29,14 @@ class HttptoolsHeadParser:
         self._url = b""
         self._complete = True
         self._reused = False
+        self._whole = False
 
     # llhttp callbacks
     def on_url(self, url: bytes) -> None:
+        if self._url and self._whole:
+            # A second request line (llhttp reports a target in one piece when
+            # it has the whole buffer): stop here, the caller splits the buffer.
+            raise NotOneHead
         self._url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
@@ -36,22 +48,55 @@ class HttptoolsHeadParser:
             value = value.rstrip(b" \t")
         self._headers.append((name, value))
 
+    def on_chunk_header(self) -> None:
+        # Only a whole buffer (parse_whole) gets this far into a chunked body,
+        # whose trailer fields llhttp would pass on as the head's: the reader
+        # frames it itself.
+        raise NotOneHead
+
     def on_message_complete(self) -> None:
         self._complete = True
 
-    def parse(self, head: bytes, line_end: int = -1) -> tuple[str, str, str, RawHeaders]:
+    def _reset(self) -> RawHeaders:
+        """Ready the parser for a new head; the list its fields go into."""
         if not self._complete:
-            # The last head announced a body, which the reader consumed itself:
-            # this parser still waits for it, so start a fresh one.
+            # The last head announced a body, which the reader consumed itself
+            # (or a parse stopped half-way): this parser still waits for the
+            # rest, so start a fresh one.
             self._parser = httptools.HttpRequestParser(self)
             self._reused = False
         self._complete = False
         headers: RawHeaders = []
         self._headers = headers
         self._url = b""
-        parser = self._parser
+        return headers
+
+    def parse_whole(self, buf: bytes, line_end: int) -> HeadParts | None:
+        """``buf`` as one head, when llhttp finds one whole request in it and no more.
+
+        Searching a ~600-byte head for its CRLF CRLF costs about as much as
+        llhttp's whole parse of it; llhttp finds the end anyway. Whatever is
+        not plainly one request (a second one, an upgrade, a refusal, a body
+        that has not all come) gives None, and the reader goes the usual way.
+        """
+        headers = self._reset()
+        self._whole = True
         try:
-            parser.feed_data(head)
+            self._parser.feed_data(buf)
+        except Exception:  # (NotOneHead, HttpParserUpgrade, HttpParserError)
+            self._complete = False  # a fresh parser for the next head
+            return None
+        finally:
+            self._whole = False
+        if not self._complete:
+            return None
+        self._reused = True
+        return self._parts(buf, line_end, headers)
+
+    def parse(self, head: bytes, line_end: int = -1) -> HeadParts:
+        headers = self._reset()
+        try:
+            self._parser.feed_data(head)
         except httptools.HttpParserUpgrade:
             # Upgrade/CONNECT: the head is complete; the server decides below.
             self._complete = False
@@ -68,6 +113,9 @@ class HttptoolsHeadParser:
             # llhttp's own texts name its internals; the same plain line as h11's.
             raise ProtocolError(400, MALFORMED_HEAD) from None
         self._reused = True
+        return self._parts(head, line_end, headers)
+
+    def _parts(self, head: bytes, line_end: int, headers: RawHeaders) -> HeadParts:
         try:
             target = self._url.decode("ascii")
         except UnicodeDecodeError:
@@ -75,6 +123,7 @@ class HttptoolsHeadParser:
         # llhttp read "HTTP/d.d" at the end of the request line: 1.1 by its
         # digits (httptools' get_http_version formats a string each call).
         first = line_end if line_end >= 0 else head.find(b"\r\n")
+        parser = self._parser
         if head[first - 1] == 0x31 and head[first - 3] == 0x31:
             version = "1.1"
         else:
