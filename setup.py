@@ -31,6 +31,7 @@ from setuptools import setup
 COMPILED_MODULES = [
     "prefork/_compiled.py",
     "prefork/http/compression.py",
+    "prefork/http/fields.py",
     "prefork/http/forwarded.py",
     "prefork/http/head_cache.py",
     "prefork/http/protocol.py",

@@ -70,6 +70,7 @@ class AsgiApp:
     __slots__ = (
         "app",
         "asgi",
+        "fields_as_list",
         "inline",
         "lifespan",
         "loop",
@@ -89,6 +90,9 @@ class AsgiApp:
         self.loop: asyncio.AbstractEventLoop | None = None
         # Read by the connection's RequestReader (RequestReader.stream_over).
         self.stream_bodies_over: int | None = STREAM_BODIES_OVER
+        # The scope's headers are a list: requests carry only the server's
+        # fields as a dict (RequestReader.fields_as_list).
+        self.fields_as_list = True
         self.root_path: str = cfg.root_path
         self.ssl_cfg = cfg.ssl
         self.asgi = {"version": ASGI_VERSION, "spec_version": SPEC_VERSION}
@@ -122,7 +126,7 @@ class AsgiApp:
         ):
             conn.hand_off(req)
             return False
-        upgrade = req.headers.get("upgrade")
+        upgrade = req.fields.get("upgrade")
         if upgrade is not None and upgrade.lower() == "websocket":
             conn.hand_off(req)
             return False
@@ -217,7 +221,7 @@ class AsgiApp:
         # (Counted now, not from ``count`` above: the inline path may have
         # answered requests while this coroutine waited.)
         count = conn.count_request()
-        upgrade = req.headers.get("upgrade")
+        upgrade = req.fields.get("upgrade")
         if upgrade is not None and upgrade.lower() == "websocket":
             # A session: the engine awaits it once this frame is gone (each
             # frame on the chain lives as long as the WebSocket).
@@ -270,7 +274,7 @@ class _Suspended:
 
 def _forwarded(scope: dict[str, Any], req: Request, conn: Connection) -> str:
     """A trusted proxy's word on the client and the scheme, into ``scope``; the client's address."""
-    client, scheme, _host = resolve(req.headers, conn.shared.trust)
+    client, scheme, _host = resolve(req.fields, conn.shared.trust)
     if client is not None:
         scope["client"] = (client, 0)  # (the proxy does not say the client's port)
     if scheme is not None:

@@ -268,8 +268,11 @@ def http_scope(
         _, _, cached, path, raw_path, query = head_parts(req, root_path)
         headers = list(cached)
     else:
-        # A fresh head: its parts once, with no tuple kept for a cache.
-        headers = lower_headers(req.raw_headers)
+        # A fresh head: its parts once, with no tuple kept for a cache. The
+        # reader lower-cased the names already when it made only the
+        # server's fields a dict (http.fields.split_fields).
+        lowered = req.lowered
+        headers = lowered if lowered is not None else lower_headers(req.raw_headers)
         path, raw_path, query = path_parts(req, root_path)
     return {
         "type": "http",

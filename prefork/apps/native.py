@@ -58,7 +58,7 @@ app_logger = logging.getLogger(log.APP)
 class NativeApp:
     """The engine's view of a native handler (``engine.app.AppInterface``)."""
 
-    __slots__ = ("handler", "inline", "is_async", "quick_s", "stream_bodies_over")
+    __slots__ = ("fields_as_list", "handler", "inline", "is_async", "quick_s", "stream_bodies_over")
 
     def __init__(self, handler: Handler, quick_s: float = QUICK_HANDLER_S) -> None:
         self.handler = handler
@@ -68,6 +68,7 @@ class NativeApp:
         # Sync handlers are called straight from the protocol callback.
         self.inline = not self.is_async
         # Handlers get ``Request.body`` whole.
+        self.fields_as_list = False  # (the handler is given the dict)
         self.stream_bodies_over: int | None = None
 
     async def startup(self) -> None:

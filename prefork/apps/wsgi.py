@@ -94,6 +94,7 @@ class WsgiApp:
         self.app = app
         # Large, chunked and 100-continue bodies reach the app as they arrive
         # (wsgi_input.StreamedInput), read from its thread with flow control.
+        self.fields_as_list = False  # (the app is given the dict)
         self.stream_bodies_over: int | None = STREAM_BODIES_OVER
         # The loop bounds a body read (request_body_timeout: 408); this bounds
         # a thread's wait on a loop that stopped.

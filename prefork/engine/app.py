@@ -35,6 +35,10 @@ class AppInterface(Protocol[C]):
     # ``Expect: 100-continue`` (``http.protocol.streams_body``). None: every
     # body is read whole (up to ``max_body_size``) before the app is called.
     stream_bodies_over: int | None
+    # True: the app is given a request's fields as a list (ASGI's headers), so
+    # a request's dict holds only the fields the server reads until the whole
+    # one is asked for (``http.fields``); its ``lowered`` list is the app's.
+    fields_as_list: bool
 
     def respond_inline(self, conn: C, req: Request) -> bool:
         """Answer ``req`` from the protocol callback.

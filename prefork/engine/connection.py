@@ -113,6 +113,7 @@ class Connection(Lifecycle):
         # Bodies the app reads piece by piece (``receive_body``): ASGI sets
         # ``stream_bodies_over``; None (the native handler) reads them whole.
         self.reader.stream_over = shared.app.stream_bodies_over
+        self.reader.fields_as_list = shared.app.fields_as_list
 
     # -- asyncio.Protocol -------------------------------------------------
 

@@ -119,6 +119,7 @@ class RequestReader:
         "_streaming",
         "_whole_heads",
         "body_done",
+        "fields_as_list",
         "one_ahead",
         "requests",
         "stream_over",
@@ -146,6 +147,10 @@ class RequestReader:
         self.want_continue = False
         self.one_ahead = False
         self.stream_over: int | None = None
+        # The app is given the fields as a list (ASGI; the connection sets it
+        # from its app interface): requests get the dict of the fields the
+        # server reads, and the whole dict only if asked (build_request).
+        self.fields_as_list = False
         self._streaming = False
         self.body_done = False
 
@@ -451,7 +456,9 @@ class RequestReader:
         # searched one by one only when the head holds one somewhere.)
         check_fields = self._head_prescan and has_field_controls(head)
         try:
-            req = build_request(method, target, version, raw, self._limits, check_fields)
+            req = build_request(
+                method, target, version, raw, self._limits, check_fields, self.fields_as_list
+            )
         except ProtocolError as exc:
             # (Whole or not, the same fields: the same answer.)
             exc.method = method
@@ -510,7 +517,7 @@ class RequestReader:
             self.want_continue = req.expect_continue
         else:
             self.requests.append(req)
-            if "upgrade" in req.headers and "upgrade" in req.headers.get("connection", "").lower():
+            if "upgrade" in req.fields and "upgrade" in req.fields.get("connection", "").lower():
                 # What follows may be another protocol for a handler that takes
                 # the connection over (ctx.client.read): keep it unparsed.
                 self._state = ReaderState.PAUSED

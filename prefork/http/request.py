@@ -21,6 +21,7 @@ from typing import Any, Final, Protocol
 from urllib.parse import parse_qsl
 
 from prefork.errors import ProtocolError
+from prefork.http.fields import SINGLETON_FIELDS, field_name, split_fields
 
 RawHeaders = list[tuple[bytes, bytes]]
 # What a parser backend makes of a head: method, target, version, raw fields.
@@ -112,14 +113,16 @@ class Request:
     """One parsed request."""
 
     __slots__ = (
+        "_headers",
         "body",
         "cached",
         "chunked",
         "content_length",
         "expect_continue",
-        "headers",
+        "fields",
         "keep_alive",
         "logged",
+        "lowered",
         "method",
         "path",
         "query",
@@ -137,13 +140,22 @@ class Request:
         version: str,
         headers: dict[str, str],
         keep_alive: bool,
+        whole: bool = True,
     ) -> None:
+        """``headers``: every field, or (``whole`` False) only the server's
+        (``http.fields``), the rest then read from ``raw_headers`` when asked."""
         self.method = method
         self.target = target
         self.path = path
         self.query = query
         self.version = version
-        self.headers = headers
+        # What the server itself reads (http.fields.SERVER_FIELDS): the whole
+        # dict, or only those fields when no one has asked for the rest.
+        self.fields = headers
+        self._headers: dict[str, str] | None = headers if whole else None
+        # The fields with lower-cased names, made with ``fields`` (None: not
+        # made): ASGI's scope["headers"] of this request.
+        self.lowered: list[tuple[bytes, bytes]] | None = None
         self.keep_alive = keep_alive
         self.body = b""
         self.content_length = 0
@@ -164,27 +176,47 @@ class Request:
     def __repr__(self) -> str:
         return f"<Request {self.method} {self.target} HTTP/{self.version}>"
 
+    @property
+    def headers(self) -> dict[str, str]:
+        """Every field by lower-cased name, repeats joined (made when first asked for)."""
+        headers = self._headers
+        if headers is None:
+            # (A head whose fields the whole dict would refuse was refused
+            # when it was read: split_fields gave way to it.)
+            headers = self._headers = _join_fields(self.raw_headers, False)
+        return headers
+
+    @headers.setter
+    def headers(self, headers: dict[str, str]) -> None:
+        self._headers = self.fields = headers
+
     def drop_fields(self, headers: bool = True) -> None:
         """Let go of the parsed fields of a request that outlives its exchange
         (a WebSocket's, kept for its access line): the parser's list, and the
         dict unless ``headers`` is False (a handler that was given it keeps it).
         Shared empty ones stand in: nothing adds to a parsed request's fields."""
+        if not headers and self._headers is None:
+            self._headers = _join_fields(self.raw_headers, False)  # kept: made now
         self.raw_headers = _NO_RAW_HEADERS
+        self.lowered = None
         if headers:
             self.headers = _NO_HEADERS
 
     def clone(self) -> Request:
-        """A copy with its own headers dict (a handler may change the one it gets)."""
+        """A copy with its own headers dict (a handler may change the one it gets);
+        one whose fields are the server's only stays so."""
         # Through __init__ rather than Request.__new__: a compiled (mypyc) class
         # cannot be made without it.
+        whole = self._headers is self.fields
         other = Request(
             self.method,
             self.target,
             self.path,
             self.query,
             self.version,
-            self.headers.copy(),
+            self.fields.copy(),
             self.keep_alive,
+            whole,
         )
         other.body = self.body
         other.content_length = self.content_length
@@ -263,49 +295,11 @@ def _split_tokens(value: str) -> list[str]:
     return [t.strip().lower() for t in value.split(",") if t.strip()]
 
 
-# Field names as sent -> lower-cased, and Host values known good: a few dozen
-# of each in real traffic, so once warm every field line of a head finds its
-# name here (which the fast path of build_request needs). Bounded; full, the
-# name cache starts over, so junk names sent once cannot keep real ones out.
-# They flatter traffic with fewer than _CACHE_MAX distinct names (all of it,
-# in practice) and, for Host, fewer than _CACHE_MAX virtual hosts.
-_NAME_CACHE: Final[dict[bytes, str]] = {}
+# Host values known good: a few dozen in real traffic. Bounded (it flatters
+# traffic with fewer than _CACHE_MAX virtual hosts).
 _HOST_CACHE: Final[set[str]] = set()
 _CACHE_MAX: Final = 512
-# Fields that must not repeat (RFC 9110 §5.3: their grammar is one value, not
-# a list, so two lines cannot be joined into anything meaningful). Joining
-# them would let a proxy that reads the first line and an app that reads the
-# joined value disagree about the request: refused with 400, as gunicorn does.
-# Content-Encoding is a list in the grammar, but a repeated line on a request
-# is the same kind of disagreement (which coding is the body in?) and no
-# client sends one. The value is the name used in the error text.
-SINGLETON_FIELDS: Final = (
-    "Content-Length",
-    "Transfer-Encoding",
-    "Host",
-    "Content-Type",
-    "Content-Encoding",
-    "Content-Location",
-    "Content-Range",
-    "Authorization",
-    "Proxy-Authorization",
-    "If-Modified-Since",
-    "If-Unmodified-Since",
-    "If-Range",
-    "Range",
-    "Max-Forwards",
-)
 _SINGLE_FIELDS: Final = {name.lower(): name for name in SINGLETON_FIELDS}
-
-
-def _field_name(raw: bytes) -> str:
-    name = _NAME_CACHE.get(raw)
-    if name is None:
-        name = raw.decode("latin-1").lower()
-        if len(_NAME_CACHE) >= _CACHE_MAX:
-            _NAME_CACHE.clear()
-        _NAME_CACHE[raw] = name
-    return name
 
 
 def _join_fields(raw: RawHeaders, check_fields: bool) -> dict[str, str]:
@@ -318,7 +312,7 @@ def _join_fields(raw: RawHeaders, check_fields: bool) -> dict[str, str]:
     for bname, bvalue in raw:
         if check_fields and BAD_FIELD_BYTES.search(bvalue):
             raise ProtocolError(400, "invalid character in header value")
-        name = _field_name(bname)
+        name = field_name(bname).text
         if name in headers:
             if name in _SINGLE_FIELDS:
                 raise ProtocolError(400, f"more than one {_SINGLE_FIELDS[name]} header")
@@ -356,8 +350,14 @@ def build_request(
     raw: RawHeaders,
     limits: Limits,
     check_fields: bool,
+    server_only: bool = False,
 ) -> Request:
-    """Apply the semantic checks of RFC 9112/9110 to a parsed head."""
+    """Apply the semantic checks of RFC 9112/9110 to a parsed head.
+
+    ``server_only``: the request's dict gets only the fields the server reads
+    and its ``lowered`` list every field (``http.fields.split_fields``); the
+    whole dict is made if asked for. (Not with ``check_fields``.)
+    """
     if version != "1.1" and version != "1.0":
         raise ProtocolError(505, f"HTTP version {version} not supported")
     if method not in KNOWN_METHODS:
@@ -365,16 +365,20 @@ def build_request(
             400, "CONNECT is not supported" if method == "CONNECT" else "unknown method"
         )
     headers: dict[str, str] | None = None
-    if not check_fields:
-        # One comprehension when every name is known and none repeats (the
-        # usual head): the same dict as _join_fields gives, at about half its
-        # cost. Anything else takes the line-by-line path, with its errors.
-        try:
-            headers = {_NAME_CACHE[bname]: bvalue.decode("latin-1") for bname, bvalue in raw}
-        except KeyError:  # a name not seen yet
-            headers = None
-    if headers is None or len(headers) != len(raw):
+    lowered: RawHeaders | None = None
+    if server_only and not check_fields and target[:1] == "/":
+        # (An absolute-form target sets Host below: the whole dict for those.)
+        split = split_fields(raw)
+        if split is not None:
+            headers, lowered = split
+    elif not check_fields:
+        # One comprehension when no name repeats (the usual head): the same
+        # dict as _join_fields gives, at about half its cost. A repeat takes
+        # the line-by-line path, with its errors.
+        headers = {field_name(bname).text: bvalue.decode("latin-1") for bname, bvalue in raw}
+    if headers is None or (lowered is None and len(headers) != len(raw)):
         headers = _join_fields(raw, check_fields)
+        lowered = None
 
     if target[:1] == "/" and "#" not in target:
         # origin-form, nearly every request: what _split_target gives, inline.
@@ -403,8 +407,9 @@ def build_request(
         tokens = _split_tokens(conn_header)
         keep_alive = "keep-alive" in tokens and "close" not in tokens
 
-    req = Request(method, target, path, query, version, headers, keep_alive)
+    req = Request(method, target, path, query, version, headers, keep_alive, lowered is None)
     req.raw_headers = raw
+    req.lowered = lowered
 
     te = headers.get("transfer-encoding")
     cl = headers.get("content-length")

@@ -126,9 +126,7 @@ def negotiate(
         return None, text
     if body_len is not None and body_len < policy.min_size:
         return None, text
-    coding, vary = policy.choose(
-        method, status, req.headers.get("accept-encoding"), lower, body_len
-    )
+    coding, vary = policy.choose(method, status, req.fields.get("accept-encoding"), lower, body_len)
     if coding is not None or vary:
         key = (text, coding, vary)
         new = cache.get(key)

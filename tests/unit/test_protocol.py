@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from prefork.errors import ProtocolError
+from prefork.http.fields import SERVER_FIELDS
 from prefork.http.head_cache import MISS_RUN, SAMPLE_EVERY, HeadCache
 from prefork.http.parsers import make_parser
 from prefork.http.protocol import FORBIDDEN_TRAILERS, RequestReader
@@ -554,11 +555,29 @@ def splits(data: bytes) -> Iterator[tuple[str, list[bytes]]]:
     yield "bytewise", [data[i : i + 1] for i in range(len(data))]
 
 
+def check_server_fields(request: Any) -> None:
+    """A request read for a list: its dict is the server's fields (or all of
+    them), its list every field lower-cased in order; the whole dict agrees."""
+    fields, headers = request.fields, request.headers
+    assert set(fields) <= set(headers)
+    assert {name: headers[name] for name in fields} == fields
+    assert set(headers) & SERVER_FIELDS <= set(fields)
+    if request.lowered is not None:
+        assert request.lowered == [(n.lower(), v) for n, v in request.raw_headers]
+
+
 def run(
     backend: str, pieces: list[bytes], eof: bool = False, limits: Limits | None = None
 ) -> tuple[list[dict[str, Any]], int | None]:
-    """Feed ``pieces`` to a fresh reader: the requests it yields, then its error status."""
-    reader = RequestReader(make_parser(backend), limits or small_limits())
+    """Feed ``pieces`` to a fresh reader: the requests it yields, then its error status.
+
+    ``backend`` "NAME+list": a reader whose requests carry only the server's
+    fields as a dict (``fields_as_list``, as for ASGI); their whole dict, made
+    when asked, must be the same as another reader's.
+    """
+    name, _, mode = backend.partition("+")
+    reader = RequestReader(make_parser(name), limits or small_limits())
+    reader.fields_as_list = mode == "list"
     got: list[dict[str, Any]] = []
     status = None
     for piece in pieces:
@@ -568,7 +587,10 @@ def run(
             assert status is None, "a failed reader raised again"
             status = exc.status
         while reader.requests:
-            got.append(snapshot(reader.requests.pop(0)))
+            request = reader.requests.pop(0)
+            if mode == "list":
+                check_server_fields(request)
+            got.append(snapshot(request))
     if eof:
         try:
             reader.eof()
@@ -582,7 +604,7 @@ def run(
     return got, status
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", [*BACKENDS, "httptools+list", "h11+list"])
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_reader_answers_the_same_however_the_bytes_arrive(backend: str, case: Case) -> None:
     expected = (list(case.requests), case.status)
