@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from typing import Any, Final
 from urllib.parse import unquote
 
+from prefork.http.fields import field_name
 from prefork.http.request import Request
 
 ASGI_VERSION: Final = "3.0"
@@ -57,10 +58,6 @@ _PEM_CERT_RE: Final = re.compile(
     r"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----\n?", re.DOTALL
 )
 
-# Lower-cased header names by the names clients send ("Content-Type" ->
-# b"content-type"): a few dozen distinct ones per worker.
-_LOWER_NAMES: Final[dict[bytes, bytes]] = {}
-_LOWER_NAMES_MAX: Final = 512
 # What a request head decides in its scope: (raw list, root_path, lowered
 # headers, path, raw_path, query_string).
 _HeadParts = tuple[
@@ -187,22 +184,8 @@ def server_cert(server_name: str | None, ssl_cfg: Mapping[str, Any] | None) -> s
 
 def lower_headers(raw: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
     """The request's fields with lower-case names, in order and with repeats."""
-    names = _LOWER_NAMES
-    try:
-        # One comprehension when every name has been seen (the usual head).
-        return [(names[name], value) for name, value in raw]
-    except KeyError:
-        pass
-    out = []
-    for name, value in raw:
-        lower = names.get(name)
-        if lower is None:
-            lower = name.lower()
-            if len(names) >= _LOWER_NAMES_MAX:
-                names.clear()  # start over: junk names sent once cannot keep real ones out
-            names[name] = lower
-        out.append((lower, value))
-    return out
+    # (The reader's known names: http.fields.split_fields makes the same list.)
+    return [(field_name(name).lower, value) for name, value in raw]
 
 
 def decode_path(path: str) -> str:

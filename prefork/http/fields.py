@@ -89,7 +89,9 @@ _RECENT: Final[list[FieldName | None]] = [None] * _SLOTS
 def field_name(raw: bytes) -> FieldName:
     """The known name for ``raw``, made the first time it is seen."""
     size = len(raw)
-    slot = (size * 7 + raw[0] * 3 + raw[size >> 1] * 5 + raw[size - 1]) & 255 if size else 0
+    slot = 0
+    if size:
+        slot = (size * 7 + raw[0] * 3 + raw[size >> 1] * 5 + raw[size - 1]) & (_SLOTS - 1)
     name = _RECENT[slot]
     if name is not None and name.raw == raw:
         return name

@@ -378,7 +378,6 @@ def build_request(
         headers = {field_name(bname).text: bvalue.decode("latin-1") for bname, bvalue in raw}
     if headers is None or (lowered is None and len(headers) != len(raw)):
         headers = _join_fields(raw, check_fields)
-        lowered = None
 
     if target[:1] == "/" and "#" not in target:
         # origin-form, nearly every request: what _split_target gives, inline.
