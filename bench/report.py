@@ -252,10 +252,16 @@ def _one_line(text: str) -> str:
     return first.replace("|", "/")[:160]
 
 
+INTERLEAVED = """The servers of a scenario start together and
+are measured in rounds: each round runs every server once, the order turning
+by one server each round, so that the machine's drift in speed over minutes
+(seen here: 15 %) falls on every server alike; only the loaded server uses
+the CPU."""
+SEQUENTIAL = "The servers of a scenario run one after another (--sequential)."
 METHOD = """\
 Method: every scenario starts a fresh server, checks one answer, runs an
 unmeasured warm-up of {warmup} s, then {runs} runs of `wrk -t1 -c64 -d{duration}s
---latency` (V9 and S9: `-c1000`). Scenarios run in the order V1, V9, S1, S9,
+--latency` (V9 and S9: `-c1000`). {order} Scenarios run in the order V1, V9, S1, S9,
 V2, S2, S3, S4, S5, S6, S8, then the app scenarios (V9's goal is a ratio to
 V1 and S9's to S1, so each pair is measured close together in time). The
 server's whole process tree runs under `taskset -c 0` and wrk under
@@ -346,7 +352,10 @@ def render(results: dict, chart: str | None = None) -> str:
         "",
         "Versions: " + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()) + ".",
         "",
-        METHOD.format(**{"max_other": 100, "retries": 0, "wait_quiet": 0, **settings}),
+        METHOD.format(
+            **{"max_other": 100, "retries": 0, "wait_quiet": 0, **settings},
+            order=INTERLEAVED if settings.get("interleaved") else SEQUENTIAL,
+        ),
     ]
     if settings.get("note"):
         out += [settings["note"], ""]

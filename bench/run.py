@@ -260,8 +260,10 @@ def measured_run(server: servers.Running, load: Load, args: argparse.Namespace) 
     return best
 
 
-def run_scenario(sc: Scenario, name: str, args: argparse.Namespace, tmp: Path) -> dict:
-    """Start ``name`` fresh, check it, measure it, stop it; the row for the report."""
+def _start_checked(
+    sc: Scenario, name: str, tmp: Path
+) -> tuple[servers.Running | None, dict | None]:
+    """Start ``name`` fresh for ``sc`` and check one answer: (server, None) or (None, row)."""
     launch = Launch(
         workers=sc.workers,
         pinned_cpu="0" if sc.pinned else None,
@@ -274,28 +276,92 @@ def run_scenario(sc: Scenario, name: str, args: argparse.Namespace, tmp: Path) -
     try:
         server = servers.start(name, launch, workdir, app=sc.app)
     except (RuntimeError, OSError) as exc:
-        return {"error": f"did not start: {exc}", **unavailable}
+        return None, {"error": f"did not start: {exc}", **unavailable}
+    head = None
+    if sc.varied:
+        head = heads.for_host(sc.extra["first_head"], f"{servers.HOST}:{server.port}")
+    problem = servers.check(server, sc.check, head)
+    if problem:
+        servers.stop(server)
+        return None, {"error": f"wrong answer: {problem}", **unavailable}
+    return server, None
+
+
+def _load(sc: Scenario) -> Load:
+    assert sc.load is not None
+    if sc.check == "echo" or sc.varied:  # a Lua script: the POST body, or the heads
+        return Load(**{**asdict(sc.load), "script": sc.extra["lua"]})
+    return sc.load
+
+
+def _failed(exc: Exception, server: servers.Running) -> dict:
+    return {"error": f"{type(exc).__name__}: {exc}\n{server.log_tail()}"}
+
+
+def run_scenario(sc: Scenario, name: str, args: argparse.Namespace, tmp: Path) -> dict:
+    """Start ``name`` fresh, check it, measure it, stop it; the row for the report."""
+    server, row = _start_checked(sc, name, tmp)
+    if server is None:
+        assert row is not None
+        return row
     try:
-        head = None
-        if sc.varied:
-            head = heads.for_host(sc.extra["first_head"], f"{servers.HOST}:{server.port}")
-        problem = servers.check(server, sc.check, head)
-        if problem:
-            return {"error": f"wrong answer: {problem}", **unavailable}
         if sc.load is None:
             mem = memory_profile(server, connections=args.connections_held)
             return asdict(mem)
-        load = sc.load
-        if sc.check == "echo" or sc.varied:  # a Lua script: the POST body, or the heads
-            load = Load(**{**asdict(load), "script": sc.extra["lua"]})
+        load = _load(sc)
         if args.warmup:
             run_wrk(server, load, args.warmup)
         runs = [measured_run(server, load, args) for _ in range(args.runs)]
         return asdict(summarise(runs, args.max_other))
     except (RuntimeError, OSError, ValueError) as exc:
-        return {"error": f"{type(exc).__name__}: {exc}\n{server.log_tail()}"}
+        return _failed(exc, server)
     finally:
         servers.stop(server)
+
+
+def run_interleaved(
+    sc: Scenario, names: list[str], args: argparse.Namespace, tmp: Path
+) -> dict[str, dict]:
+    """A wrk scenario's servers started together and measured in rounds.
+
+    This machine's speed drifts by several per cent over minutes (seen here:
+    the same build 15 % apart an hour later). Measured one after the other,
+    a server that happens to run in a fast minute gains against one that runs
+    in a slow one. Here every round measures each server once, the order
+    turning by one each round, so each server's runs are spread over the same
+    minutes; only the loaded server uses the CPU, the others sit idle.
+    """
+    rows: dict[str, dict] = {}
+    running: dict[str, servers.Running] = {}
+    try:
+        for name in names:
+            server, row = _start_checked(sc, name, tmp)
+            if server is None:
+                assert row is not None
+                rows[name] = row
+            else:
+                running[name] = server
+        load = _load(sc)
+        measured: dict[str, list[WrkResult]] = {name: [] for name in running}
+        for r in range(args.runs):
+            order = list(running)
+            order = order[r % len(order) :] + order[: r % len(order)] if order else order
+            for name in order:
+                server = running[name]
+                try:
+                    if r == 0 and args.warmup:
+                        run_wrk(server, load, args.warmup)
+                    measured[name].append(measured_run(server, load, args))
+                except (RuntimeError, OSError, ValueError) as exc:
+                    rows[name] = _failed(exc, server)
+                    servers.stop(running.pop(name))
+        for name, runs in measured.items():
+            if name in running:
+                rows[name] = asdict(summarise(runs, args.max_other))
+    finally:
+        for server in running.values():
+            servers.stop(server)
+    return {name: rows[name] for name in names}
 
 
 def _describe(row: dict) -> str:
@@ -360,6 +426,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--wait-quiet",
         type=float,
         help="seconds to wait for a quiet machine before each run (default 30; --quick: 0)",
+    )
+    p.add_argument(
+        "--sequential",
+        action="store_true",
+        help="measure one server after another (all runs of one, then the next) instead of"
+        " in interleaved rounds",
     )
     p.add_argument("--connections-held", type=int, default=1000, help="S6 (default 1000)")
     p.add_argument(
@@ -429,6 +501,7 @@ def main(argv: list[str] | None = None) -> int:
         "max_other": args.max_other,
         "retries": args.retries,
         "wait_quiet": args.wait_quiet,
+        "interleaved": not args.sequential,
         "note": args.note or "",
     }
     results: dict = {"meta": collect_meta(selected, settings), "scenarios": {}}
@@ -463,8 +536,12 @@ def main(argv: list[str] | None = None) -> int:
                     "connections": sc.load.connections if sc.load else 0,
                     "rows": rows,
                 }
-                for name in (n for n in sc.servers if n in selected):
-                    rows[name] = run_scenario(sc, name, args, tmp)
+                names = [n for n in sc.servers if n in selected]
+                if sc.load is not None and not args.sequential:
+                    rows.update(run_interleaved(sc, names, args, tmp))
+                else:
+                    rows.update((n, run_scenario(sc, n, args, tmp)) for n in names)
+                for name in names:
                     log(f"[{sc.sid}] {SERVERS[name][0]}: {_describe(rows[name])}")
                     if rows[name].get("error"):
                         log("    " + rows[name]["error"].strip().replace("\n", "\n    "))
