@@ -1,11 +1,13 @@
 """WebSocket throughput: echo round trips and a broadcast fan-out, prefork vs uvicorn and granian.
 
-    python bench/ws_bench.py                      # all servers, 5 s per scenario
+    python bench/ws_bench.py                      # all servers, 3 rounds of 5 s per scenario
     python bench/ws_bench.py --duration 3 --servers prefork,uvicorn
 
 Each server runs the plain ASGI app ``apps/ws_app.py`` with 1 worker, pinned
 to core 0 (``taskset``); this load generator pins itself to core 1. Two
-scenarios, each bounded by ``--duration``:
+scenarios, each run bounded by ``--duration``; the servers of a scenario run
+side by side and are measured in ``--rounds`` interleaved rounds (the row is
+each server's median round; see ``run_rounds``):
 
 - echo: 64 connections, each with one small text message (16 bytes) in
   flight; a reply sends the next. Reported: round trips per second.
@@ -411,24 +413,52 @@ def table(echo_rows: dict[str, Result], fan_rows: dict[str, Result], duration: f
     return "\n".join(lines)
 
 
-def run_one(name: str, scenario: str, duration: float, workdir: Path) -> Result:
+def run_rounds(
+    names: list[str], scenario: str, duration: float, rounds: int, workdir: Path
+) -> dict[str, Result]:
+    """Every server started once for ``scenario``, then measured in ``rounds`` rounds.
+
+    Each round measures every server once, the order turning by one each
+    round, so that the machine's drift in speed over minutes falls on every
+    server alike (run one after the other, a server that happens to run in a
+    fast minute gains on one that runs in a slow one). The servers not being
+    measured sit idle. A server's row is its median round (by rate).
+    """
+    coro = echo if scenario == "echo" else broadcast
+    running: dict[str, servers.Running] = {}
+    rows: dict[str, Result] = {}
+    measured: dict[str, list[Result]] = {name: [] for name in names}
     try:
-        server = start(name, workdir / f"{name}-{scenario}")
-    except RuntimeError as exc:
-        return Result(error=str(exc).splitlines()[0])
-    try:
-        coro = echo if scenario == "echo" else broadcast
-        try:
-            return uvloop.run(asyncio.wait_for(coro(server, duration), duration + 60))
-        except (OSError, TimeoutError, RuntimeError) as exc:
-            return Result(error=f"{type(exc).__name__}: {exc}")
+        for name in names:
+            try:
+                running[name] = start(name, workdir / f"{name}-{scenario}")
+            except RuntimeError as exc:
+                rows[name] = Result(error=str(exc).splitlines()[0])
+        for r in range(rounds):
+            order = list(running)
+            turn = r % len(order) if order else 0
+            for name in order[turn:] + order[:turn]:
+                try:
+                    run = asyncio.wait_for(coro(running[name], duration), duration + 60)
+                    result = uvloop.run(run)
+                except (OSError, TimeoutError, RuntimeError) as exc:
+                    rows[name] = Result(error=f"{type(exc).__name__}: {exc}")
+                    servers.stop(running.pop(name))
+                    continue
+                measured[name].append(result)
     finally:
-        servers.stop(server)
+        for server in running.values():
+            servers.stop(server)
+    for name in running:
+        results = sorted(measured[name], key=lambda m: m.rate)
+        rows[name] = results[(len(results) - 1) // 2]  # the median (the lower of two)
+    return {name: rows[name] for name in names}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=float, default=5.0, help="seconds measured per run")
+    parser.add_argument("--rounds", type=int, default=3, help="measured runs per server")
     parser.add_argument("--servers", default="prefork,uvicorn,granian")
     parser.add_argument(
         "--build",
@@ -437,6 +467,8 @@ def main() -> None:
         help="prefork runs the compiled wheel of this checkout (bench/build.py) or its sources",
     )
     args = parser.parse_args()
+    if args.rounds < 1:
+        parser.error("--rounds must be >= 1")
     names = [n.strip() for n in args.servers.split(",") if n.strip()]
     for name in names:
         if name not in LABELS:
@@ -453,9 +485,8 @@ def main() -> None:
     fan_rows: dict[str, Result] = {}
     with tempfile.TemporaryDirectory(prefix="ws_bench-") as tmp:
         try:
-            for name in names:
-                echo_rows[name] = run_one(name, "echo", args.duration, Path(tmp))
-                fan_rows[name] = run_one(name, "broadcast", args.duration, Path(tmp))
+            echo_rows = run_rounds(names, "echo", args.duration, args.rounds, Path(tmp))
+            fan_rows = run_rounds(names, "broadcast", args.duration, args.rounds, Path(tmp))
         finally:
             servers.stop_all()
     print(table(echo_rows, fan_rows, args.duration))
