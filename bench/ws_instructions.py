@@ -29,6 +29,7 @@ from pathlib import Path
 import uvloop
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import build
 import servers
 import ws_bench
 
@@ -143,7 +144,9 @@ def measure(name: str, scenario: str, n: int, workdir: Path) -> float:
     out.mkdir(parents=True)
     port = servers.free_port()
     argv = callgrind(ws_bench.command(name, port, out), out)
-    env = {**os.environ, "PYTHONPATH": str(servers.REPO)}
+    # prefork's row runs the build ws_bench.py measures (the compiled wheel by default).
+    path = servers.PREFORK_PATH if name == "prefork" else servers.REPO
+    env = {**os.environ, "PYTHONPATH": str(path)}
     env.pop("VIRTUAL_ENV", None)
     with open(out / "server.log", "wb") as log:
         proc = subprocess.Popen(
@@ -182,8 +185,16 @@ def main() -> None:
     parser.add_argument("--servers", default="prefork,uvicorn,granian")
     parser.add_argument("--echo", type=int, default=4000, help="echo round trips measured")
     parser.add_argument("--broadcasts", type=int, default=5, help="broadcasts measured")
+    parser.add_argument(
+        "--build",
+        choices=("compiled", "source"),
+        default="compiled",
+        help="prefork runs the compiled wheel of this checkout (bench/build.py) or its sources",
+    )
     args = parser.parse_args()
     names = [n.strip() for n in args.servers.split(",") if n.strip()]
+    if "prefork" in names:
+        servers.PREFORK_PATH = build.pythonpath(args.build)
     rows: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory(prefix="ws_instr-") as tmp:
         try:
