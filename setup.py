@@ -58,6 +58,7 @@ COMPILED_MODULES = [
     "prefork/apps/wsgi_headers.py",
     "prefork/apps/websocket.py",
     "prefork/apps/websocket_exchange.py",
+    "prefork/apps/websocket_frames.py",
 ]
 
 

@@ -40,6 +40,7 @@ from websockets.frames import CloseCode, Frame, Opcode
 
 from prefork import log
 from prefork._types import ConnectionLike
+from prefork.apps.websocket_frames import FrameCache
 from prefork.apps.websocket_handshake import Handshake as Handshake
 from prefork.apps.websocket_handshake import HandshakeRejected as HandshakeRejected
 from prefork.apps.websocket_handshake import Options as Options
@@ -60,9 +61,6 @@ BUFFER_BYTES: Final = 64 * 1024
 CLOSE_TIMEOUT_S: Final = 5.0
 # How long the last close frame may take to leave before an abort.
 ABORT_WRITE_S: Final = 1.0
-# Messages up to this size keep their frame for the next send of the same
-# object (see ``_FrameCache``); a bigger one is not held after its send.
-CACHE_MAX_BYTES: Final = 64 * 1024
 
 # What ``_next`` does with a message or the close: return it or raise
 # WebSocketClosed (``receive``), raise StopAsyncIteration at the close
@@ -82,34 +80,7 @@ PONG: Final = Opcode.PONG
 CLOSE: Final = Opcode.CLOSE
 
 
-class _FrameCache:
-    """The last message framed without extensions, by object identity.
-
-    Server frames are not masked, so without an extension (permessage-deflate
-    keeps per-connection state) the frame of a message depends on its bytes
-    only. The message object itself is held, so its ``id`` cannot be reused
-    while it is the key. One per process: a worker runs one loop.
-    """
-
-    __slots__ = ("frame", "message")
-
-    def __init__(self) -> None:
-        self.message: object = None
-        self.frame = b""
-
-    def frame_of(self, data: str | bytes) -> bytes:
-        if data is self.message:
-            return self.frame
-        if isinstance(data, str):
-            frame = Frame(TEXT, data.encode()).serialize(mask=False)
-        else:
-            frame = Frame(BINARY, data).serialize(mask=False)
-        if len(frame) <= CACHE_MAX_BYTES:
-            self.message, self.frame = data, frame
-        return frame
-
-
-_frames: Final = _FrameCache()
+_frames: Final = FrameCache()
 
 
 class WebSocket:
