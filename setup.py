@@ -59,6 +59,7 @@ COMPILED_MODULES = [
     "prefork/apps/websocket.py",
     "prefork/apps/websocket_exchange.py",
     "prefork/apps/websocket_frames.py",
+    "prefork/apps/websocket_reader.py",
 ]
 
 

@@ -20,7 +20,7 @@ import types
 import uuid
 from collections.abc import Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from websockets.datastructures import Headers
 from websockets.frames import Frame, Opcode
@@ -31,6 +31,7 @@ from websockets.streams import StreamReader
 
 from prefork import log
 from prefork.apps.websocket_deflate import server_factories
+from prefork.apps.websocket_reader import Reader
 
 # The library logs "connection open/closed" at INFO for every connection: that
 # is the access log's job here, so only its warnings get through.
@@ -97,9 +98,8 @@ class WebSocketClosed(ConnectionError):
 
 
 # The library's frame parser is a generator (``Protocol.parse``) that waits,
-# between two frames, in its reader's ``at_eof``; known by their code objects.
+# between two frames, in its reader's ``at_eof``; known by its code object.
 _PARSE = Protocol.parse.__code__
-_AT_EOF = StreamReader.at_eof.__code__
 # How long a session that received data waits, at most, before its parser is
 # dropped if it is idle (see Session). The parsers made within it are freed
 # together, and their memory waits for the next ones: at 0.1 s a burst of
@@ -109,7 +109,10 @@ PARK_AFTER_S = 0.02
 
 
 class Session(Protocol):
-    """The library's protocol of an open server-side connection, with two changes.
+    """The library's protocol of an open server-side connection, with three changes.
+
+    Its parser reads from a compiled stand-in for the library's reader
+    (``apps.websocket_reader``); the frames are still the library's to parse.
 
     A close frame in the middle of a fragmented message closes normally (RFC
     6455 §5.4: control frames may come between fragments; Autobahn case
@@ -141,8 +144,11 @@ class Session(Protocol):
         # later would give each instance a dict of its own (~0.1 KiB, and
         # slower attribute reads).
         self.parking: _Parking | None = None
-        # Nothing received yet: no parser until the first data.
-        self.park()
+        # Nothing received yet: no parser until the first data. (The one the
+        # library's __init__ started waits for the first frame: let go.)
+        self.parser = None  # type: ignore[assignment]
+        self.reader = _IDLE_READER
+        self.events = _NONE
 
     def receive_data(self, data: bytes | bytearray) -> None:
         if self.parser is None:
@@ -166,33 +172,39 @@ class Session(Protocol):
     def discard(self) -> Generator[None]:
         # (Made by fail(), which may come while parked: it reads the reader.)
         if self.parser is None:
-            self.reader = StreamReader()
+            self.reader = _reader()
         return super().discard()
 
     def park(self) -> None:
         """Let go of the parser and reader if the parser waits for a frame with nothing buffered."""
         parser = self.parser
+        reader = self.reader
         if (
-            isinstance(parser, types.GeneratorType)
-            and parser.gi_code is _PARSE
-            and not self.reader.buffer
+            isinstance(reader, Reader)
+            and reader.idle  # waits in at_eof, with nothing buffered
+            and isinstance(parser, types.GeneratorType)
+            and parser.gi_code is _PARSE  # (not discard(), which also waits there)
         ):
-            waiting = parser.gi_yieldfrom
-            if isinstance(waiting, types.GeneratorType) and waiting.gi_code is _AT_EOF:
-                self.parser = None  # type: ignore[assignment]
-                self.reader = _IDLE_READER
-                if not self.events:  # (only the parser adds to it)
-                    self.events = _NONE
+            self.parser = None  # type: ignore[assignment]
+            self.reader = _IDLE_READER
+            if not self.events:  # (only the parser adds to it)
+                self.events = _NONE
 
     def _unpark(self) -> None:
         self.events = []
-        self.reader = StreamReader()
+        self.reader = _reader()
         self.parser = self.parse()
         next(self.parser)
 
 
+def _reader() -> StreamReader:
+    # The compiled stand-in for the library's reader (apps.websocket_reader),
+    # typed as the library's: its Protocol declares that class.
+    return cast(StreamReader, Reader())
+
+
 # What a parked session has for a reader: empty, not at EOF, never fed.
-_IDLE_READER = StreamReader()
+_IDLE_READER = _reader()
 
 
 class _Parking:
