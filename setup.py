@@ -24,7 +24,7 @@ from setuptools import setup
 # (the session, an ASGI app's receive and send). Not compiled: asgi_context (a
 # types.coroutine generator, which a compiled generator cannot stand in for),
 # asgi_messages (exception classes deriving from OSError and RuntimeError),
-# websocket_asgi (_AppRun, a coroutine made by hand), websocket_handshake and
+# websocket_asgi (the scope and the session's set-up), websocket_handshake and
 # websocket_deflate (subclasses of the websockets library's classes, and
 # WebSocketClosed, a ConnectionError), the lifespan, the WSGI request body
 # stream, the master, the worker's start-up and the CLI (they run once).
@@ -60,6 +60,7 @@ COMPILED_MODULES = [
     "prefork/apps/websocket_exchange.py",
     "prefork/apps/websocket_frames.py",
     "prefork/apps/websocket_reader.py",
+    "prefork/apps/websocket_run.py",
 ]
 
 

@@ -22,15 +22,16 @@ connection (``ConnectionLike``), and gets back what to log. Event rules:
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Coroutine, Generator, MutableMapping
+from collections.abc import Awaitable, Callable, Coroutine, MutableMapping
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from prefork import log
 from prefork._types import ConnectionLike
 from prefork.apps.websocket import Handshake, Options, WebSocket
 from prefork.apps.websocket_exchange import Exchange, write_and_close
 from prefork.apps.websocket_exchange import Outcome as Outcome
+from prefork.apps.websocket_run import AppRun, end
 from prefork.http.response import error_response
 
 app_logger = logging.getLogger(log.APP)
@@ -134,7 +135,7 @@ def asgi_websocket_session(
     """``serve_asgi_websocket``, ending with ``finish(outcome)`` (its result is the session's).
 
     A plain function that checks the handshake and builds the scope now, and
-    returns what runs the app (``_AppRun``): no frame of ours stays around
+    returns what runs the app (``websocket_run.AppRun``): no frame of ours stays around
     the app's for the session's life, and ``finish`` (the access line) needs
     no coroutine of its own around it either.
     """
@@ -155,8 +156,9 @@ def asgi_websocket_session(
     try:
         call = app(scope, exchange.receive, exchange.send)
     except Exception as exc:  # (a plain callable that raised at once)
-        return _end(exchange, exc, req.path, finish)
-    return _AppRun(call, exchange, req.path, finish)
+        return cast("Coroutine[Any, Any, T]", end(exchange, exc, req.path, finish))
+    # (A coroutine by registration: websocket_run. Its result is finish's.)
+    return cast("Coroutine[Any, Any, T]", AppRun(call, exchange, req.path, finish))
 
 
 async def _reject(
@@ -164,84 +166,3 @@ async def _reject(
 ) -> T:
     await write_and_close(conn, reply)
     return finish(outcome)
-
-
-class _AppRun(Coroutine[Any, Any, T]):
-    """Awaiting it awaits the app's call, then ``_end`` (the close the app owes, ``finish``).
-
-    It hands the app's steps through (``send``/``throw`` to the app's
-    awaitable), where a coroutine awaiting the app would keep its frame for
-    the session's life (~0.25 KiB per idle connection; this is ~0.07). What
-    the app raises, or its return, starts ``_end`` in its place. A
-    BaseException (a cancellation) goes through, as it would through ``try:
-    await app(...) except Exception``.
-    """
-
-    __slots__ = ("ending", "exchange", "finish", "path", "step")
-
-    def __init__(
-        self, call: Awaitable[None], exchange: Exchange, path: str, finish: Callable[[Outcome], T]
-    ) -> None:
-        # A coroutine is its own iterator; another awaitable gives one.
-        self.step: Any = call if isinstance(call, Coroutine) else call.__await__()
-        self.ending = False
-        self.exchange = exchange
-        self.path = path
-        self.finish = finish
-
-    def __await__(self) -> Generator[Any, None, T]:
-        return self  # type: ignore[return-value]  # (an iterator with send/throw)
-
-    def __next__(self) -> Any:
-        return self.send(None)
-
-    def send(self, value: Any) -> Any:
-        if self.ending:
-            return self.step.send(value)
-        try:
-            return self.step.send(value)
-        except StopIteration:
-            failure = None
-        except Exception as exc:
-            failure = exc
-        return self._start_end(failure)
-
-    def throw(self, *args: Any) -> Any:
-        if self.ending:
-            return self.step.throw(*args)
-        try:
-            return self.step.throw(*args)
-        except StopIteration:
-            failure = None
-        except Exception as exc:
-            failure = exc
-        return self._start_end(failure)
-
-    def close(self) -> None:
-        self.step.close()
-
-    def _start_end(self, failure: Exception | None) -> Any:
-        self.ending = True
-        self.step = _end(self.exchange, failure, self.path, self.finish)
-        # Its first step; its StopIteration (done already) is this one's.
-        return self.step.send(None)
-
-
-async def _end(
-    exchange: Exchange, failure: Exception | None, path: str, finish: Callable[[Outcome], T]
-) -> T:
-    """After the app's call: the close (or HTTP answer) it owes, then ``finish``."""
-    if failure is not None:
-        app_logger.error("ASGI app raised on WebSocket %s", path, exc_info=failure)
-        if exchange.accepted:
-            if not exchange.ws.closed:
-                await exchange.ws.close(1011, "")
-        elif exchange.answered is None:
-            await exchange.answer(500, "Internal Server Error")
-    elif exchange.accepted:
-        if not exchange.ws.closed:
-            await exchange.ws.close(1000, "")
-    elif exchange.answered is None:
-        app_logger.error("ASGI app returned without accepting or denying the WebSocket")
-        await exchange.answer(500, "Internal Server Error")
-    return finish(exchange.outcome())

@@ -1,8 +1,8 @@
 """What an ASGI app's ``receive``/``send`` do on a WebSocket (``websocket_asgi``'s events).
 
 Apart from ``websocket_asgi`` so that it is compiled (setup.py): ``send`` and
-``receive`` run once per message; the app's run around them (``_AppRun``, a
-hand-made coroutine) is not.
+``receive`` run once per message (as does the app's run around them,
+``websocket_run.AppRun``).
 """
 
 from __future__ import annotations

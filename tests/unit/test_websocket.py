@@ -553,7 +553,7 @@ async def test_an_idle_session_keeps_nothing_of_its_handshake() -> None:
                 await asyncio.wait_for(ws.recv(), 5)
 
 
-# -- how the app is run (websocket_asgi._AppRun) -------------------------------
+# -- how the app is run (websocket_run.AppRun) ---------------------------------
 
 
 def raises_at_once(scope: Any, receive: Any, send: Any) -> Awaitable[None]:
