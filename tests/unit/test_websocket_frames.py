@@ -70,7 +70,8 @@ def test_the_same_object_gets_the_same_frame_object() -> None:
     equal = "".join(["broadcast", " to all"])  # equal, another object
     assert equal is not message
     again = cache.frame_of(equal)
-    assert again == first and again is not first
+    assert again == first
+    assert again is not first
 
 
 def test_a_big_message_is_not_held() -> None:

@@ -27,9 +27,9 @@ OPS = st.lists(
 )
 
 
-def outcome(call: Any) -> tuple[str, Any]:
+def outcome(call: Any, *args: Any) -> tuple[str, Any]:
     try:
-        return ("ok", call())
+        return ("ok", call(*args))
     except StopIteration as stop:
         return ("done", bytes(stop.value) if isinstance(stop.value, bytearray) else stop.value)
     except EOFError as exc:
@@ -41,7 +41,7 @@ def trace(reader: Any, ops: list[tuple[str, Any]]) -> list[Any]:
     pending: Generator[None, None, Any] | None = None
     for op, arg in ops:
         if op == "feed":
-            seen.append(outcome(lambda: reader.feed_data(arg)))
+            seen.append(outcome(reader.feed_data, arg))
         elif op == "eof":
             seen.append(outcome(reader.feed_eof))
         elif op == "discard":
@@ -49,7 +49,7 @@ def trace(reader: Any, ops: list[tuple[str, Any]]) -> list[Any]:
         elif pending is None:
             pending = reader.read_exact(arg) if op == "exact" else reader.at_eof()
         if pending is not None:
-            step = outcome(lambda: next(pending))
+            step = outcome(next, pending)
             seen.append(step)
             if step[0] != "ok":
                 pending = None
@@ -68,7 +68,7 @@ def test_idle_only_while_at_eof_waits() -> None:
     next(waiting)
     assert reader.idle
     reader.feed_data(b"x")
-    assert outcome(lambda: next(waiting)) == ("done", False)
+    assert outcome(next, waiting) == ("done", False)
     assert not reader.idle
     reading = reader.read_exact(3)
     next(reading)
