@@ -40,7 +40,7 @@ from websockets.frames import CloseCode, Frame, Opcode
 
 from prefork import log
 from prefork._types import ConnectionLike
-from prefork.apps.websocket_frames import FrameCache
+from prefork.apps.websocket_frames import BINARY, TEXT, FrameCache
 from prefork.apps.websocket_handshake import Handshake as Handshake
 from prefork.apps.websocket_handshake import HandshakeRejected as HandshakeRejected
 from prefork.apps.websocket_handshake import Options as Options
@@ -72,9 +72,8 @@ _EVENT: Final = 2
 GOING_AWAY: Final = int(CloseCode.GOING_AWAY)
 ABNORMAL: Final = int(CloseCode.ABNORMAL_CLOSURE)
 # The opcodes, bound once: each ``Opcode.X`` is a lookup on the enum class
-# (~0.9k instructions compiled), several per message.
-TEXT: Final = Opcode.TEXT
-BINARY: Final = Opcode.BINARY
+# (~0.9k instructions compiled), several per message. (TEXT and BINARY come
+# from websocket_frames.)
 CONT: Final = Opcode.CONT
 PONG: Final = Opcode.PONG
 CLOSE: Final = Opcode.CLOSE
@@ -124,7 +123,7 @@ class WebSocket:
         self._conn = conn
         self._initial = initial
         self._proto = proto
-        # Data frames built here, not by the protocol (see _FrameCache).
+        # Data frames built here, not by the protocol (websocket_frames.FrameCache).
         self._plain = not proto.extensions
         self._handshake: Handshake | None = handshake  # until the 101 is sent
         self._opts = opts
@@ -371,10 +370,8 @@ class WebSocket:
             self._lost()
             raise WebSocketClosed(self.close_code, self.close_reason)
         if self._plain:
-            if isinstance(data, (str, bytes)):  # immutable: may be the cached one
-                frame = _frames.frame_of(data)
-            else:
-                frame = Frame(BINARY, bytes(data)).serialize(mask=False)
+            # A mutable buffer goes as a copy: the frame cache keys by identity.
+            frame = _frames.frame_of(data if isinstance(data, (str, bytes)) else bytes(data))
             conn.send(frame)
             self.bytes_sent += len(frame)
         else:

@@ -21,20 +21,16 @@ connection (``ConnectionLike``), and gets back what to log. Event rules:
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Awaitable, Callable, Coroutine, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast
 
-from prefork import log
 from prefork._types import ConnectionLike
 from prefork.apps.websocket import Handshake, Options, WebSocket
 from prefork.apps.websocket_exchange import Exchange, write_and_close
 from prefork.apps.websocket_exchange import Outcome as Outcome
 from prefork.apps.websocket_run import AppRun, end
 from prefork.http.response import error_response
-
-app_logger = logging.getLogger(log.APP)
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]

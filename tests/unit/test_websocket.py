@@ -390,6 +390,33 @@ async def test_native_session_receive_raises_once_closed() -> None:
     assert got == ["one", b"two", 1000]
 
 
+async def test_native_session_sends_mutable_buffers_as_they_were_at_the_send() -> None:
+    """A bytearray or memoryview goes as a binary message of its bytes at the time
+    of the send (copied: the frame cache keys by identity); changing the buffer
+    afterwards, then sending it again, sends the new bytes."""
+    server_sock, client_sock = socket.socketpair()
+    reader, writer = await asyncio.open_connection(sock=server_sock)
+    conn = StreamConnection(reader, writer)
+
+    async def serve() -> None:
+        req, _ = await read_request(reader)
+        pairs = [(n.decode(), v.decode()) for n, v in req.headers]
+        session = WebSocket(conn, Handshake("GET", "/", pairs, NO_PINGS), NO_PINGS)
+        await session.accept()
+        buffer = bytearray(b"abc")
+        await session.send(buffer)
+        buffer[0] = ord("x")
+        await session.send(buffer)
+        await session.send(memoryview(b"0123456789")[2:5])
+        await session.close()
+
+    task = asyncio.create_task(serve())
+    async with connect("ws://test/", sock=client_sock) as ws:
+        got = [await ws.recv() for _ in range(3)]
+    await asyncio.wait_for(task, 10)
+    assert got == [b"abc", b"xbc", b"234"]
+
+
 async def test_idle_sessions_share_the_ping_timer_and_a_closed_one_is_let_go() -> None:
     """Three idle sessions are pinged on the loop's one ping timer, and keep being
     pinged (each pong re-arms the next); a closed session is not kept by it."""
