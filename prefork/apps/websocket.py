@@ -40,13 +40,14 @@ from websockets.frames import CloseCode, Frame, Opcode
 
 from prefork import log
 from prefork._types import ConnectionLike
-from prefork.apps.websocket_frames import BINARY, TEXT, FrameCache
+from prefork.apps.websocket_frames import BINARY, TEXT, FrameCache, take_messages
 from prefork.apps.websocket_handshake import Handshake as Handshake
 from prefork.apps.websocket_handshake import HandshakeRejected as HandshakeRejected
 from prefork.apps.websocket_handshake import Options as Options
+from prefork.apps.websocket_handshake import Session, header_pairs
 from prefork.apps.websocket_handshake import WebSocketClosed as WebSocketClosed
-from prefork.apps.websocket_handshake import header_pairs
 from prefork.apps.websocket_ping import ping_wheel
+from prefork.apps.websocket_reader import Reader
 from prefork.errors import PreforkError
 
 logger = logging.getLogger(log.WORKER)
@@ -80,6 +81,18 @@ CLOSE: Final = Opcode.CLOSE
 
 
 _frames: Final = FrameCache()
+# A message size limit of None (ws_max_message_size 0), for take_messages.
+_NO_LIMIT: Final = 1 << 62
+
+
+def _between_frames(session: Session) -> bool:
+    """Whether the session's parser waits for the first byte of a frame with
+    nothing buffered: parked (``Session.park``), or in ``parse``'s ``at_eof``.
+    (Asked while the session is OPEN: after a close, ``discard`` waits there.)"""
+    if session.parser is None:
+        return True
+    reader = session.reader
+    return isinstance(reader, Reader) and reader.idle
 
 
 class WebSocket:
@@ -276,6 +289,19 @@ class WebSocket:
             proto.receive_eof()  # abrupt: close code 1006
             self._finish()
             return
+        if proto.close_sent is None and proto.current_size is None and _between_frames(proto):
+            # Whole small messages first, without the library (take_messages);
+            # it parses what follows them, if anything does.
+            messages = self._messages
+            if messages is None:
+                messages = []
+            taken = take_messages(data, self._opts.max_message_size or _NO_LIMIT, messages)
+            if messages:
+                self._messages = messages
+            if taken == len(data):
+                return
+            if taken:
+                data = data[taken:]
         proto.receive_data(data)
         for frame in proto.events_received():
             assert isinstance(frame, Frame)  # the handshake was done by Handshake
@@ -288,18 +314,19 @@ class WebSocket:
                         message: str | bytes = str(frame.data, "utf-8")
                     except UnicodeDecodeError as exc:
                         self._invalid_utf8(exc)
-                        continue
+                        break  # what the library parsed after it is not delivered
                 else:
                     message = bytes(frame.data)
                 self._queue(message)
-            else:
-                self._on_frame(frame)
+            elif not self._on_frame(frame):
+                break  # (as above)
         writes = proto.data_to_send()
         if writes:
             self._send_writes(writes)
 
-    def _on_frame(self, frame: Frame) -> None:
-        """A frame other than a whole message (``_feed`` takes those)."""
+    def _on_frame(self, frame: Frame) -> bool:
+        """A frame other than a whole message (``_feed`` takes those); False
+        when it failed the session (a fragment that is not UTF-8)."""
         opcode, data, fin = frame.opcode, frame.data, frame.fin
         if opcode is TEXT or opcode is BINARY:  # a first fragment
             self._parts = []
@@ -311,10 +338,10 @@ class WebSocket:
             if opcode is CLOSE:
                 self._parts = None  # an unfinished message is abandoned
                 self._decoder = None
-            return  # PING: the protocol queued the pong; CLOSE: it answered
+            return True  # PING: the protocol queued the pong; CLOSE: it answered
         parts, decoder = self._parts, self._decoder
         if parts is None:  # (the protocol refuses a CONT without a start)
-            return
+            return True
         if decoder is not None:
             # Fragments are decoded as they arrive, so invalid UTF-8 fails the
             # connection at once (1007), not after the whole message.
@@ -322,7 +349,7 @@ class WebSocket:
                 parts.append(decoder.decode(data, fin))
             except UnicodeDecodeError as exc:
                 self._invalid_utf8(exc)
-                return
+                return False
             if fin:
                 self._queue("".join(parts))
         else:
@@ -332,6 +359,7 @@ class WebSocket:
         if fin:
             self._parts = None
             self._decoder = None
+        return True
 
     def _invalid_utf8(self, exc: UnicodeDecodeError) -> None:
         self._proto.fail(CloseCode.INVALID_DATA, f"{exc.reason} at position {exc.start}")
