@@ -1,8 +1,10 @@
 """A WebSocket session (RFC 6455) over a connection a handler took over.
 
 The framing, the handshake checks and permessage-deflate (RFC 7692) are the
-sans-I/O protocol of the ``websockets`` library (``websocket_handshake``);
-this module only moves bytes between it and a ``ConnectionLike``
+sans-I/O protocol of the ``websockets`` library (``websocket_handshake``),
+but for the two commonest frames: a client's whole small message and a
+server's message without extensions (``websocket_frames``). This module
+moves bytes between them and a ``ConnectionLike``
 (``ctx.client``) and adds what a server owes: flow control, keep-alive pings,
 the close handshake and going away (1001) when the worker stops.
 
