@@ -22,6 +22,7 @@ from websockets.frames import Frame, Opcode
 
 from prefork.apps.websocket import BUFFER_BYTES, Handshake, Options, WebSocket, WebSocketClosed
 from prefork.apps.websocket_asgi import Outcome, WebSocketRequest, serve_asgi_websocket
+from tests.unit.test_websocket_inbound import ScriptedPeer
 
 NO_PINGS = Options(ping_interval=None, ping_timeout=None)
 
@@ -650,43 +651,19 @@ def _client_frame(opcode: Opcode, data: bytes) -> bytes:
     return Frame(opcode, data).serialize(mask=True)
 
 
-class _TalkingPeer:
+class _TalkingPeer(ScriptedPeer):
     """A ``ConnectionLike`` whose peer sends 1 KiB messages as fast as they are
     read and never answers a ping; it counts the reads."""
 
-    peername = None
-    server_name = None
-    write_paused = False
-    lost = False
-
     def __init__(self) -> None:
+        super().__init__([])
         self.reads = 0
         self.talking = True
-        self.sent = b""
-        self.closed = False
 
     async def read(self, n: int) -> bytes:
         self.reads += 1
         await asyncio.sleep(0)
         return _client_frame(Opcode.BINARY, b"m" * 1024) if self.talking else b""
-
-    async def write(self, data: bytes) -> None:
-        self.sent += data
-
-    def send(self, data: bytes) -> None:
-        self.sent += data
-
-    async def drain(self) -> None:
-        pass
-
-    def close(self) -> None:
-        self.closed = True
-
-    def abort(self) -> None:
-        self.closed = True
-
-    def on_drain(self, callback: Any) -> None:
-        pass
 
 
 async def test_a_peer_that_sends_counts_as_alive_and_is_read_ahead_only_so_far() -> None:

@@ -138,7 +138,8 @@ def test_every_length_form_up_to_the_limits() -> None:
 
 
 class ScriptedPeer:
-    """A ``ConnectionLike`` whose peer sends the given chunks, then ends the stream."""
+    """A ``ConnectionLike`` whose peer sends the given chunks, then ends the
+    stream; it keeps what it was sent and whether it was closed."""
 
     peername = None
     server_name = None
@@ -148,6 +149,7 @@ class ScriptedPeer:
     def __init__(self, chunks: list[bytes]) -> None:
         self.chunks = chunks
         self.sent = b""
+        self.closed = False
 
     async def read(self, n: int) -> bytes:
         await asyncio.sleep(0)
@@ -163,10 +165,10 @@ class ScriptedPeer:
         pass
 
     def close(self) -> None:
-        pass
+        self.closed = True
 
     def abort(self) -> None:
-        pass
+        self.closed = True
 
     def on_drain(self, callback: Any) -> None:
         pass
