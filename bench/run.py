@@ -206,8 +206,15 @@ def collect_meta(selected: list[str], settings: dict) -> dict:
     if any(n.startswith("prefork") for n in selected):
         code = "import prefork as p; print(p.__version__, getattr(p, 'BUILD', 'pure Python'))"
         env = {**os.environ, "PYTHONPATH": str(servers.PREFORK_PATH)}
+        # From the servers' directory, as they run: from the checkout, "-c"
+        # would import its sources first and report those.
         out = subprocess.run(
-            [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=False
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=servers.APPS,
+            check=False,
         )
         version, _, kind = out.stdout.strip().partition(" ")
         state = f"{commit}{', modified' if dirty else ''}, {kind} build"
