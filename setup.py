@@ -41,6 +41,7 @@ COMPILED_MODULES = [
     "prefork/http/parsers/__init__.py",
     "prefork/http/parsers/h11_parser.py",
     "prefork/http/parsers/httptools_parser.py",
+    "prefork/http/parsers/llhttp_parser.py",
     "prefork/engine/batch.py",
     "prefork/engine/connection.py",
     "prefork/engine/lifecycle.py",
@@ -81,11 +82,35 @@ def _ext_modules() -> list[object]:
     except ImportError as exc:  # a clear line rather than a pure-Python wheel in disguise
         sys.exit(f"PREFORK_COMPILE=1 needs mypy (which ships mypyc) at build time: {exc}")
     try:
-        return list(
+        compiled = list(
             mypycify(COMPILED_MODULES, opt_level="3", debug_level="0", group_name="prefork")
         )
     except SystemExit as exc:  # mypyc exits on type errors it cannot compile
         sys.exit(f"PREFORK_COMPILE=1: mypyc could not compile prefork ({exc.code})")
+    return [*compiled, _llhttp_extension()]
+
+
+def _llhttp_extension() -> object:
+    """prefork's binding of llhttp (prefork/http/parsers/_llhttp.c), with llhttp itself.
+
+    Built from llhttp's sources (vendor/llhttp, the release httptools wraps)
+    rather than linked to httptools' copy, which exports no API to link to.
+    Hidden visibility: this copy's symbols stay out of the process's table.
+    """
+    from setuptools import Extension
+
+    llhttp = "vendor/llhttp"
+    return Extension(
+        "prefork.http.parsers._llhttp",
+        sources=[
+            "prefork/http/parsers/_llhttp.c",
+            f"{llhttp}/src/api.c",
+            f"{llhttp}/src/http.c",
+            f"{llhttp}/src/llhttp.c",
+        ],
+        include_dirs=[f"{llhttp}/include"],
+        extra_compile_args=["-O3", "-fvisibility=hidden"],
+    )
 
 
 if __name__ == "__main__":  # setuptools runs this file as __main__; tests import it

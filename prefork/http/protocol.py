@@ -39,21 +39,8 @@ from prefork.http.request import (
 MAX_CHUNK_SIZE_DIGITS: Final = 16
 # Trailer fields that may not appear after the last chunk (RFC 9110 §6.5.1).
 FORBIDDEN_TRAILERS: Final = frozenset(
-    (
-        b"content-length",
-        b"transfer-encoding",
-        b"host",
-        b"content-encoding",
-        b"content-type",
-        b"content-range",
-        b"trailer",
-        b"te",
-        b"connection",
-        b"expect",
-        b"authorization",
-        b"set-cookie",
-        b"cookie",
-    )
+    b"content-length transfer-encoding host content-encoding content-type content-range"
+    b" trailer te connection expect authorization set-cookie cookie".split()
 )
 
 _TOKEN_RE: Final = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
@@ -113,6 +100,7 @@ class RequestReader:
         "_head_checked",
         "_head_prescan",
         "_limits",
+        "_lowered_names",
         "_parser",
         "_received",
         "_state",
@@ -134,6 +122,7 @@ class RequestReader:
         self._head_cache = head_cache
         self._head_prescan = not parser.strict_fields
         self._whole_heads = parser.whole_heads
+        self._lowered_names = parser.lowered_names
         self._head_checked = 0
         self._buf = b""
         self._state = ReaderState.HEAD
@@ -457,7 +446,14 @@ class RequestReader:
         check_fields = self._head_prescan and has_field_controls(head)
         try:
             req = build_request(
-                method, target, version, raw, self._limits, check_fields, self.fields_as_list
+                method,
+                target,
+                version,
+                raw,
+                self._limits,
+                check_fields,
+                self.fields_as_list,
+                self._lowered_names,
             )
         except ProtocolError as exc:
             # (Whole or not, the same fields: the same answer.)

@@ -74,6 +74,9 @@ class HeadParser(Protocol):
     # True when ``parse_whole`` can tell a buffer that is one whole head.
     whole_heads: bool
 
+    # True when the fields' names come lower-cased (else as sent).
+    lowered_names: bool
+
     def parse(self, head: bytes, line_end: int = -1) -> HeadParts:
         """Parse a head ending in CRLF CRLF; raise ProtocolError on bad syntax.
 
@@ -351,12 +354,14 @@ def build_request(
     limits: Limits,
     check_fields: bool,
     server_only: bool = False,
+    lowered_names: bool = False,
 ) -> Request:
     """Apply the semantic checks of RFC 9112/9110 to a parsed head.
 
     ``server_only``: the request's dict gets only the fields the server reads
     and its ``lowered`` list every field (``http.fields.split_fields``); the
     whole dict is made if asked for. (Not with ``check_fields``.)
+    ``lowered_names``: the parser lower-cased the names in ``raw``.
     """
     if version != "1.1" and version != "1.0":
         raise ProtocolError(505, f"HTTP version {version} not supported")
@@ -368,7 +373,7 @@ def build_request(
     lowered: RawHeaders | None = None
     if server_only and not check_fields and target[:1] == "/":
         # (An absolute-form target sets Host below: the whole dict for those.)
-        split = split_fields(raw)
+        split = split_fields(raw, lowered_names)
         if split is not None:
             headers, lowered = split
     elif not check_fields:

@@ -47,13 +47,33 @@ def test_build_says_which_build_runs() -> None:
     assert expected == prefork.BUILD
 
 
+# Modules that import the llhttp binding (_llhttp.c, built with them): a
+# pure Python install has neither.
+NEEDS_BINDING = {"prefork/http/parsers/llhttp_parser.py"}
+
+
 @pytest.mark.parametrize("path", COMPILED_MODULES)
 def test_every_listed_module_is_of_the_build_that_runs(path: str) -> None:
     # No half-built copy: all the listed modules are extensions, or none.
+    if path in NEEDS_BINDING and not prefork.COMPILED:
+        with pytest.raises(ImportError, match="_llhttp"):
+            importlib.import_module(_module_name(path))
+        return
     module = importlib.import_module(_module_name(path))
     assert module.__file__ is not None
     extension = module.__file__.endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES))
     assert extension is prefork.COMPILED, module.__file__
+
+
+def test_the_llhttp_binding_is_built_with_the_compiled_build_only() -> None:
+    try:
+        from prefork.http.parsers import _llhttp  # noqa: F401
+    except ImportError:
+        built = False
+    else:
+        built = True
+    assert built is prefork.COMPILED
+    assert SETUP._llhttp_extension().name == "prefork.http.parsers._llhttp"
 
 
 def test_the_list_is_the_per_request_path() -> None:

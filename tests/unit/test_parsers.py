@@ -332,4 +332,6 @@ def test_make_parser_gives_a_head_parser(backend: str) -> None:
     parser = make_parser(backend)
     assert parser.strict_fields is (backend == "httptools")
     head = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"
-    assert parser.parse(head) == ("GET", "/", "1.1", [(b"Host", b"a")])
+    # Names as sent, or lower-cased where the backend says so (the compiled build's llhttp).
+    name = b"host" if parser.lowered_names else b"Host"
+    assert parser.parse(head) == ("GET", "/", "1.1", [(name, b"a")])

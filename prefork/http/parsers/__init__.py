@@ -1,7 +1,9 @@
 """Parser backends: each turns one request head into its parts.
 
 ``httptools`` (llhttp, fast) is the default when importable; ``h11`` (pure
-Python) is the fallback and the oracle the fast path is checked against.
+Python) is the fallback and the oracle the fast path is checked against. The
+compiled build reads heads for ``httptools`` through its own binding of the
+same llhttp (``llhttp_parser``), falling back to httptools' where it must.
 """
 
 from __future__ import annotations
@@ -34,9 +36,14 @@ def resolve(name: str) -> str:
 def make_parser(name: str) -> HeadParser:
     """A new head parser of backend ``name`` (as returned by ``resolve``)."""
     if name == "httptools":
-        from prefork.http.parsers.httptools_parser import HttptoolsHeadParser
+        try:
+            # The compiled build's binding of the same llhttp (one C call per head).
+            from prefork.http.parsers.llhttp_parser import LlhttpHeadParser
+        except ImportError:
+            from prefork.http.parsers.httptools_parser import HttptoolsHeadParser
 
-        return HttptoolsHeadParser()
+            return HttptoolsHeadParser()
+        return LlhttpHeadParser()
     from prefork.http.parsers.h11_parser import H11HeadParser
 
     return H11HeadParser()

@@ -25,6 +25,7 @@ class H11HeadParser:
     strict_fields = False
     # A fresh h11.Connection per head cannot say where one ends: the reader finds it.
     whole_heads = False
+    lowered_names = False  # (raw_items(): as sent)
 
     def parse_whole(self, buf: bytes, line_end: int) -> HeadParts | None:
         return None

@@ -7,6 +7,16 @@ import httptools
 from prefork.errors import ProtocolError
 from prefork.http.request import MALFORMED_HEAD, HeadParts, RawHeaders
 
+NON_ASCII_TARGET = "non-ASCII request target"
+
+
+def refusal(message: str) -> ProtocolError:
+    """The error for a head llhttp refused, from llhttp's text of why."""
+    if "HTTP version" in message:
+        return ProtocolError(505, "HTTP version not supported")
+    # llhttp's own texts name its internals; the same plain line as h11's.
+    return ProtocolError(400, MALFORMED_HEAD)
+
 
 class NotOneHead(Exception):
     """Raised from a callback when a buffer parsed as one head holds more than a head."""
@@ -22,6 +32,7 @@ class HttptoolsHeadParser:
     # llhttp says where each message starts: a buffer holding one whole head
     # is parsed as it is, without first searching it for its end (parse_whole).
     whole_heads = True
+    lowered_names = False
 
     def __init__(self) -> None:
         self._parser = httptools.HttpRequestParser(self)
@@ -107,11 +118,7 @@ class HttptoolsHeadParser:
                 # a `Connection: close` or HTTP/1.0 request): judge this head
                 # alone, as h11 does.
                 return self.parse(head, line_end)
-            message = str(exc)
-            if "HTTP version" in message:
-                raise ProtocolError(505, "HTTP version not supported") from None
-            # llhttp's own texts name its internals; the same plain line as h11's.
-            raise ProtocolError(400, MALFORMED_HEAD) from None
+            raise refusal(str(exc)) from None
         self._reused = True
         return self._parts(head, line_end, headers)
 
@@ -119,7 +126,7 @@ class HttptoolsHeadParser:
         try:
             target = self._url.decode("ascii")
         except UnicodeDecodeError:
-            raise ProtocolError(400, "non-ASCII request target") from None
+            raise ProtocolError(400, NON_ASCII_TARGET) from None
         # llhttp read "HTTP/d.d" at the end of the request line: 1.1 by its
         # digits (httptools' get_http_version formats a string each call).
         first = line_end if line_end >= 0 else head.find(b"\r\n")

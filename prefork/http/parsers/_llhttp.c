@@ -1,0 +1,362 @@
+/* prefork.http.parsers._llhttp: one request head through llhttp in one call.
+ *
+ * Why not httptools' binding alone: it calls back into Python for every span
+ * llhttp reports (the target, each field's name, each value), and joins
+ * name and value in Python before our on_header gets them. On a ~600-byte
+ * head of 9 fields that is ~20 Python-level calls and ~14,000 instructions,
+ * three times what llhttp itself spends on the head. Here llhttp's callbacks
+ * are C functions that only note where each span is; the Python objects are
+ * made once, at the end, straight from the buffer.
+ *
+ * What it gives is what HttptoolsHeadParser gives for the same bytes, with
+ * the field names lower-cased (a differential test holds the two together):
+ * the same llhttp release, in its default (strict) mode, with the same
+ * callbacks, a field's value with its trailing OWS dropped, a fresh parser
+ * per head. Only the compiled
+ * build (PREFORK_COMPILE=1) builds it; see llhttp_parser.py for its use.
+ *
+ * parse(buf, whole) returns:
+ *   - (method, target, version, [(name, value), ...]) for a head it read,
+ *     the names lower-cased;
+ *   - whole=False, buf one head: the llhttp error text (a str) when llhttp
+ *     refuses it;
+ *   - whole=True: None unless buf is exactly one whole request (no second
+ *     one, no upgrade, no chunked body, a Content-Length body all there),
+ *     or llhttp refuses it;
+ *   - None when it cannot say: more than MAX_FIELDS fields, or a span
+ *     llhttp reported in pieces that are not adjacent. The caller then uses
+ *     httptools' binding, which handles both.
+ * A target that is not ASCII raises UnicodeDecodeError.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include "llhttp.h"
+
+/* More fields than this go to httptools' binding (and then, past the
+ * configured limit, to the reader's 431). */
+#define MAX_FIELDS 64
+
+typedef struct {
+    const char *at;
+    size_t len;
+} span_t;
+
+typedef struct {
+    span_t url;
+    span_t names[MAX_FIELDS];
+    span_t values[MAX_FIELDS];
+    int count;          /* fields with a value, in names/values */
+    int have_name;      /* names[count] holds a name whose value has not come */
+    int have_value;     /* values[count] holds (part of) that value */
+    int overflow;       /* a span we cannot hold: the caller's fallback */
+    int headers_done;
+    int message_done;
+    int whole;
+} state_t;
+
+/* A span that continues the last one (llhttp reports a span in pieces only
+ * at the end of a buffer, which a whole head never has): joined when the
+ * pieces are adjacent, else given up. */
+static int extend(state_t *st, span_t *span, const char *at, size_t len) {
+    if (span->at == NULL) {
+        span->at = at;
+        span->len = len;
+    } else if (span->at + span->len == at) {
+        span->len += len;
+    } else {
+        st->overflow = 1;
+        return -1;
+    }
+    return 0;
+}
+
+/* As httptools: a field is passed on once its value has begun and the next
+ * name (or the end of the head) arrives. */
+static void close_field(state_t *st) {
+    if (st->have_name && st->have_value) {
+        st->count++;
+        st->have_name = st->have_value = 0;
+    }
+}
+
+static int on_url(llhttp_t *p, const char *at, size_t len) {
+    state_t *st = (state_t *)p->data;
+    return extend(st, &st->url, at, len);
+}
+
+static int on_header_field(llhttp_t *p, const char *at, size_t len) {
+    state_t *st = (state_t *)p->data;
+    close_field(st);
+    if (st->count >= MAX_FIELDS) {
+        st->overflow = 1;
+        return -1;
+    }
+    if (!st->have_name) {
+        st->names[st->count].at = NULL;
+        st->values[st->count].at = NULL;
+        st->have_name = 1;
+    }
+    return extend(st, &st->names[st->count], at, len);
+}
+
+static int on_header_value(llhttp_t *p, const char *at, size_t len) {
+    state_t *st = (state_t *)p->data;
+    st->have_value = 1;
+    return extend(st, &st->values[st->count], at, len);
+}
+
+static int on_headers_complete(llhttp_t *p) {
+    state_t *st = (state_t *)p->data;
+    close_field(st);
+    st->headers_done = 1;
+    /* httptools' answer: with an upgrade, no body. */
+    return p->upgrade ? 1 : 0;
+}
+
+static int on_message_begin(llhttp_t *p) {
+    /* A second request in a whole buffer: not one request (httptools'
+     * parser stops at the second target, which always follows). */
+    state_t *st = (state_t *)p->data;
+    return st->message_done ? -1 : 0;
+}
+
+static int on_message_complete(llhttp_t *p) {
+    state_t *st = (state_t *)p->data;
+    st->message_done = 1;
+    return 0;
+}
+
+static int on_chunk_header(llhttp_t *p) {
+    /* Only a whole buffer gets this far into a chunked body: the reader
+     * frames chunked bodies itself. */
+    (void)p;
+    return -1;
+}
+
+static llhttp_settings_t settings;
+
+/* Field names come back lower-cased (what every consumer wants: ASGI's
+ * headers, the dicts by lower-cased name), and the common ones as one shared
+ * object each: no new bytes object per field, and its hash, kept in the
+ * object, is computed once for every dict lookup of the worker's life. */
+static const char *const common_names[] = {
+    "host", "user-agent", "accept", "accept-language", "accept-encoding", "cookie",
+    "connection", "content-length", "content-type", "transfer-encoding", "upgrade", "expect",
+    "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "forwarded", "x-real-ip",
+    "x-request-id", "traceparent", "tracestate", "referer", "origin", "authorization",
+    "cache-control", "pragma", "if-none-match", "if-modified-since", "te", "dnt",
+    "sec-fetch-site", "sec-fetch-mode", "sec-fetch-dest", "sec-fetch-user",
+    "upgrade-insecure-requests", "sec-websocket-key", "sec-websocket-version",
+    "sec-websocket-extensions", "sec-websocket-protocol", "content-encoding", "range",
+    "priority", "x-amzn-trace-id", "x-b3-traceid", "x-b3-spanid", "x-b3-sampled", "via",
+};
+#define COMMON (sizeof(common_names) / sizeof(common_names[0]))
+#define NAME_BUF 64
+#define PER_LENGTH 8
+static PyObject *common_objects[COMMON];
+/* The common names of each length, by index (-1 ends a row). */
+static signed char by_length[NAME_BUF][PER_LENGTH];
+
+static PyObject *lower_name(const char *at, size_t len) {
+    char lower[NAME_BUF];
+    if (len >= NAME_BUF) {
+        PyObject *name = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)len);
+        if (name != NULL) {
+            char *out = PyBytes_AS_STRING(name);
+            for (size_t i = 0; i < len; i++) {
+                out[i] = (char)Py_TOLOWER((unsigned char)at[i]);
+            }
+        }
+        return name;
+    }
+    for (size_t i = 0; i < len; i++) {
+        lower[i] = (char)Py_TOLOWER((unsigned char)at[i]);
+    }
+    for (int k = 0; k < PER_LENGTH && by_length[len][k] >= 0; k++) {
+        PyObject *known = common_objects[(int)by_length[len][k]];
+        if (memcmp(PyBytes_AS_STRING(known), lower, len) == 0) {
+            Py_INCREF(known);
+            return known;
+        }
+    }
+    return PyBytes_FromStringAndSize(lower, (Py_ssize_t)len);
+}
+
+/* The method names, made once (llhttp's methods are numbered below 64). */
+#define METHODS 64
+static PyObject *method_names[METHODS];
+static PyObject *version_11;
+static PyObject *version_10;
+
+static PyObject *method_name(uint8_t method) {
+    PyObject *name = method < METHODS ? method_names[method] : NULL;
+    if (name == NULL) {
+        name = PyUnicode_FromString(llhttp_method_name((llhttp_method_t)method));
+        if (name == NULL) {
+            return NULL;
+        }
+        if (method < METHODS) {
+            method_names[method] = name;  /* the cache's reference */
+        } else {
+            return name;
+        }
+    }
+    Py_INCREF(name);
+    return name;
+}
+
+static PyObject *version_text(llhttp_t *p) {
+    if (p->http_major == 1 && (p->http_minor == 1 || p->http_minor == 0)) {
+        PyObject *v = p->http_minor ? version_11 : version_10;
+        Py_INCREF(v);
+        return v;
+    }
+    return PyUnicode_FromFormat("%d.%d", (int)p->http_major, (int)p->http_minor);
+}
+
+static PyObject *parts(state_t *st, llhttp_t *p) {
+    PyObject *fields = PyList_New(st->count);
+    if (fields == NULL) {
+        return NULL;
+    }
+    for (int i = 0; i < st->count; i++) {
+        const char *v = st->values[i].at;
+        size_t vlen = st->values[i].len;
+        /* llhttp drops the OWS before a value, not after it (RFC 9110 §5.5:
+         * not part of the value either). */
+        while (vlen && (v[vlen - 1] == ' ' || v[vlen - 1] == '\t')) {
+            vlen--;
+        }
+        PyObject *name = lower_name(st->names[i].at, st->names[i].len);
+        PyObject *value = PyBytes_FromStringAndSize(v ? v : "", (Py_ssize_t)vlen);
+        PyObject *pair = (name && value) ? PyTuple_Pack(2, name, value) : NULL;
+        Py_XDECREF(name);
+        Py_XDECREF(value);
+        if (pair == NULL) {
+            Py_DECREF(fields);
+            return NULL;
+        }
+        PyList_SET_ITEM(fields, i, pair);
+    }
+    PyObject *target = PyUnicode_DecodeASCII(
+        st->url.at ? st->url.at : "", (Py_ssize_t)st->url.len, "strict");
+    PyObject *method = target ? method_name(p->method) : NULL;
+    PyObject *version = method ? version_text(p) : NULL;
+    if (version == NULL) {
+        Py_XDECREF(target);
+        Py_XDECREF(method);
+        Py_DECREF(fields);
+        return NULL;
+    }
+    PyObject *result = PyTuple_New(4);
+    if (result == NULL) {
+        Py_DECREF(target);
+        Py_DECREF(method);
+        Py_DECREF(version);
+        Py_DECREF(fields);
+        return NULL;
+    }
+    PyTuple_SET_ITEM(result, 0, method);
+    PyTuple_SET_ITEM(result, 1, target);
+    PyTuple_SET_ITEM(result, 2, version);
+    PyTuple_SET_ITEM(result, 3, fields);
+    return result;
+}
+
+static PyObject *parse(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    (void)module;
+    if (nargs != 2 || !PyBytes_CheckExact(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "parse(buf: bytes, whole: bool)");
+        return NULL;
+    }
+    int whole = PyObject_IsTrue(args[1]);
+    if (whole < 0) {
+        return NULL;
+    }
+    const char *buf = PyBytes_AS_STRING(args[0]);
+    size_t size = (size_t)PyBytes_GET_SIZE(args[0]);
+
+    state_t st;
+    st.url.at = NULL;
+    st.url.len = 0;
+    st.count = st.have_name = st.have_value = st.overflow = 0;
+    st.headers_done = st.message_done = 0;
+    st.whole = whole;
+
+    llhttp_t parser;
+    llhttp_init(&parser, HTTP_REQUEST, &settings);
+    parser.data = &st;
+    llhttp_errno_t err = llhttp_execute(&parser, buf, size);
+
+    if (st.overflow) {
+        Py_RETURN_NONE;
+    }
+    if (whole) {
+        /* Exactly one request, all there (empty lines after it are allowed
+         * between requests); an upgrade stops llhttp with HPE_PAUSED_UPGRADE. */
+        if (err == HPE_OK && st.message_done) {
+            return parts(&st, &parser);
+        }
+        Py_RETURN_NONE;
+    }
+    if (err == HPE_OK || err == HPE_PAUSED_UPGRADE) {
+        if (!st.headers_done) {
+            Py_RETURN_NONE;  /* not a whole head: not this function's input */
+        }
+        return parts(&st, &parser);
+    }
+    const char *reason = llhttp_get_error_reason(&parser);
+    if (reason == NULL) {
+        reason = llhttp_errno_name(err);
+    }
+    return PyUnicode_DecodeLatin1(reason, (Py_ssize_t)strlen(reason), NULL);
+}
+
+static PyMethodDef methods[] = {
+    {"parse", (PyCFunction)(void (*)(void))parse, METH_FASTCALL,
+     "parse(buf, whole): a request head's (method, target, version, fields), "
+     "an llhttp error text, or None (see the module's source)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module_def = {
+    .m_base = PyModuleDef_HEAD_INIT,
+    .m_name = "_llhttp",
+    .m_doc = "One request head through llhttp in one call.",
+    .m_size = -1,
+    .m_methods = methods,
+};
+
+PyMODINIT_FUNC PyInit__llhttp(void) {
+    llhttp_settings_init(&settings);
+    settings.on_message_begin = on_message_begin;
+    settings.on_url = on_url;
+    settings.on_header_field = on_header_field;
+    settings.on_header_value = on_header_value;
+    settings.on_headers_complete = on_headers_complete;
+    settings.on_message_complete = on_message_complete;
+    settings.on_chunk_header = on_chunk_header;
+    memset(by_length, -1, sizeof(by_length));
+    for (size_t i = 0; i < COMMON; i++) {
+        size_t len = strlen(common_names[i]);
+        int k = 0;
+        while (k < PER_LENGTH && by_length[len][k] >= 0) {
+            k++;
+        }
+        if (k == PER_LENGTH) {
+            continue;  /* a full row: that name is simply not shared */
+        }
+        common_objects[i] = PyBytes_FromStringAndSize(common_names[i], (Py_ssize_t)len);
+        if (common_objects[i] == NULL) {
+            return NULL;
+        }
+        by_length[len][k] = (signed char)i;
+    }
+    version_11 = PyUnicode_InternFromString("1.1");
+    version_10 = PyUnicode_InternFromString("1.0");
+    if (version_11 == NULL || version_10 == NULL) {
+        return NULL;
+    }
+    return PyModule_Create(&module_def);
+}

@@ -1,0 +1,193 @@
+"""The compiled build's llhttp binding against httptools' binding of the same llhttp.
+
+``LlhttpHeadParser`` (``_llhttp``, one C call per head) must answer every
+head as ``HttptoolsHeadParser`` does: the same parts, or the same error, and
+the same "not one whole request" from ``parse_whole``. Hypothesis draws
+heads near HTTP's grammar and across its edges (bytes a field may not hold,
+bare CR or LF, obs-fold, empty values, trailing OWS, odd versions and
+methods, non-ASCII targets, upgrades, bodies and second requests after a
+head, more fields than the binding holds) and both backends read each one.
+
+Only where the binding is built (the compiled build, ``PREFORK_COMPILE=1``):
+the pure Python install has no ``_llhttp``, and its tests skip here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+
+from prefork.errors import ProtocolError
+from prefork.http.parsers import make_parser
+from prefork.http.parsers.httptools_parser import HttptoolsHeadParser
+
+llhttp_parser = pytest.importorskip(
+    "prefork.http.parsers.llhttp_parser", reason="only the compiled build builds the llhttp binding"
+)
+
+# Each part of a head is drawn from the usual (most of the time) or the odd.
+GOOD_METHODS = ["GET", "POST", "HEAD", "PUT", "DELETE", "OPTIONS", "PATCH"]
+ODD_METHODS = ["CONNECT", "PRI", "get", "FOO", "GE T", ""]
+GOOD_TARGETS = ["/", "/a?b=c", "/hello?item=1&page=2", "/p/%C3%A9", "*", "http://h/p"]
+ODD_TARGETS = ["/é", "/a b", "/%zz", "h:443", "", "/a\tb", "/\x7f", "//x"]
+GOOD_VERSIONS = ["HTTP/1.1", "HTTP/1.0"]
+ODD_VERSIONS = ["HTTP/2.0", "HTTP/0.9", "HTTP/1.2", "HTTP/11", "http/1.1", "HTTP/1.1 ", "HTTP/9.9"]
+GOOD_NAMES = [
+    "Host",
+    "Content-Length",
+    "Transfer-Encoding",
+    "Connection",
+    "Upgrade",
+    "Expect",
+    "X-Forwarded-For",
+    "Cookie",
+    "Accept",
+    "a",
+    "X_Under",
+    "HOST",
+    "content-length",
+]
+ODD_NAMES = ["Bad Name", "Bad:Colon", "", "Ünï", "X\x00", "X\r"]
+GOOD_VALUES = [
+    "x",
+    "",
+    "5",
+    "0",
+    "chunked",
+    "close",
+    "keep-alive",
+    "upgrade",
+    "Upgrade",
+    "websocket",
+    "100-continue",
+    "a\tb",
+    "v \t",
+    " lead",
+    "é",
+    "text/html, */*;q=0.8",
+]
+ODD_VALUES = [
+    "gzip, chunked",
+    "\x7f",
+    "\x00",
+    "a\rb",
+    "a\nb",
+    "12345678901234567890",
+    "-1",
+    "5, 5",
+]
+SEPARATORS = [": ", ": ", ":", ":\t", " : ", ":  "]
+ENDS = ["\r\n", "\n", "\r"]
+
+
+def mostly(good: list[str], odd: Any) -> Any:
+    """A draw from ``good`` nine times in ten, else from ``odd`` (a list or a strategy)."""
+    odd_strategy = st.sampled_from(odd) if isinstance(odd, list) else odd
+    return st.integers(0, 9).flatmap(lambda n: st.sampled_from(good) if n else odd_strategy)
+
+
+@st.composite
+def heads(draw: st.DrawFn) -> bytes:
+    method = draw(mostly(GOOD_METHODS, ODD_METHODS))
+    odd_targets = st.one_of(
+        st.sampled_from(ODD_TARGETS),
+        st.text(st.characters(min_codepoint=0x21, max_codepoint=0xFF), max_size=12).map(
+            lambda t: "/" + t
+        ),
+    )
+    target = draw(mostly(GOOD_TARGETS, odd_targets))
+    version = draw(mostly(GOOD_VERSIONS, ODD_VERSIONS))
+    lines = [f"{method} {target} {version}"]
+    for _ in range(draw(st.integers(0, 8))):
+        name = draw(mostly(GOOD_NAMES, st.one_of(st.sampled_from(ODD_NAMES), st.text(max_size=5))))
+        odd_values = st.one_of(st.sampled_from(ODD_VALUES), st.text(max_size=8))
+        value = draw(mostly(GOOD_VALUES, odd_values))
+        lines.append(name + draw(st.sampled_from(SEPARATORS)) + value)
+        if draw(st.integers(0, 15)) == 0:
+            lines.append(" folded")  # obs-fold
+    end = draw(mostly(["\r\n"], ENDS))
+    text = end.join(lines) + "\r\n\r\n"
+    return text.encode("utf-8", "surrogatepass")
+
+
+def outcome(parse: Any, *args: Any, lower: bool = False) -> tuple[Any, ...]:
+    """What a parser says; ``lower``: its field names lower-cased, as the binding gives them."""
+    try:
+        parts = parse(*args)
+    except ProtocolError as exc:
+        return ("refused", exc.status, str(exc))
+    if lower and parts is not None:
+        method, target, version, fields = parts
+        parts = (method, target, version, [(name.lower(), value) for name, value in fields])
+    return ("parts", parts)
+
+
+# One of each for the whole run: httptools' parser carries state from head to
+# head (it is reused), the binding carries none; the answers must not differ.
+OURS = llhttp_parser.LlhttpHeadParser()
+THEIRS = HttptoolsHeadParser()
+
+RELAXED = settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@RELAXED
+@given(heads())
+@example(b"GET / HTTP/1.1\r\nHost: x\r\nEmpty:\r\nX: v \t\r\n\r\n")
+@example(b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+@example(b"CONNECT h:443 HTTP/1.1\r\nHost: h:443\r\n\r\n")
+@example(b"GET /\xc3\xa9 HTTP/1.1\r\nHost: x\r\n\r\n")
+@example(b"GET / HTTP/1.0\r\nConnection: close\r\n\r\n")
+@example(b"GET / HTTP/3.0\r\nHost: x\r\n\r\n")
+def test_a_head_gets_the_same_answer(head: bytes) -> None:
+    assert outcome(OURS.parse, head) == outcome(THEIRS.parse, head, lower=True)
+
+
+AFTER = [b"", b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", b"abcde", b"0\r\n\r\n"]
+
+
+@RELAXED
+@given(heads(), st.sampled_from(AFTER))
+@example(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\n", b"abcde")
+@example(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n", b"0\r\n\r\n")
+@example(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+def test_a_buffer_is_one_whole_request_for_both_or_neither(head: bytes, after: bytes) -> None:
+    buf = head + after
+    if not buf.endswith(b"\r\n\r\n"):
+        buf += b"\r\n\r\n"
+    line_end = buf.find(b"\r\n")
+    # A fresh httptools parser: a reused one refuses whatever follows a
+    # request that closes the connection (its parse_whole then says None and
+    # its parse retries with a fresh one); the binding's parser is always fresh.
+    theirs = HttptoolsHeadParser()
+    ours = outcome(OURS.parse_whole, buf, line_end)
+    assert ours == outcome(theirs.parse_whole, buf, line_end, lower=True)
+
+
+@pytest.mark.parametrize("count", [1, 63, 64, 65, 200])
+def test_many_fields_give_the_same_list(count: int) -> None:
+    """Past the fields the binding holds, httptools' binding reads the head: the same list."""
+    fields = "".join(f"X-{i}: {i}\r\n" for i in range(count))
+    head = f"GET / HTTP/1.1\r\nHost: x\r\n{fields}\r\n".encode()
+    ours = OURS.parse(head)
+    assert ("parts", ours) == outcome(THEIRS.parse, head, lower=True)
+    assert len(ours[3]) == count + 1
+    assert ours[3][-1] == (f"x-{count - 1}".encode(), str(count - 1).encode())
+    whole = OURS.parse_whole(head, head.find(b"\r\n"))
+    assert whole == (ours if count + 1 <= 64 else None)
+
+
+def test_common_names_come_as_one_shared_object() -> None:
+    """A common name is one bytes object in every head (its hash kept in it); others are new."""
+    first = OURS.parse(b"GET / HTTP/1.1\r\nHOST: a\r\nX-Own: 1\r\n\r\n")[3]
+    second = OURS.parse(b"GET / HTTP/1.1\r\nhost: b\r\nx-own: 2\r\n\r\n")[3]
+    assert first == [(b"host", b"a"), (b"x-own", b"1")]
+    assert second == [(b"host", b"b"), (b"x-own", b"2")]
+    assert first[0][0] is second[0][0]
+    assert first[1][0] is not second[1][0]
+
+
+def test_the_compiled_build_reads_heads_through_the_binding() -> None:
+    assert type(make_parser("httptools")) is llhttp_parser.LlhttpHeadParser
