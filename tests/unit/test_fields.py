@@ -96,3 +96,18 @@ def test_an_absolute_form_target_gets_the_whole_dict_at_once() -> None:
     assert req.lowered is None
     assert req.fields is req.headers
     assert req.headers["host"] == "b"
+
+
+FIELD_VALUES = st.binary(max_size=12).map(lambda v: v.replace(b"\r", b"").replace(b"\n", b""))
+SOME_SERVER_NAMES = st.sampled_from(sorted(SERVER_FIELDS)).map(str.encode)
+
+
+@settings(max_examples=300)
+@given(st.lists(st.tuples(st.one_of(TOKEN.map(str.encode), SOME_SERVER_NAMES), FIELD_VALUES)))
+def test_names_lowered_by_the_parser_split_as_names_as_sent(raw: list[tuple[bytes, bytes]]) -> None:
+    """Names the parser lower-cased give the dict and list that names as sent give."""
+    lowered = [(name.lower(), value) for name, value in raw]
+    split = split_fields(lowered, lowered_names=True)
+    assert split == split_fields(raw)
+    if split is not None:
+        assert split[1] is not lowered  # a list of its own: the app may change it

@@ -150,6 +150,7 @@ static const char *const common_names[] = {
     "upgrade-insecure-requests", "sec-websocket-key", "sec-websocket-version",
     "sec-websocket-extensions", "sec-websocket-protocol", "content-encoding", "range",
     "priority", "x-amzn-trace-id", "x-b3-traceid", "x-b3-spanid", "x-b3-sampled", "via",
+    "content-location", "proxy-authorization", "if-unmodified-since", "if-range", "max-forwards",
 };
 #define COMMON (sizeof(common_names) / sizeof(common_names[0]))
 #define NAME_BUF 64
