@@ -105,12 +105,6 @@ def field_name(raw: bytes) -> FieldName:
     return name
 
 
-# The server's fields by lower-cased name as bytes: for names a parser
-# lower-cased (the compiled build's llhttp binding shares the common ones,
-# so their hash is computed once).
-_SERVER_NAMES: Final = {name.encode("ascii"): name for name in SERVER_FIELDS}
-
-
 def split_fields(
     raw: RawFields, lowered_names: bool = False
 ) -> tuple[dict[str, str], RawFields] | None:
@@ -124,18 +118,12 @@ def split_fields(
     one it is given, and ``raw`` may be kept by the reader's head cache.)
     """
     known: dict[str, str] = {}
-    if lowered_names:
-        for bname, bvalue in raw:
-            text = _SERVER_NAMES.get(bname)
-            if text is not None:
-                if text in known:
-                    return None
-                known[text] = bvalue.decode("latin-1")
-        return known, raw.copy()
-    lowered: RawFields = []
+    lowered: RawFields = raw.copy() if lowered_names else []
     for bname, bvalue in raw:
+        # (field_name finds a name shared by the parser by its identity.)
         name = field_name(bname)
-        lowered.append((name.lower, bvalue))
+        if not lowered_names:
+            lowered.append((name.lower, bvalue))
         if name.server:
             text = name.text
             if text in known:
