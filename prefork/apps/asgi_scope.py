@@ -75,7 +75,7 @@ _CERT_PEMS: Final[dict[str, str | None]] = {}
 class ConnScope:
     """What every request on one connection shares in its scope."""
 
-    __slots__ = ("client", "extensions", "scheme", "server", "task")
+    __slots__ = ("client", "extensions", "http", "scheme", "server", "task")
 
     def __init__(
         self,
@@ -91,6 +91,10 @@ class ConnScope:
         self.extensions = extensions
         # The connection's task (asgi.AsgiApp.respond_inline runs the app as part of it).
         self.task: Any = None
+        # The http scope's keys that are the same for every request here (made
+        # by the first http_scope; one app serves a connection): each scope
+        # is a copy with the request's keys set, ~1/3 the cost of a new dict.
+        self.http: dict[str, Any] | None = None
 
 
 def conn_scope(
@@ -257,19 +261,30 @@ def http_scope(
         lowered = req.lowered
         headers = lowered if lowered is not None else lower_headers(req.raw_headers)
         path, raw_path, query = path_parts(req, root_path)
-    return {
-        "type": "http",
-        "asgi": asgi,
-        "http_version": req.version,
-        "method": req.method,
-        "scheme": conn.scheme,
-        "path": path,
-        "raw_path": raw_path,
-        "query_string": query,
-        "root_path": root_path,
-        "headers": headers,
-        "client": conn.client,
-        "server": conn.server,
-        "state": state.copy(),
-        "extensions": conn.extensions,
-    }
+    template = conn.http
+    if template is None:
+        template = conn.http = {
+            "type": "http",
+            "asgi": asgi,
+            "http_version": "1.1",
+            "method": "GET",
+            "scheme": conn.scheme,
+            "path": "",
+            "raw_path": b"",
+            "query_string": b"",
+            "root_path": root_path,
+            "headers": [],
+            "client": conn.client,
+            "server": conn.server,
+            "state": None,
+            "extensions": conn.extensions,
+        }
+    scope = template.copy()
+    scope["http_version"] = req.version
+    scope["method"] = req.method
+    scope["path"] = path
+    scope["raw_path"] = raw_path
+    scope["query_string"] = query
+    scope["headers"] = headers
+    scope["state"] = state.copy()
+    return scope

@@ -66,6 +66,25 @@ def test_scope_of_a_parsed_request(reader: RequestReader) -> None:
     assert scope["state"] is not state
 
 
+def test_scopes_of_one_connection_are_dicts_of_their_own(reader: RequestReader) -> None:
+    """Each scope is a copy of the connection's template: what an app (or the
+    forwarded fields) write into one is not in the next."""
+    conn = ConnScope(("10.0.0.1", 5000), ("10.0.0.2", 80), "http", {})
+    first = http_scope(parse(reader, b"GET /a?q HTTP/1.1\r\nHost: h\r\n\r\n"), conn, "", {}, ASGI)
+    first["client"] = ("203.0.113.9", 0)
+    first["scheme"] = "https"
+    first["app.key"] = 1
+    second = http_scope(parse(reader, b"POST /b HTTP/1.0\r\nX: y\r\n\r\n"), conn, "", {}, ASGI)
+    assert second is not first
+    assert (second["method"], second["path"], second["query_string"]) == ("POST", "/b", b"")
+    assert second["http_version"] == "1.0"
+    assert second["headers"] == [(b"x", b"y")]
+    assert second["client"] == ("10.0.0.1", 5000)
+    assert second["scheme"] == "http"
+    assert "app.key" not in second
+    assert len(second) == 14
+
+
 def test_scope_with_root_path(reader: RequestReader) -> None:
     req = parse(reader, b"GET /x%20y HTTP/1.1\r\nHost: h\r\n\r\n")
     scope = http_scope(req, ConnScope(None, None, "https", {}), "/api", {}, ASGI)
