@@ -96,10 +96,17 @@ def _llhttp_extension() -> object:
     Built from llhttp's sources (vendor/llhttp, the release httptools wraps)
     rather than linked to httptools' copy, which exports no API to link to.
     Hidden visibility: this copy's symbols stay out of the process's table.
+    SSE 4.2 where the building machine has it: llhttp then scans field names
+    and values 16 bytes at a time (~40 % of its instructions on a typical
+    head). The compiled build is made for the machine it is built on (as
+    mypyc's C is); one built without it runs anywhere.
     """
     from setuptools import Extension
 
     llhttp = "vendor/llhttp"
+    flags = ["-O3", "-fvisibility=hidden"]
+    if _has_sse42():
+        flags.append("-msse4.2")
     return Extension(
         "prefork.http.parsers._llhttp",
         sources=[
@@ -109,8 +116,21 @@ def _llhttp_extension() -> object:
             f"{llhttp}/src/llhttp.c",
         ],
         include_dirs=[f"{llhttp}/include"],
-        extra_compile_args=["-O3", "-fvisibility=hidden"],
+        extra_compile_args=flags,
     )
+
+
+def _has_sse42() -> bool:
+    """Whether this x86-64 Linux machine's CPU has SSE 4.2 (nearly every one since 2009)."""
+    import platform
+
+    if platform.machine() not in ("x86_64", "AMD64") or not sys.platform.startswith("linux"):
+        return False
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            return any(line.startswith("flags") and " sse4_2" in line for line in f)
+    except OSError:
+        return False
 
 
 if __name__ == "__main__":  # setuptools runs this file as __main__; tests import it
