@@ -50,6 +50,9 @@ def compiled_site(log=print) -> Path:
     if (site / "prefork").is_dir():
         return site
     log(f"building the compiled wheel of {REPO} (PREFORK_COMPILE=1, a minute or two)")
+    # setuptools keeps object files under build/ and reuses one whose source
+    # is older, whatever flags it was compiled with: a clean build each time.
+    shutil.rmtree(REPO / "build", ignore_errors=True)
     with tempfile.TemporaryDirectory(prefix="prefork-wheel-") as tmp:
         env = {**os.environ, "PREFORK_COMPILE": "1"}
         argv = [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", tmp, str(REPO)]
