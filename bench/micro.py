@@ -156,10 +156,10 @@ def sans_io_stages(backend: str, varied: list[bytes]) -> dict[str, float]:
             reader.take()
 
     def header_dict(items: list[Any]) -> None:
-        for _method, _target, _version, raw in items:
+        for _method, _target, _version, raw, _known in items:
             {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in raw}
 
-    requests = [build_request(m, t, v, raw, limits, check_fields) for m, t, v, raw in parsed]
+    requests = [build_request(m, t, v, raw, limits, check_fields) for m, t, v, raw, _ in parsed]
 
     def query_args(items: list[Any]) -> None:
         for req in items:
@@ -534,7 +534,7 @@ def asgi_scope_stage(varied: list[bytes]) -> dict[str, float]:
     cfg = _config("httptools")
     limits = Limits.from_config(cfg)
     parser = make_parser("httptools")
-    reqs = [build_request(*parser.parse(h), limits, False) for h in varied]
+    reqs = [build_request(*parser.parse(h)[:4], limits, False) for h in varied]
     info = conn_scope(CountingTransport(), ("127.0.0.1", 40000), None, None)
     asgi = {"version": "3.0", "spec_version": "2.5"}
     trust = Trust(cfg.forwarded_allow_ips)

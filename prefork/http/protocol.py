@@ -434,9 +434,9 @@ class RequestReader:
             parts = self._parser.parse_whole(head, first)
             if parts is None:
                 return False
-            method, target, version, raw = parts
+            method, target, version, raw, known = parts
         else:
-            method, target, version, raw = self._parse(head, first)
+            method, target, version, raw, known = self._parse(head, first)
         if not self._head_prescan and len(method) + len(target) + 10 != first:
             # "METHOD SP target SP HTTP/x.y" is longer: llhttp took more than
             # one space somewhere (cheaper to see here than to count before).
@@ -454,6 +454,7 @@ class RequestReader:
                 check_fields,
                 self.fields_as_list,
                 self._lowered_names,
+                known,
             )
         except ProtocolError as exc:
             # (Whole or not, the same fields: the same answer.)

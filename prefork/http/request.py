@@ -25,7 +25,10 @@ from prefork.http.fields import SINGLETON_FIELDS, field_name, split_fields
 
 RawHeaders = list[tuple[bytes, bytes]]
 # What a parser backend makes of a head: method, target, version, raw fields.
-HeadParts = tuple[str, str, str, RawHeaders]
+# method, target, version, the fields, and the server's fields as a dict when
+# the backend made it (http.fields.split_fields' dict; None: not made, or one
+# of them repeats).
+HeadParts = tuple[str, str, str, RawHeaders, dict[str, str] | None]
 _NO_RAW_HEADERS: Final[RawHeaders] = []
 _NO_HEADERS: Final[dict[str, str]] = {}
 
@@ -355,13 +358,15 @@ def build_request(
     check_fields: bool,
     server_only: bool = False,
     lowered_names: bool = False,
+    known: dict[str, str] | None = None,
 ) -> Request:
     """Apply the semantic checks of RFC 9112/9110 to a parsed head.
 
     ``server_only``: the request's dict gets only the fields the server reads
     and its ``lowered`` list every field (``http.fields.split_fields``); the
     whole dict is made if asked for. (Not with ``check_fields``.)
-    ``lowered_names``: the parser lower-cased the names in ``raw``.
+    ``lowered_names``: the parser lower-cased the names in ``raw``; ``known``:
+    it made split_fields' dict too.
     """
     if version != "1.1" and version != "1.0":
         raise ProtocolError(505, f"HTTP version {version} not supported")
@@ -373,9 +378,12 @@ def build_request(
     lowered: RawHeaders | None = None
     if server_only and not check_fields and target[:1] == "/":
         # (An absolute-form target sets Host below: the whole dict for those.)
-        split = split_fields(raw, lowered_names)
-        if split is not None:
-            headers, lowered = split
+        if known is not None and lowered_names:
+            headers, lowered = known, raw.copy()
+        else:
+            split = split_fields(raw, lowered_names)
+            if split is not None:
+                headers, lowered = split
     elif not check_fields:
         # One comprehension when no name repeats (the usual head): the same
         # dict as _join_fields gives, at about half its cost. A repeat takes

@@ -16,8 +16,9 @@
  * build (PREFORK_COMPILE=1) builds it; see llhttp_parser.py for its use.
  *
  * parse(buf, whole) returns:
- *   - (method, target, version, [(name, value), ...]) for a head it read,
- *     the names lower-cased;
+ *   - (method, target, version, [(name, value), ...], known) for a head it
+ *     read, the names lower-cased; known: the fields named in configure()
+ *     as {name: value decoded as Latin-1}, or None when one of them repeats;
  *   - whole=False, buf one head: the llhttp error text (a str) when llhttp
  *     refuses it;
  *   - whole=True: None unless buf is exactly one whole request (no second
@@ -151,16 +152,20 @@ static const char *const common_names[] = {
     "sec-websocket-extensions", "sec-websocket-protocol", "content-encoding", "range",
     "priority", "x-amzn-trace-id", "x-b3-traceid", "x-b3-spanid", "x-b3-sampled", "via",
     "content-location", "proxy-authorization", "if-unmodified-since", "if-range", "max-forwards",
+    "content-range",
 };
 #define COMMON (sizeof(common_names) / sizeof(common_names[0]))
 #define NAME_BUF 64
 #define PER_LENGTH 8
 static PyObject *common_objects[COMMON];
+/* For the names the server itself reads (configure()), the dict key (str). */
+static PyObject *server_texts[COMMON];
 /* The common names of each length, by index (-1 ends a row). */
 static signed char by_length[NAME_BUF][PER_LENGTH];
 
-static PyObject *lower_name(const char *at, size_t len) {
+static PyObject *lower_name(const char *at, size_t len, int *common) {
     char lower[NAME_BUF];
+    *common = -1;
     if (len >= NAME_BUF) {
         PyObject *name = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)len);
         if (name != NULL) {
@@ -178,10 +183,51 @@ static PyObject *lower_name(const char *at, size_t len) {
         PyObject *known = common_objects[(int)by_length[len][k]];
         if (memcmp(PyBytes_AS_STRING(known), lower, len) == 0) {
             Py_INCREF(known);
+            *common = by_length[len][k];
             return known;
         }
     }
     return PyBytes_FromStringAndSize(lower, (Py_ssize_t)len);
+}
+
+/* configure(names): the lower-cased names (str) of the fields the server
+ * reads; parse() then also gives them as a dict. Each must be one of the
+ * common names above (a ValueError says which is not). */
+static PyObject *configure(PyObject *module, PyObject *names) {
+    (void)module;
+    PyObject *seq = PySequence_Fast(names, "configure() takes a sequence of str");
+    if (seq == NULL) {
+        return NULL;
+    }
+    /* All found before any is changed: a refused call leaves things as they were. */
+    PyObject *texts[COMMON] = {NULL};
+    for (Py_ssize_t n = 0; n < PySequence_Fast_GET_SIZE(seq); n++) {
+        PyObject *text = PySequence_Fast_GET_ITEM(seq, n);
+        Py_ssize_t len;
+        const char *utf8 = PyUnicode_Check(text) ? PyUnicode_AsUTF8AndSize(text, &len) : NULL;
+        int found = -1;
+        for (size_t i = 0; utf8 != NULL && i < COMMON && found < 0; i++) {
+            if (common_objects[i] != NULL && PyBytes_GET_SIZE(common_objects[i]) == len &&
+                memcmp(PyBytes_AS_STRING(common_objects[i]), utf8, (size_t)len) == 0) {
+                found = (int)i;
+            }
+        }
+        if (found < 0) {
+            Py_DECREF(seq);
+            if (utf8 == NULL && !PyErr_Occurred()) {
+                PyErr_SetString(PyExc_TypeError, "configure() takes a sequence of str");
+            }
+            return utf8 == NULL ? NULL
+                : PyErr_Format(PyExc_ValueError, "%R is not among the binding's common names", text);
+        }
+        texts[found] = text;
+    }
+    for (size_t i = 0; i < COMMON; i++) {
+        Py_XINCREF(texts[i]);
+        Py_XSETREF(server_texts[i], texts[i]);
+    }
+    Py_DECREF(seq);
+    Py_RETURN_NONE;
 }
 
 /* The method names, made once (llhttp's methods are numbered below 64). */
@@ -221,6 +267,13 @@ static PyObject *parts(state_t *st, llhttp_t *p) {
     if (fields == NULL) {
         return NULL;
     }
+    /* The server's fields by name; None once one of them repeats (the
+     * whole dict's rules, join or refuse, are then the reader's to apply). */
+    PyObject *known = PyDict_New();
+    if (known == NULL) {
+        Py_DECREF(fields);
+        return NULL;
+    }
     for (int i = 0; i < st->count; i++) {
         const char *v = st->values[i].at;
         size_t vlen = st->values[i].len;
@@ -229,39 +282,54 @@ static PyObject *parts(state_t *st, llhttp_t *p) {
         while (vlen && (v[vlen - 1] == ' ' || v[vlen - 1] == '\t')) {
             vlen--;
         }
-        PyObject *name = lower_name(st->names[i].at, st->names[i].len);
+        int common;
+        PyObject *name = lower_name(st->names[i].at, st->names[i].len, &common);
         PyObject *value = PyBytes_FromStringAndSize(v ? v : "", (Py_ssize_t)vlen);
         PyObject *pair = (name && value) ? PyTuple_Pack(2, name, value) : NULL;
         Py_XDECREF(name);
         Py_XDECREF(value);
         if (pair == NULL) {
             Py_DECREF(fields);
+            Py_DECREF(known);
             return NULL;
         }
         PyList_SET_ITEM(fields, i, pair);
+        PyObject *text = common >= 0 ? server_texts[common] : NULL;
+        if (text != NULL && known != Py_None) {
+            int seen = PyDict_Contains(known, text);
+            PyObject *decoded = seen == 0 ? PyUnicode_DecodeLatin1(v ? v : "", (Py_ssize_t)vlen, NULL) : NULL;
+            if (seen > 0) {
+                Py_DECREF(known);
+                known = Py_None;
+                Py_INCREF(known);
+            } else if (decoded == NULL || PyDict_SetItem(known, text, decoded) < 0) {
+                Py_XDECREF(decoded);
+                Py_DECREF(fields);
+                Py_DECREF(known);
+                return NULL;
+            } else {
+                Py_DECREF(decoded);
+            }
+        }
     }
     PyObject *target = PyUnicode_DecodeASCII(
         st->url.at ? st->url.at : "", (Py_ssize_t)st->url.len, "strict");
     PyObject *method = target ? method_name(p->method) : NULL;
     PyObject *version = method ? version_text(p) : NULL;
-    if (version == NULL) {
+    PyObject *result = version ? PyTuple_New(5) : NULL;
+    if (result == NULL) {
         Py_XDECREF(target);
         Py_XDECREF(method);
+        Py_XDECREF(version);
         Py_DECREF(fields);
-        return NULL;
-    }
-    PyObject *result = PyTuple_New(4);
-    if (result == NULL) {
-        Py_DECREF(target);
-        Py_DECREF(method);
-        Py_DECREF(version);
-        Py_DECREF(fields);
+        Py_DECREF(known);
         return NULL;
     }
     PyTuple_SET_ITEM(result, 0, method);
     PyTuple_SET_ITEM(result, 1, target);
     PyTuple_SET_ITEM(result, 2, version);
     PyTuple_SET_ITEM(result, 3, fields);
+    PyTuple_SET_ITEM(result, 4, known);
     return result;
 }
 
@@ -318,6 +386,8 @@ static PyMethodDef methods[] = {
     {"parse", (PyCFunction)(void (*)(void))parse, METH_FASTCALL,
      "parse(buf, whole): a request head's (method, target, version, fields), "
      "an llhttp error text, or None (see the module's source)."},
+    {"configure", (PyCFunction)configure, METH_O,
+     "configure(names): the lower-cased names of the fields parse() gives as a dict too."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -1,4 +1,7 @@
 # The compiled build's binding of llhttp (_llhttp.c); absent from a pure Python install.
-Parts = tuple[str, str, str, list[tuple[bytes, bytes]]]
+from collections.abc import Sequence
+
+Parts = tuple[str, str, str, list[tuple[bytes, bytes]], dict[str, str] | None]
 
 def parse(buf: bytes, whole: bool, /) -> Parts | str | None: ...
+def configure(names: Sequence[str], /) -> None: ...

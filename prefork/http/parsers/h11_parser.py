@@ -60,4 +60,5 @@ class H11HeadParser:
                     # llhttp refuses "chunked<HTAB>"; the stricter answer for both.
                     raise ProtocolError(400, MALFORMED_HEAD)
                 raw.append((name, value.rstrip(b" \t")))
-        return event.method.decode("ascii"), target, event.http_version.decode("ascii"), raw
+        version = event.http_version.decode("ascii")
+        return event.method.decode("ascii"), target, version, raw, None

@@ -135,4 +135,4 @@ class HttptoolsHeadParser:
             version = "1.1"
         else:
             version = parser.get_http_version()
-        return parser.get_method().decode("ascii"), target, version, headers
+        return parser.get_method().decode("ascii"), target, version, headers, None

@@ -12,7 +12,8 @@ what ``_llhttp`` cannot say (more fields than it holds) goes to httptools'.
 from __future__ import annotations
 
 from prefork.errors import ProtocolError
-from prefork.http.fields import field_name
+from prefork.http.fields import SERVER_FIELDS, field_name
+from prefork.http.parsers._llhttp import configure
 from prefork.http.parsers._llhttp import parse as parse_head
 from prefork.http.parsers.httptools_parser import (
     NON_ASCII_TARGET,
@@ -20,6 +21,9 @@ from prefork.http.parsers.httptools_parser import (
     refusal,
 )
 from prefork.http.request import HeadParts
+
+# The fields the binding also gives as a dict (the reader's split_fields, in C).
+configure(sorted(SERVER_FIELDS))
 
 
 class LlhttpHeadParser:
@@ -53,6 +57,6 @@ class LlhttpHeadParser:
         if isinstance(parts, str):
             raise refusal(parts)
         if parts is None:
-            method, target, version, raw = self._fallback.parse(head, line_end)
-            return method, target, version, [(field_name(n).lower, v) for n, v in raw]
+            method, target, version, raw, _ = self._fallback.parse(head, line_end)
+            return method, target, version, [(field_name(n).lower, v) for n, v in raw], None
         return parts
