@@ -128,7 +128,7 @@ class Shared:
         # One head parser per worker, not per connection: a head is parsed
         # whole and synchronously, so connections never interleave in it, and
         # an llhttp parser costs ~700 bytes on every idle connection.
-        self.head_parser = make_parser(self.parser_name)
+        self.head_parser = make_parser(self.parser_name, app.fields_as_list)
         # The reader of every connection that carries no more HTTP requests
         # (Connection.end_http: a WebSocket): stopped, never fed, so sharing
         # it is safe, and an open WebSocket keeps no reader of its own.

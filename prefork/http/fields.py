@@ -105,25 +105,18 @@ def field_name(raw: bytes) -> FieldName:
     return name
 
 
-def split_fields(
-    raw: RawFields, lowered_names: bool = False
-) -> tuple[dict[str, str], RawFields] | None:
+def split_fields(raw: RawFields) -> tuple[dict[str, str], RawFields] | None:
     """The fields the server reads, as a dict, and every field with its name
     lower-cased, in order and with repeats (ASGI's ``headers``).
 
     None when a field the server reads repeats: the whole dict's rules
-    (joined, or refused) are then the ones to apply. ``lowered_names``: the
-    names in ``raw`` are lower-cased already, and its (immutable) pairs are
-    shared by the new list. (A new list all the same: the app may change the
-    one it is given, and ``raw`` may be kept by the reader's head cache.)
+    (joined, or refused) are then the ones to apply.
     """
     known: dict[str, str] = {}
-    lowered: RawFields = raw.copy() if lowered_names else []
+    lowered: RawFields = []
     for bname, bvalue in raw:
-        # (field_name finds a name shared by the parser by its identity.)
         name = field_name(bname)
-        if not lowered_names:
-            lowered.append((name.lower, bvalue))
+        lowered.append((name.lower, bvalue))
         if name.server:
             text = name.text
             if text in known:

@@ -100,7 +100,6 @@ class RequestReader:
         "_head_checked",
         "_head_prescan",
         "_limits",
-        "_lowered_names",
         "_parser",
         "_received",
         "_state",
@@ -122,7 +121,6 @@ class RequestReader:
         self._head_cache = head_cache
         self._head_prescan = not parser.strict_fields
         self._whole_heads = parser.whole_heads
-        self._lowered_names = parser.lowered_names
         self._head_checked = 0
         self._buf = b""
         self._state = ReaderState.HEAD
@@ -453,7 +451,6 @@ class RequestReader:
                 self._limits,
                 check_fields,
                 self.fields_as_list,
-                self._lowered_names,
                 known,
             )
         except ProtocolError as exc:

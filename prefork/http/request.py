@@ -357,7 +357,6 @@ def build_request(
     limits: Limits,
     check_fields: bool,
     server_only: bool = False,
-    lowered_names: bool = False,
     known: dict[str, str] | None = None,
 ) -> Request:
     """Apply the semantic checks of RFC 9112/9110 to a parsed head.
@@ -365,8 +364,8 @@ def build_request(
     ``server_only``: the request's dict gets only the fields the server reads
     and its ``lowered`` list every field (``http.fields.split_fields``); the
     whole dict is made if asked for. (Not with ``check_fields``.)
-    ``lowered_names``: the parser lower-cased the names in ``raw``; ``known``:
-    it made split_fields' dict too.
+    ``known``: the parser made split_fields' dict itself (its names are then
+    lower-cased in ``raw``, whose pairs the list shares).
     """
     if version != "1.1" and version != "1.0":
         raise ProtocolError(505, f"HTTP version {version} not supported")
@@ -378,10 +377,12 @@ def build_request(
     lowered: RawHeaders | None = None
     if server_only and not check_fields and target[:1] == "/":
         # (An absolute-form target sets Host below: the whole dict for those.)
-        if known is not None and lowered_names:
+        if known is not None:
+            # (A list of its own: the app may change it, and ``raw`` may be
+            # kept by the reader's head cache.)
             headers, lowered = known, raw.copy()
         else:
-            split = split_fields(raw, lowered_names)
+            split = split_fields(raw)
             if split is not None:
                 headers, lowered = split
     elif not check_fields:

@@ -139,7 +139,7 @@ def same(ours: tuple[Any, ...], theirs: tuple[Any, ...]) -> bool:
 
 # One of each for the whole run: httptools' parser carries state from head to
 # head (it is reused), the binding carries none; the answers must not differ.
-OURS = llhttp_parser.LlhttpHeadParser()
+OURS = llhttp_parser.LlhttpHeadParser(server_fields=True)
 THEIRS = HttptoolsHeadParser()
 
 RELAXED = settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -229,3 +229,12 @@ def test_configure_takes_only_names_it_shares_and_changes_nothing_when_it_refuse
     finally:
         _llhttp.configure(sorted(SERVER_FIELDS))
     assert OURS.parse(head)[4] == {"host": "a"}
+
+
+def test_the_servers_dict_is_made_only_when_asked_for() -> None:
+    """A worker whose app gets the whole dict (native, WSGI) does not pay for the other."""
+    plain = llhttp_parser.LlhttpHeadParser()
+    head = b"GET / HTTP/1.1\r\nHost: a\r\nX-Forwarded-For: 1.2.3.4\r\n\r\n"
+    assert plain.parse(head)[4] is None
+    assert plain.parse_whole(head, head.find(b"\r\n")) == (*OURS.parse(head)[:4], None)
+    assert OURS.parse(head)[4] == {"host": "a", "x-forwarded-for": "1.2.3.4"}

@@ -329,7 +329,7 @@ def test_resolve_names_a_missing_backend(monkeypatch: pytest.MonkeyPatch) -> Non
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_make_parser_gives_a_head_parser(backend: str) -> None:
-    parser = make_parser(backend)
+    parser = make_parser(backend, server_fields=True)
     assert parser.strict_fields is (backend == "httptools")
     head = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"
     # Names as sent, or lower-cased where the backend says so (the compiled build's llhttp).
@@ -337,3 +337,5 @@ def test_make_parser_gives_a_head_parser(backend: str) -> None:
     # The server's fields as a dict where the backend makes it (the same).
     known = {"host": "a"} if parser.lowered_names else None
     assert parser.parse(head) == ("GET", "/", "1.1", [(name, b"a")], known)
+    # Not asked for (an app given the whole dict): no backend makes it.
+    assert make_parser(backend).parse(head)[4] is None

@@ -33,8 +33,13 @@ def resolve(name: str) -> str:
     return name
 
 
-def make_parser(name: str) -> HeadParser:
-    """A new head parser of backend ``name`` (as returned by ``resolve``)."""
+def make_parser(name: str, server_fields: bool = False) -> HeadParser:
+    """A new head parser of backend ``name`` (as returned by ``resolve``).
+
+    ``server_fields``: the reader makes only the server's fields a dict
+    (``RequestReader.fields_as_list``), so a backend that can make that dict
+    itself should.
+    """
     if name == "httptools":
         try:
             # The compiled build's binding of the same llhttp (one C call per head).
@@ -43,7 +48,7 @@ def make_parser(name: str) -> HeadParser:
             from prefork.http.parsers.httptools_parser import HttptoolsHeadParser
 
             return HttptoolsHeadParser()
-        return LlhttpHeadParser()
+        return LlhttpHeadParser(server_fields)
     from prefork.http.parsers.h11_parser import H11HeadParser
 
     return H11HeadParser()

@@ -12,13 +12,14 @@
  * the field names lower-cased (a differential test holds the two together):
  * the same llhttp release, in its default (strict) mode, with the same
  * callbacks, a field's value with its trailing OWS dropped, a fresh parser
- * per head. Only the compiled
- * build (PREFORK_COMPILE=1) builds it; see llhttp_parser.py for its use.
+ * per head. Only the compiled build (PREFORK_COMPILE=1) builds it; see
+ * llhttp_parser.py for its use.
  *
- * parse(buf, whole) returns:
+ * parse(buf, whole, known) returns:
  *   - (method, target, version, [(name, value), ...], known) for a head it
- *     read, the names lower-cased; known: the fields named in configure()
- *     as {name: value decoded as Latin-1}, or None when one of them repeats;
+ *     read, the names lower-cased; known, when asked for: the fields named in
+ *     configure() as {name: value decoded as Latin-1}, or None when one of
+ *     them repeats (None too when not asked for);
  *   - whole=False, buf one head: the llhttp error text (a str) when llhttp
  *     refuses it;
  *   - whole=True: None unless buf is exactly one whole request (no second
@@ -53,7 +54,6 @@ typedef struct {
     int overflow;       /* a span we cannot hold: the caller's fallback */
     int headers_done;
     int message_done;
-    int whole;
 } state_t;
 
 /* A span that continues the last one (llhttp reports a span in pieces only
@@ -262,14 +262,15 @@ static PyObject *version_text(llhttp_t *p) {
     return PyUnicode_FromFormat("%d.%d", (int)p->http_major, (int)p->http_minor);
 }
 
-static PyObject *parts(state_t *st, llhttp_t *p) {
+static PyObject *parts(state_t *st, llhttp_t *p, int want_known) {
     PyObject *fields = PyList_New(st->count);
     if (fields == NULL) {
         return NULL;
     }
     /* The server's fields by name; None once one of them repeats (the
-     * whole dict's rules, join or refuse, are then the reader's to apply). */
-    PyObject *known = PyDict_New();
+     * whole dict's rules, join or refuse, are then the reader's to apply),
+     * or when the caller's app is given the whole dict anyway. */
+    PyObject *known = want_known ? PyDict_New() : Py_NewRef(Py_None);
     if (known == NULL) {
         Py_DECREF(fields);
         return NULL;
@@ -335,12 +336,13 @@ static PyObject *parts(state_t *st, llhttp_t *p) {
 
 static PyObject *parse(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
     (void)module;
-    if (nargs != 2 || !PyBytes_CheckExact(args[0])) {
-        PyErr_SetString(PyExc_TypeError, "parse(buf: bytes, whole: bool)");
+    if (nargs != 3 || !PyBytes_CheckExact(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "parse(buf: bytes, whole: bool, known: bool)");
         return NULL;
     }
     int whole = PyObject_IsTrue(args[1]);
-    if (whole < 0) {
+    int want_known = whole < 0 ? -1 : PyObject_IsTrue(args[2]);
+    if (want_known < 0) {
         return NULL;
     }
     const char *buf = PyBytes_AS_STRING(args[0]);
@@ -351,7 +353,6 @@ static PyObject *parse(PyObject *module, PyObject *const *args, Py_ssize_t nargs
     st.url.len = 0;
     st.count = st.have_name = st.have_value = st.overflow = 0;
     st.headers_done = st.message_done = 0;
-    st.whole = whole;
 
     llhttp_t parser;
     llhttp_init(&parser, HTTP_REQUEST, &settings);
@@ -365,7 +366,7 @@ static PyObject *parse(PyObject *module, PyObject *const *args, Py_ssize_t nargs
         /* Exactly one request, all there (empty lines after it are allowed
          * between requests); an upgrade stops llhttp with HPE_PAUSED_UPGRADE. */
         if (err == HPE_OK && st.message_done) {
-            return parts(&st, &parser);
+            return parts(&st, &parser, want_known);
         }
         Py_RETURN_NONE;
     }
@@ -373,7 +374,7 @@ static PyObject *parse(PyObject *module, PyObject *const *args, Py_ssize_t nargs
         if (!st.headers_done) {
             Py_RETURN_NONE;  /* not a whole head: not this function's input */
         }
-        return parts(&st, &parser);
+        return parts(&st, &parser, want_known);
     }
     const char *reason = llhttp_get_error_reason(&parser);
     if (reason == NULL) {
@@ -384,7 +385,7 @@ static PyObject *parse(PyObject *module, PyObject *const *args, Py_ssize_t nargs
 
 static PyMethodDef methods[] = {
     {"parse", (PyCFunction)(void (*)(void))parse, METH_FASTCALL,
-     "parse(buf, whole): a request head's (method, target, version, fields), "
+     "parse(buf, whole, known): a request head's (method, target, version, fields, known), "
      "an llhttp error text, or None (see the module's source)."},
     {"configure", (PyCFunction)configure, METH_O,
      "configure(names): the lower-cased names of the fields parse() gives as a dict too."},

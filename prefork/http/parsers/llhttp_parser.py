@@ -29,7 +29,7 @@ configure(sorted(SERVER_FIELDS))
 class LlhttpHeadParser:
     """HttptoolsHeadParser's answers through one C call per head."""
 
-    __slots__ = ("_fallback",)
+    __slots__ = ("_fallback", "_known")
 
     # As HttptoolsHeadParser: llhttp refuses control characters, obs-fold,
     # bare CR/LF itself, and says where a whole request ends.
@@ -38,20 +38,23 @@ class LlhttpHeadParser:
     # _llhttp lower-cases them (the fallback's are lower-cased here).
     lowered_names = True
 
-    def __init__(self) -> None:
+    def __init__(self, server_fields: bool = False) -> None:
         self._fallback = HttptoolsHeadParser()
+        # The server's fields as a dict too (HeadParts' fifth item): for an
+        # app given a list of fields (ASGI); the others get the whole dict.
+        self._known = server_fields
 
     def parse_whole(self, buf: bytes, line_end: int) -> HeadParts | None:
         """``buf`` as one head, when llhttp finds one whole request in it and no more."""
         try:
-            parts = parse_head(buf, True)
+            parts = parse_head(buf, True, self._known)
         except UnicodeDecodeError:
             raise ProtocolError(400, NON_ASCII_TARGET) from None
         return None if isinstance(parts, str) else parts
 
     def parse(self, head: bytes, line_end: int = -1) -> HeadParts:
         try:
-            parts = parse_head(head, False)
+            parts = parse_head(head, False, self._known)
         except UnicodeDecodeError:
             raise ProtocolError(400, NON_ASCII_TARGET) from None
         if isinstance(parts, str):
