@@ -17,13 +17,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import glob
-import os
-import re
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import uvloop
@@ -32,41 +27,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import build
 import servers
 import ws_bench
+from callgrind import Counted
 
 
-def callgrind(argv: list[str], out: Path) -> list[str]:
-    return [
-        "valgrind", "--tool=callgrind", f"--callgrind-out-file={out}/cg.%p",
-        "--dump-instr=no", "--trace-children=yes", *argv,
-    ]  # fmt: skip
-
-
-# The server's processes (set by ``measure``): ``callgrind_control`` without a
-# pid acts on every callgrind run of the machine, other people's included.
-PIDS: list[int] = []
-
-
-def control(flag: str) -> None:
-    for pid in PIDS:
-        subprocess.run(
-            ["callgrind_control", flag, str(pid)], capture_output=True, timeout=60, check=False
-        )
-
-
-def total_instructions(out: Path, since: float) -> int:
-    total = 0
-    for path in glob.glob(str(out / "cg.*")):
-        if os.path.getmtime(path) < since:
-            continue
-        for line in Path(path).read_text(errors="replace").splitlines():
-            m = re.match(r"(?:summary|totals):\s+(\d+)", line)
-            if m:
-                total += int(m.group(1))
-                break
-    return total
-
-
-async def echo_round_trips(port: int, n: int) -> None:
+async def echo_round_trips(counted: Counted, n: int) -> int:
+    port = counted.port
     done = asyncio.get_running_loop().create_future()
     left = [0]
 
@@ -80,23 +45,26 @@ async def echo_round_trips(port: int, n: int) -> None:
     conns = await ws_bench.connect_all(
         port, "/echo", ws_bench.ECHO_CONNECTIONS, len(ws_bench.ECHO_REPLY), on_frame
     )
+    total = 0
     try:
         for phase in ("warm", "measure"):
             left[0] = n
             done = asyncio.get_running_loop().create_future()
             if phase == "measure":
-                await asyncio.to_thread(control, "-z")
+                await asyncio.to_thread(counted.zero)
             for c in conns:
                 assert c.transport is not None
                 c.transport.write(ws_bench.ECHO_FRAME)
             await asyncio.wait_for(done, 600)
             if phase == "measure":
-                await asyncio.to_thread(control, "-d")
+                total = await asyncio.to_thread(counted.instructions)
     finally:
         ws_bench.close_all(conns)
+    return total
 
 
-async def broadcasts(port: int, n: int) -> None:
+async def broadcasts(counted: Counted, n: int) -> int:
+    port = counted.port
     loop = asyncio.get_running_loop()
     state = {"received": 0}
     waiters: list[asyncio.Future[None]] = [loop.create_future(), loop.create_future()]
@@ -131,53 +99,27 @@ async def broadcasts(port: int, n: int) -> None:
                 break
             except TimeoutError:
                 continue
-        await asyncio.to_thread(control, "-z")
+        await asyncio.to_thread(counted.zero)
         for _ in range(n):
             await one()
-        await asyncio.to_thread(control, "-d")
+        return await asyncio.to_thread(counted.instructions)
     finally:
         ws_bench.close_all([*subs, trigger])
 
 
 def measure(name: str, scenario: str, n: int, workdir: Path) -> float:
-    out = workdir / f"{name}-{scenario}"
-    out.mkdir(parents=True)
-    port = servers.free_port()
-    argv = callgrind(ws_bench.command(name, port, out), out)
     # prefork's row runs the build ws_bench.py measures (the compiled wheel by default).
     path = servers.PREFORK_PATH if name == "prefork" else servers.REPO
-    env = {**os.environ, "PYTHONPATH": str(path)}
-    env.pop("VIRTUAL_ENV", None)
-    with open(out / "server.log", "wb") as log:
-        proc = subprocess.Popen(
-            argv, cwd=servers.APPS, env=env, stdout=log, stderr=subprocess.STDOUT,
-            process_group=0,
-        )  # fmt: skip
-    server = servers.Running(name, proc, port, False, out / "server.log", out)
-    servers.REGISTRY.append(server)
+    out = workdir / f"{name}-{scenario}"
+    counted = Counted(name, lambda port: ws_bench.command(name, port, out), out, path)
     try:
-        deadline = time.monotonic() + 300
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"{name} exited:\n{server.log_tail()}")
-            try:
-                servers.request(server, "GET", "/hello", timeout=5.0)
-                break
-            except Exception:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.5)
-        PIDS[:] = [p.pid for p in server.tree()]
-        since = time.time()
+        counted.wait_ready()
         if scenario == "echo":
-            uvloop.run(echo_round_trips(port, n))
-            messages = n
-        else:
-            uvloop.run(broadcasts(port, n))
-            messages = n * ws_bench.SUBSCRIBERS
-        return total_instructions(out, since) / messages
+            return uvloop.run(echo_round_trips(counted, n)) / n
+        total = uvloop.run(broadcasts(counted, n))
+        return total / (n * ws_bench.SUBSCRIBERS)
     finally:
-        servers.stop(server)
+        counted.stop()
 
 
 def main() -> None:
