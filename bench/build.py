@@ -11,6 +11,7 @@ Python" rows, and ``--build source``, run the checkout's .py files as
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import os
 import shutil
@@ -79,3 +80,13 @@ def pythonpath(build: str) -> Path:
     if build == "compiled":
         return compiled_site()
     raise ValueError(f"unknown build {build!r} (compiled or source)")
+
+
+def add_argument(parser: argparse.ArgumentParser) -> None:
+    """The ``--build`` option of the scripts that run prefork beside its peers."""
+    parser.add_argument(
+        "--build",
+        choices=("compiled", "source"),
+        default="compiled",
+        help="prefork runs the compiled wheel of this checkout (bench/build.py) or its sources",
+    )

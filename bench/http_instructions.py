@@ -129,12 +129,7 @@ def main() -> None:
     parser.add_argument("--servers", default="prefork,granian,uvicorn")
     parser.add_argument("--scenarios", default="AV,FAV", help=", ".join(SCENARIOS))
     parser.add_argument("--requests", type=int, default=3000, help="requests measured")
-    parser.add_argument(
-        "--build",
-        choices=("compiled", "source"),
-        default="compiled",
-        help="prefork runs the compiled wheel of this checkout (bench/build.py) or its sources",
-    )
+    build.add_argument(parser)
     parser.add_argument(
         "--keep", type=Path, help="write the callgrind files here (for callgrind_annotate)"
     )

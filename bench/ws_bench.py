@@ -460,12 +460,7 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=5.0, help="seconds measured per run")
     parser.add_argument("--rounds", type=int, default=3, help="measured runs per server")
     parser.add_argument("--servers", default="prefork,uvicorn,granian")
-    parser.add_argument(
-        "--build",
-        choices=("compiled", "source"),
-        default="compiled",
-        help="prefork runs the compiled wheel of this checkout (bench/build.py) or its sources",
-    )
+    build.add_argument(parser)
     args = parser.parse_args()
     if args.rounds < 1:
         parser.error("--rounds must be >= 1")

@@ -127,12 +127,7 @@ def main() -> None:
     parser.add_argument("--servers", default="prefork,uvicorn,granian")
     parser.add_argument("--echo", type=int, default=4000, help="echo round trips measured")
     parser.add_argument("--broadcasts", type=int, default=5, help="broadcasts measured")
-    parser.add_argument(
-        "--build",
-        choices=("compiled", "source"),
-        default="compiled",
-        help="prefork runs the compiled wheel of this checkout (bench/build.py) or its sources",
-    )
+    build.add_argument(parser)
     args = parser.parse_args()
     names = [n.strip() for n in args.servers.split(",") if n.strip()]
     if "prefork" in names:
