@@ -146,7 +146,7 @@ def main() -> None:
         parser.error("the peers are not installed: run bench/run.py once (it installs them)")
     if any(n.startswith("prefork") for n in names):
         servers.PREFORK_PATH = build.pythonpath(args.build)
-    rows: dict[str, dict[str, float]] = {sid: {} for sid in sids}
+    rows: dict[str, dict[str, float | str]] = {sid: {} for sid in sids}
     with tempfile.TemporaryDirectory(prefix="http_instr-") as tmp:
         workdir = args.keep or Path(tmp)
         try:
@@ -157,8 +157,15 @@ def main() -> None:
                         servers.app_target(name, app)
                     except ValueError:
                         continue  # (a WSGI app on an ASGI-only peer: another row serves it)
-                    rows[sid][name] = measure(name, sid, args.requests, workdir)
-                    print(f"{sid} {name}: {rows[sid][name]:,.0f}", file=sys.stderr, flush=True)
+                    try:
+                        count = measure(name, sid, args.requests, workdir)
+                    except (RuntimeError, OSError, asyncio.IncompleteReadError) as exc:
+                        # (One server's failure is its row's, not the run's.)
+                        rows[sid][name] = f"error: {type(exc).__name__}: {exc}".splitlines()[0]
+                        print(f"{sid} {name}: {exc}", file=sys.stderr, flush=True)
+                        continue
+                    rows[sid][name] = count
+                    print(f"{sid} {name}: {count:,.0f}", file=sys.stderr, flush=True)
         finally:
             servers.stop_all()
     print("| scenario | server | instructions per request | over prefork's |")
@@ -166,8 +173,12 @@ def main() -> None:
     for sid, row in rows.items():
         mine = row.get("prefork")
         for name, count in row.items():
-            ratio = f"{count / mine:.2f}x" if mine else ""
-            print(f"| {sid} | {servers.SERVERS[name][0]} | {count:,.0f} | {ratio} |")
+            label = servers.SERVERS[name][0]
+            if isinstance(count, str):
+                print(f"| {sid} | {label} | {count} | |")
+                continue
+            ratio = f"{count / mine:.2f}x" if isinstance(mine, float) else ""
+            print(f"| {sid} | {label} | {count:,.0f} | {ratio} |")
 
 
 if __name__ == "__main__":
