@@ -24,15 +24,19 @@ from pathlib import Path
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 CACHE = BENCH / ".build"
-# What goes into the wheel (the package and the build's own files).
-INPUTS = ("prefork", "setup.py", "build_backend.py", "pyproject.toml")
+# What goes into the wheel (the package, the C sources it compiles, and the
+# build's own files), and the kinds of file in those folders that do.
+INPUTS = ("prefork", "vendor", "setup.py", "build_backend.py", "pyproject.toml", "MANIFEST.in")
+SOURCES = (".py", ".pyi", ".c", ".h")
 
 
 def _digest() -> str:
     h = hashlib.sha256()
     for top in INPUTS:
         path = REPO / top
-        files = sorted(path.rglob("*.py")) if path.is_dir() else [path]
+        files = (
+            sorted(f for f in path.rglob("*") if f.suffix in SOURCES) if path.is_dir() else [path]
+        )
         for f in files:
             if f.exists():
                 h.update(str(f.relative_to(REPO)).encode())
