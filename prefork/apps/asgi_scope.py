@@ -280,8 +280,11 @@ def http_scope(
             "extensions": conn.extensions,
         }
     scope = template.copy()
-    scope["http_version"] = req.version
-    scope["method"] = req.method
+    # (The template's own values for nearly every request: a store less each.)
+    if req.version != "1.1":
+        scope["http_version"] = req.version
+    if req.method != "GET":
+        scope["method"] = req.method
     scope["path"] = path
     scope["raw_path"] = raw_path
     scope["query_string"] = query

@@ -142,22 +142,24 @@ def _client_from_chain(hops: list[str], trust: Trust) -> str | None:
 def _client_from_xff(xff: str, trust: Trust) -> str | None:
     """``_client_from_chain`` of an X-Forwarded-For value, read from its right end.
 
-    Usually only the last hop or two are looked at: no list of them all.
+    Usually only the last hop or two are looked at: no list of them all, and
+    no copy of the part left of the hop (as ``rpartition`` would make).
     """
-    rest = xff
+    end = len(xff)
     while True:
-        rest, comma, hop = rest.rpartition(",")
-        hop = hop.strip()
+        comma = xff.rfind(",", 0, end)
+        hop = xff[comma + 1 : end].strip()
         if not _valid_address(hop):
             if "," in xff:
                 logger.debug("ignoring a malformed forwarded address %r", hop)
             else:
                 logger.debug("ignoring a malformed X-Forwarded-For %r", xff)
             return None
-        if not comma:
+        if comma < 0:
             return hop  # the left-most: the client whether or not it is trusted
         if not trust.trusts(hop):
             return hop
+        end = comma
 
 
 def _strip_port(node: str) -> str:

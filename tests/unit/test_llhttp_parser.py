@@ -153,6 +153,9 @@ RELAXED = settings(max_examples=600, deadline=None, suppress_health_check=[Healt
 @example(b"GET /\xc3\xa9 HTTP/1.1\r\nHost: x\r\n\r\n")
 @example(b"GET / HTTP/1.0\r\nConnection: close\r\n\r\n")
 @example(b"GET / HTTP/3.0\r\nHost: x\r\n\r\n")
+# A repeat whose values are one shared str (empty, or one character).
+@example(b"GET / HTTP/1.1\r\nHost: \r\nHost: \r\n\r\n")
+@example(b"GET / HTTP/1.1\r\nHost: a\r\nHost: a\r\n\r\n")
 def test_a_head_gets_the_same_answer(head: bytes) -> None:
     assert same(outcome(OURS.parse, head), outcome(THEIRS.parse, head, lower=True))
 

@@ -286,30 +286,36 @@ static PyObject *parts(state_t *st, llhttp_t *p, int want_known) {
         int common;
         PyObject *name = lower_name(st->names[i].at, st->names[i].len, &common);
         PyObject *value = PyBytes_FromStringAndSize(v ? v : "", (Py_ssize_t)vlen);
-        PyObject *pair = (name && value) ? PyTuple_Pack(2, name, value) : NULL;
-        Py_XDECREF(name);
-        Py_XDECREF(value);
+        /* (PyTuple_New and SET_ITEM, which take the references: PyTuple_Pack
+         * walks a va_list and counts each reference twice more.) */
+        PyObject *pair = (name && value) ? PyTuple_New(2) : NULL;
         if (pair == NULL) {
+            Py_XDECREF(name);
+            Py_XDECREF(value);
             Py_DECREF(fields);
             Py_DECREF(known);
             return NULL;
         }
+        PyTuple_SET_ITEM(pair, 0, name);
+        PyTuple_SET_ITEM(pair, 1, value);
         PyList_SET_ITEM(fields, i, pair);
         PyObject *text = common >= 0 ? server_texts[common] : NULL;
         if (text != NULL && known != Py_None) {
-            int seen = PyDict_Contains(known, text);
-            PyObject *decoded = seen == 0 ? PyUnicode_DecodeLatin1(v ? v : "", (Py_ssize_t)vlen, NULL) : NULL;
-            if (seen > 0) {
-                Py_DECREF(known);
-                known = Py_None;
-                Py_INCREF(known);
-            } else if (decoded == NULL || PyDict_SetItem(known, text, decoded) < 0) {
-                Py_XDECREF(decoded);
+            /* One lookup: SetDefault adds the name unless it came before (a
+             * repeat), which the dict's size then tells. (Not the object it
+             * gives back: an empty or one-character value is a shared str.) */
+            Py_ssize_t size = PyDict_GET_SIZE(known);
+            PyObject *decoded = PyUnicode_DecodeLatin1(v ? v : "", (Py_ssize_t)vlen, NULL);
+            PyObject *held = decoded ? PyDict_SetDefault(known, text, decoded) : NULL;
+            int repeat = held != NULL && PyDict_GET_SIZE(known) == size;
+            Py_XDECREF(decoded);  /* (the dict's reference keeps it when held) */
+            if (held == NULL) {
                 Py_DECREF(fields);
                 Py_DECREF(known);
                 return NULL;
-            } else {
-                Py_DECREF(decoded);
+            }
+            if (repeat) {
+                Py_SETREF(known, Py_NewRef(Py_None));
             }
         }
     }
