@@ -8,8 +8,9 @@ The same scenarios as run.py (the same apps, heads and settings), counted
 rather than timed: each server runs under ``valgrind --tool=callgrind``
 (``callgrind.py``); after 3,000 requests to warm it up, the counters are
 zeroed, a fixed number of requests is sent on the same 16 keep-alive
-connections, and the counters are dumped. Reported: the user-space instructions of the server's processes per
-request, and each peer's count over prefork's. On this shared host a
+connections, and the counters are dumped. Reported: the user-space
+instructions of the server's processes per request, and each peer's count
+over prefork's. On this shared host a
 scenario's req/s ratio moves by 30 % between runs; this count does not, so a
 change to the request path is judged here first.
 
