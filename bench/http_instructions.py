@@ -10,9 +10,9 @@ rather than timed: each server runs under ``valgrind --tool=callgrind``
 zeroed, a fixed number of requests is sent on the same 16 keep-alive
 connections, and the counters are dumped. Reported: the user-space
 instructions of the server's processes per request, and each peer's count
-over prefork's. On this shared host a
-scenario's req/s ratio moves by 30 % between runs; this count does not, so a
-change to the request path is judged here first.
+over prefork's. On this shared host a scenario's req/s ratio moves by 30 %
+between runs; this count does not, so a change to the request path is
+judged here first.
 
 What it leaves out: the kernel (about a third of a worker's time on the
 plain apps here), and thread switches (granian hands every request between
