@@ -36,47 +36,24 @@ def callgrind_argv(argv: list[str], out: Path) -> list[str]:
 class Counted:
     """A server started under callgrind: ``zero()``, the work, then ``instructions()``."""
 
-    def __init__(
-        self, name: str, command: Callable[[int], list[str]], out: Path, pythonpath: Path
-    ) -> None:
-        """Start ``command(port)`` (from bench/apps, as servers.start does) under callgrind."""
-        out.mkdir(parents=True, exist_ok=True)
+    def __init__(self, name: str, command: Callable[[int], list[str]], out: Path) -> None:
+        """Start ``command(port)`` under callgrind (``servers.start``, pinned to
+        core 0: the client and wrk run on the other) and wait until it answers;
+        a server starts ~50x slower under callgrind."""
         self.out = out
-        port = servers.free_port()
-        env = {**os.environ, "PYTHONPATH": str(pythonpath), "PYTHONUNBUFFERED": "1"}
-        env.pop("VIRTUAL_ENV", None)
-        log_path = out / "server.log"
-        with open(log_path, "wb") as log:
-            proc = subprocess.Popen(
-                # The server's core; the client (and wrk) run on the other.
-                ["taskset", "-c", "0", *callgrind_argv(command(port), out)],
-                cwd=servers.APPS, env=env, stdout=log, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, process_group=0,
-            )  # fmt: skip
-        self.server = servers.Running(name, proc, port, False, log_path, out)
-        servers.REGISTRY.append(self.server)
-        self._pids: list[int] = []
+        self.server = servers.start(
+            name,
+            servers.Launch(pinned_cpu="0"),
+            out,
+            timeout=300.0,
+            argv_of=lambda port: callgrind_argv(command(port), out),
+        )
+        self._pids = [p.pid for p in self.server.tree()]
         self._since = 0.0
 
     @property
     def port(self) -> int:
         return self.server.port
-
-    def wait_ready(self, timeout: float = 300.0) -> None:
-        """Until ``GET /hello`` answers (a server starts ~50x slower under callgrind)."""
-        deadline = time.monotonic() + timeout
-        proc = self.server.proc
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"{self.server.name} exited:\n{self.server.log_tail()}")
-            try:
-                servers.request(self.server, "GET", "/hello", timeout=5.0)
-                break
-            except Exception:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.5)
-        self._pids = [p.pid for p in self.server.tree()]
 
     def _control(self, flag: str) -> None:
         # By pid: callgrind_control without one acts on every callgrind run

@@ -118,11 +118,9 @@ def measure(name: str, sid: str, n: int, workdir: Path) -> float:
     """Instructions per request of ``name`` in scenario ``sid``."""
     _, app, varied = SCENARIOS[sid]
     out = workdir / f"{name}-{sid}"
-    path = servers.PREFORK_PATH if name.startswith("prefork") else servers.REPO
-    launch = Launch(workers=1, pinned_cpu=None)  # (Counted pins the server)
-    counted = Counted(name, lambda port: servers.command(name, port, launch, out, app), out, path)
+    launch = Launch(workers=1)
+    counted = Counted(name, lambda port: servers.command(name, port, launch, out, app), out)
     try:
-        counted.wait_ready()
         return asyncio.run(_counted_run(counted, varied, n)) / n
     finally:
         counted.stop()

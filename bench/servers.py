@@ -18,6 +18,7 @@ import ssl
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -240,17 +241,23 @@ def nginx_conf(port: int, launch: Launch, workdir: Path) -> Path:
 
 
 def start(
-    name: str, launch: Launch, workdir: Path, timeout: float = 30.0, app: str = "bench"
+    name: str,
+    launch: Launch,
+    workdir: Path,
+    timeout: float = 30.0,
+    app: str = "bench",
+    argv_of: Callable[[int], list[str]] | None = None,
 ) -> Running:
     """Start ``name`` and return once it answers ``GET /hello``; raise RuntimeError if not.
 
     Any HTTP answer means it is up (whether the answer is right is check()'s
     business): a server that answers 500, say an interface not built yet,
-    fails at once instead of after ``timeout``.
+    fails at once instead of after ``timeout``. ``argv_of(port)``: the
+    command line, when not ``command()``'s (another app, or under callgrind).
     """
     workdir.mkdir(parents=True, exist_ok=True)
     port = free_port()
-    argv = command(name, port, launch, workdir, app)
+    argv = argv_of(port) if argv_of else command(name, port, launch, workdir, app)
     if launch.pinned_cpu is not None:
         argv = ["taskset", "-c", launch.pinned_cpu, *argv]
     path = PREFORK_PATH if name.startswith("prefork") and name != "prefork-pure" else REPO

@@ -108,12 +108,10 @@ async def broadcasts(counted: Counted, n: int) -> int:
 
 
 def measure(name: str, scenario: str, n: int, workdir: Path) -> float:
-    # prefork's row runs the build ws_bench.py measures (the compiled wheel by default).
-    path = servers.PREFORK_PATH if name == "prefork" else servers.REPO
+    # (prefork's row runs the build ws_bench.py measures: servers.PREFORK_PATH.)
     out = workdir / f"{name}-{scenario}"
-    counted = Counted(name, lambda port: ws_bench.command(name, port, out), out, path)
+    counted = Counted(name, lambda port: ws_bench.command(name, port, out), out)
     try:
-        counted.wait_ready()
         if scenario == "echo":
             return uvloop.run(echo_round_trips(counted, n)) / n
         total = uvloop.run(broadcasts(counted, n))
