@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+import paired
 import report
 
 
@@ -91,3 +92,51 @@ def test_report_labels_interface_rows_and_groups_the_goals() -> None:
     assert "| prefork | 80,000 |" in text
     for heading in ("issue 14", "issue 16", "issue 18"):
         assert any(line.startswith("### ") and heading in line for line in text.splitlines())
+
+
+def _rounds(*rps: float) -> dict:
+    """A row of an interleaved run: its rounds' req/s in order, their median as rps."""
+    return {**_row(sorted(rps)[len(rps) // 2]), "runs": [{"rps": x} for x in rps]}
+
+
+def test_a_ratio_goal_of_an_interleaved_run_is_judged_on_the_paired_rounds() -> None:
+    results = _results()
+    results["meta"]["settings"]["interleaved"] = True
+    # The host slows down and speeds up: each server's own req/s swings by
+    # 2x, yet within every round prefork has 1.2x granian's.
+    granian = [5_000.0, 9_000.0, 6_000.0, 10_000.0, 5_500.0, 8_000.0, 7_000.0]
+    prefork = [1.2 * x for x in granian]
+    uvicorn = [4_000.0] * 7
+    results["scenarios"]["FAV"] = _scenario(
+        {"prefork": _rounds(*prefork), "granian": _rounds(*granian), "uvicorn": _rounds(*uvicorn)},
+        app="asgi",
+    )
+    marks = {text: (measured, mark) for text, measured, mark in report.goals(results)}
+    measured, mark = marks["FAV FastAPI varied >= 1.15x granian"]
+    assert mark == report.PASS
+    assert measured.startswith("1.20x paired (95 % interval 1.20-1.20, 7 rounds; medians ")
+    # Shifted by one round, the same req/s no longer pair: prefork's fast
+    # rounds meet granian's slow ones and the other way round.
+    results["scenarios"]["FAV"]["rows"]["prefork"] = _rounds(*(prefork[1:] + prefork[:1]))
+    measured, mark = {t: (m, k) for t, m, k in report.goals(results)}[
+        "FAV FastAPI varied >= 1.15x granian"
+    ]
+    assert not measured.startswith("1.20x")
+    # Without rounds (a --sequential run) the medians' ratio is the measure.
+    results["meta"]["settings"]["interleaved"] = False
+    measured, mark = {t: (m, k) for t, m, k in report.goals(results)}[
+        "FAV FastAPI varied >= 1.15x granian"
+    ]
+    assert measured.startswith("1.20x (8,400 vs granian (ASGI) 7,000 req/s)")
+
+
+def test_the_paired_interval_widens_with_the_rounds_spread() -> None:
+    steady = paired.paired([120.0, 121.0, 119.0, 120.0, 120.5], [100.0] * 5)
+    assert steady is not None
+    assert steady.rounds == 5
+    assert 1.19 <= steady.low <= steady.ratio <= steady.high <= 1.21
+    loose = paired.paired([90.0, 150.0, 110.0, 130.0, 120.0], [100.0] * 5)
+    assert loose is not None
+    assert loose.high - loose.low > 0.2
+    assert paired.paired([1.0, 2.0], [1.0]) is None
+    assert paired.paired([1.0], [0.0]) is None
