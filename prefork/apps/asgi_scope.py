@@ -3,9 +3,9 @@
 ``ConnScope`` holds what a connection's requests share (client, server,
 scheme, the extensions, the TLS details): worked out once, on the
 connection's first request, and kept as the connection's ``ctx``. ``http_scope``
-makes the per-request dict from it and the parsed ``Request``: a dict literal,
-header names lower-cased through a small cache, the path percent-decoded only
-when it has a ``%``.
+makes the per-request dict from it and the parsed ``Request``: a copy of the
+listener's template, header names lower-cased through a small cache, the path
+percent-decoded only when it has a ``%``.
 """
 
 from __future__ import annotations
@@ -70,6 +70,12 @@ _HEADS: Final[dict[int, _HeadParts]] = {}
 _HEADS_MAX: Final = 512
 # The server certificates' PEM text by file path, read once per worker.
 _CERT_PEMS: Final[dict[str, str | None]] = {}
+# The http scope's keys that every request through one listener shares, by
+# (root_path, ASGI versions, scheme, server): a worker has a few listeners.
+# Each scope is a copy of one, ~1/3 the cost of a new 14-key dict. One per
+# listener, not per connection: a dict of its own would cost each idle
+# keep-alive connection ~0.6 KiB.
+_TEMPLATES: Final[dict[tuple[object, ...], dict[str, Any]]] = {}
 
 
 class ConnScope:
@@ -91,9 +97,8 @@ class ConnScope:
         self.extensions = extensions
         # The connection's task (asgi.AsgiApp.respond_inline runs the app as part of it).
         self.task: Any = None
-        # The http scope's keys that are the same for every request here (made
-        # by the first http_scope; one app serves a connection): each scope
-        # is a copy with the request's keys set, ~1/3 the cost of a new dict.
+        # The listener's http scope template (_TEMPLATES; found by the first
+        # http_scope: one app serves a connection).
         self.http: dict[str, Any] | None = None
 
 
@@ -263,22 +268,7 @@ def http_scope(
         path, raw_path, query = path_parts(req, root_path)
     template = conn.http
     if template is None:
-        template = conn.http = {
-            "type": "http",
-            "asgi": asgi,
-            "http_version": "1.1",
-            "method": "GET",
-            "scheme": conn.scheme,
-            "path": "",
-            "raw_path": b"",
-            "query_string": b"",
-            "root_path": root_path,
-            "headers": [],
-            "client": conn.client,
-            "server": conn.server,
-            "state": None,
-            "extensions": conn.extensions,
-        }
+        template = conn.http = _template(conn, root_path, asgi)
     scope = template.copy()
     # (The template's own values for nearly every request: a store less each.)
     if req.version != "1.1":
@@ -289,5 +279,33 @@ def http_scope(
     scope["raw_path"] = raw_path
     scope["query_string"] = query
     scope["headers"] = headers
+    scope["client"] = conn.client
     scope["state"] = state.copy()
+    scope["extensions"] = conn.extensions
     return scope
+
+
+def _template(conn: ConnScope, root_path: str, asgi: dict[str, str]) -> dict[str, Any]:
+    """The shared template for ``conn``'s listener; ``conn.server`` becomes its tuple."""
+    key = (root_path, asgi.get("version"), asgi.get("spec_version"), conn.scheme, conn.server)
+    template = _TEMPLATES.get(key)
+    if template is None:
+        template = _TEMPLATES[key] = {
+            "type": "http",
+            "asgi": asgi,
+            "http_version": "1.1",
+            "method": "GET",
+            "scheme": conn.scheme,
+            "path": "",
+            "raw_path": b"",
+            "query_string": b"",
+            "root_path": root_path,
+            "headers": [],
+            "client": None,
+            "server": conn.server,
+            "state": None,
+            "extensions": None,
+        }
+    # (An equal tuple: the connection's own copy of it is let go.)
+    conn.server = template["server"]
+    return template

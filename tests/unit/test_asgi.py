@@ -67,7 +67,7 @@ def test_scope_of_a_parsed_request(reader: RequestReader) -> None:
 
 
 def test_scopes_of_one_connection_are_dicts_of_their_own(reader: RequestReader) -> None:
-    """Each scope is a copy of the connection's template: what an app (or the
+    """Each scope is a copy of the listener's template: what an app (or the
     forwarded fields) write into one is not in the next."""
     conn = ConnScope(("10.0.0.1", 5000), ("10.0.0.2", 80), "http", {})
     first = http_scope(parse(reader, b"GET /a?q HTTP/1.1\r\nHost: h\r\n\r\n"), conn, "", {}, ASGI)
@@ -83,6 +83,31 @@ def test_scopes_of_one_connection_are_dicts_of_their_own(reader: RequestReader) 
     assert second["scheme"] == "http"
     assert "app.key" not in second
     assert len(second) == 14
+
+
+def test_connections_of_one_listener_share_one_template(reader: RequestReader) -> None:
+    """An idle keep-alive connection holds no scope dict of its own (~0.6 KiB
+    each): the connections of one listener share the template, and each
+    scope still gets its own connection's client and extensions."""
+    a = ConnScope(("10.0.0.1", 5000), ("10.0.0.2", 80), "http", {"a": {}})
+    b = ConnScope(("10.0.0.3", 6000), ("10.0.0.2", 80), "http", {"b": {}})
+    other = ConnScope(("10.0.0.3", 6001), ("10.0.0.2", 443), "https", {})
+    head = b"GET / HTTP/1.1\r\nHost: h\r\n\r\n"
+    scope_a = http_scope(parse(reader, head), a, "", {}, ASGI)
+    scope_b = http_scope(parse(reader, head), b, "", {}, ASGI)
+    scope_other = http_scope(parse(reader, head), other, "", {}, ASGI)
+    assert a.http is not None
+    assert a.http is b.http
+    assert a.server is b.server  # (the first connection's tuple, kept once)
+    assert other.http is not a.http
+    assert (scope_a["client"], scope_a["extensions"]) == (("10.0.0.1", 5000), {"a": {}})
+    assert (scope_b["client"], scope_b["extensions"]) == (("10.0.0.3", 6000), {"b": {}})
+    assert scope_b["extensions"] is b.extensions
+    assert (scope_other["scheme"], scope_other["server"]) == ("https", ("10.0.0.2", 443))
+    # Another root path is another template (each app's scopes carry their own).
+    rooted = ConnScope(("10.0.0.1", 5000), ("10.0.0.2", 80), "http", {})
+    assert http_scope(parse(reader, head), rooted, "/r", {}, ASGI)["root_path"] == "/r"
+    assert rooted.http is not a.http
 
 
 def test_scope_with_root_path(reader: RequestReader) -> None:
