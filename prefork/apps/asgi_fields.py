@@ -101,19 +101,25 @@ def response_fields(headers: Any) -> Fields:
     return raw.decode("latin-1"), lower, "server" in lower, close, length
 
 
-# Whole responses' heads by (status, header text, has a Server field, body
-# size, keep-alive, HTTP/1.0), for one Date line: an app answers the same few
-# heads again and again, so each is built once a second, not per response.
-_HeadKey = tuple[int, str, bool, int, bool, bool]
+# Whole responses' heads by header text, then by (body size, status, has a
+# Server field, keep-alive, HTTP/1.0) packed into one int, for one Date line:
+# an app answers the same few heads again and again, so each is built once a
+# second, not per response. (Two lookups that hash a str whose hash it keeps
+# and a small int cost less than making, hashing and comparing a 6-tuple.)
 _HEADS_MAX: Final = 256
 
 
 class _WholeHeads:
-    __slots__ = ("by_key", "date")
+    __slots__ = ("by_text", "count", "date")
 
     def __init__(self) -> None:
         self.date = ""
-        self.by_key: dict[_HeadKey, bytes] = {}
+        self.by_text: dict[str, dict[int, bytes]] = {}
+        self.count = 0
+
+    def clear(self) -> None:
+        self.by_text.clear()
+        self.count = 0
 
 
 _WHOLE_HEADS: Final = _WholeHeads()
@@ -124,17 +130,22 @@ def whole_head(
 ) -> bytes:
     """``encode_head`` of a response whose body is ``size`` bytes (Content-Length), remembered."""
     cache = _WHOLE_HEADS
-    by_key = cache.by_key
     line = DATE.line
     if cache.date is not line:  # a new second: a new Date line in every head
         cache.date = line
-        by_key.clear()
-    key = (status, text, has_server, size, keep_alive, http10)
-    head = by_key.get(key)
+        cache.clear()
+    heads = cache.by_text.get(text)
+    # (status < 1000: ten bits.)
+    key = size << 13 | status << 3 | int(has_server) << 2 | int(keep_alive) << 1 | int(http10)
+    head = heads.get(key) if heads is not None else None
     if head is None:
         framing = f"Content-Length: {size}\r\n"
         head = encode_head(status, text, has_server, framing, keep_alive, http10)
-        if len(by_key) >= _HEADS_MAX:
-            by_key.clear()  # start over: varied sizes cannot pin stale heads
-        by_key[key] = head
+        if cache.count >= _HEADS_MAX:
+            cache.clear()  # start over: varied sizes cannot pin stale heads
+            heads = None
+        if heads is None:
+            heads = cache.by_text[text] = {}
+        heads[key] = head
+        cache.count += 1
     return head

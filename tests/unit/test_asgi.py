@@ -21,7 +21,7 @@ from prefork.http.head_cache import HeadCache
 from prefork.http.parsers import make_parser
 from prefork.http.protocol import RequestReader, streams_body
 from prefork.http.request import Limits, Request
-from prefork.http.response import DATE
+from prefork.http.response import DATE, encode_head
 
 ASGI = {"version": "3.0", "spec_version": "2.5"}
 
@@ -270,6 +270,22 @@ def test_response_fields_framing_is_the_servers() -> None:
     assert text == "x-a: 1\r\n"
     assert close
     assert length == 12
+
+
+def test_whole_heads_match_their_uncached_head_for_every_key() -> None:
+    """The cache's key packs size, status and the three flags into one int: each
+    head is its own key's, across sizes past the packing's bits and past the cap."""
+    DATE.refresh(1_700_000_000.0)
+    texts = ("x-a: 1\r\n", "x-b: 2\r\n", "")
+    for _ in range(2):  # the second pass reads the cache (or what the cap left)
+        for text in texts:
+            for status in (200, 204, 404, 599):
+                for size in (0, 1, 1023, 1024, 8191, 8192, 2**40 + 3):
+                    for flags in range(8):
+                        server, keep, h10 = bool(flags & 4), bool(flags & 2), bool(flags & 1)
+                        head = whole_head(status, text, server, size, keep, h10)
+                        framing = f"Content-Length: {size}\r\n"
+                        assert head == encode_head(status, text, server, framing, keep, h10)
 
 
 def test_whole_heads_are_remembered_within_a_second() -> None:
