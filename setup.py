@@ -87,7 +87,7 @@ def _ext_modules() -> list[object]:
         )
     except SystemExit as exc:  # mypyc exits on type errors it cannot compile
         sys.exit(f"PREFORK_COMPILE=1: mypyc could not compile prefork ({exc.code})")
-    return [*compiled, _llhttp_extension()]
+    return [*compiled, _llhttp_extension(), _addr_extension()]
 
 
 def _llhttp_extension() -> object:
@@ -117,6 +117,17 @@ def _llhttp_extension() -> object:
         ],
         include_dirs=[f"{llhttp}/include"],
         extra_compile_args=flags,
+    )
+
+
+def _addr_extension() -> object:
+    """The IPv4 check of forwarded addresses (prefork/http/_addr.c)."""
+    from setuptools import Extension
+
+    return Extension(
+        "prefork.http._addr",
+        sources=["prefork/http/_addr.c"],
+        extra_compile_args=["-O3", "-fvisibility=hidden"],
     )
 
 
