@@ -21,6 +21,7 @@ from typing import Final
 
 from prefork.errors import ProtocolError
 from prefork.http.head_cache import HeadCache
+from prefork.http.parsers import line_end
 from prefork.http.request import (
     BAD_FIELD_BYTES,
     HTTP_VERSIONS,
@@ -359,7 +360,7 @@ class RequestReader:
             fault = first_fault(head, 0, size, self._limits, True, checked)[0]
             if fault is not None:
                 raise fault
-        first = head.find(b"\r\n")
+        first = line_end(head)
         # The version before anything else in the head: llhttp takes HTTP/2.0,
         # RTSP/1.0 and ICE/1.0 and h11 any digit.digit; both then go on to
         # look at the fields, which would give 400 where the other says 505.
