@@ -330,7 +330,7 @@ class Connection(Lifecycle):
         False when the coroutine was woken to take over (or the connection closes).
         """
         reader = self.reader
-        respond = self.app.respond_inline
+        respond = self.shared.respond_inline
         self._phase = INLINE
         while reader.requests and self._phase is not CLOSING:
             if not respond(self, reader.take()):

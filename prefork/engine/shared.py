@@ -23,6 +23,7 @@ import asyncio
 import enum
 import logging
 import ssl
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from prefork import log
@@ -113,6 +114,9 @@ class Shared:
     ) -> None:
         self.cfg = cfg
         self.app = app
+        # Bound once per worker: read through the app's Protocol type, each
+        # data_received would look the method up and bind it (~600 instructions).
+        self.respond_inline: Callable[[Any, Request], bool] = app.respond_inline
         self.ssl_context = ssl_context
         self.scheme = "https" if ssl_context is not None else "http"
         # Peers whose X-Forwarded-*/Forwarded fields are believed (http.forwarded).
