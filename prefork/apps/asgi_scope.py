@@ -74,8 +74,10 @@ _CERT_PEMS: Final[dict[str, str | None]] = {}
 # (root_path, ASGI versions, scheme, server): a worker has a few listeners.
 # Each scope is a copy of one, ~1/3 the cost of a new 14-key dict. One per
 # listener, not per connection: a dict of its own would cost each idle
-# keep-alive connection ~0.6 KiB.
+# keep-alive connection ~0.6 KiB. (Past _TEMPLATES_MAX, say a listener on
+# 0.0.0.0 reached at many local addresses, a connection gets one of its own.)
 _TEMPLATES: Final[dict[tuple[object, ...], dict[str, Any]]] = {}
+_TEMPLATES_MAX: Final = 64
 
 
 class ConnScope:
@@ -290,7 +292,7 @@ def _template(conn: ConnScope, root_path: str, asgi: dict[str, str]) -> dict[str
     key = (root_path, asgi.get("version"), asgi.get("spec_version"), conn.scheme, conn.server)
     template = _TEMPLATES.get(key)
     if template is None:
-        template = _TEMPLATES[key] = {
+        template = {
             "type": "http",
             "asgi": asgi,
             "http_version": "1.1",
@@ -306,6 +308,8 @@ def _template(conn: ConnScope, root_path: str, asgi: dict[str, str]) -> dict[str
             "state": None,
             "extensions": None,
         }
+        if len(_TEMPLATES) < _TEMPLATES_MAX:
+            _TEMPLATES[key] = template
     # (An equal tuple: the connection's own copy of it is let go.)
     conn.server = template["server"]
     return template

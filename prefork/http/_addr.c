@@ -2,10 +2,10 @@
  *
  * Behind a proxy, every request's X-Forwarded-For (or Forwarded) names a
  * client address, which is checked before it goes into the scope or
- * environ. ipaddress parses one in ~2 us; forwarded.ipv4_by_digits, the same
- * walk compiled by mypyc, costs ~1,000 instructions on a typical address,
- * as each character is first a one-character str. Here it is the str's own
- * bytes: ~60 instructions. Only the compiled build (PREFORK_COMPILE=1)
+ * environ. ipaddress parses one in ~2 us; the same walk as Python compiled
+ * by mypyc cost ~1,000 instructions on a typical address, as each character
+ * is first a one-character str. Here it is the str's own bytes: ~60
+ * instructions. Only the compiled build (PREFORK_COMPILE=1)
  * builds it; forwarded.py keeps the pattern for a pure Python install, and
  * tests/unit/test_forwarded.py holds all of them to ipaddress's answers.
  *

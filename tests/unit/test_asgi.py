@@ -108,6 +108,12 @@ def test_connections_of_one_listener_share_one_template(reader: RequestReader) -
     rooted = ConnScope(("10.0.0.1", 5000), ("10.0.0.2", 80), "http", {})
     assert http_scope(parse(reader, head), rooted, "/r", {}, ASGI)["root_path"] == "/r"
     assert rooted.http is not a.http
+    # Reached at more local addresses than the templates kept: still right.
+    for n in range(100):
+        conn = ConnScope(("10.0.0.1", 5000), (f"10.9.{n}.1", 80), "http", {})
+        scope = http_scope(parse(reader, head), conn, "", {}, ASGI)
+        assert scope["server"] == (f"10.9.{n}.1", 80)
+        assert scope["client"] == ("10.0.0.1", 5000)
 
 
 def test_scope_with_root_path(reader: RequestReader) -> None:
