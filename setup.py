@@ -38,6 +38,7 @@ COMPILED_MODULES = [
     "prefork/http/proxy_protocol.py",
     "prefork/http/request.py",
     "prefork/http/response.py",
+    "prefork/http/scan.py",
     "prefork/http/parsers/__init__.py",
     "prefork/http/parsers/h11_parser.py",
     "prefork/http/parsers/httptools_parser.py",
@@ -87,7 +88,7 @@ def _ext_modules() -> list[object]:
         )
     except SystemExit as exc:  # mypyc exits on type errors it cannot compile
         sys.exit(f"PREFORK_COMPILE=1: mypyc could not compile prefork ({exc.code})")
-    return [*compiled, _llhttp_extension(), _addr_extension()]
+    return [*compiled, _llhttp_extension(), _scan_extension()]
 
 
 def _llhttp_extension() -> object:
@@ -120,13 +121,13 @@ def _llhttp_extension() -> object:
     )
 
 
-def _addr_extension() -> object:
-    """The IPv4 check of forwarded addresses (prefork/http/_addr.c)."""
+def _scan_extension() -> object:
+    """The request path's small scans (prefork/http/_scan.c, picked by prefork.http.scan)."""
     from setuptools import Extension
 
     return Extension(
-        "prefork.http._addr",
-        sources=["prefork/http/_addr.c"],
+        "prefork.http._scan",
+        sources=["prefork/http/_scan.c"],
         extra_compile_args=["-O3", "-fvisibility=hidden"],
     )
 

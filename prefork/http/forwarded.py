@@ -16,11 +16,10 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-import re
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Final
 
-from prefork._compiled import COMPILED
+from prefork.http.scan import is_ipv4
 
 logger = logging.getLogger("prefork.worker")
 
@@ -76,27 +75,10 @@ class Trust:
         return hit
 
 
-# A dotted-quad IPv4 address as ipaddress accepts it (decimal octets 0-255,
-# no leading zeros), recognised without building an IPv4Address: behind a
-# load balancer every request names a client address of its own, and the
-# parse costs ~2 us. Anything else goes to ipaddress. The compiled build
-# checks in C (_addr.c, ~60 instructions); a pure Python install by pattern.
-_OCTET: Final = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
-_IPV4_RE: Final = re.compile(rf"(?:{_OCTET}\.){{3}}{_OCTET}")
-
-
-def ipv4_by_pattern(text: str) -> bool:
-    """Whether ``text`` is a dotted-quad IPv4 address: the pure Python build's way."""
-    return _IPV4_RE.fullmatch(text) is not None
-
-
-is_ipv4: Callable[[str], bool] = ipv4_by_pattern
-if COMPILED:
-    from prefork.http._addr import is_ipv4 as _is_ipv4_in_c
-
-    is_ipv4 = _is_ipv4_in_c
-
-
+# A dotted-quad IPv4 address (scan.is_ipv4) is recognised without building
+# an IPv4Address: behind a load balancer every request names a client
+# address of its own, and the parse costs ~2 us. Anything else goes to
+# ipaddress.
 def _valid_address(text: str) -> bool:
     if is_ipv4(text):
         return True

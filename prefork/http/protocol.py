@@ -21,7 +21,6 @@ from typing import Final
 
 from prefork.errors import ProtocolError
 from prefork.http.head_cache import HeadCache
-from prefork.http.parsers import line_end
 from prefork.http.request import (
     BAD_FIELD_BYTES,
     HTTP_VERSIONS,
@@ -35,6 +34,7 @@ from prefork.http.request import (
     has_field_controls,
     request_line_error,
 )
+from prefork.http.scan import line_end
 
 # Chunk sizes longer than this many hex digits overflow 64 bits: 400.
 MAX_CHUNK_SIZE_DIGITS: Final = 16

@@ -74,7 +74,7 @@ def test_the_llhttp_binding_is_built_with_the_compiled_build_only() -> None:
         built = True
     assert built is prefork.COMPILED
     assert SETUP._llhttp_extension().name == "prefork.http.parsers._llhttp"
-    assert SETUP._addr_extension().name == "prefork.http._addr"
+    assert SETUP._scan_extension().name == "prefork.http._scan"
 
 
 def test_the_list_is_the_per_request_path() -> None:

@@ -241,19 +241,3 @@ def test_the_servers_dict_is_made_only_when_asked_for() -> None:
     assert plain.parse(head)[4] is None
     assert plain.parse_whole(head, head.find(b"\r\n")) == (*OURS.parse(head)[:4], None)
     assert OURS.parse(head)[4] == {"host": "a", "x-forwarded-for": "1.2.3.4"}
-
-
-_CRLF_SOUP = st.lists(st.sampled_from([b"\r", b"\n", b"a", b"\r\n"])).map(b"".join)
-
-
-@given(st.binary(max_size=40) | _CRLF_SOUP)
-@example(b"")
-@example(b"\r")
-@example(b"\r\n")
-@example(b"a\r")
-@example(b"\r\r\n")
-def test_line_end_is_find_crlf(buf: bytes) -> None:
-    """The binding's line_end (RequestReader._check_head's) gives what bytes.find does."""
-    from prefork.http.parsers._llhttp import line_end
-
-    assert line_end(buf) == buf.find(b"\r\n")

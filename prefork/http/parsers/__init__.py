@@ -9,9 +9,7 @@ same llhttp (``llhttp_parser``), falling back to httptools' where it must.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
 
-from prefork._compiled import COMPILED
 from prefork.errors import ConfigError
 from prefork.http.request import HeadParser
 
@@ -54,18 +52,3 @@ def make_parser(name: str, server_fields: bool = False) -> HeadParser:
     from prefork.http.parsers.h11_parser import H11HeadParser
 
     return H11HeadParser()
-
-
-def _line_end(head: bytes) -> int:
-    return head.find(b"\r\n")
-
-
-# Where a head's request line ends (RequestReader's checks, on every head).
-# The compiled build asks the llhttp binding: bytes.find parses its
-# arguments from a tuple, ~1,000 instructions a call; the binding's memchr
-# costs ~100.
-line_end: Callable[[bytes], int] = _line_end
-if COMPILED:
-    from prefork.http.parsers._llhttp import line_end as _line_end_in_c
-
-    line_end = _line_end_in_c

@@ -389,36 +389,7 @@ static PyObject *parse(PyObject *module, PyObject *const *args, Py_ssize_t nargs
     return PyUnicode_DecodeLatin1(reason, (Py_ssize_t)strlen(reason), NULL);
 }
 
-/* line_end(head): where the first CRLF in head starts, or -1. What
- * head.find(b"\r\n") gives, without its cost: bytes.find takes its
- * arguments as a tuple and parses them (~1,000 instructions a call, on
- * every request's head in RequestReader._check_head). */
-static PyObject *line_end(PyObject *module, PyObject *buf) {
-    (void)module;
-    if (!PyBytes_CheckExact(buf)) {
-        return PyErr_Format(PyExc_TypeError, "line_end() takes bytes, not %.100s",
-                            Py_TYPE(buf)->tp_name);
-    }
-    const char *start = PyBytes_AS_STRING(buf);
-    Py_ssize_t size = PyBytes_GET_SIZE(buf);
-    const char *at = start;
-    const char *last = start + size - 1; /* a CR here has no LF after it */
-    while (size >= 2 && at < last) {
-        const char *cr = memchr(at, '\r', (size_t)(last - at));
-        if (cr == NULL) {
-            break;
-        }
-        if (cr[1] == '\n') {
-            return PyLong_FromSsize_t(cr - start);
-        }
-        at = cr + 1;
-    }
-    return PyLong_FromLong(-1);
-}
-
 static PyMethodDef methods[] = {
-    {"line_end", line_end, METH_O,
-     "line_end(head): where the first CRLF in head starts, or -1 (head.find(b'\\r\\n'))."},
     {"parse", (PyCFunction)(void (*)(void))parse, METH_FASTCALL,
      "parse(buf, whole, known): a request head's (method, target, version, fields, known), "
      "an llhttp error text, or None (see the module's source)."},
