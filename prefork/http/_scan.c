@@ -13,6 +13,15 @@
  * cost ~1,000 instructions on a typical address, as each character is first
  * a one-character str. Here it is the str's own bytes: ~60 instructions.
  *
+ * xff_client(value, trusted) -> str | None: the client an X-Forwarded-For
+ * value names: its right-most hop not in the set trusted (None: every
+ * address is trusted), else its left-most, each hop stripped of spaces and
+ * tabs. None when a hop it comes to is not a dotted quad (an IPv6 address, a
+ * malformed value): the caller's Python then reads the value, as it reads
+ * every value with CIDR ranges in forwarded_allow_ips. Behind a proxy this
+ * runs on every request; in Python (a reverse search, a slice, a strip and a
+ * check per hop) it cost ~1,500 instructions for two hops, here ~400.
+ *
  * line_end(head) -> int: where the first CRLF in head starts, or -1, as
  * head.find(b"\r\n") gives. bytes.find takes its arguments as a tuple and
  * parses them: ~1,000 instructions a call, on every request's head
@@ -21,41 +30,93 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
+/* Whether at[0:size] is a dotted quad (is_ipv4's rule). */
+static int ipv4_span(const Py_UCS1 *at, Py_ssize_t size) {
+    if (size < 7 || size > 15) {
+        return 0;
+    }
+    int dots = 0, digits = 0, value = 0;
+    for (Py_ssize_t i = 0; i < size; i++) {
+        Py_UCS1 c = at[i];
+        if (c >= '0' && c <= '9') {
+            if (digits && value == 0) {
+                return 0; /* a leading zero */
+            }
+            value = value * 10 + (c - '0');
+            digits++;
+            if (value > 255) {
+                return 0;
+            }
+        } else if (c == '.' && digits) {
+            dots++;
+            digits = value = 0;
+        } else {
+            return 0;
+        }
+    }
+    return dots == 3 && digits > 0;
+}
+
 static PyObject *is_ipv4(PyObject *module, PyObject *text) {
     (void)module;
     if (!PyUnicode_Check(text)) {
         return PyErr_Format(PyExc_TypeError, "is_ipv4() takes a str, not %.100s",
                             Py_TYPE(text)->tp_name);
     }
-    Py_ssize_t size = PyUnicode_GET_LENGTH(text);
     /* (Any character past Latin-1 makes a wider kind: not an address.) */
-    if (size < 7 || size > 15 || PyUnicode_KIND(text) != PyUnicode_1BYTE_KIND) {
-        Py_RETURN_FALSE;
-    }
-    const Py_UCS1 *at = PyUnicode_1BYTE_DATA(text);
-    int dots = 0, digits = 0, value = 0;
-    for (Py_ssize_t i = 0; i < size; i++) {
-        Py_UCS1 c = at[i];
-        if (c >= '0' && c <= '9') {
-            if (digits && value == 0) {
-                Py_RETURN_FALSE; /* a leading zero */
-            }
-            value = value * 10 + (c - '0');
-            digits++;
-            if (value > 255) {
-                Py_RETURN_FALSE;
-            }
-        } else if (c == '.' && digits) {
-            dots++;
-            digits = value = 0;
-        } else {
-            Py_RETURN_FALSE;
-        }
-    }
-    if (dots == 3 && digits > 0) {
+    if (PyUnicode_KIND(text) == PyUnicode_1BYTE_KIND &&
+        ipv4_span(PyUnicode_1BYTE_DATA(text), PyUnicode_GET_LENGTH(text))) {
         Py_RETURN_TRUE;
     }
     Py_RETURN_FALSE;
+}
+
+static PyObject *xff_client(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    (void)module;
+    if (nargs != 2 || !PyUnicode_Check(args[0]) ||
+        (args[1] != Py_None && !PyAnySet_Check(args[1]))) {
+        PyErr_SetString(PyExc_TypeError, "xff_client(value: str, trusted: set[str] | None)");
+        return NULL;
+    }
+    PyObject *text = args[0];
+    PyObject *trusted = args[1];
+    if (PyUnicode_KIND(text) != PyUnicode_1BYTE_KIND) {
+        Py_RETURN_NONE;
+    }
+    const Py_UCS1 *s = PyUnicode_1BYTE_DATA(text);
+    Py_ssize_t end = PyUnicode_GET_LENGTH(text);
+    for (;;) {
+        Py_ssize_t comma = end - 1;
+        while (comma >= 0 && s[comma] != ',') {
+            comma--;
+        }
+        Py_ssize_t a = comma + 1, b = end;
+        while (a < b && (s[a] == ' ' || s[a] == '\t')) {
+            a++;
+        }
+        while (b > a && (s[b - 1] == ' ' || s[b - 1] == '\t')) {
+            b--;
+        }
+        if (!ipv4_span(s + a, b - a)) {
+            Py_RETURN_NONE; /* not a dotted quad: the caller's slower way */
+        }
+        PyObject *hop = PyUnicode_Substring(text, a, b);
+        if (hop == NULL || comma < 0) {
+            return hop; /* the left-most: the client whether or not it is trusted */
+        }
+        if (trusted != Py_None) {
+            int known = PySet_Contains(trusted, hop);
+            if (known < 0) {
+                Py_DECREF(hop);
+                return NULL;
+            }
+            if (!known) {
+                return hop; /* not a trusted proxy: the client */
+            }
+        }
+        Py_DECREF(hop);
+        end = comma;
+    }
 }
 
 static PyObject *line_end(PyObject *module, PyObject *buf) {
@@ -83,6 +144,9 @@ static PyObject *line_end(PyObject *module, PyObject *buf) {
 
 static PyMethodDef methods[] = {
     {"is_ipv4", is_ipv4, METH_O, "Whether text is a dotted-quad IPv4 address."},
+    {"xff_client", (PyCFunction)(void (*)(void))xff_client, METH_FASTCALL,
+     "xff_client(value, trusted): the client an X-Forwarded-For value names, or None "
+     "when a hop looked at is not a dotted quad."},
     {"line_end", line_end, METH_O,
      "line_end(head): where the first CRLF in head starts, or -1 (head.find(b'\\r\\n'))."},
     {NULL, NULL, 0, NULL},

@@ -116,13 +116,13 @@ def test_dotted_numbers_judged_as_ipaddress_does(address: str) -> None:
     assert resolve({"x-forwarded-for": address}, TRUST)[0] == _ipaddress_says(address)
 
 
-def _client_by_the_rule(hops: list[str]) -> str | None:
+def _client_by_the_rule(hops: list[str], trust: Trust = TRUST) -> str | None:
     """The module's rule: the right-most hop not trusted, else the left-most; None when
     a hop looked at on the way is not an address."""
     for hop in reversed(hops):
         if _ipaddress_says(hop) is None:
             return None
-        if not TRUST.trusts(hop):
+        if not trust.trusts(hop):
             return hop
     return hops[0]
 
@@ -130,6 +130,16 @@ def _client_by_the_rule(hops: list[str]) -> str | None:
 _HOPS = ["10.0.0.5", "127.0.0.1", "::1", "203.0.113.7", "198.51.100.1", "junk", "", "1.2.3.04"]
 
 
-@given(st.lists(st.sampled_from(_HOPS), min_size=1, max_size=5), st.sampled_from([",", ", "]))
-def test_x_forwarded_for_chain_follows_the_rule(hops: list[str], sep: str) -> None:
-    assert resolve({"x-forwarded-for": sep.join(hops)}, TRUST)[0] == _client_by_the_rule(hops)
+# CIDR ranges (read hop by hop), exact addresses and everyone (read by one
+# scan, Trust.client_in_xff, where every hop it comes to is a dotted quad).
+_TRUSTS = [TRUST, Trust(["127.0.0.1", "::1", "10.0.0.5"]), Trust(["*"]), Trust([])]
+
+
+@given(
+    st.lists(st.sampled_from(_HOPS), min_size=1, max_size=5),
+    st.sampled_from([",", ", ", " ,\t"]),
+    st.sampled_from(_TRUSTS),
+)
+def test_x_forwarded_for_chain_follows_the_rule(hops: list[str], sep: str, trust: Trust) -> None:
+    expected = _client_by_the_rule(hops, trust)
+    assert resolve({"x-forwarded-for": sep.join(hops)}, trust)[0] == expected

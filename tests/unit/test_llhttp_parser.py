@@ -218,6 +218,31 @@ def test_the_servers_fields_come_as_a_dict_and_a_repeat_gives_none() -> None:
     assert OURS.parse(again)[4] is None
 
 
+def test_a_servers_field_value_that_repeats_comes_as_the_same_str() -> None:
+    """A repeated value (the Host of every head from one client) is one str, its hash
+    kept in it; another value, or one past the size held, is a str of its own."""
+    long_value = "h" * 200
+    heads = [
+        f"GET / HTTP/1.1\r\nHost: {host}\r\nX-Forwarded-Proto: https\r\n\r\n".encode()
+        for host in ("example.com", "example.com", "example.org", long_value, long_value)
+    ]
+    known = [OURS.parse(head)[4] for head in heads]
+    assert [k["host"] for k in known] == [
+        "example.com",
+        "example.com",
+        "example.org",
+        *[long_value] * 2,
+    ]
+    assert known[0]["host"] is known[1]["host"]
+    assert known[1]["host"] is not known[2]["host"]
+    assert known[3]["host"] is not known[4]["host"]
+    assert known[0]["x-forwarded-proto"] is known[4]["x-forwarded-proto"] == "https"
+    # (Not a bytes-level match of another field's last value: each name has its own.)
+    other = OURS.parse(b"GET / HTTP/1.1\r\nHost: https\r\n\r\n")[4]
+    assert other == {"host": "https"}
+    assert other["host"] is not known[4]["x-forwarded-proto"]
+
+
 def test_configure_takes_only_names_it_shares_and_changes_nothing_when_it_refuses() -> None:
     from prefork.http.fields import SERVER_FIELDS
     from prefork.http.parsers import _llhttp

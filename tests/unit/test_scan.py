@@ -9,7 +9,13 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 import prefork
-from prefork.http.scan import ipv4_by_pattern, is_ipv4, line_end
+from prefork.http.scan import (
+    ipv4_by_pattern,
+    is_ipv4,
+    line_end,
+    xff_client,
+    xff_client_by_parts,
+)
 
 
 def _is_ipv4(text: str) -> bool:
@@ -70,3 +76,56 @@ _CRLF_SOUP = st.lists(st.sampled_from([b"\r", b"\n", b"a", b"\r\n"])).map(b"".jo
 def test_line_end_is_find_crlf(buf: bytes) -> None:
     """line_end (RequestReader._check_head's) gives what bytes.find does."""
     assert line_end(buf) == buf.find(b"\r\n")
+
+
+_POOL = ["10.0.0.1", "10.0.0.2", "192.168.1.9", "203.0.113.7", "127.0.0.1"]
+_HOP = st.one_of(
+    st.sampled_from(_POOL),
+    st.ip_addresses(v=4).map(str),
+    st.sampled_from(["::1", "2001:db8::1", "unknown", "", "1.2.3", "01.2.3.4", "1.2.3.4:80"]),
+)
+_SPACE = st.sampled_from(["", " ", "\t", "  ", " \t"])
+_XFF = st.lists(st.tuples(_SPACE, _HOP, _SPACE).map("".join), min_size=1, max_size=5).map(",".join)
+_TRUSTED = st.none() | st.sets(st.sampled_from(_POOL))
+
+
+def _xff_oracle(value: str, trusted: set[str] | None) -> str | None:
+    """The rule, spelled out: right to left, the first hop not trusted, else the left-most."""
+    hops = [hop.strip(" \t") for hop in value.split(",")]
+    for index in reversed(range(len(hops))):
+        if not _is_ipv4(hops[index]):
+            return None
+        if index == 0 or (trusted is not None and hops[index] not in trusted):
+            return hops[index]
+    raise AssertionError("split gives at least one hop")
+
+
+@given(_XFF, _TRUSTED)
+@example("203.0.113.7, 10.0.0.1", {"10.0.0.1"})
+@example("203.0.113.7, 10.0.0.1", set())
+@example("203.0.113.7, 10.0.0.1", None)
+@example("::1, 10.0.0.1", {"10.0.0.1"})
+@example("::1, 10.0.0.1", set())
+@example(" 10.0.0.2 ", {"10.0.0.2"})
+@example("10.0.0.1,", set())
+def test_xff_client_takes_the_right_most_untrusted_hop(
+    value: str, trusted: set[str] | None
+) -> None:
+    # The compiled build's xff_client is _scan.c's; a pure Python install's, the split.
+    expected = _xff_oracle(value, trusted)
+    assert xff_client(value, trusted) == expected
+    assert xff_client_by_parts(value, trusted) == expected
+
+
+def test_xff_client_refuses_what_it_cannot_read() -> None:
+    assert xff_client("1.2.3.4\u0100", None) is None  # (a wider str kind)
+    assert xff_client("2001:db8::1, 10.0.0.1", {"10.0.0.1"}) is None
+    try:
+        from prefork.http import _scan
+    except ImportError:
+        return
+    assert xff_client is _scan.xff_client
+    with pytest.raises(TypeError, match="xff_client"):
+        _scan.xff_client("1.2.3.4", ["1.2.3.4"])  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="xff_client"):
+        _scan.xff_client(b"1.2.3.4", None)  # type: ignore[arg-type]

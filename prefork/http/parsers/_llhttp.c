@@ -160,6 +160,14 @@ static const char *const common_names[] = {
 static PyObject *common_objects[COMMON];
 /* For the names the server itself reads (configure()), the dict key (str). */
 static PyObject *server_texts[COMMON];
+/* For the server's fields, the last value given out (str): a value that
+ * repeats from head to head (Host, X-Forwarded-Proto, Connection, as one
+ * client's or one proxy's requests carry them) is the same object again,
+ * its hash kept in it: no str made and freed for it, and no hash computed
+ * where the server looks it up (the Host check's set). Values up to
+ * REUSE_MAX bytes: a long one is not held for the worker's life. */
+static PyObject *last_values[COMMON];
+#define REUSE_MAX 128
 /* The common names of each length, by index (-1 ends a row). */
 static signed char by_length[NAME_BUF][PER_LENGTH];
 
@@ -262,6 +270,20 @@ static PyObject *version_text(llhttp_t *p) {
     return PyUnicode_FromFormat("%d.%d", (int)p->http_major, (int)p->http_minor);
 }
 
+/* A server field's value as a str, decoded as Latin-1 (see last_values). */
+static PyObject *decode_field(int common, const char *v, size_t vlen) {
+    PyObject *last = last_values[common];
+    if (last != NULL && PyUnicode_GET_LENGTH(last) == (Py_ssize_t)vlen &&
+        memcmp(PyUnicode_1BYTE_DATA(last), v, vlen) == 0) {
+        return Py_NewRef(last);
+    }
+    PyObject *decoded = PyUnicode_DecodeLatin1(v, (Py_ssize_t)vlen, NULL);
+    if (decoded != NULL && vlen <= REUSE_MAX) {
+        Py_XSETREF(last_values[common], Py_NewRef(decoded));
+    }
+    return decoded;
+}
+
 static PyObject *parts(state_t *st, llhttp_t *p, int want_known) {
     PyObject *fields = PyList_New(st->count);
     if (fields == NULL) {
@@ -305,7 +327,7 @@ static PyObject *parts(state_t *st, llhttp_t *p, int want_known) {
              * repeat), which the dict's size then tells. (Not the object it
              * gives back: an empty or one-character value is a shared str.) */
             Py_ssize_t size = PyDict_GET_SIZE(known);
-            PyObject *decoded = PyUnicode_DecodeLatin1(v ? v : "", (Py_ssize_t)vlen, NULL);
+            PyObject *decoded = decode_field(common, v ? v : "", vlen);
             PyObject *held = decoded ? PyDict_SetDefault(known, text, decoded) : NULL;
             int repeat = held != NULL && PyDict_GET_SIZE(known) == size;
             Py_XDECREF(decoded);  /* (the dict's reference keeps it when held) */
