@@ -14,8 +14,8 @@
  * a one-character str. Here it is the str's own bytes: ~60 instructions.
  *
  * xff_client(value, trusted) -> str | None: the client an X-Forwarded-For
- * value names: its right-most hop not in the set trusted (None: every
- * address is trusted), else its left-most, each hop stripped of spaces and
+ * value names: its right-most hop not in trusted (a tuple or a set of str;
+ * None: every address is trusted), else its left-most, each hop stripped of spaces and
  * tabs. None when a hop it comes to is not a dotted quad (an IPv6 address, a
  * malformed value): the caller's Python then reads the value, as it reads
  * every value with CIDR ranges in forwarded_allow_ips. Behind a proxy this
@@ -71,11 +71,36 @@ static PyObject *is_ipv4(PyObject *module, PyObject *text) {
     Py_RETURN_FALSE;
 }
 
+/* Whether the address at[0:size] is in trusted: a tuple of str compared
+ * byte by byte (the few addresses of forwarded_allow_ips: no str made and
+ * hashed for a hop), or a set (many addresses), looked up. */
+static int is_trusted(PyObject *trusted, const Py_UCS1 *at, Py_ssize_t size) {
+    if (PyTuple_CheckExact(trusted)) {
+        for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(trusted); i++) {
+            PyObject *item = PyTuple_GET_ITEM(trusted, i);
+            if (PyUnicode_Check(item) && PyUnicode_KIND(item) == PyUnicode_1BYTE_KIND &&
+                PyUnicode_GET_LENGTH(item) == size &&
+                memcmp(PyUnicode_1BYTE_DATA(item), at, (size_t)size) == 0) {
+                return 1;
+            }
+        }
+        return 0;
+    }
+    PyObject *hop = PyUnicode_FromKindAndData(PyUnicode_1BYTE_KIND, at, size);
+    if (hop == NULL) {
+        return -1;
+    }
+    int known = PySet_Contains(trusted, hop);
+    Py_DECREF(hop);
+    return known;
+}
+
 static PyObject *xff_client(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
     (void)module;
     if (nargs != 2 || !PyUnicode_Check(args[0]) ||
-        (args[1] != Py_None && !PyAnySet_Check(args[1]))) {
-        PyErr_SetString(PyExc_TypeError, "xff_client(value: str, trusted: set[str] | None)");
+        (args[1] != Py_None && !PyAnySet_Check(args[1]) && !PyTuple_CheckExact(args[1]))) {
+        PyErr_SetString(PyExc_TypeError,
+                        "xff_client(value: str, trusted: tuple[str, ...] | set[str] | None)");
         return NULL;
     }
     PyObject *text = args[0];
@@ -100,22 +125,16 @@ static PyObject *xff_client(PyObject *module, PyObject *const *args, Py_ssize_t 
         if (!ipv4_span(s + a, b - a)) {
             Py_RETURN_NONE; /* not a dotted quad: the caller's slower way */
         }
-        PyObject *hop = PyUnicode_Substring(text, a, b);
-        if (hop == NULL || comma < 0) {
-            return hop; /* the left-most: the client whether or not it is trusted */
+        /* None: everyone is trusted. */
+        int known = comma < 0 ? 0 : trusted == Py_None ? 1 : is_trusted(trusted, s + a, b - a);
+        if (known < 0) {
+            return NULL;
         }
-        if (trusted != Py_None) {
-            int known = PySet_Contains(trusted, hop);
-            if (known < 0) {
-                Py_DECREF(hop);
-                return NULL;
-            }
-            if (!known) {
-                return hop; /* not a trusted proxy: the client */
-            }
+        if (!known) {
+            /* Not a trusted proxy, or the left-most: the client. */
+            return PyUnicode_Substring(text, a, b);
         }
-        Py_DECREF(hop);
-        end = comma;
+        end = comma; /* a trusted proxy: the hop left of it */
     }
 }
 

@@ -28,12 +28,18 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 # Results remembered per distinct address (what the trust check of one costs
 # with CIDR ranges is a parse; a proxy sends a few distinct addresses).
 _TRUST_CACHE_MAX: Final = 4096
+# Up to this many exact addresses, the scan of X-Forwarded-For compares each
+# hop with each (Trust.client_in_xff); more are looked up in a set.
+_SCAN_BY_BYTES: Final = 16
+# Per request behind a proxy: a C static in the compiled build (a module
+# attribute would be looked up on every call).
+_xff_client: Final = xff_client
 
 
 class Trust:
     """Which peers are trusted proxies: exact addresses, CIDR ranges, or ``*``."""
 
-    __slots__ = ("_cache", "_exact", "_networks", "everyone")
+    __slots__ = ("_cache", "_exact", "_networks", "_scanned", "everyone")
 
     def __init__(self, allowed: Iterable[str]) -> None:
         self.everyone = False
@@ -49,6 +55,11 @@ class Trust:
                 self._exact.add(str(net.network_address))
             else:
                 self._networks.append(net)
+        # What client_in_xff's scan compares a hop with: a few addresses as a
+        # tuple, byte by byte (no str made and hashed per hop), many as the set.
+        self._scanned: tuple[str, ...] | set[str] = (
+            tuple(self._exact) if len(self._exact) <= _SCAN_BY_BYTES else self._exact
+        )
 
     @property
     def nobody(self) -> bool:
@@ -83,10 +94,10 @@ class Trust:
         the rest (IPv6 hops, CIDR ranges, malformed values, with its log).
         """
         if self.everyone:
-            return xff_client(xff, None)
+            return _xff_client(xff, None)
         if self._networks:
             return None
-        return xff_client(xff, self._exact)
+        return _xff_client(xff, self._scanned)
 
 
 # A dotted-quad IPv4 address (scan.is_ipv4) is recognised without building

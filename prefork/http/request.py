@@ -228,7 +228,10 @@ class Request:
         other.content_length = self.content_length
         other.chunked = self.chunked
         other.expect_continue = self.expect_continue
-        other.raw_headers = self.raw_headers  # never changed: shared
+        raw = self.raw_headers
+        # Shared, as nothing changes it; unless it is also the app's list
+        # (build_request's lowered), which the app may change.
+        other.raw_headers = raw.copy() if self.lowered is raw else raw
         other.cached = True
         return other
 
@@ -378,9 +381,9 @@ def build_request(
     if server_only and not check_fields and target[:1] == "/":
         # (An absolute-form target sets Host below: the whole dict for those.)
         if known is not None:
-            # (A list of its own: the app may change it, and ``raw`` may be
-            # kept by the reader's head cache.)
-            headers, lowered = known, raw.copy()
+            # (The parser's list itself, which the app may change: a head
+            # cache entry made from this request gets a copy, in clone.)
+            headers, lowered = known, raw
         else:
             split = split_fields(raw)
             if split is not None:

@@ -27,7 +27,7 @@ def ipv4_by_pattern(text: str) -> bool:
     return _IPV4_RE.fullmatch(text) is not None
 
 
-def xff_client_by_parts(value: str, trusted: set[str] | None) -> str | None:
+def xff_client_by_parts(value: str, trusted: tuple[str, ...] | set[str] | None) -> str | None:
     """The client an X-Forwarded-For value names: the pure Python build's ``_scan.xff_client``.
 
     Its right-most hop not in ``trusted`` (None: every address is trusted),
@@ -49,7 +49,7 @@ def find_line_end(head: bytes) -> int:
 
 
 is_ipv4: Callable[[str], bool] = ipv4_by_pattern
-xff_client: Callable[[str, set[str] | None], str | None] = xff_client_by_parts
+xff_client: Callable[[str, tuple[str, ...] | set[str] | None], str | None] = xff_client_by_parts
 line_end: Callable[[bytes], int] = find_line_end
 if COMPILED:
     from prefork.http import _scan

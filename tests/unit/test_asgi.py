@@ -149,6 +149,24 @@ def test_scope_of_a_cached_head_is_the_scope_of_a_fresh_one() -> None:
     assert http_scope(reqs[3], conn, "/r", {}, ASGI)["headers"] == scopes[0]["headers"]
 
 
+def test_an_app_changing_its_headers_changes_no_cached_head() -> None:
+    """As an ASGI worker reads heads (only the server's fields as a dict, the
+    parser's own list as the scope's headers), an app that changes its headers
+    before the head is cached changes nothing the cache gives later requests."""
+    reader = RequestReader(make_parser("httptools", True), Limits(8190, 100, 1000), HeadCache())
+    reader.fields_as_list = True
+    head = b"GET /a HTTP/1.1\r\nHost: h\r\nX-A: 1\r\n\r\n"
+    conn = ConnScope(None, None, "http", {})
+    seen = []
+    for _ in range(4):
+        req = parse(reader, head)
+        headers = http_scope(req, conn, "", {}, ASGI)["headers"]
+        seen.append((req.cached, list(headers)))
+        headers.append((b"x-added", b"by the app"))
+        headers[0] = (b"host", b"changed")
+    assert seen == [(cached, [(b"host", b"h"), (b"x-a", b"1")]) for cached in (0, 0, 1, 1)]
+
+
 def test_varied_heads_leave_nothing_behind() -> None:
     """Scopes of heads that never come again keep no objects alive: a cache of
     them would be garbage the collector walks (and its collections cost

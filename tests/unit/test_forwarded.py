@@ -132,7 +132,13 @@ _HOPS = ["10.0.0.5", "127.0.0.1", "::1", "203.0.113.7", "198.51.100.1", "junk", 
 
 # CIDR ranges (read hop by hop), exact addresses and everyone (read by one
 # scan, Trust.client_in_xff, where every hop it comes to is a dotted quad).
-_TRUSTS = [TRUST, Trust(["127.0.0.1", "::1", "10.0.0.5"]), Trust(["*"]), Trust([])]
+_TRUSTS = [
+    TRUST,
+    Trust(["127.0.0.1", "::1", "10.0.0.5"]),
+    Trust(["127.0.0.1", "10.0.0.5", *(f"192.0.2.{n}" for n in range(20))]),  # (a set)
+    Trust(["*"]),
+    Trust([]),
+]
 
 
 @given(
