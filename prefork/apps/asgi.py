@@ -57,6 +57,10 @@ leave_task: Final = asyncio.tasks._leave_task
 # static, where a module attribute would be looked up on every call.
 monotonic: Final = time.monotonic
 copy_context: Final = contextvars.copy_context
+# Called unbound (run_in(context, ...)): context.run would look "run" up on
+# every call; so is the builtin next, passed as a value.
+run_in: Final = contextvars.Context.run
+next_step: Final = next
 CoroutineType: Final = types.CoroutineType
 
 AsgiCallable = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
@@ -77,6 +81,7 @@ class AsgiApp:
         "name",
         "root_path",
         "ssl_cfg",
+        "state",
         "stream_bodies_over",
         "ws_options",
     )
@@ -97,6 +102,8 @@ class AsgiApp:
         self.ssl_cfg = cfg.ssl
         self.asgi = {"version": ASGI_VERSION, "spec_version": SPEC_VERSION}
         self.lifespan = Lifespan(app, name, cfg.lifespan, self.asgi)
+        # The lifespan state (the one dict for the worker's life), read per request.
+        self.state = self.lifespan.state
         # The ws_* keys: the Config, made an Options at the first WebSocket.
         self.ws_options: Any = cfg
 
@@ -162,21 +169,21 @@ class AsgiApp:
         request): what an app sets in a ContextVar (a request id, a user) stays
         with its request and never shows in the next one on the connection.
         """
-        scope = http_scope(req, info, self.root_path, self.lifespan.state, self.asgi)
+        scope = http_scope(req, info, self.root_path, self.state, self.asgi)
         client_ip = conn.client_ip
         if conn.behind_proxy:
             client_ip = _forwarded(scope, req, conn)
         ex = Exchange(self.name, conn, req, count, started, client_ip)
         context = copy_context()
         try:
-            call = context.run(self.app, scope, ex.receive, ex.send)
+            call = run_in(context, self.app, scope, ex.receive, ex)  # (ex: send)
             if type(call) is not CoroutineType:  # another awaitable: awaited as it is
                 return _Suspended(ex, call, context, _NOT_STARTED)
             # The first step by next() with a default rather than send(None):
             # a call that returns None, as ASGI apps do, then ends without a
             # StopIteration being made, which the compiled build would also
             # give a traceback entry (~1 us per request, with the except).
-            step = context.run(next, call.__await__(), _RETURNED)
+            step = run_in(context, next_step, call.__await__(), _RETURNED)
         except Exception as exc:
             return ex.failed(exc)
         if step is _RETURNED:

@@ -51,6 +51,7 @@ class Lifespan:
         self.name = name
         self.mode = mode
         self.asgi = asgi
+        # One dict for the worker's life, never replaced: AsgiApp holds it too.
         self.state: dict[str, Any] = {}
         self._task: asyncio.Task[None] | None = None
         self._inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()

@@ -145,6 +145,9 @@ class Shared:
         self.access = log.AccessLog(
             cfg.log_headers, cfg.access_log_format, WorkerMetrics() if cfg.metrics_bind else None
         )
+        # (Its flag, read here per request: an attribute of this compiled class
+        # costs a load, one of the interpreted AccessLog a lookup by name.)
+        self.access_active = self.access.active
         self.requests_per_connection = cfg.requests_per_connection
         self.keepalive_idle_timeout = cfg.keepalive_idle_timeout
         self.request_header_timeout = cfg.request_header_timeout
@@ -183,9 +186,8 @@ class Shared:
     def record(self, client: str, req: Request, status: int, sent: int, started: float) -> None:
         """A request answered: counted, and its access line and metrics written."""
         self.requests_served += 1
-        access = self.access
-        if access.active:  # (lines or metrics on: else no call per request)
-            access.record(client, req, status, sent, started)
+        if self.access_active:  # (lines or metrics on: else no call per request)
+            self.access.record(client, req, status, sent, started)
 
     def refresh_idle_deadline(self, now: float) -> None:
         """A new shared keep-alive deadline: never early, at most DEADLINE_GRAIN late."""
