@@ -34,7 +34,11 @@ from prefork.http.request import (
     has_field_controls,
     request_line_error,
 )
-from prefork.http.scan import line_end
+from prefork.http.scan import line_end as _scan_line_end
+
+# Per request: a C static in the compiled build (an imported name is looked
+# up in the module's dict on every use).
+line_end: Final = _scan_line_end
 
 # Chunk sizes longer than this many hex digits overflow 64 bits: 400.
 MAX_CHUNK_SIZE_DIGITS: Final = 16

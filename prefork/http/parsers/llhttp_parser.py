@@ -11,16 +11,22 @@ what ``_llhttp`` cannot say (more fields than it holds) goes to httptools'.
 
 from __future__ import annotations
 
+from typing import Final
+
 from prefork.errors import ProtocolError
 from prefork.http.fields import SERVER_FIELDS, field_name
 from prefork.http.parsers._llhttp import configure
-from prefork.http.parsers._llhttp import parse as parse_head
+from prefork.http.parsers._llhttp import parse as _parse
 from prefork.http.parsers.httptools_parser import (
     NON_ASCII_TARGET,
     HttptoolsHeadParser,
     refusal,
 )
 from prefork.http.request import HeadParts
+
+# Per head: a C static in the compiled build (an imported name is looked up
+# in the module's dict on every use).
+parse_head: Final = _parse
 
 # The fields the binding also gives as a dict (the reader's split_fields, in C).
 configure(sorted(SERVER_FIELDS))
