@@ -39,6 +39,7 @@ from prefork.config import Config
 from prefork.engine.app import Session
 from prefork.engine.connection import Connection
 from prefork.errors import ProtocolError
+from prefork.http.fields import HAS_UPGRADE
 from prefork.http.forwarded import resolve
 from prefork.http.request import Request
 
@@ -133,7 +134,7 @@ class AsgiApp:
         ):
             conn.hand_off(req)
             return False
-        upgrade = req.fields.get("upgrade")
+        upgrade = req.fields.get("upgrade") if req.present & HAS_UPGRADE else None
         if upgrade is not None and upgrade.lower() == "websocket":
             conn.hand_off(req)
             return False
@@ -228,7 +229,7 @@ class AsgiApp:
         # (Counted now, not from ``count`` above: the inline path may have
         # answered requests while this coroutine waited.)
         count = conn.count_request()
-        upgrade = req.fields.get("upgrade")
+        upgrade = req.fields.get("upgrade") if req.present & HAS_UPGRADE else None
         if upgrade is not None and upgrade.lower() == "websocket":
             # A session: the engine awaits it once this frame is gone (each
             # frame on the chain lives as long as the WebSocket).
@@ -281,7 +282,7 @@ class _Suspended:
 
 def _forwarded(scope: dict[str, Any], req: Request, conn: Connection) -> str:
     """A trusted proxy's word on the client and the scheme, into ``scope``; the client's address."""
-    client, scheme, _host = resolve(req.fields, conn.shared.trust)
+    client, scheme, _host = resolve(req.fields, conn.shared.trust, req.present)
     if client is not None:
         scope["client"] = (client, 0)  # (the proxy does not say the client's port)
     if scheme is not None:

@@ -58,6 +58,43 @@ SERVER_FIELDS: Final = frozenset(
     )
 )
 
+# The server's fields in the order of their bits in a head's ``present`` mask
+# (``Request.present``, made by the compiled build's parser): bit i is set
+# when the i-th is in the head. Those most heads carry come first, so that a
+# usual mask is a small int (Python keeps one object for each up to 256).
+SERVER_ORDER: Final = (
+    "host",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "accept-encoding",
+    "connection",
+    "content-length",
+    "content-type",
+    "authorization",
+    "transfer-encoding",
+    "expect",
+    "upgrade",
+    "forwarded",
+    "x-forwarded-host",
+    *sorted(
+        name.lower()
+        for name in SINGLETON_FIELDS
+        if name.lower()
+        not in ("host", "content-length", "content-type", "authorization", "transfer-encoding")
+    ),
+)
+# A mask that says nothing (a parser that does not make one): look each up.
+ALL_PRESENT: Final = -1
+HAS_CONNECTION: Final = 1 << SERVER_ORDER.index("connection")
+HAS_CONTENT_LENGTH: Final = 1 << SERVER_ORDER.index("content-length")
+HAS_TRANSFER_ENCODING: Final = 1 << SERVER_ORDER.index("transfer-encoding")
+HAS_EXPECT: Final = 1 << SERVER_ORDER.index("expect")
+HAS_UPGRADE: Final = 1 << SERVER_ORDER.index("upgrade")
+HAS_FORWARDED: Final = 1 << SERVER_ORDER.index("forwarded")
+HAS_X_FORWARDED_FOR: Final = 1 << SERVER_ORDER.index("x-forwarded-for")
+HAS_X_FORWARDED_PROTO: Final = 1 << SERVER_ORDER.index("x-forwarded-proto")
+HAS_X_FORWARDED_HOST: Final = 1 << SERVER_ORDER.index("x-forwarded-host")
+
 RawFields = list[tuple[bytes, bytes]]
 
 

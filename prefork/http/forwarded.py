@@ -19,6 +19,13 @@ import logging
 from collections.abc import Iterable
 from typing import Final
 
+from prefork.http.fields import (
+    ALL_PRESENT,
+    HAS_FORWARDED,
+    HAS_X_FORWARDED_FOR,
+    HAS_X_FORWARDED_HOST,
+    HAS_X_FORWARDED_PROTO,
+)
 from prefork.http.scan import is_ipv4, xff_client
 
 logger = logging.getLogger("prefork.worker")
@@ -186,33 +193,35 @@ def _parse_forwarded(value: str) -> tuple[list[str], str | None, str | None]:
     return hops, proto, host
 
 
-def resolve(headers: dict[str, str], trust: Trust) -> tuple[str | None, str | None, str | None]:
+def resolve(
+    headers: dict[str, str], trust: Trust, present: int = ALL_PRESENT
+) -> tuple[str | None, str | None, str | None]:
     """``(client, scheme, host)`` from a trusted proxy's fields; None where a field says nothing.
 
     ``Forwarded`` wins over the ``X-Forwarded-*`` fields when both are present
     (RFC 7239 is the standard; a proxy that sends it means it).
 
     (``headers`` is the request's dict, typed so: a compiled build then reads
-    it with dict operations rather than method calls. Called as it is, with
-    no test for the fields first: its lookups cost as much as that test when
-    none is present, and a test would double them behind a proxy.)
+    it with dict operations rather than method calls.) ``present``: the
+    request's mask of the server's fields (``Request.present``); a field whose
+    bit is clear is not looked up.
     """
     client = scheme = host = None
-    forwarded = headers.get("forwarded")
+    forwarded = headers.get("forwarded") if present & HAS_FORWARDED else None
     if forwarded is not None:
         hops, scheme, host = _parse_forwarded(forwarded)
         client = _client_from_chain(hops, trust)
     else:
-        xff = headers.get("x-forwarded-for")
+        xff = headers.get("x-forwarded-for") if present & HAS_X_FORWARDED_FOR else None
         if xff is not None:
             client = _client_from_xff(xff, trust)
-        proto = headers.get("x-forwarded-proto")
+        proto = headers.get("x-forwarded-proto") if present & HAS_X_FORWARDED_PROTO else None
         if proto == "https" or proto == "http":
             scheme = proto  # what nearly every proxy sends, as is
         elif proto is not None:
             # A list when several proxies appended: the client's is the first.
             scheme = proto.partition(",")[0].strip().lower()
-        xfh = headers.get("x-forwarded-host")
+        xfh = headers.get("x-forwarded-host") if present & HAS_X_FORWARDED_HOST else None
         if xfh is not None:
             host = xfh.partition(",")[0].strip()
     if scheme is not None and scheme not in ("http", "https", "ws", "wss"):

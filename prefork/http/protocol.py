@@ -437,9 +437,9 @@ class RequestReader:
             parts = self._parser.parse_whole(head, first)
             if parts is None:
                 return False
-            method, target, version, raw, known = parts
+            method, target, version, raw, known, present = parts
         else:
-            method, target, version, raw, known = self._parse(head, first)
+            method, target, version, raw, known, present = self._parse(head, first)
         if not self._head_prescan and len(method) + len(target) + 10 != first:
             # "METHOD SP target SP HTTP/x.y" is longer: llhttp took more than
             # one space somewhere (cheaper to see here than to count before).
@@ -457,6 +457,7 @@ class RequestReader:
                 check_fields,
                 self.fields_as_list,
                 known,
+                present,
             )
         except ProtocolError as exc:
             # (Whole or not, the same fields: the same answer.)

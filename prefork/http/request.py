@@ -21,14 +21,24 @@ from typing import Any, Final, Protocol
 from urllib.parse import parse_qsl
 
 from prefork.errors import ProtocolError
-from prefork.http.fields import SINGLETON_FIELDS, field_name, split_fields
+from prefork.http.fields import (
+    ALL_PRESENT,
+    HAS_CONNECTION,
+    HAS_CONTENT_LENGTH,
+    HAS_EXPECT,
+    HAS_TRANSFER_ENCODING,
+    SINGLETON_FIELDS,
+    field_name,
+    split_fields,
+)
 
 RawHeaders = list[tuple[bytes, bytes]]
 # What a parser backend makes of a head: method, target, version, raw fields.
 # method, target, version, the fields, and the server's fields as a dict when
 # the backend made it (http.fields.split_fields' dict; None: not made, or one
-# of them repeats).
-HeadParts = tuple[str, str, str, RawHeaders, dict[str, str] | None]
+# of them repeats), with the mask of those in the head (http.fields.SERVER_ORDER;
+# ALL_PRESENT without the dict).
+HeadParts = tuple[str, str, str, RawHeaders, dict[str, str] | None, int]
 _NO_RAW_HEADERS: Final[RawHeaders] = []
 _NO_HEADERS: Final[dict[str, str]] = {}
 
@@ -131,6 +141,7 @@ class Request:
         "lowered",
         "method",
         "path",
+        "present",
         "query",
         "raw_headers",
         "target",
@@ -162,6 +173,10 @@ class Request:
         # The fields with lower-cased names, made with ``fields`` (None: not
         # made): ASGI's scope["headers"] of this request.
         self.lowered: list[tuple[bytes, bytes]] | None = None
+        # Which of the server's fields the head holds, when the parser said
+        # (http.fields.SERVER_ORDER's bits): a field whose bit is clear is not
+        # looked up in ``fields``. ALL_PRESENT: look each up.
+        self.present = ALL_PRESENT
         self.keep_alive = keep_alive
         self.body = b""
         self.content_length = 0
@@ -228,6 +243,7 @@ class Request:
         other.content_length = self.content_length
         other.chunked = self.chunked
         other.expect_continue = self.expect_continue
+        other.present = self.present  # (of the head: true of the copy's fields too)
         raw = self.raw_headers
         # Shared, as nothing changes it; unless it is also the app's list
         # (build_request's lowered), which the app may change.
@@ -361,6 +377,7 @@ def build_request(
     check_fields: bool,
     server_only: bool = False,
     known: dict[str, str] | None = None,
+    present: int = ALL_PRESENT,
 ) -> Request:
     """Apply the semantic checks of RFC 9112/9110 to a parsed head.
 
@@ -368,7 +385,8 @@ def build_request(
     and its ``lowered`` list every field (``http.fields.split_fields``); the
     whole dict is made if asked for. (Not with ``check_fields``.)
     ``known``: the parser made split_fields' dict itself (its names are then
-    lower-cased in ``raw``, whose pairs the list shares).
+    lower-cased in ``raw``, whose pairs the list shares), and ``present``
+    says which of its fields the head holds: the others are not looked up.
     """
     if version != "1.1" and version != "1.0":
         raise ProtocolError(505, f"HTTP version {version} not supported")
@@ -395,6 +413,8 @@ def build_request(
         headers = {field_name(bname).text: bvalue.decode("latin-1") for bname, bvalue in raw}
     if headers is None or (lowered is None and len(headers) != len(raw)):
         headers = _join_fields(raw, check_fields)
+    if headers is not known:
+        present = ALL_PRESENT  # (the mask is of the parser's dict)
 
     if target[:1] == "/" and "#" not in target:
         # origin-form, nearly every request: what _split_target gives, inline.
@@ -414,7 +434,7 @@ def build_request(
         # Host and uses the target's authority; the app sees that one.
         headers["host"] = authority
 
-    conn_header = headers.get("connection")
+    conn_header = headers.get("connection") if present & HAS_CONNECTION else None
     if version == "1.1":
         keep_alive = conn_header is None or "close" not in _split_tokens(conn_header)
     elif conn_header is None:
@@ -426,9 +446,10 @@ def build_request(
     req = Request(method, target, path, query, version, headers, keep_alive, lowered is None)
     req.raw_headers = raw
     req.lowered = lowered
+    req.present = present
 
-    te = headers.get("transfer-encoding")
-    cl = headers.get("content-length")
+    te = headers.get("transfer-encoding") if present & HAS_TRANSFER_ENCODING else None
+    cl = headers.get("content-length") if present & HAS_CONTENT_LENGTH else None
     if te is not None:
         # RFC 9112 §6.1: a request with both is an attack or a bug; we refuse it.
         if cl is not None:
@@ -452,7 +473,7 @@ def build_request(
             raise ProtocolError(413, "request body too large")
         req.content_length = int(cl)
 
-    expect = headers.get("expect")
+    expect = headers.get("expect") if present & HAS_EXPECT else None
     if expect is not None:
         if expect.strip().lower() != "100-continue":
             raise ProtocolError(417, "unsupported Expect")

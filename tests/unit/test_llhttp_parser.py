@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from prefork.errors import ProtocolError
-from prefork.http.fields import split_fields
+from prefork.http.fields import ALL_PRESENT, SERVER_ORDER, split_fields
 from prefork.http.parsers import make_parser
 from prefork.http.parsers.httptools_parser import HttptoolsHeadParser
 
@@ -122,18 +122,27 @@ def outcome(parse: Any, *args: Any, lower: bool = False) -> tuple[Any, ...]:
     except ProtocolError as exc:
         return ("refused", exc.status, str(exc))
     if lower and parts is not None:
-        method, target, version, fields, _ = parts
+        method, target, version, fields, _, _ = parts
         lowered = [(name.lower(), value) for name, value in fields]
         split = split_fields(lowered)
-        parts = (method, target, version, lowered, None if split is None else split[0])
+        known = None if split is None else split[0]
+        parts = (method, target, version, lowered, known, present_mask(known))
     return ("parts", parts)
 
 
+def present_mask(known: dict[str, str] | None) -> int:
+    """The mask of the server's fields in ``known`` (bit i: SERVER_ORDER[i]); -1 without it."""
+    if known is None:
+        return ALL_PRESENT
+    return sum(1 << SERVER_ORDER.index(name) for name in known)
+
+
 def same(ours: tuple[Any, ...], theirs: tuple[Any, ...]) -> bool:
-    """The same answer; the server's dict may be missing from ours (not made:
-    a head the binding passed to httptools' binding), never different."""
+    """The same answer; the server's dict (and with it the mask) may be missing
+    from ours (not made: a head the binding passed to httptools' binding),
+    never different."""
     if ours[0] == "parts" and ours[1] is not None and ours[1][4] is None and theirs[1] is not None:
-        return bool(ours[1][:4] == theirs[1][:4])
+        return bool(ours[1][:4] == theirs[1][:4] and ours[1][5] == ALL_PRESENT)
     return ours == theirs
 
 
@@ -190,7 +199,7 @@ def test_many_fields_give_the_same_list(count: int) -> None:
     theirs = outcome(THEIRS.parse, head, lower=True)[1]
     assert ours[:4] == theirs[:4]
     # (Past them, no dict: the reader makes it from the list.)
-    assert ours[4] == (theirs[4] if count + 1 <= 64 else None)
+    assert ours[4:] == (theirs[4:] if count + 1 <= 64 else (None, ALL_PRESENT))
     assert len(ours[3]) == count + 1
     assert ours[3][-1] == (f"x-{count - 1}".encode(), str(count - 1).encode())
     whole = OURS.parse_whole(head, head.find(b"\r\n"))
@@ -244,7 +253,6 @@ def test_a_servers_field_value_that_repeats_comes_as_the_same_str() -> None:
 
 
 def test_configure_takes_only_names_it_shares_and_changes_nothing_when_it_refuses() -> None:
-    from prefork.http.fields import SERVER_FIELDS
     from prefork.http.parsers import _llhttp
 
     head = b"GET / HTTP/1.1\r\nHost: a\r\nAccept: b\r\n\r\n"
@@ -253,9 +261,11 @@ def test_configure_takes_only_names_it_shares_and_changes_nothing_when_it_refuse
     assert OURS.parse(head)[4] == {"host": "a"}
     try:
         _llhttp.configure(["accept"])
-        assert OURS.parse(head)[4] == {"accept": "b"}
+        assert OURS.parse(head)[4:] == ({"accept": "b"}, 1)  # (its bit: the first name's)
+        with pytest.raises(ValueError, match="at most 62 names"):
+            _llhttp.configure(["accept"] * 63)
     finally:
-        _llhttp.configure(sorted(SERVER_FIELDS))
+        _llhttp.configure(SERVER_ORDER)
     assert OURS.parse(head)[4] == {"host": "a"}
 
 
@@ -264,5 +274,6 @@ def test_the_servers_dict_is_made_only_when_asked_for() -> None:
     plain = llhttp_parser.LlhttpHeadParser()
     head = b"GET / HTTP/1.1\r\nHost: a\r\nX-Forwarded-For: 1.2.3.4\r\n\r\n"
     assert plain.parse(head)[4] is None
-    assert plain.parse_whole(head, head.find(b"\r\n")) == (*OURS.parse(head)[:4], None)
+    assert plain.parse_whole(head, head.find(b"\r\n")) == (*OURS.parse(head)[:4], None, -1)
+    assert OURS.parse(head)[5] == present_mask(OURS.parse(head)[4]) == 0b11  # Host, X-F-For
     assert OURS.parse(head)[4] == {"host": "a", "x-forwarded-for": "1.2.3.4"}

@@ -24,6 +24,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from prefork.errors import ConfigError, ProtocolError
+from prefork.http.fields import ALL_PRESENT, SERVER_FIELDS, SERVER_ORDER
 from prefork.http.parsers import make_parser, resolve
 from prefork.http.protocol import FORBIDDEN_TRAILERS, RequestReader
 from prefork.http.request import SINGLETON_FIELDS, Limits
@@ -327,6 +328,11 @@ def test_resolve_names_a_missing_backend(monkeypatch: pytest.MonkeyPatch) -> Non
         parsers.resolve("httptools")
 
 
+def test_the_mask_order_names_each_server_field_once() -> None:
+    assert len(SERVER_ORDER) == len(set(SERVER_ORDER)) == len(SERVER_FIELDS)
+    assert set(SERVER_ORDER) == SERVER_FIELDS
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_make_parser_gives_a_head_parser(backend: str) -> None:
     parser = make_parser(backend, server_fields=True)
@@ -336,6 +342,8 @@ def test_make_parser_gives_a_head_parser(backend: str) -> None:
     name = b"host" if parser.lowered_names else b"Host"
     # The server's fields as a dict where the backend makes it (the same).
     known = {"host": "a"} if parser.lowered_names else None
-    assert parser.parse(head) == ("GET", "/", "1.1", [(name, b"a")], known)
+    # With it, the mask of the server's fields in the head (Host: bit 0); else -1.
+    present = 1 if known is not None else ALL_PRESENT
+    assert parser.parse(head) == ("GET", "/", "1.1", [(name, b"a")], known, present)
     # Not asked for (an app given the whole dict): no backend makes it.
-    assert make_parser(backend).parse(head)[4] is None
+    assert make_parser(backend).parse(head)[4:] == (None, ALL_PRESENT)

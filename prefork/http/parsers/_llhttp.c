@@ -16,10 +16,12 @@
  * llhttp_parser.py for its use.
  *
  * parse(buf, whole, known) returns:
- *   - (method, target, version, [(name, value), ...], known) for a head it
- *     read, the names lower-cased; known, when asked for: the fields named in
- *     configure() as {name: value decoded as Latin-1}, or None when one of
- *     them repeats (None too when not asked for);
+ *   - (method, target, version, [(name, value), ...], known, present) for a
+ *     head it read, the names lower-cased; known, when asked for: the fields
+ *     named in configure() as {name: value decoded as Latin-1}, or None when
+ *     one of them repeats (None too when not asked for); present: with known,
+ *     the mask of those fields in the head (bit i: the i-th name given to
+ *     configure()), so that the server looks up only those there; else -1;
  *   - whole=False, buf one head: the llhttp error text (a str) when llhttp
  *     refuses it;
  *   - whole=True: None unless buf is exactly one whole request (no second
@@ -158,8 +160,12 @@ static const char *const common_names[] = {
 #define NAME_BUF 64
 #define PER_LENGTH 8
 static PyObject *common_objects[COMMON];
-/* For the names the server itself reads (configure()), the dict key (str). */
+/* For the names the server itself reads (configure()), the dict key (str)
+ * and the bit of the present mask. */
 static PyObject *server_texts[COMMON];
+static long long server_bits[COMMON];
+/* Bits a mask holds (a long long, kept non-negative). */
+#define MAX_SERVER_FIELDS 62
 /* For the server's fields, the last value given out (str): a value that
  * repeats from head to head (Host, X-Forwarded-Proto, Connection, as one
  * client's or one proxy's requests carry them) is the same object again,
@@ -207,8 +213,14 @@ static PyObject *configure(PyObject *module, PyObject *names) {
     if (seq == NULL) {
         return NULL;
     }
+    if (PySequence_Fast_GET_SIZE(seq) > MAX_SERVER_FIELDS) {
+        Py_DECREF(seq);
+        return PyErr_Format(PyExc_ValueError, "configure() takes at most %d names",
+                            MAX_SERVER_FIELDS);
+    }
     /* All found before any is changed: a refused call leaves things as they were. */
     PyObject *texts[COMMON] = {NULL};
+    long long bits[COMMON] = {0};
     for (Py_ssize_t n = 0; n < PySequence_Fast_GET_SIZE(seq); n++) {
         PyObject *text = PySequence_Fast_GET_ITEM(seq, n);
         Py_ssize_t len;
@@ -229,10 +241,12 @@ static PyObject *configure(PyObject *module, PyObject *names) {
                 : PyErr_Format(PyExc_ValueError, "%R is not among the binding's common names", text);
         }
         texts[found] = text;
+        bits[found] = 1LL << n;
     }
     for (size_t i = 0; i < COMMON; i++) {
         Py_XINCREF(texts[i]);
         Py_XSETREF(server_texts[i], texts[i]);
+        server_bits[i] = bits[i];
     }
     Py_DECREF(seq);
     Py_RETURN_NONE;
@@ -293,6 +307,7 @@ static PyObject *parts(state_t *st, llhttp_t *p, int want_known) {
      * whole dict's rules, join or refuse, are then the reader's to apply),
      * or when the caller's app is given the whole dict anyway. */
     PyObject *known = want_known ? PyDict_New() : Py_NewRef(Py_None);
+    long long present = 0;
     if (known == NULL) {
         Py_DECREF(fields);
         return NULL;
@@ -339,17 +354,20 @@ static PyObject *parts(state_t *st, llhttp_t *p, int want_known) {
             if (repeat) {
                 Py_SETREF(known, Py_NewRef(Py_None));
             }
+            present |= server_bits[common];
         }
     }
     PyObject *target = PyUnicode_DecodeASCII(
         st->url.at ? st->url.at : "", (Py_ssize_t)st->url.len, "strict");
     PyObject *method = target ? method_name(p->method) : NULL;
     PyObject *version = method ? version_text(p) : NULL;
-    PyObject *result = version ? PyTuple_New(5) : NULL;
+    PyObject *mask = version ? PyLong_FromLongLong(known == Py_None ? -1 : present) : NULL;
+    PyObject *result = mask ? PyTuple_New(6) : NULL;
     if (result == NULL) {
         Py_XDECREF(target);
         Py_XDECREF(method);
         Py_XDECREF(version);
+        Py_XDECREF(mask);
         Py_DECREF(fields);
         Py_DECREF(known);
         return NULL;
@@ -359,6 +377,7 @@ static PyObject *parts(state_t *st, llhttp_t *p, int want_known) {
     PyTuple_SET_ITEM(result, 2, version);
     PyTuple_SET_ITEM(result, 3, fields);
     PyTuple_SET_ITEM(result, 4, known);
+    PyTuple_SET_ITEM(result, 5, mask);
     return result;
 }
 
@@ -413,7 +432,8 @@ static PyObject *parse(PyObject *module, PyObject *const *args, Py_ssize_t nargs
 
 static PyMethodDef methods[] = {
     {"parse", (PyCFunction)(void (*)(void))parse, METH_FASTCALL,
-     "parse(buf, whole, known): a request head's (method, target, version, fields, known), "
+     "parse(buf, whole, known): a request head's (method, target, version, fields, known, "
+     "present), "
      "an llhttp error text, or None (see the module's source)."},
     {"configure", (PyCFunction)configure, METH_O,
      "configure(names): the lower-cased names of the fields parse() gives as a dict too."},

@@ -7,6 +7,7 @@ from typing import Final
 import h11
 
 from prefork.errors import ProtocolError
+from prefork.http.fields import ALL_PRESENT
 from prefork.http.request import MALFORMED_HEAD, HeadParts
 
 # Fields h11 rewrites: it folds repeated or list-form Content-Length ("5, 5")
@@ -61,4 +62,4 @@ class H11HeadParser:
                     raise ProtocolError(400, MALFORMED_HEAD)
                 raw.append((name, value.rstrip(b" \t")))
         version = event.http_version.decode("ascii")
-        return event.method.decode("ascii"), target, version, raw, None
+        return event.method.decode("ascii"), target, version, raw, None, ALL_PRESENT

@@ -5,6 +5,7 @@ from __future__ import annotations
 import httptools
 
 from prefork.errors import ProtocolError
+from prefork.http.fields import ALL_PRESENT
 from prefork.http.request import MALFORMED_HEAD, HeadParts, RawHeaders
 
 NON_ASCII_TARGET = "non-ASCII request target"
@@ -135,4 +136,4 @@ class HttptoolsHeadParser:
             version = "1.1"
         else:
             version = parser.get_http_version()
-        return parser.get_method().decode("ascii"), target, version, headers, None
+        return parser.get_method().decode("ascii"), target, version, headers, None, ALL_PRESENT

@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Final
 
 from prefork.errors import ProtocolError
-from prefork.http.fields import SERVER_FIELDS, field_name
+from prefork.http.fields import ALL_PRESENT, SERVER_ORDER, field_name
 from prefork.http.parsers._llhttp import configure
 from prefork.http.parsers._llhttp import parse as _parse
 from prefork.http.parsers.httptools_parser import (
@@ -28,8 +28,9 @@ from prefork.http.request import HeadParts
 # in the module's dict on every use).
 parse_head: Final = _parse
 
-# The fields the binding also gives as a dict (the reader's split_fields, in C).
-configure(sorted(SERVER_FIELDS))
+# The fields the binding also gives as a dict (the reader's split_fields, in C),
+# and as bits of its present mask, in this order.
+configure(SERVER_ORDER)
 
 
 class LlhttpHeadParser:
@@ -66,6 +67,7 @@ class LlhttpHeadParser:
         if isinstance(parts, str):
             raise refusal(parts)
         if parts is None:
-            method, target, version, raw, _ = self._fallback.parse(head, line_end)
-            return method, target, version, [(field_name(n).lower, v) for n, v in raw], None
+            method, target, version, raw, _, _ = self._fallback.parse(head, line_end)
+            lowered = [(field_name(n).lower, v) for n, v in raw]
+            return method, target, version, lowered, None, ALL_PRESENT
         return parts
