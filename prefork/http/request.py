@@ -396,7 +396,9 @@ def build_request(
         )
     headers: dict[str, str] | None = None
     lowered: RawHeaders | None = None
-    if server_only and not check_fields and target[:1] == "/":
+    # (startswith: a slice would make a one-character str to compare.)
+    origin_form = target.startswith("/")
+    if server_only and not check_fields and origin_form:
         # (An absolute-form target sets Host below: the whole dict for those.)
         if known is not None:
             # (The parser's list itself, which the app may change: a head
@@ -416,7 +418,7 @@ def build_request(
     if headers is not known:
         present = ALL_PRESENT  # (the mask is of the parser's dict)
 
-    if target[:1] == "/" and "#" not in target:
+    if origin_form and "#" not in target:
         # origin-form, nearly every request: what _split_target gives, inline.
         path, _, query = target.partition("?")
         authority = None
