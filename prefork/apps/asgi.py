@@ -134,8 +134,7 @@ class AsgiApp:
         ):
             conn.hand_off(req)
             return False
-        upgrade = req.fields.get("upgrade") if req.present & HAS_UPGRADE else None
-        if upgrade is not None and upgrade.lower() == "websocket":
+        if _asks_websocket(req):
             conn.hand_off(req)
             return False
         task = info.task
@@ -229,8 +228,7 @@ class AsgiApp:
         # (Counted now, not from ``count`` above: the inline path may have
         # answered requests while this coroutine waited.)
         count = conn.count_request()
-        upgrade = req.fields.get("upgrade") if req.present & HAS_UPGRADE else None
-        if upgrade is not None and upgrade.lower() == "websocket":
+        if _asks_websocket(req):
             # A session: the engine awaits it once this frame is gone (each
             # frame on the chain lives as long as the WebSocket).
             return _websocket_session(self, conn, req, info, started)
@@ -278,6 +276,12 @@ class _Suspended:
         self.call = call
         self.context = context
         self.step = step
+
+
+def _asks_websocket(req: Request) -> bool:
+    """Whether ``req`` asks to become a WebSocket (``Upgrade: websocket``)."""
+    upgrade = req.fields.get("upgrade") if req.present & HAS_UPGRADE else None
+    return upgrade is not None and upgrade.lower() == "websocket"
 
 
 def _forwarded(scope: dict[str, Any], req: Request, conn: Connection) -> str:

@@ -43,26 +43,12 @@ SINGLETON_FIELDS: Final = (
 
 # What the server reads of a request (lower-cased): build_request's checks,
 # the upgrade, response compression's negotiation, the forwarded fields
-# (http.forwarded); and the fields that must not repeat.
-SERVER_FIELDS: Final = frozenset(
-    (
-        "connection",
-        "expect",
-        "upgrade",
-        "accept-encoding",
-        "forwarded",
-        "x-forwarded-for",
-        "x-forwarded-proto",
-        "x-forwarded-host",
-        *(name.lower() for name in SINGLETON_FIELDS),
-    )
-)
-
-# The server's fields in the order of their bits in a head's ``present`` mask
-# (``Request.present``, made by the compiled build's parser): bit i is set
-# when the i-th is in the head. Those most heads carry come first, so that a
-# usual mask is a small int (Python keeps one object for each up to 256).
-SERVER_ORDER: Final = (
+# (http.forwarded); and the fields that must not repeat. In this order they
+# are the bits of a head's ``present`` mask (``Request.present``, made by the
+# compiled build's parser): bit i is set when the i-th is in the head. Those
+# most heads carry come first, so that a usual mask is a small int (Python
+# keeps one object for each up to 256).
+_SERVER_FIRST: Final = (
     "host",
     "x-forwarded-for",
     "x-forwarded-proto",
@@ -76,13 +62,12 @@ SERVER_ORDER: Final = (
     "upgrade",
     "forwarded",
     "x-forwarded-host",
-    *sorted(
-        name.lower()
-        for name in SINGLETON_FIELDS
-        if name.lower()
-        not in ("host", "content-length", "content-type", "authorization", "transfer-encoding")
-    ),
 )
+SERVER_ORDER: Final = (
+    *_SERVER_FIRST,
+    *sorted(name.lower() for name in SINGLETON_FIELDS if name.lower() not in _SERVER_FIRST),
+)
+SERVER_FIELDS: Final = frozenset(SERVER_ORDER)
 # A mask that says nothing (a parser that does not make one): look each up.
 ALL_PRESENT: Final = -1
 HAS_CONNECTION: Final = 1 << SERVER_ORDER.index("connection")
